@@ -1,0 +1,74 @@
+"""Default configuration: declares every field fcdd_jax knows, with its final type.
+
+Experiment configs import this file and override a few fields. Run with
+  python -m fcdd_jax.main --config configs/<name>.py --workdir DIR [--config.field=value ...]
+"""
+import ml_collections
+
+
+def get_config():
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_epochs = 1
+  c.num_train_steps = -1          # > 0 overrides num_epochs * steps_per_epoch
+  c.batch_size = 128              # GLOBAL optimiser-step batch (all devices, all hosts)
+  c.log_every_steps = 50
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 2
+  c.objective = 'auto'            # auto (from the net family) | fcdd | hsc | ae
+
+  c.data = d = ml_collections.ConfigDict()
+  d.name = 'demo'                 # demo | synthetic | fmnist | cifar10 | mvtec | custom | imagenet | pascal_voc
+  d.root = ''                     # directory with the data ('' = dataset default / tfds)
+  d.tfds_data_dir = ''            # tensorflow-datasets data_dir ('' = tfds default)
+  d.normal_class = 0              # index of the nominal class
+  d.nominal_label = 0             # spec §3.6
+  d.supervise_mode = 'noise'      # unsupervised | other | noise | malformed_normal | malformed_normal_gt
+  d.noise_mode = 'cifar100'       # confetti | gaussian | uniform | solid | blob | mixed_blob | folder | cifar100 | emnist | imagenet | imagenet22k | mvtec | mvtec_gt
+  d.oe_root = ''                  # image folder for noise_mode='folder' (and local OE copies)
+  d.oe_limit = -1                 # number of distinct OE images (-1 = all); per defect type for mvtec(_gt)
+  d.online_supervision = True     # spec §6.3
+  d.exact_half = False            # True: exactly half of each batch is anomalous (spec §11.4 variant)
+  d.preproc = 'aug1'              # lcn | lcnaug1 | aug1 | aug1_blackcenter | aug1_blackcenter_inverted | none
+  d.enlarge = 1                   # passes over the training set per epoch (MVTec: 10)
+  d.on_bad_image = 'error'        # error | skip (skip: warn and leave the file out)
+  d.remove_oe_from_test = False   # mvtec_gt: drop the labelled anomalies from the test set (spec §11.8)
+  d.cache_dir = ''                # decoded/resized arrays cache ('' = <root>/.fcdd_cache or none)
+  d.demo_num_train = 512
+  d.demo_num_test = 256
+  d.demo_image_size = 32
+
+  c.model = m = ml_collections.ConfigDict()
+  m.name = 'FCDD_CNN32_S'
+  m.pretrained_path = ''          # .npz or .pth of torchvision vgg11_bn (VGG / VGG_F nets)
+  m.bias = True
+  m.torch_init = True             # PyTorch default init (spec §1.1)
+  m.bn_unbiased_var = True        # running var from the unbiased batch var (spec §11.10)
+  m.frozen_bn = 'parity'          # parity | frozen (spec §11.1)
+  m.dtype = 'float32'             # compute dtype: float32 | bfloat16
+
+  c.loss = l = ml_collections.ConfigDict()
+  l.gauss_std = 1.2               # σ of the receptive-field upsampling (spec §7.2); <= 0: σ(r)
+  l.stable = True                 # stable anomalous term (spec §11.2); False = reference form
+  l.single_label_parity = True    # spec §11.3: single-label batch treated as nominal
+  l.blur_heatmaps = False         # HSC gradient heatmaps: blur (spec §8.3)
+
+  c.optim = o = ml_collections.ConfigDict()
+  o.name = 'sgd'                  # sgd (Nesterov, momentum 0.9) | adam
+  o.lr = 1e-3
+  o.weight_decay = 1e-6           # coupled L2 (spec §7.1)
+  o.momentum = 0.9
+  o.schedule = 'lambda'           # lambda (lr·gamma^epoch) | milestones | constant
+  o.gamma = 0.985
+  o.milestones = (400, 500)
+  o.milestone_factor = 0.1
+
+  c.eval = e = ml_collections.ConfigDict()
+  e.batch_size = 0                # 0 = batch_size
+  e.quantile = 0.97               # heatmap normalisation quantile (figures only)
+  e.pixel_auc = True
+  e.pixel_auc_resolution = 'original'  # original (spec §8.2) | input
+  e.train_heatmaps = True
+  e.threshold_quantile = 0.99     # nominal-only data: threshold = this quantile of nominal scores
+  e.num_figure_samples = 20
+  return c
