@@ -1,0 +1,27 @@
+"""Pascal VOC 2007 "Clever Hans" experiment: horse images with nominal_label=1, ImageNet OE (spec §5.8).
+
+  python -m fcdd_jax.main --config configs/pascal_voc.py --workdir runs/voc \
+      --config.data.oe_root=/data/imagenet   # ImageNet-1k val as OE (Data II issue)
+"""
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.data.name = 'pascal_voc'
+  c.data.normal_class = 0
+  c.data.nominal_label = 1
+  c.data.preproc = 'aug1'
+  c.data.supervise_mode = 'noise'
+  c.data.noise_mode = 'imagenet'
+  c.model.name = 'FCDD_CNN224_VGG_NOPT'
+  c.batch_size = 200
+  c.num_epochs = 600
+  c.optim.name = 'adam'
+  c.optim.lr = 1e-3
+  c.optim.weight_decay = 1e-6
+  c.optim.schedule = 'milestones'
+  c.optim.milestones = (400, 500)
+  c.loss.gauss_std = 8.0
+  c.eval.quantile = 0.99
+  return c
