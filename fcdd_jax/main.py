@@ -1,0 +1,89 @@
+"""fcdd_jax command line: one run = one nominal class and one seed.
+
+  python -m fcdd_jax.main                                  # built-in demo on embedded data
+  python -m fcdd_jax.main --config configs/cifar10.py --workdir runs/c10 --config.data.normal_class=3
+
+Flags only; everything else happens in `train.train_and_evaluate`.
+"""
+import os
+import sys
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(_ROOT, 'configs')) and _ROOT not in sys.path:
+  sys.path.insert(0, _ROOT)  # so that configs/*.py can `from configs import default`
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+DEMO_CONFIG = os.path.join(_ROOT, 'configs', 'demo.py')
+
+config_flags.DEFINE_config_file('config', None, 'Configuration file (configs/<name>.py); default: the demo.',
+                                lock_config=True)
+flags.DEFINE_string('workdir', None, 'Output directory (default: runs/<config>-<timestamp>).')
+flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-host; jax.distributed).')
+flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
+flags.DEFINE_integer('process_id', None, 'This process (0 .. num_processes-1).')
+flags.DEFINE_enum('distributed', 'off', ['off', 'auto'],
+                  "'auto': let JAX detect TPU VMs / SLURM and initialise jax.distributed.")
+flags.DEFINE_integer('initialization_timeout', 120, 'Seconds to wait for all processes to join.')
+
+
+def _hide_accelerators_from_tf():
+  try:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], 'TPU')
+  except Exception:  # pylint: disable=broad-except
+    pass
+
+
+def _init_distributed():
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.coordinator_address or FLAGS.num_processes:
+    if not (FLAGS.coordinator_address and FLAGS.num_processes and FLAGS.process_id is not None):
+      raise ValueError('multi-host needs all of --coordinator_address, --num_processes and --process_id')
+    jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                               num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
+                               initialization_timeout=FLAGS.initialization_timeout)
+  elif FLAGS.distributed == 'auto':
+    jax.distributed.initialize(initialization_timeout=FLAGS.initialization_timeout)
+
+
+def _load_config():
+  if FLAGS.config is not None:
+    return FLAGS.config, os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('fcdd_demo_config', DEMO_CONFIG)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.lock()
+  return config, 'demo'
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.set_verbosity(logging.WARNING)
+  _hide_accelerators_from_tf()
+  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  try:
+    _init_distributed()
+    config, name = _load_config()
+    workdir = FLAGS.workdir or train.default_workdir(name)
+    train.train_and_evaluate(config, workdir)
+  except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, FloatingPointError) as e:
+    # Bad input: one line naming the value and what is allowed, non-zero exit, no traceback wall.
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    print(f'fcdd_jax: error: {msg}', file=sys.stderr, flush=True)
+    if os.environ.get('FCDD_DEBUG'):
+      raise
+    sys.exit(2 if not isinstance(e, FloatingPointError) else 3)
+
+
+if __name__ == '__main__':
+  app.run(main)
