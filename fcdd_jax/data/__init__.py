@@ -1,0 +1,1 @@
+"""Dataset sources, preprocessing transforms and synthetic anomalies (see docs/DESIGN.md)."""
