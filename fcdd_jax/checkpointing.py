@@ -71,8 +71,32 @@ class Checkpointer:
     self.manager.close()
 
 
+_SIGTERM = {'received': False, 'installed': False}
+
+
+def install_sigterm_handler():
+  """Single process: SIGTERM (spot/maintenance/queue preemption) asks the loop to save and stop.
+
+  Multi-process runs use JAX's preemption sync service instead (installed by jax.distributed), which
+  makes all processes agree on the step.
+  """
+  import signal  # pylint: disable=g-import-not-at-top
+  if _SIGTERM['installed'] or jax.process_count() > 1:
+    return
+  def handler(signum, frame):  # pylint: disable=unused-argument
+    _SIGTERM['received'] = True
+    print('fcdd_jax: SIGTERM received: saving a checkpoint at the next step, then exiting', flush=True)
+  try:
+    signal.signal(signal.SIGTERM, handler)
+    _SIGTERM['installed'] = True
+  except ValueError:  # not the main thread (e.g. called from a test runner thread)
+    pass
+
+
 def reached_preemption(step):
-  """True when the JAX preemption service says all processes should save and stop at `step`."""
+  """True when this run should save and stop at `step` (SIGTERM; all processes agree on multi-host)."""
+  if jax.process_count() == 1:
+    return _SIGTERM['received']
   try:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     return bool(multihost_utils.reached_preemption_sync_point(int(step)))

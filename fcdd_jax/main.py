@@ -55,6 +55,7 @@ def _init_distributed():
 
 def _load_config():
   if FLAGS.config is not None:
+    _ = FLAGS.config.seed  # a config file that failed to load raises its error here
     return FLAGS.config, os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]
   import importlib.util  # pylint: disable=g-import-not-at-top
   spec = importlib.util.spec_from_file_location('fcdd_demo_config', DEMO_CONFIG)
@@ -69,21 +70,51 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.set_verbosity(logging.WARNING)
+  try:
+    config, name = _load_config()
+  except Exception as e:  # pylint: disable=broad-except  (the user's config file: any error)
+    path = flags.FLAGS['config'].config_filename if FLAGS['config'].present else DEMO_CONFIG
+    if not os.path.exists(path.split(':')[0]):
+      known = sorted(f[:-3] for f in os.listdir(os.path.join(_ROOT, 'configs')) if f.endswith('.py') and f[0] != '_')
+      _error_exit(f'config file {path!r} does not exist; the shipped configs are configs/<name>.py with name in: '
+                  + ', '.join(known))
+    _error_exit(f'cannot load config file {path!r}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}')
   _hide_accelerators_from_tf()
   from fcdd_jax import train  # pylint: disable=g-import-not-at-top
   try:
     _init_distributed()
-    config, name = _load_config()
+    from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    checkpointing.install_sigterm_handler()
     workdir = FLAGS.workdir or train.default_workdir(name)
     train.train_and_evaluate(config, workdir)
   except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, FloatingPointError) as e:
     # Bad input: one line naming the value and what is allowed, non-zero exit, no traceback wall.
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    print(f'fcdd_jax: error: {msg}', file=sys.stderr, flush=True)
     if os.environ.get('FCDD_DEBUG'):
       raise
-    sys.exit(2 if not isinstance(e, FloatingPointError) else 3)
+    _error_exit(msg, 2 if not isinstance(e, FloatingPointError) else 3)
+
+
+def _error_exit(msg, code=2):
+  print(f'fcdd_jax: error: {msg}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl flag parsing with one-line errors (unknown config fields, bad values, missing files)."""
+  try:
+    return FLAGS(argv)
+  except (AttributeError, KeyError) as e:
+    key = str(e).strip('\'"')
+    bad = [a for a in argv[1:] if a.startswith('--config.') and key and key in a.split('=')[0]]
+    where = bad[0].split('=')[0][2:] if bad else key
+    _error_exit(f'unknown config field {where!r}: not declared in configs/default.py (check the spelling; '
+                'fields are e.g. config.optim.lr, config.data.normal_class)')
+  except flags.Error as e:
+    _error_exit(str(e).strip().splitlines()[0])
+  except (OSError, ImportError, SyntaxError, TypeError, ValueError) as e:
+    _error_exit(f'cannot load the config: {str(e).strip().splitlines()[0]}')
 
 
 if __name__ == '__main__':
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -406,12 +406,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   pretrained = None
   if config.model.pretrained_path:
     from fcdd_jax import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
-    weights = pretrained_lib.load_vgg11_bn(config.model.pretrained_path)
-    pretrained = lambda v: pretrained_lib.apply_vgg11_bn(v, weights, config.model.name)
+    pretrained = lambda v: pretrained_lib.apply_pretrained(config.model.name, v, config.model.pretrained_path)
 
   make_state = functools.partial(create_train_state, config, model, info.image_shape,
                                  steps_per_epoch=steps_per_epoch, pretrained=pretrained)
-  state = jax.jit(make_state, out_shardings=repl)(init_rng)
+  if pretrained is None:
+    state = jax.jit(make_state, out_shardings=repl)(init_rng)
+  else:  # the weight file is read on the host, then the state is replicated
+    state = jax.device_put(make_state(init_rng), repl)
   frozen = models.frozen_mask(config.model.name, state.params)
   frozen = frozen if any(jax.tree.leaves(frozen)) else None
 
@@ -462,7 +464,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       report(step)
       is_log = step % config.log_every_steps == 0 or step == total_steps
       is_save = step % config.checkpoint_every_steps == 0 or step == total_steps
-      preempt = n_proc > 1 and checkpointing.reached_preemption(step)
+      preempt = checkpointing.reached_preemption(step)
       if is_log:
         mean = {k: float(v) / acc_n for k, v in jax.device_get(acc).items()}
         mean['learning_rate'] = float(lr_fn(jnp.asarray(step - 1)))
