@@ -30,6 +30,9 @@ flags.DEFINE_integer('process_id', None, 'This process (0 .. num_processes-1).')
 flags.DEFINE_enum('distributed', 'off', ['off', 'auto'],
                   "'auto': let JAX detect TPU VMs / SLURM and initialise jax.distributed.")
 flags.DEFINE_integer('initialization_timeout', 120, 'Seconds to wait for all processes to join.')
+flags.DEFINE_integer('heartbeat_timeout', 60,
+                     'Seconds after which a silent process counts as dead and all others stop with an error.')
+flags.DEFINE_integer('shutdown_timeout', 60, 'Seconds a finishing process waits for the others at exit.')
 
 
 def _hide_accelerators_from_tf():
@@ -48,9 +51,15 @@ def _init_distributed():
       raise ValueError('multi-host needs all of --coordinator_address, --num_processes and --process_id')
     jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                num_processes=FLAGS.num_processes, process_id=FLAGS.process_id,
-                               initialization_timeout=FLAGS.initialization_timeout)
+                               **_timeouts())
   elif FLAGS.distributed == 'auto':
-    jax.distributed.initialize(initialization_timeout=FLAGS.initialization_timeout)
+    jax.distributed.initialize(**_timeouts())
+
+
+def _timeouts():
+  return dict(initialization_timeout=FLAGS.initialization_timeout,
+              heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,
+              shutdown_timeout_seconds=FLAGS.shutdown_timeout)
 
 
 def _load_config():

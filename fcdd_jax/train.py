@@ -343,6 +343,60 @@ def compute_metrics(config, pipeline, outputs):
   return image_auc, pixel_auc
 
 
+def thresholds_and_aupro(config, outputs):
+  """Thresholds stored with the run (image and pixel) and AUPRO where masks exist (issue: user workflow).
+
+  Labelled test data: the F1-maximising threshold; nominal-only data: the config.eval.threshold_quantile
+  quantile of nominal scores (pixels: of nominal heatmap values).
+  """
+  labels = outputs['label'].astype(np.int32)
+  scores = outputs['score']
+  out = {'thresholds': {}}
+  if len(np.unique(labels)) == 2:
+    t, f1 = evaluation.f1_max_threshold(labels, scores)
+    out['thresholds']['image'] = float(t)
+    out['thresholds']['image_f1'] = float(f1)
+    out['thresholds']['image_rule'] = 'f1_max on the labelled test set'
+  else:
+    q = config.eval.threshold_quantile
+    out['thresholds']['image'] = float(evaluation.quantile_threshold(scores[labels == 0], q))
+    out['thresholds']['image_rule'] = f'quantile {q} of nominal test scores'
+  heat = outputs.get('heatmap')
+  if heat is not None and heat.ndim == 3:
+    if 'gtmap' in outputs and outputs['gtmap'].max() > 0:
+      gt = outputs['gtmap'] > 0.5
+      rng = np.random.default_rng(0)
+      flat_h, flat_g = heat.reshape(-1), gt.reshape(-1)
+      if flat_h.size > 4_000_000:  # the threshold (not the AUC) is fitted on a uniform pixel subsample
+        sel = rng.choice(flat_h.size, 4_000_000, replace=False)
+        flat_h, flat_g = flat_h[sel], flat_g[sel]
+      t, f1 = evaluation.f1_max_threshold(flat_g.astype(np.int32), flat_h)
+      out['thresholds']['pixel'] = float(t)
+      out['thresholds']['pixel_f1'] = float(f1)
+      out['thresholds']['pixel_rule'] = 'f1_max over test pixels (net input resolution)'
+      out['aupro'] = float(evaluation.aupro(list(gt.astype(np.uint8)), list(heat)))
+    else:
+      q = config.eval.threshold_quantile
+      nominal = heat[labels == 0] if (labels == 0).any() else heat
+      out['thresholds']['pixel'] = float(evaluation.quantile_threshold(nominal.reshape(-1), q))
+      out['thresholds']['pixel_rule'] = f'quantile {q} of nominal heatmap pixels'
+  return out
+
+
+def _fault_injection():
+  """Test hook: FCDD_FAULT_INJECTION='kill@12' (SIGKILL itself after step 12), 'sigterm@8' (preemption
+  signal), optionally restricted to one process with ':p<i>' (e.g. 'kill@10:p1'). Used by the
+  multi-process tests to kill runs at a known step; unset in normal use."""
+  spec = os.environ.get('FCDD_FAULT_INJECTION', '')
+  if not spec:
+    return None
+  what, _, rest = spec.partition('@')
+  step, _, proc = rest.partition(':p')
+  if proc and int(proc) != jax.process_index():
+    return None
+  return what, int(step)
+
+
 def default_workdir(config_name):
   return os.path.join('runs', f'{config_name}-{time.strftime("%Y%m%d-%H%M%S")}')
 
@@ -382,6 +436,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if is_main:
     with open(os.path.join(workdir, 'config.json'), 'w') as f:
       f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    with open(os.path.join(workdir, 'preprocessing.json'), 'w') as f:
+      json.dump(_jsonable(getattr(info, 'preprocessing', None) or {}), f, indent=2)
     print(f'fcdd_jax: workdir {os.path.abspath(workdir)}', flush=True)
     print(f'fcdd_jax: {info.name} class {info.normal_class} ({info.class_names[info.normal_class] if info.class_names else ""}), '
           f'{info.num_train} train / {info.num_test} test images {info.image_shape}, net {config.model.name}, '
@@ -455,9 +511,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     last_metrics = None
     t_log, step_log = time.time(), start_step
     step = start_step
+    fault = _fault_injection()
     for step in range(start_step + 1, total_steps + 1):
       batch = next(batches)
       state, metrics = p_train_step(state, batch, step_rng)
+      if fault and fault[1] == step:
+        import signal  # pylint: disable=g-import-not-at-top
+        jax.block_until_ready(metrics)
+        os.kill(os.getpid(), signal.SIGKILL if fault[0] == 'kill' else signal.SIGTERM)
+        time.sleep(0.5)  # let the signal handler / preemption notifier run
       acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
       acc_n += 1
       last_metrics = metrics
@@ -501,12 +563,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   outputs = run_evaluation(state, pipeline, p_eval_step, data_sharding, 'test',
                            config.eval.batch_size or None, keep_images=config.eval.num_figure_samples // 2)
   image_auc, pixel_auc = compute_metrics(config, pipeline, outputs)
+  extra = {}
+  if is_main:
+    try:
+      extra = thresholds_and_aupro(config, outputs)
+    except Exception as e:  # pylint: disable=broad-except  (never lose a finished run over extras)
+      logging.exception('thresholds/AUPRO failed: %s', e)
   eval_seconds = time.time() - t_eval
   results = {
       'image_auc': image_auc,
       'pixel_auc': pixel_auc,
       'runs': [{'normal_class': int(info.normal_class), 'seed': int(config.seed),
                 'image_auc': image_auc, 'pixel_auc': pixel_auc}],
+      **extra,
+      'train_seconds': round(train_seconds, 2),
+      'eval_seconds': round(eval_seconds, 2),
+      'steps': int(total_steps),
   }
   if is_main:
     scalars = {'eval/image_auc': image_auc}
@@ -527,6 +599,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   writer.flush()
   ckpt.close()
   return results
+
+
+def _jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
 
 
 def _flatten(d, prefix=''):
