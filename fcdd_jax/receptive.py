@@ -15,3 +15,71 @@ class Reception(NamedTuple):
 def default_std(r: int) -> float:
   """σ(r) of spec §4, used when no `gauss_std` is given."""
   return math.log10(0.45 * r + 1) + 0.25 if r < 32 else 10.0
+
+
+def receptive_field(layers, in_size):
+  """Receptive-field arithmetic of spec §1.2 over `layers` = [(kernel, stride, padding), ...].
+
+  Returns (Reception(r, j, s), n_out)."""
+  n, j, r, s = in_size, 1, 1, 0.0
+  for k, st, p in layers:
+    n = (n + 2 * p - k) // st + 1
+    r = r + (k - 1) * j
+    s = s + ((k - 1) / 2 - p) * j
+    j = j * st
+  return Reception(int(r), int(j), float(s)), n
+
+
+def gaussian_kernel_1d(r: int, std: float):
+  """The 1-D window g of spec §4 (unnormalised; even r: duplicate the centre of the r-1 window, halve)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  r = int(r)
+  if r % 2 == 1:
+    n = np.arange(r, dtype=np.float64)
+    return np.exp(-0.5 * ((n - (r - 1) / 2) / std) ** 2)
+  odd = gaussian_kernel_1d(r - 1, std)
+  c = (r - 2) // 2
+  return np.concatenate([odd[:c + 1], odd[c:c + 1], odd[c + 1:]]) / 2.0
+
+
+def gaussian_kernel(r: int, std: float):
+  """2-D kernel G = g ⊗ g of spec §4 (peak 1 for odd r, 0.25 for even r; not normalised)."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  g = gaussian_kernel_1d(r, std)
+  return np.outer(g, g)
+
+
+def upsample_matrix(in_size: int, reception: Reception, out_size: int, std=None):
+  """[out_size, in_size] matrix M with out = M @ A @ M.T equal to Algorithm 1 (spec §4).
+
+  Closed form per axis: out[y] = sum_i A[i] * g[y + pad - int(s) - i*j], g = 0 outside 0..r-1.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  r, j, s = int(reception.r), int(reception.j), reception.s
+  std = default_std(r) if std is None or std <= 0 else float(std)
+  g = gaussian_kernel_1d(r, std)
+  pad, si = (r - 1) // 2, int(s)
+  y = np.arange(out_size)[:, None]
+  i = np.arange(in_size)[None, :]
+  t = y + pad - si - i * j
+  valid = (t >= 0) & (t < r)
+  return np.where(valid, g[np.clip(t, 0, r - 1)], 0.0).astype(np.float32)
+
+
+def upsample(heatmaps, reception: Reception, out_size, std=None):
+  """Gaussian receptive-field upsampling (spec §4, Algorithm 1): [N,h,w] or [N,h,w,1] -> [N,H,W].
+
+  Separable: two small matmuls with matrices built at trace time; jittable and differentiable.
+  `out_size` is an int (square) or (H, W).
+  """
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = jnp.asarray(heatmaps)
+  if x.ndim == 4:
+    x = x[..., 0]
+  if x.ndim != 3:
+    raise ValueError(f'upsample expects heatmaps [N,h,w] or [N,h,w,1], got shape {x.shape}')
+  oh, ow = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
+  mh = jnp.asarray(upsample_matrix(x.shape[1], reception, oh, std))
+  mw = jnp.asarray(upsample_matrix(x.shape[2], reception, ow, std))
+  x = x.astype(jnp.float32)
+  return jnp.einsum('yh,nhw,xw->nyx', mh, x, mw, precision='highest')

@@ -220,8 +220,8 @@ def train_step(state, batch, rng, *, cfg, frozen=None):
       'loss': loss,
       'loss_nominal': res.get('loss_nominal', jnp.float32(0)),
       'loss_anomalous': res.get('loss_anomalous', jnp.float32(0)),
-      'l2_grads': optax.global_norm(grads),
-      'l2_params': optax.global_norm(new_state.params),
+      'l2_grads': optax.tree.norm(grads),
+      'l2_params': optax.tree.norm(new_state.params),
   }
   return new_state, metrics
 

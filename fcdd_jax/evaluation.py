@@ -1,0 +1,187 @@
+"""Metrics (spec §8.2): exact ROC AUC (ties as sklearn), pixel AUC at scale, ROC curves, thresholds,
+AUPRO, and PyTorch-legacy nearest resizing. Host-side NumPy; AUCs are fractions in [0, 1]."""
+import numpy as np
+
+
+def _auc_from_sorted_groups(pos, neg):
+  """AUC from per-tie-group positive/negative counts in ascending score order (Mann-Whitney, ties 1/2)."""
+  pos = pos.astype(np.float64)
+  neg = neg.astype(np.float64)
+  neg_below = np.cumsum(neg) - neg
+  return float(np.sum(pos * (neg_below + 0.5 * neg))), float(pos.sum()), float(neg.sum())
+
+
+def roc_auc(labels, scores, valid=None):
+  """Exact ROC AUC of scores for binary labels (1 = positive), identical to sklearn's roc_auc_score."""
+  labels = np.asarray(labels).reshape(-1)
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  if valid is not None:
+    keep = np.asarray(valid).reshape(-1) > 0
+    labels, scores = labels[keep], scores[keep]
+  labels = labels.astype(bool)
+  order = np.argsort(scores, kind='stable')
+  s, l = scores[order], labels[order]
+  starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+  pos = np.add.reduceat(l.astype(np.int64), starts) if len(s) else np.zeros(0)
+  cnt = np.diff(np.r_[starts, len(s)])
+  num, p, n = _auc_from_sorted_groups(pos, cnt - pos)
+  if p == 0 or n == 0:
+    raise ValueError(f'ROC AUC needs both classes; got {int(p)} positives and {int(n)} negatives')
+  return num / (p * n)
+
+
+def _sortable_u32(x):
+  """float32 -> uint32 keys with the same order (monotone bijection; -0.0 treated as +0.0)."""
+  x = np.asarray(x, np.float32) + np.float32(0.0)
+  b = x.view(np.uint32)
+  return np.where(b & np.uint32(0x80000000), ~b, b | np.uint32(0x80000000)).astype(np.uint32)
+
+
+def pixel_auc(masks, heatmaps, chunk=1 << 22):
+  """Exact ROC AUC over all pixels of all images (spec §8.2).
+
+  masks, heatmaps: iterables (lists or generators) of 2-D arrays, pairwise of equal shape, any sizes;
+  masks are binarised with int() truncation as the reference (value >= 1 -> anomalous). Memory: one
+  uint64 key per pixel (float32 score bits << 1 | label), sorted in place, plus a transient copy while
+  concatenating: <= 16 bytes per pixel; time O(n log n).
+  """
+  parts = []
+  for m, h in zip(masks, heatmaps):
+    m = np.asarray(m)
+    h = np.asarray(h)
+    if m.shape != h.shape:
+      raise ValueError(f'pixel_auc: mask shape {m.shape} differs from heatmap shape {h.shape}')
+    key = _sortable_u32(h.reshape(-1)).astype(np.uint64) << np.uint64(1)
+    key |= (m.reshape(-1).astype(np.float64) >= 1).astype(np.uint64)
+    parts.append(key)
+  if not parts:
+    raise ValueError('pixel_auc: no images')
+  keys = np.concatenate(parts) if len(parts) > 1 else parts[0]
+  del parts
+  keys.sort()
+  n_total = keys.size
+  num = 0.0
+  neg_seen = 0.0
+  p_total = 0.0
+  start = 0
+  while start < n_total:
+    end = min(start + chunk, n_total)
+    if end < n_total:  # extend to the end of the tie group of keys[end-1]
+      score_next = ((keys[end - 1] >> np.uint64(1)) + np.uint64(1)) << np.uint64(1)
+      end = int(np.searchsorted(keys, score_next, side='left'))
+    k = keys[start:end]
+    s = k >> np.uint64(1)
+    lab = (k & np.uint64(1)).astype(np.int64)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    pos = np.add.reduceat(lab, starts).astype(np.float64)
+    cnt = np.diff(np.r_[starts, len(s)]).astype(np.float64)
+    neg = cnt - pos
+    neg_below = neg_seen + np.cumsum(neg) - neg
+    num += float(np.sum(pos * (neg_below + 0.5 * neg)))
+    neg_seen += float(neg.sum())
+    p_total += float(pos.sum())
+    start = end
+  if p_total == 0 or neg_seen == 0:
+    raise ValueError(f'pixel AUC needs anomalous and nominal pixels; got {int(p_total)} and {int(neg_seen)}')
+  return num / (p_total * neg_seen)
+
+
+def roc_curve(labels, scores):
+  """(fpr, tpr, thresholds) as sklearn.metrics.roc_curve(drop_intermediate=False)."""
+  labels = np.asarray(labels).reshape(-1).astype(bool)
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  order = np.argsort(-scores, kind='stable')
+  s, l = scores[order], labels[order]
+  last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
+  tps = np.cumsum(l)[last].astype(np.float64)
+  fps = (last + 1) - tps
+  p, n = tps[-1] if len(tps) else 0, fps[-1] if len(fps) else 0
+  tpr = np.r_[0.0, tps / p if p else np.full_like(tps, np.nan)]
+  fpr = np.r_[0.0, fps / n if n else np.full_like(fps, np.nan)]
+  thresholds = np.r_[np.inf, s[last]]
+  return fpr, tpr, thresholds
+
+
+def f1_max_threshold(labels, scores):
+  """The threshold t (predict anomalous when score >= t) maximising F1 on labelled data; returns (t, f1)."""
+  labels = np.asarray(labels).reshape(-1).astype(bool)
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  order = np.argsort(-scores, kind='stable')
+  s, l = scores[order], labels[order]
+  last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
+  tps = np.cumsum(l)[last].astype(np.float64)
+  fps = (last + 1) - tps
+  p = float(labels.sum())
+  if p == 0:
+    raise ValueError('f1_max_threshold needs at least one positive label')
+  f1 = 2 * tps / (p + tps + fps)
+  i = int(np.argmax(f1))
+  return float(s[last[i]]), float(f1[i])
+
+
+def quantile_threshold(nominal_scores, q):
+  """Threshold for nominal-only data: the q-quantile of nominal scores."""
+  x = np.asarray(nominal_scores, np.float64).reshape(-1)
+  if x.size == 0:
+    raise ValueError('quantile_threshold: no nominal scores')
+  if not 0 < q <= 1:
+    raise ValueError(f'quantile q={q} must be in (0, 1]')
+  return float(np.quantile(x, q))
+
+
+def aupro(masks, heatmaps, fpr_limit=0.3):
+  """Area under the per-region-overlap curve up to FPR `fpr_limit`, normalised by it (MVTec-AD).
+
+  Each 8-connected defect region of each mask is one region; PRO(t) = mean over regions of the fraction
+  of its pixels with score >= t; FPR(t) = fraction of nominal pixels (mask 0) with score >= t. Exact curve
+  over all distinct scores, trapezoidal integration, linear interpolation at fpr_limit.
+  """
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  scores, fpr_w, pro_w = [], [], []
+  regions = []
+  for m, h in zip(masks, heatmaps):
+    m = np.asarray(m) > 0
+    h = np.asarray(h, np.float64)
+    lab, n = ndimage.label(m, structure=np.ones((3, 3), int))
+    sizes = np.bincount(lab.reshape(-1), minlength=n + 1)
+    regions.append((lab.reshape(-1), sizes))
+    scores.append(h.reshape(-1))
+  n_regions = sum(len(sz) - 1 for _, sz in regions)
+  n_nominal = sum(int(sz[0]) for _, sz in regions)
+  if n_regions == 0 or n_nominal == 0:
+    raise ValueError('aupro needs at least one defect region and nominal pixels')
+  for lab, sizes in regions:
+    fpr_w.append(np.where(lab == 0, 1.0 / n_nominal, 0.0))
+    inv = np.where(sizes > 0, 1.0 / np.maximum(sizes, 1), 0.0)
+    pro_w.append(np.where(lab > 0, inv[lab] / n_regions, 0.0))
+  s = np.concatenate(scores)
+  fw = np.concatenate(fpr_w)
+  pw = np.concatenate(pro_w)
+  order = np.argsort(-s, kind='stable')
+  s, fw, pw = s[order], fw[order], pw[order]
+  last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
+  fpr = np.r_[0.0, np.cumsum(fw)[last]]
+  pro = np.r_[0.0, np.cumsum(pw)[last]]
+  fpr = np.minimum(fpr, 1.0)
+  keep = fpr <= fpr_limit
+  x, y = fpr[keep], pro[keep]
+  if x[-1] < fpr_limit and keep.sum() < len(fpr):
+    k = int(np.argmax(~keep))
+    x0, x1, y0, y1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
+    y_lim = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+    x, y = np.r_[x, fpr_limit], np.r_[y, y_lim]
+  area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+  return area / fpr_limit
+
+
+def resize_nearest(x, size):
+  """PyTorch legacy 'nearest' resize of a 2-D (or [H,W,C]) array: src = floor(dst * in/out)."""
+  x = np.asarray(x)
+  oh, ow = (size, size) if isinstance(size, int) else tuple(size)[:2]
+  ih, iw = x.shape[:2]
+  if (ih, iw) == (oh, ow):
+    return x
+  sh, sw = np.float32(ih) / np.float32(oh), np.float32(iw) / np.float32(ow)
+  rows = np.minimum(np.floor(np.arange(oh, dtype=np.float32) * sh).astype(np.int64), ih - 1)
+  cols = np.minimum(np.floor(np.arange(ow, dtype=np.float32) * sw).astype(np.int64), iw - 1)
+  return x[rows][:, cols]

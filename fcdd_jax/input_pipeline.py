@@ -1,0 +1,343 @@
+"""Input pipelines: deterministic global training stream, padded evaluation batches (spec §5, §6).
+
+`create(config, process_index, process_count)` returns a `Pipeline`. The global training stream is a pure
+function of (seed, step): epoch = step // steps_per_epoch picks a permutation of the (enlarged) training
+set from (seed, epoch); global row i of step t draws every random choice (online anomaly replacement,
+the anomaly, augmentation) from `np.random.default_rng([seed, t, i])`. Each process builds only its rows
+[p*b, (p+1)*b) of every global batch, so the stream is the same for any number of devices or hosts and a
+resumed run sees exactly the batches of an uninterrupted one. Batches are built by a thread pool ahead of
+time. Evaluation pads the last batch and marks rows with `valid` instead of dropping examples.
+
+Labels in batches: 0 = nominal ("concentrate"), 1 = anomalous ("push away"), spec §3.6.
+"""
+import concurrent.futures
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+from fcdd_jax import demo_data
+from fcdd_jax.data import anomalies
+
+DATASETS = ('demo', 'custom', 'mvtec', 'fmnist', 'cifar10')
+SUPERVISE_MODES = ('unsupervised', 'other', 'noise', 'malformed_normal', 'malformed_normal_gt')
+
+
+@dataclasses.dataclass(frozen=True)
+class Info:
+  name: str
+  image_shape: tuple            # (H, W, C) at net input
+  num_classes: int
+  class_names: tuple
+  normal_class: int
+  nominal_label: int
+  num_train: int                # training examples per epoch (after enlarge)
+  steps_per_epoch: int
+  train_gtmaps: bool
+  test_gtmaps: bool
+  num_test: int
+  preprocessing: dict = dataclasses.field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Preprocessing (per example, NumPy)
+
+def to_rgb_or_gray(img, channels):
+  """uint8 [H,W] / [H,W,1] / [H,W,3] / [H,W,4] -> [H,W,channels] (RGBA dropped to RGB, gray replicated)."""
+  img = np.asarray(img)
+  if img.ndim == 2:
+    img = img[..., None]
+  if img.shape[-1] == 4:
+    img = img[..., :3]
+  if channels == 3 and img.shape[-1] == 1:
+    img = np.repeat(img, 3, -1)
+  if channels == 1 and img.shape[-1] == 3:  # PIL "L": ITU-R 601-2 luma
+    img = np.rint(img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+  return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def resize_u8(img, size, nearest=False):
+  """PIL resize of a uint8 [H,W,C] image to (h, w): bilinear with antialiasing, or nearest."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h, w = size
+  if img.shape[:2] == (h, w):
+    return img
+  ch = img.shape[-1]
+  pil = Image.fromarray(img[..., 0] if ch == 1 else img)
+  out = np.asarray(pil.resize((w, h), Image.NEAREST if nearest else Image.BILINEAR))
+  return out.reshape(h, w, ch)
+
+
+def channel_stats(images):
+  """Per-channel mean and std over uint8 images on [0,1] values (spec §5.9)."""
+  x = np.asarray(images, np.float64) / 255.0
+  return x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
+
+
+@dataclasses.dataclass
+class Transform:
+  """Value normalisation and augmentation of a dataset; JSON-describable for prediction."""
+  mean: np.ndarray
+  std: np.ndarray
+  hflip: bool = True
+  noise_std: float = 0.001
+  input_size: tuple = (32, 32)
+  channels: int = 3
+
+  def test(self, img):
+    x = img.astype(np.float32) / 255.0
+    return ((x - self.mean) / self.std).astype(np.float32)
+
+  def train(self, img, mask, rng):
+    if self.hflip and rng.random() < 0.5:
+      img = img[:, ::-1]
+      mask = None if mask is None else mask[:, ::-1]
+    x = img.astype(np.float32) / 255.0
+    if self.noise_std:
+      x = x + self.noise_std * rng.standard_normal(x.shape).astype(np.float32)
+    return ((x - self.mean) / self.std).astype(np.float32), mask
+
+  def describe(self, dataset, normal_class):
+    return {'dataset': dataset, 'normal_class': int(normal_class), 'channels': int(self.channels),
+            'input_size': list(self.input_size), 'mean': np.asarray(self.mean).tolist(),
+            'std': np.asarray(self.std).tolist(), 'resize': 'bilinear'}
+
+
+def make_test_transform(preprocessing):
+  """fn(uint8 image of any size, gray/RGB/RGBA) -> float32 [H,W,C] net input, from info.preprocessing."""
+  if not preprocessing:
+    raise ValueError('the run has no preprocessing description (preprocessing.json is empty)')
+  channels = int(preprocessing['channels'])
+  size = tuple(preprocessing['input_size'])
+  t = Transform(np.asarray(preprocessing['mean'], np.float32), np.asarray(preprocessing['std'], np.float32),
+                input_size=size, channels=channels)
+  def fn(img):
+    img = to_rgb_or_gray(img, channels)
+    return t.test(resize_u8(img, size, nearest=preprocessing.get('resize') == 'nearest'))
+  return fn
+
+
+# ----------------------------------------------------------------------------------------------------
+# The pipeline over in-memory uint8 arrays
+
+class Pipeline:
+  """Training stream and evaluation batches over decoded uint8 arrays at raw (= input) resolution."""
+
+  def __init__(self, config, info, train_images, test_images, test_labels, test_masks, transform,
+               process_index=0, process_count=1, test_masks_original=None, size_scale=1.0):
+    self.config = config
+    self.info = info
+    self.train_images = train_images
+    self.test_images = test_images
+    self.test_labels = np.asarray(test_labels, np.int32)
+    self.test_masks = test_masks
+    self._masks_orig = test_masks_original
+    self.transform = transform
+    self.process_index = process_index
+    self.process_count = process_count
+    self.size_scale = size_scale
+    d = config.data
+    self.seed = int(config.seed)
+    self.supervise_mode = d.supervise_mode
+    self.noise_mode = d.noise_mode
+    self.enlarge = max(1, int(d.enlarge))
+    self.batch_size = int(config.batch_size)
+    if self.batch_size % process_count:
+      raise ValueError(f'config.batch_size={self.batch_size} is not divisible by the {process_count} processes')
+    self.local_batch = self.batch_size // process_count
+    self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+
+  # -- training -------------------------------------------------------------------------------------
+
+  def _epoch_order(self, epoch):
+    n = len(self.train_images)
+    idx = np.tile(np.arange(n), self.enlarge)
+    rng = np.random.default_rng([self.seed, 0x5EED, epoch])
+    return idx[rng.permutation(len(idx))]
+
+  def _example(self, step, row, src_index):
+    """Global row `row` of global step `step` (0-based): (image, label, gtmap)."""
+    rng = np.random.default_rng([self.seed, step, row])
+    img = self.train_images[src_index]
+    h, w = img.shape[:2]
+    gt = np.zeros((h, w), np.float32)
+    label = 0
+    mode = self.supervise_mode
+    if mode in ('noise', 'malformed_normal', 'malformed_normal_gt'):
+      if self.config.data.exact_half:
+        anomalous = (row % 2) == 1
+      else:
+        anomalous = rng.random() < 0.5          # independent Bernoulli(0.5) per sample (spec §6.3)
+      if anomalous:
+        img, gt = anomalies.make_anomaly(mode, self.noise_mode, rng, img, size_scale=self.size_scale)
+        label = 1
+    x, gt = self.transform.train(img, gt, rng)
+    return x, label, np.ascontiguousarray(gt, np.float32)
+
+  def _build_train_batch(self, step):
+    spe = self.info.steps_per_epoch
+    epoch, k = divmod(step, spe)
+    order = self._epoch_order(epoch)
+    rows = range(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
+    xs, ys, gs = [], [], []
+    for row in rows:
+      x, y, g = self._example(step, row, order[k * self.batch_size + row])
+      xs.append(x)
+      ys.append(y)
+      gs.append(g)
+    batch = {'image': np.stack(xs), 'label': np.asarray(ys, np.int32)}
+    if self.info.train_gtmaps:
+      batch['gtmap'] = np.stack(gs)
+    return batch
+
+  def global_train_batch(self, step):
+    """The whole global batch of `step` (testing aid; each process normally builds only its slice)."""
+    saved = self.process_index, self.local_batch
+    self.process_index, self.local_batch = 0, self.batch_size
+    try:
+      return self._build_train_batch(step)
+    finally:
+      self.process_index, self.local_batch = saved
+
+  def train_batches(self, start_step=0, prefetch=4):
+    """Infinite iterator of local training batches for steps start_step, start_step+1, ... (0-based)."""
+    futures = []
+    step = int(start_step)
+    while True:
+      while len(futures) < prefetch:
+        futures.append(self._pool.submit(self._build_train_batch, step))
+        step += 1
+      yield futures.pop(0).result()
+
+  # -- evaluation -----------------------------------------------------------------------------------
+
+  def _split(self, split):
+    if split == 'test':
+      return self.test_images, self.test_labels, self.test_masks
+    if split == 'train':
+      n = len(self.train_images)
+      return self.train_images, np.zeros(n, np.int32), None
+    raise ValueError(f"split={split!r}; allowed: 'test', 'train'")
+
+  def eval_batches(self, split='test', batch_size=None):
+    images, labels, masks = self._split(split)
+    gb = int(batch_size or self.config.eval.batch_size or self.batch_size)
+    if gb % self.process_count:
+      raise ValueError(f'eval batch size {gb} is not divisible by the {self.process_count} processes')
+    lb = gb // self.process_count
+    n = len(images)
+    num_batches = -(-n // gb)
+    def build(b):
+      rows = np.arange(b * gb + self.process_index * lb, b * gb + (self.process_index + 1) * lb)
+      valid = rows < n
+      src = np.where(valid, rows, 0)
+      batch = {
+          'image': np.stack([self.transform.test(images[i]) for i in src]),
+          'label': np.where(valid, labels[src], 0).astype(np.int32),
+          'valid': valid.astype(np.float32),
+          'index': np.where(valid, rows, -1).astype(np.int32),
+      }
+      if masks is not None and self.info.test_gtmaps:
+        batch['gtmap'] = np.stack([masks[i].astype(np.float32) for i in src]) * valid[:, None, None]
+      return batch
+    futures = [self._pool.submit(build, b) for b in range(min(num_batches, 4))]
+    for b in range(num_batches):
+      out = futures.pop(0).result()
+      if b + 4 < num_batches:
+        futures.append(self._pool.submit(build, b + 4))
+      yield out
+
+  def test_masks_original(self):
+    if not self.info.test_gtmaps:
+      return None
+    if self._masks_orig is not None:
+      return self._masks_orig
+    return [np.asarray(m, np.uint8) for m in self.test_masks]
+
+  def display_images(self, split, indices):
+    images = self._split(split)[0]
+    return np.stack([images[i] for i in indices])
+
+  def write_preview(self, path, per_label=20):
+    """ds_preview.png (spec §8.3): augmented training samples per label, with their maps."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    batch = self.global_train_batch(0)
+    x, y = batch['image'], batch['label']
+    rows = []
+    for lab in (0, 1):
+      sel = np.flatnonzero(y == lab)[:per_label]
+      if not len(sel):
+        continue
+      ims = []
+      for i in sel:
+        im = x[i]
+        im = (im - im.min()) / max(float(im.max() - im.min()), 1e-8)
+        im = np.repeat(im, 3, -1) if im.shape[-1] == 1 else im
+        ims.append((im * 255).astype(np.uint8))
+      rows.append(np.concatenate(ims, 1))
+      if 'gtmap' in batch:
+        rows.append(np.concatenate([np.repeat((batch['gtmap'][i][..., None] * 255).astype(np.uint8), 3, -1)
+                                    for i in sel], 1))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
+    grid = np.concatenate(rows, 0)
+    scale = max(1, 256 // grid.shape[0])
+    Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Sources
+
+def _check_common(config):
+  d = config.data
+  if d.name not in DATASETS:
+    raise ValueError(f'config.data.name={d.name!r} is unknown; known datasets: {", ".join(DATASETS)}')
+  if d.supervise_mode not in SUPERVISE_MODES:
+    raise ValueError(f'config.data.supervise_mode={d.supervise_mode!r} is unknown; allowed: '
+                     + ', '.join(SUPERVISE_MODES))
+  if d.supervise_mode in ('noise', 'malformed_normal', 'malformed_normal_gt') and \
+      d.noise_mode not in anomalies.NOISE_MODES:
+    raise ValueError(f'config.data.noise_mode={d.noise_mode!r} is not available here; available: '
+                     + ', '.join(anomalies.NOISE_MODES))
+
+
+def _steps_per_epoch(num_train, enlarge, batch_size):
+  return (num_train * max(1, enlarge)) // batch_size
+
+
+def _train_gtmaps(config, has_test_masks):
+  """GT-map loss (spec §3.2) for malformed_normal(_gt) with online supervision on mask datasets."""
+  return config.data.supervise_mode in ('malformed_normal', 'malformed_normal_gt') and has_test_masks
+
+
+def _demo(config, process_index, process_count):
+  d = config.data
+  data = demo_data.make_demo(seed=config.seed, num_train=d.demo_num_train, num_test=d.demo_num_test,
+                             size=d.demo_image_size)
+  train = data['train_images']
+  mean, std = channel_stats(train)
+  size = d.demo_image_size
+  transform = Transform(mean.astype(np.float32), std.astype(np.float32), input_size=(size, size), channels=3)
+  if d.normal_class != 0:
+    raise ValueError(f'config.data.normal_class={d.normal_class} is out of range for the demo (1 class: 0)')
+  n_train = len(train)
+  info = Info(name='demo', image_shape=(size, size, 3), num_classes=1, class_names=('texture',),
+              normal_class=0, nominal_label=0, num_train=n_train * max(1, d.enlarge),
+              steps_per_epoch=_steps_per_epoch(n_train, d.enlarge, config.batch_size),
+              train_gtmaps=_train_gtmaps(config, True), test_gtmaps=True, num_test=len(data['test_images']),
+              preprocessing=transform.describe('demo', 0))
+  return Pipeline(config, info, train, data['test_images'], data['test_labels'], data['test_masks'], transform,
+                  process_index, process_count, size_scale=size / 240.0)
+
+
+def create(config, process_index=0, process_count=1):
+  """Builds the pipeline for config.data.name (see DATASETS)."""
+  _check_common(config)
+  name = config.data.name
+  if name == 'demo':
+    return _demo(config, process_index, process_count)
+  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
+  return sources.create(config, process_index, process_count)

@@ -1,0 +1,55 @@
+"""The command line: one-line errors with non-zero exit codes, and a run on another device count."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(args, devices=1, timeout=300):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  return subprocess.run([sys.executable, '-m', 'fcdd_jax.main', *args], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=timeout)
+
+
+def _assert_one_line_error(proc, pattern, code=2):
+  import re  # pylint: disable=g-import-not-at-top
+  assert proc.returncode == code, proc.stderr[-2000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-2000:]
+  errors = [l for l in proc.stderr.splitlines() if l.startswith('fcdd_jax: error:')]
+  assert len(errors) == 1, proc.stderr[-2000:]
+  assert re.search(pattern, errors[0]), errors[0]
+
+
+def test_unknown_config_field(tmp_path):
+  proc = run_cli(['--config', 'configs/test.py', '--config.data.nope=1', '--workdir', str(tmp_path)])
+  _assert_one_line_error(proc, r"unknown config field 'config.data.nope'")
+
+
+def test_bad_value_type(tmp_path):
+  proc = run_cli(['--config', 'configs/test.py', '--config.batch_size=abc', '--workdir', str(tmp_path)])
+  _assert_one_line_error(proc, r'config.batch_size=abc')
+
+
+def test_missing_config_file(tmp_path):
+  proc = run_cli(['--config', 'configs/nope.py', '--workdir', str(tmp_path)])
+  _assert_one_line_error(proc, r"config file 'configs/nope.py' does not exist.*fmnist")
+
+
+def test_unknown_net(tmp_path):
+  proc = run_cli(['--config', 'configs/test.py', '--config.model.name=FCDD_NOPE', '--workdir', str(tmp_path)])
+  _assert_one_line_error(proc, r"model.name='FCDD_NOPE' is unknown; known nets:")
+
+
+def test_unknown_dataset(tmp_path):
+  proc = run_cli(['--config', 'configs/test.py', '--config.data.name=nope', '--workdir', str(tmp_path)])
+  _assert_one_line_error(proc, r"nope")
+
+
+def test_vgg_f_without_weights_says_how_to_get_them(tmp_path):
+  proc = run_cli(['--config', 'configs/custom.py', '--config.data.root=' + str(tmp_path),
+                  '--workdir', str(tmp_path / 'w')])
+  _assert_one_line_error(proc, r'pretrained_path is empty.*FCDD_CNN224_VGG_NOPT')

@@ -1,0 +1,157 @@
+"""End-to-end engine tests on the embedded demo data with 8 simulated CPU devices."""
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import test as test_config
+from fcdd_jax import checkpointing
+from fcdd_jax import train
+
+
+def _config(**overrides):
+  c = test_config.get_config()
+  for k, v in overrides.items():
+    node = c
+    *path, leaf = k.split('.')
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def _final_params(workdir):
+  mngr = ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), item_names=('state', 'meta'))
+  step = mngr.latest_step()
+  restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                        meta=ocp.args.JsonRestore()))
+  mngr.close()
+  return step, restored['state'], restored['meta']
+
+
+@pytest.fixture(scope='module')
+def full_run(tmp_path_factory):
+  assert jax.device_count() == 8
+  workdir = str(tmp_path_factory.mktemp('full'))
+  results = train.train_and_evaluate(_config(), workdir)
+  return workdir, results
+
+
+def test_end_to_end_outputs(full_run):
+  workdir, results = full_run
+  for name in ('config.json', 'results.json', 'history.json', 'test_samples.png'):
+    assert os.path.exists(os.path.join(workdir, name)), name
+  with open(os.path.join(workdir, 'results.json')) as f:
+    saved = json.load(f)
+  assert saved == json.loads(json.dumps(results))
+  assert 0.0 <= saved['image_auc'] <= 1.0 and 0.0 <= saved['pixel_auc'] <= 1.0
+  assert saved['runs'][0]['normal_class'] == 0 and saved['runs'][0]['seed'] == 0
+  with open(os.path.join(workdir, 'history.json')) as f:
+    hist = json.load(f)
+  assert [h['step'] for h in hist] == [2, 4, 6]
+  for h in hist:
+    for k in ('loss', 'loss_nominal', 'loss_anomalous', 'l2_grads', 'l2_params', 'learning_rate'):
+      assert np.isfinite(h[k]), k
+  step, _, meta = _final_params(workdir)
+  assert step == 6 and meta['finished'] is True
+  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+
+
+def test_rerun_of_finished_run_only_evaluates(full_run, capsys):
+  workdir, results = full_run
+  again = train.train_and_evaluate(_config(), workdir)
+  out = capsys.readouterr().out
+  assert 'evaluating only' in out
+  assert again['image_auc'] == pytest.approx(results['image_auc'], abs=1e-6)
+
+
+def test_interrupted_and_resumed_run_is_bit_identical(full_run, tmp_path, monkeypatch):
+  workdir_full, results_full = full_run
+  workdir = str(tmp_path / 'resumed')
+  monkeypatch.setattr(checkpointing, 'reached_preemption', lambda step: step == 4)
+  with pytest.raises(SystemExit):
+    train.train_and_evaluate(_config(), workdir)
+  step, _, meta = _final_params(workdir)
+  assert step == 4 and meta['finished'] is False
+  monkeypatch.setattr(checkpointing, 'reached_preemption', lambda step: False)
+  results = train.train_and_evaluate(_config(), workdir)
+  _, state_a, _ = _final_params(workdir_full)
+  _, state_b, _ = _final_params(workdir)
+  for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert results['image_auc'] == results_full['image_auc']
+  assert results['pixel_auc'] == results_full['pixel_auc']
+
+
+def test_nan_loss_stops_before_saving(tmp_path):
+  workdir = str(tmp_path / 'nan')
+  with pytest.raises(train.NonFiniteError, match='non-finite'):
+    train.train_and_evaluate(_config(**{'optim.lr': float('nan'), 'checkpoint_every_steps': 2}), workdir)
+  ckdir = os.path.join(workdir, 'checkpoints')
+  assert not os.path.isdir(ckdir) or not [d for d in os.listdir(ckdir) if d.isdigit()]
+
+
+def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path):
+  ck = checkpointing.Checkpointer(str(tmp_path / 'ck'), max_to_keep=3, asynchronous=False)
+  tree = {'w': np.arange(4, dtype=np.float32)}
+  ck.save(1, tree, {'step': 1})
+  ck.save(2, {'w': tree['w'] + 1}, {'step': 2})
+  ck.wait()
+  # Damage step 2: delete its array data.
+  step_dir = tmp_path / 'ck' / '2' / 'state'
+  for root, _, files in os.walk(step_dir):
+    for f in files:
+      if not f.endswith('_METADATA'):
+        os.remove(os.path.join(root, f))
+  restored, meta, step = ck.restore_latest(tree)
+  assert step == 1 and meta['step'] == 1
+  np.testing.assert_array_equal(np.asarray(restored['w']), tree['w'])
+  # A half-written save (orbax temp dir) is ignored.
+  os.makedirs(tmp_path / 'ck' / '3.orbax-checkpoint-tmp-123' / 'state')
+  ck2 = checkpointing.Checkpointer(str(tmp_path / 'ck'), max_to_keep=3, asynchronous=False)
+  assert 3 not in ck2.all_steps()
+  ck.close()
+  ck2.close()
+
+
+@pytest.mark.parametrize('overrides,match', [
+    ({'model.name': 'FCDD_NOPE'}, "model.name='FCDD_NOPE' is unknown; known nets: .*FCDD_CNN28_W"),
+    ({'batch_size': 12}, 'batch_size=12 is not divisible by the 8 devices'),
+    ({'model.name': 'FCDD_CNN224_VGG_F'}, 'pretrained_path is empty.*FCDD_CNN224_VGG_NOPT'),
+    ({'optim.name': 'rmsprop'}, "optim.name='rmsprop' is unknown; allowed: sgd, adam"),
+    ({'objective': 'ae'}, "objective='ae' does not fit net"),
+])
+def test_config_errors_name_value_and_allowed(overrides, match):
+  with pytest.raises(train.ConfigError, match=match):
+    train.check_config(_config(**overrides))
+
+
+def test_image_size_that_does_not_fit_the_net(tmp_path):
+  with pytest.raises(train.ConfigError, match=r'32x32 but net .FCDD_CNN28_W. takes 28x28'):
+    train.train_and_evaluate(_config(**{'model.name': 'FCDD_CNN28_W'}), str(tmp_path))
+
+
+def test_learning_rate_schedules_are_per_epoch():
+  c = _config(**{'optim.schedule': 'lambda', 'optim.lr': 0.1, 'optim.gamma': 0.5})
+  fn = train.learning_rate_fn(c, steps_per_epoch=4)
+  np.testing.assert_allclose([float(fn(np.int32(s))) for s in (0, 3, 4, 8)], [0.1, 0.1, 0.05, 0.025],
+                             rtol=1e-6)
+  c = _config(**{'optim.schedule': 'milestones', 'optim.lr': 1.0, 'optim.milestones': (1, 2),
+                 'optim.milestone_factor': 0.1})
+  fn = train.learning_rate_fn(c, steps_per_epoch=2)
+  np.testing.assert_allclose([float(fn(np.int32(s))) for s in (0, 1, 2, 4)], [1, 1, 0.1, 0.01], rtol=1e-6)
+
+
+def test_other_device_count_gives_the_same_aucs(full_run, tmp_path):
+  """The global stream and the metrics do not depend on the number of devices (here 2 vs 8)."""
+  from tests import main_test  # pylint: disable=g-import-not-at-top
+  _, results8 = full_run
+  proc = main_test.run_cli(['--config', 'configs/test.py', '--workdir', str(tmp_path)], devices=2)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'results.json') as f:
+    results2 = json.load(f)
+  assert results2['image_auc'] == pytest.approx(results8['image_auc'], abs=1e-4)
+  assert results2['pixel_auc'] == pytest.approx(results8['pixel_auc'], abs=1e-4)
