@@ -15,8 +15,9 @@ STABLE_FLOOR = 1e-6        # below it the stable term continues linearly (finite
 
 
 def pseudo_huber(x):
-  """h(x) = sqrt(x^2 + 1) - 1 (spec §3.1)."""
-  return jnp.sqrt(jnp.square(x) + 1.0) - 1.0
+  """h(x) = sqrt(x^2 + 1) - 1 (spec §3.1), computed as x^2 / (sqrt(x^2 + 1) + 1) (no cancellation)."""
+  x2 = jnp.square(x)
+  return x2 / (jnp.sqrt(x2 + 1.0) + 1.0)
 
 
 def anomalous_term(a, stable=True):
@@ -104,8 +105,8 @@ def fcdd_gt_loss(phi, gtmaps, reception, std, valid=None, *, stable=True):
 
 def hsc_scores(z):
   """HSC score s = sqrt(||z||^2 + 1) - 1 (spec §3.3)."""
-  z = jnp.asarray(z, jnp.float32)
-  return jnp.sqrt(jnp.sum(jnp.square(z), axis=-1) + 1.0) - 1.0
+  z2 = jnp.sum(jnp.square(jnp.asarray(z, jnp.float32)), axis=-1)
+  return z2 / (jnp.sqrt(z2 + 1.0) + 1.0)
 
 
 def hsc_loss(z, labels, valid=None, *, stable=True):

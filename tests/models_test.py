@@ -1,0 +1,142 @@
+"""Networks: parameter counts (spec §1.3/§1.6), shapes, a NumPy forward pass, BatchNorm semantics, init."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcdd_jax import models
+
+SPEC_COUNTS = {
+    'FCDD_CNN28': 3457, 'FCDD_CNN28_W': 413441, 'FCDD_CNN32': 258945, 'FCDD_CNN32_S': 93569,
+    'FCDD_CNN32_LW3K': 1185281, 'FCDD_CNN224': 247569, 'FCDD_CNN224_VGG': 4504833,
+    'FCDD_CNN224_VGG_F': 4504833, 'FCDD_CNN224_VGG_NOPT': 4504833,
+}
+
+
+def _init_shapes(name, n=2):
+  net = models.create(name)
+  h, w, c = models.input_shape(name)
+  x = jax.ShapeDtypeStruct((n, h, w, c), jnp.float32)
+  v = jax.eval_shape(lambda x: net.init({'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}, x), x)
+  out = jax.eval_shape(lambda v, x: net.apply(v, x), v, x)
+  return v, out
+
+
+@pytest.mark.parametrize('name', sorted(SPEC_COUNTS))
+def test_parameter_counts_used_by_the_forward_pass(name):
+  v, out = _init_shapes(name)
+  assert models.count_params(v['params']) == SPEC_COUNTS[name]
+  assert set(v) == {'params', 'batch_stats'}
+  hw = 7 if '28' in name else (8 if '32' in name else 28)
+  assert out.shape == (2, hw, hw, 1)
+
+
+@pytest.mark.parametrize('name,dim', [('CNN28', 48), ('CNN28_W', 48), ('CNN32', 64), ('CNN32_LW3K', 64),
+                                      ('CNN224', 784)])
+def test_hsc_output_shapes(name, dim):
+  _, out = _init_shapes(name)
+  assert out.shape == (2, dim)
+  assert models.objective_of(name) == 'hsc'
+  assert models.create(name).fcdd_counterpart in models.FCDD_NAMES
+
+
+@pytest.mark.parametrize('name', ['AE28', 'AE28_W', 'AE32', 'AE32_LW3K', 'AE224'])
+def test_ae_output_shapes(name):
+  _, out = _init_shapes(name)
+  h, w, c = models.input_shape(name)
+  assert out.shape == (2, h, w, 3 if name.startswith('AE32') else c)
+
+
+def test_vgg_frozen_mask_and_trainable_count():
+  v, _ = _init_shapes('FCDD_CNN224_VGG_F')
+  mask = models.frozen_mask('FCDD_CNN224_VGG_F', v['params'])
+  frozen = sum(int(np.prod(p.shape)) for p, f in zip(jax.tree.leaves(v['params']), jax.tree.leaves(mask)) if f)
+  assert frozen == 962304 and SPEC_COUNTS['FCDD_CNN224_VGG_F'] - frozen == 3542529
+  assert not any(jax.tree.leaves(models.frozen_mask('FCDD_CNN224_VGG', v['params'])))
+
+
+def np_conv(x, k, b, pad):
+  n, h, w, _ = x.shape
+  kh = k.shape[0]
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  oh, ow = h + 2 * pad - kh + 1, w + 2 * pad - kh + 1
+  out = np.zeros((n, oh, ow, k.shape[-1]))
+  for i in range(kh):
+    for j in range(kh):
+      out += np.einsum('nhwc,co->nhwo', xp[:, i:i + oh, j:j + ow], k[i, j])
+  return out + b
+
+
+def np_pool(x):
+  n, h, w, c = x.shape
+  return x[:, :h // 2 * 2, :w // 2 * 2].reshape(n, h // 2, 2, w // 2, 2, c).max((2, 4))
+
+
+def test_fcdd_cnn28_forward_equals_numpy_in_train_and_eval_mode():
+  net = models.create('FCDD_CNN28')
+  x = np.random.default_rng(0).normal(size=(4, 28, 28, 1)).astype(np.float32)
+  v = net.init(jax.random.PRNGKey(0), jnp.asarray(x))
+  p = jax.tree.map(np.asarray, v['params'])
+  f = p['features']
+  # eval mode: BN with running stats (initial mean 0, var 1, eps 1e-4)
+  def forward(bn):
+    h = np_conv(x.astype(np.float64), f['conv0']['kernel'], f['conv0']['bias'], 2)
+    h = bn(h) * f['bn0']['scale'] + f['bn0']['bias']
+    h = np.where(h > 0, h, 0.01 * h)
+    h = np_pool(h)
+    h = np_pool(np_conv(h, f['conv2']['kernel'], f['conv2']['bias'], 2))
+    return np_conv(h, p['final']['kernel'], p['final']['bias'], 0)
+  want = forward(lambda h: h / np.sqrt(1 + 1e-4))
+  np.testing.assert_allclose(np.asarray(net.apply(v, jnp.asarray(x))), want, rtol=1e-4, atol=1e-5)
+  # train mode: batch statistics (biased variance), running var updated with the unbiased one
+  got, upd = net.apply(v, jnp.asarray(x), train=True, mutable=['batch_stats'])
+  h0 = np_conv(x.astype(np.float64), f['conv0']['kernel'], f['conv0']['bias'], 2)
+  mu, var = h0.mean((0, 1, 2)), h0.var((0, 1, 2))
+  want = forward(lambda h: (h - mu) / np.sqrt(var + 1e-4))
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-5)
+  n = h0.shape[0] * h0.shape[1] * h0.shape[2]
+  bs = upd['batch_stats']['features']['bn0']
+  np.testing.assert_allclose(np.asarray(bs['mean']), 0.1 * mu, rtol=1e-4, atol=1e-6)
+  np.testing.assert_allclose(np.asarray(bs['var']), 0.9 + 0.1 * var * n / (n - 1), rtol=1e-4)
+  biased = models.create('FCDD_CNN28', bn_unbiased_var=False)
+  _, upd2 = biased.apply(v, jnp.asarray(x), train=True, mutable=['batch_stats'])
+  np.testing.assert_allclose(np.asarray(upd2['batch_stats']['features']['bn0']['var']), 0.9 + 0.1 * var, rtol=1e-4)
+
+
+def test_torch_default_init_bounds():
+  v = models.create('FCDD_CNN28_W').init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  k = np.asarray(v['params']['features']['conv2']['kernel'])
+  bound = 1 / np.sqrt(128 * 25)
+  assert np.abs(k).max() <= bound and np.abs(k).max() > 0.95 * bound
+  assert np.std(k) == pytest.approx(bound / np.sqrt(3), rel=0.02)  # uniform(-b, b)
+  flax_init = models.create('FCDD_CNN28_W', torch_init=False).init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
+  assert not np.any(np.asarray(flax_init['params']['features']['conv2']['bias']))
+
+
+def test_frozen_bn_option_uses_running_stats():
+  net = models.create('FCDD_CNN224_VGG_F', frozen_bn='frozen')
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 224, 224, 3)), jnp.float32)
+  v = net.init(jax.random.PRNGKey(0), x)
+  _, upd = net.apply(v, x, train=True, mutable=['batch_stats'])
+  bs = upd['batch_stats']['features']
+  np.testing.assert_array_equal(np.asarray(bs['features_1']['mean']), 0)     # frozen: not updated
+  assert np.abs(np.asarray(bs['features_16']['mean'])).max() > 0            # trainable BN: updated
+
+
+def test_errors():
+  with pytest.raises(ValueError, match="unknown net 'NOPE'; known nets: FCDD_CNN28"):
+    models.create('NOPE')
+  net = models.create('FCDD_CNN28_W')
+  with pytest.raises(ValueError, match=r'FCDD_CNN28_W takes inputs \[N,28,28,C\]; got shape \(1, 32, 32, 1\)'):
+    net.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 1)))
+
+
+def test_bfloat16_compute_keeps_float32_params_and_outputs():
+  net = models.create('FCDD_CNN32_S', dtype=jnp.bfloat16)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+  v = net.init(jax.random.PRNGKey(0), x)
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(v['params']))
+  out = net.apply(v, x)
+  ref = models.create('FCDD_CNN32_S').apply(v, x)
+  assert out.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0.1, atol=0.05)

@@ -1,0 +1,94 @@
+"""Gaussian receptive-field upsampling against a direct NumPy transcription of Algorithm 1 (spec §4)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fcdd_jax import models
+from fcdd_jax import receptive
+
+
+def np_window(r, std):
+  """scipy 'gaussian' window; even r: duplicate the centre of the r-1 window, then halve (spec §4)."""
+  if r % 2:
+    n = np.arange(r)
+    return np.exp(-0.5 * ((n - (r - 1) / 2) / std) ** 2)
+  g = np_window(r - 1, std)
+  c = (r - 2) // 2
+  return np.insert(g, c + 1, g[c]) / 2
+
+
+def np_algorithm1(a, r, j, s, H, std):
+  """Transposed conv with the 2-D kernel (stride j, output padding), then crop (spec §4 steps 1-3)."""
+  n, h, w = a.shape
+  G = np.outer(np_window(r, std), np_window(r, std))
+  op = H - (h - 1) * j - 1 if r % 2 else H - (h - 1) * j - 2
+  full = (h - 1) * j + r + op
+  out = np.zeros((n, full, full))
+  for y in range(h):
+    for x in range(w):
+      out[:, y * j:y * j + r, x * j:x * j + r] += a[:, y, x, None, None] * G
+  pad, si = (r - 1) // 2, int(s)
+  return out[:, pad - si:full - (pad + si), pad - si:full - (pad + si)]
+
+
+@pytest.mark.parametrize('r,j,s,h,H,std', [
+    (16, 4, 1.5, 7, 28, 1.2),     # FCDD_CNN28_W
+    (22, 4, 1.5, 8, 32, 1.2),     # FCDD_CNN32_LW3K
+    (62, 8, 3.5, 28, 224, 12.0),  # FCDD_CNN224_VGG*, MVTec
+    (62, 8, 3.5, 28, 224, 8.0),   # ImageNet / VOC
+    (59, 8, 0.0, 28, 224, 10.0),  # FCDD_CNN224 (odd r)
+    (15, 4, 1.5, 7, 28, 2.0),     # another odd r
+])
+def test_upsample_equals_algorithm1(r, j, s, h, H, std):
+  a = np.random.default_rng(r).random((3, h, h)).astype(np.float32)
+  want = np_algorithm1(a.astype(np.float64), r, j, s, H, std)
+  assert want.shape == (3, H, H)
+  got = np.asarray(jax.jit(lambda x: receptive.upsample(x, receptive.Reception(r, j, s), H, std))(a))
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+  got4 = np.asarray(receptive.upsample(a[..., None], receptive.Reception(r, j, s), H, std))
+  np.testing.assert_allclose(got4, got, rtol=1e-6)
+
+
+@pytest.mark.parametrize('r,std,total', [(16, 1.2, 4.016), (22, 1.2, 4.016), (62, 12, 236.4), (62, 8, 110.8),
+                                         (59, 10, 624.3)])
+def test_kernel_sums_and_peaks(r, std, total):
+  k = receptive.gaussian_kernel(r, std)
+  assert k.shape == (r, r)
+  assert k.sum() == pytest.approx(total, abs=0.05)
+  assert k.max() == pytest.approx(1.0 if r % 2 else 0.25)
+  np.testing.assert_allclose(k, np.outer(np_window(r, std), np_window(r, std)), rtol=1e-12)
+
+
+def test_default_std():
+  assert receptive.default_std(16) == pytest.approx(np.log10(0.45 * 16 + 1) + 0.25)
+  assert receptive.default_std(62) == 10.0
+  a = np.random.default_rng(0).random((1, 7, 7)).astype(np.float32)
+  np.testing.assert_allclose(np.asarray(receptive.upsample(a, receptive.Reception(16, 4, 1.5), 28)),
+                             np_algorithm1(a, 16, 4, 1.5, 28, receptive.default_std(16)), rtol=1e-5, atol=1e-7)
+
+
+def test_upsample_gradient_is_the_transpose():
+  rec = receptive.Reception(16, 4, 1.5)
+  a = jnp.asarray(np.random.default_rng(1).random((2, 7, 7)), jnp.float32)
+  w = np.random.default_rng(2).random((2, 28, 28))
+  grad = jax.grad(lambda x: jnp.sum(receptive.upsample(x, rec, 28, 1.2) * w))(a)
+  eps = 1e-3
+  e = np.zeros((2, 7, 7), np.float32)
+  e[1, 3, 2] = eps
+  f = lambda x: float(np.sum(np_algorithm1(np.asarray(x, np.float64), 16, 4, 1.5, 28, 1.2) * w))
+  fd = (f(np.asarray(a) + e) - f(np.asarray(a) - e)) / (2 * eps)
+  assert float(grad[1, 3, 2]) == pytest.approx(fd, rel=1e-3)
+
+
+@pytest.mark.parametrize('name,rjs', [('FCDD_CNN28', (16, 4, 1.5)), ('FCDD_CNN28_W', (16, 4, 1.5)),
+                                      ('FCDD_CNN32', (32, 4, 1.5)), ('FCDD_CNN32_S', (18, 4, 1.5)),
+                                      ('FCDD_CNN32_LW3K', (22, 4, 1.5)), ('FCDD_CNN224', (59, 8, 0.0)),
+                                      ('FCDD_CNN224_W', (59, 8, 0.0)), ('FCDD_CNN224_VGG', (62, 8, 3.5)),
+                                      ('FCDD_CNN224_VGG_F', (62, 8, 3.5)), ('FCDD_CNN224_VGG_NOPT', (62, 8, 3.5))])
+def test_reception_of_every_fcdd_net(name, rjs):
+  """Spec §2 values, available on the unbound module and on the class."""
+  net = models.create(name)
+  assert tuple(net.reception) == rjs
+  assert tuple(type(net).reception) == rjs
+  assert tuple(models.reception(name)) == rjs
