@@ -77,46 +77,116 @@ def channel_stats(images):
   return x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
 
 
+def lcn(x):
+  """'Local contrast normalisation' of the reference (spec §5.3): global per-image centring + L1 scaling."""
+  x = x - x.mean()
+  scale = np.abs(x).mean()
+  return x / scale if scale > 0 else x
+
+
 @dataclasses.dataclass
 class Transform:
-  """Value normalisation and augmentation of a dataset; JSON-describable for prediction."""
-  mean: np.ndarray
-  std: np.ndarray
+  """Geometry, augmentation and value normalisation of one dataset/preproc (spec §5.3-§5.9).
+
+  kind='normalize': (x - mean) / std per channel; kind='lcn': LCN then (x - lcn_min) / (lcn_max - lcn_min).
+  train_geom: 'none' | 'crop_pad' (RandomCrop(input, padding=crop_pad)) | 'mvtec' (random choice of a
+  random crop or a nearest resize from the raw size, joint with the mask). Colour jitter of the reference
+  is not applied (its strengths are 0.01-0.04; a documented approximation).
+  """
+  mean: Any = None
+  std: Any = None
+  kind: str = 'normalize'
+  lcn_min: Any = None
+  lcn_max: Any = None
+  input_size: tuple = (32, 32)
+  raw_size: tuple = (32, 32)
+  channels: int = 3
+  train_geom: str = 'none'
+  crop_pad: int = 0
   hflip: bool = True
   noise_std: float = 0.001
-  input_size: tuple = (32, 32)
-  channels: int = 3
+  mvtec_noise: bool = False
+  blackcenter: str = ''
+  resize: str = 'bilinear'      # how new images of any size reach raw_size (prediction)
+
+  def _values(self, x):
+    if self.kind == 'lcn':
+      x = lcn(x)
+      lo, hi = np.asarray(self.lcn_min, np.float32), np.asarray(self.lcn_max, np.float32)
+      return ((x - lo) / (hi - lo)).astype(np.float32)
+    return ((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
+
+  def _test_geom(self, img, mask=None):
+    if tuple(img.shape[:2]) != tuple(self.input_size):
+      img = resize_u8(img, self.input_size, nearest=True)
+      if mask is not None:
+        mask = resize_u8((mask[..., None] > 0).astype(np.uint8), self.input_size, nearest=True)[..., 0]
+    return img, mask
 
   def test(self, img):
-    x = img.astype(np.float32) / 255.0
-    return ((x - self.mean) / self.std).astype(np.float32)
+    img, _ = self._test_geom(img)
+    return self._values(img.astype(np.float32) / 255.0)
+
+  def test_mask(self, mask):
+    return self._test_geom(np.zeros(tuple(mask.shape) + (1,), np.uint8), mask)[1].astype(np.float32)
 
   def train(self, img, mask, rng):
+    h, w = self.input_size
+    if self.train_geom == 'mvtec':
+      if rng.random() < 0.5 and img.shape[0] >= h and img.shape[1] >= w:
+        y0 = rng.integers(0, img.shape[0] - h + 1)
+        x0 = rng.integers(0, img.shape[1] - w + 1)
+        img = img[y0:y0 + h, x0:x0 + w]
+        mask = None if mask is None else mask[y0:y0 + h, x0:x0 + w]
+      else:
+        img, mask = self._test_geom(img, mask)
+    elif self.train_geom == 'crop_pad':
+      p = self.crop_pad
+      img = np.pad(img, ((p, p), (p, p), (0, 0)))
+      mask = None if mask is None else np.pad(mask, ((p, p), (p, p)))
+      y0, x0 = rng.integers(0, img.shape[0] - h + 1), rng.integers(0, img.shape[1] - w + 1)
+      img = img[y0:y0 + h, x0:x0 + w]
+      mask = None if mask is None else mask[y0:y0 + h, x0:x0 + w]
+    else:
+      img, mask = self._test_geom(img, mask)
     if self.hflip and rng.random() < 0.5:
       img = img[:, ::-1]
       mask = None if mask is None else mask[:, ::-1]
     x = img.astype(np.float32) / 255.0
+    if self.mvtec_noise and rng.random() < 0.5:
+      x = np.clip(x + rng.standard_normal(x.shape).astype(np.float32) * 0.1 * x.std(), 0, 1)
     if self.noise_std:
       x = x + self.noise_std * rng.standard_normal(x.shape).astype(np.float32)
-    return ((x - self.mean) / self.std).astype(np.float32), mask
+    if self.blackcenter:
+      o = int(0.4 * h * 0.5)
+      if self.blackcenter == 'center':
+        x[o:h - o, o:w - o] = 0
+      else:
+        keep = x[o:h - o, o:w - o].copy()
+        x[:] = 0
+        x[o:h - o, o:w - o] = keep
+    x = self._values(x)
+    return x, (None if mask is None else np.ascontiguousarray(mask, np.float32))
 
   def describe(self, dataset, normal_class):
+    arr = lambda v: None if v is None else np.asarray(v, np.float64).reshape(-1).tolist()
     return {'dataset': dataset, 'normal_class': int(normal_class), 'channels': int(self.channels),
-            'input_size': list(self.input_size), 'mean': np.asarray(self.mean).tolist(),
-            'std': np.asarray(self.std).tolist(), 'resize': 'bilinear'}
+            'input_size': list(self.input_size), 'raw_size': list(self.raw_size), 'kind': self.kind,
+            'mean': arr(self.mean), 'std': arr(self.std), 'lcn_min': arr(self.lcn_min),
+            'lcn_max': arr(self.lcn_max), 'resize': self.resize}
 
 
 def make_test_transform(preprocessing):
   """fn(uint8 image of any size, gray/RGB/RGBA) -> float32 [H,W,C] net input, from info.preprocessing."""
   if not preprocessing:
     raise ValueError('the run has no preprocessing description (preprocessing.json is empty)')
-  channels = int(preprocessing['channels'])
-  size = tuple(preprocessing['input_size'])
-  t = Transform(np.asarray(preprocessing['mean'], np.float32), np.asarray(preprocessing['std'], np.float32),
-                input_size=size, channels=channels)
+  p = preprocessing
+  t = Transform(mean=p.get('mean'), std=p.get('std'), kind=p.get('kind', 'normalize'), lcn_min=p.get('lcn_min'),
+                lcn_max=p.get('lcn_max'), input_size=tuple(p['input_size']),
+                raw_size=tuple(p.get('raw_size') or p['input_size']), channels=int(p['channels']))
   def fn(img):
-    img = to_rgb_or_gray(img, channels)
-    return t.test(resize_u8(img, size, nearest=preprocessing.get('resize') == 'nearest'))
+    img = to_rgb_or_gray(img, t.channels)
+    return t.test(resize_u8(img, t.raw_size, nearest=p.get('resize') == 'nearest'))
   return fn
 
 
@@ -127,7 +197,7 @@ class Pipeline:
   """Training stream and evaluation batches over decoded uint8 arrays at raw (= input) resolution."""
 
   def __init__(self, config, info, train_images, test_images, test_labels, test_masks, transform,
-               process_index=0, process_count=1, test_masks_original=None, size_scale=1.0):
+               process_index=0, process_count=1, test_masks_original=None, size_scale=1.0, oe_images=None):
     self.config = config
     self.info = info
     self.train_images = train_images
@@ -136,6 +206,10 @@ class Pipeline:
     self.test_masks = test_masks
     self._masks_orig = test_masks_original
     self.transform = transform
+    self.oe_images = oe_images
+    self.flip_labels = int(info.nominal_label) == 1   # spec §3.6: nominal class is pushed away
+    if self.flip_labels:
+      self.test_labels = 1 - self.test_labels
     self.process_index = process_index
     self.process_count = process_count
     self.size_scale = size_scale
@@ -172,8 +246,13 @@ class Pipeline:
       else:
         anomalous = rng.random() < 0.5          # independent Bernoulli(0.5) per sample (spec §6.3)
       if anomalous:
-        img, gt = anomalies.make_anomaly(mode, self.noise_mode, rng, img, size_scale=self.size_scale)
+        oe = None
+        if self.oe_images is not None:
+          oe = self.oe_images[rng.integers(len(self.oe_images))]
+        img, gt = anomalies.make_anomaly(mode, self.noise_mode, rng, img, oe_image=oe, size_scale=self.size_scale)
         label = 1
+    if self.flip_labels:
+      label = 1 - label
     x, gt = self.transform.train(img, gt, rng)
     return x, label, np.ascontiguousarray(gt, np.float32)
 
@@ -241,7 +320,7 @@ class Pipeline:
           'index': np.where(valid, rows, -1).astype(np.int32),
       }
       if masks is not None and self.info.test_gtmaps:
-        batch['gtmap'] = np.stack([masks[i].astype(np.float32) for i in src]) * valid[:, None, None]
+        batch['gtmap'] = np.stack([self.transform.test_mask(masks[i]) for i in src]) * valid[:, None, None]
       return batch
     futures = [self._pool.submit(build, b) for b in range(min(num_batches, 4))]
     for b in range(num_batches):
@@ -299,9 +378,12 @@ def _check_common(config):
     raise ValueError(f'config.data.supervise_mode={d.supervise_mode!r} is unknown; allowed: '
                      + ', '.join(SUPERVISE_MODES))
   if d.supervise_mode in ('noise', 'malformed_normal', 'malformed_normal_gt') and \
-      d.noise_mode not in anomalies.NOISE_MODES:
-    raise ValueError(f'config.data.noise_mode={d.noise_mode!r} is not available here; available: '
-                     + ', '.join(anomalies.NOISE_MODES))
+      d.noise_mode not in anomalies.NOISE_MODES + ('folder',):
+    raise ValueError(f'config.data.noise_mode={d.noise_mode!r} is not available yet; available: '
+                     + ', '.join(anomalies.NOISE_MODES + ('folder',)) + ' (folder: any image folder as '
+                     'Outlier Exposure via --config.data.oe_root)')
+  if d.supervise_mode == 'noise' and d.noise_mode == 'folder' and not d.oe_root:
+    raise ValueError('config.data.noise_mode=folder needs --config.data.oe_root=<image folder>')
 
 
 def _steps_per_epoch(num_train, enlarge, batch_size):
@@ -320,7 +402,8 @@ def _demo(config, process_index, process_count):
   train = data['train_images']
   mean, std = channel_stats(train)
   size = d.demo_image_size
-  transform = Transform(mean.astype(np.float32), std.astype(np.float32), input_size=(size, size), channels=3)
+  transform = Transform(mean.astype(np.float32), std.astype(np.float32), input_size=(size, size),
+                        raw_size=(size, size), channels=3)
   if d.normal_class != 0:
     raise ValueError(f'config.data.normal_class={d.normal_class} is out of range for the demo (1 class: 0)')
   n_train = len(train)

@@ -142,7 +142,7 @@ def learning_rate_fn(config, steps_per_epoch):
     return lambda step: jnp.asarray(o.lr, jnp.float32)
   if o.schedule == 'lambda':
     return lambda step: o.lr * jnp.power(jnp.float32(o.gamma), (step // spe).astype(jnp.float32))
-  milestones = jnp.asarray(sorted(o.milestones), jnp.int32)
+  milestones = np.asarray(sorted(o.milestones), np.int32)
   def fn(step):
     epoch = step // spe
     k = jnp.sum(epoch >= milestones)

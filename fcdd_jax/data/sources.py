@@ -1,0 +1,430 @@
+"""Dataset sources: decode files once into uint8 arrays at the dataset's raw size (cached), then hand them
+to `input_pipeline.Pipeline` (spec §5).
+
+* custom folders (spec §5.9) — the MVTec layout (`train/good`, `test/<defect>`, optional
+  `ground_truth/<defect>/<name>_mask.png`) and the reference's one-vs-rest and per-class normal/anomalous
+  layouts, detected from `data.root`;
+* MVTec-AD (spec §5.7) from the official directory (`data.root/<category>/...`), 240² nearest storage,
+  original-resolution masks for pixel AUC;
+* Fashion-MNIST from the official idx files (or tfds `fashion_mnist`), CIFAR-10 from `train/<class>/*`,
+  `test/<class>/*` folders (or tfds `cifar10`); one-vs-rest (spec §5.2);
+* Outlier Exposure from any image folder (`noise_mode='folder'`, `data.oe_root`, `data.oe_limit`).
+"""
+import gzip
+import hashlib
+import logging
+import os
+import tempfile
+
+import numpy as np
+
+from fcdd_jax import evaluation
+from fcdd_jax import input_pipeline as ip
+from fcdd_jax.data import constants
+
+IMG_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+FMNIST_DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
+
+
+# ----------------------------------------------------------------------------------------------------
+# Files
+
+def list_images(folder, recursive=True):
+  out = []
+  for dirpath, dirnames, files in os.walk(folder):
+    dirnames.sort()
+    out += [os.path.join(dirpath, f) for f in sorted(files) if f.lower().endswith(IMG_EXT)]
+    if not recursive:
+      break
+  return out
+
+
+def load_image(path):
+  """uint8 [H,W,C] (C = 1 or 3; RGBA -> RGB, palette -> RGB); raises ValueError naming a bad file."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      im.load()
+      if im.mode not in ('L', 'RGB'):
+        im = im.convert('L' if im.mode in ('1', 'I', 'I;16', 'F') else 'RGB')
+      arr = np.asarray(im)
+  except Exception as e:  # pylint: disable=broad-except  (PIL raises many kinds)
+    raise ValueError(f'cannot read image {path}: {type(e).__name__}: {e}') from None
+  return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _cache_dir(config, root):
+  d = config.data.cache_dir
+  if d:
+    os.makedirs(d, exist_ok=True)
+    return d
+  cand = os.path.join(root, '.fcdd_cache') if root else ''
+  try:
+    if cand:
+      os.makedirs(cand, exist_ok=True)
+      if os.access(cand, os.W_OK):
+        return cand
+  except OSError:
+    pass
+  d = os.path.join(tempfile.gettempdir(), 'fcdd_jax_cache')
+  os.makedirs(d, exist_ok=True)
+  return d
+
+
+def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, on_bad='error', cache=None):
+  """Decodes `paths` to uint8 [N,h,w,channels] at `size` (None = keep; all must then match).
+
+  Returns (array, kept_paths). Cached in `cache` (a directory) by file list, sizes and mtimes."""
+  key = None
+  if cache:
+    h = hashlib.sha1(repr((channels, size, nearest, torch_nearest)).encode())
+    for p in paths:
+      st = os.stat(p)
+      h.update(f'{p}|{st.st_size}|{st.st_mtime_ns}'.encode())
+    key = os.path.join(cache, f'images_{h.hexdigest()[:20]}.npz')
+    if os.path.exists(key):
+      with np.load(key, allow_pickle=False) as z:
+        return z['images'], list(z['paths'])
+  out, kept = [], []
+  for p in paths:
+    try:
+      img = load_image(p)
+    except ValueError as e:
+      if on_bad == 'skip':
+        logging.warning('%s (skipped: data.on_bad_image=skip)', e)
+        print(f'warning: {e} (skipped)', flush=True)
+        continue
+      raise ValueError(f'{e}; fix or remove it, or set --config.data.on_bad_image=skip') from None
+    img = ip.to_rgb_or_gray(img, channels)
+    if size is not None:
+      if torch_nearest:
+        img = evaluation.resize_nearest(img, size)
+      else:
+        img = ip.resize_u8(img, size, nearest=nearest)
+    out.append(img)
+    kept.append(p)
+  if size is None and out and len({o.shape for o in out}) > 1:
+    raise ValueError(f'images differ in size ({out[0].shape} vs others) in {os.path.dirname(paths[0])}')
+  arr = np.stack(out) if out else np.zeros((0,) + tuple(size or (1, 1)) + (channels,), np.uint8)
+  if key:
+    tmp = key + '.tmp.npz'
+    np.savez(tmp, images=arr, paths=np.asarray(kept))
+    os.replace(tmp, key)
+  return arr, kept
+
+
+def read_mask(path):
+  m = load_image(path)[..., 0]
+  return (m > 0).astype(np.uint8)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Layouts
+
+def _subdirs(d):
+  return sorted(x for x in os.listdir(d) if os.path.isdir(os.path.join(d, x)) and not x.startswith('.'))
+
+
+def detect_layout(root):
+  """'mvtec' | 'ovr' | 'normal_anomalous' for a custom data root; raises ValueError otherwise."""
+  if not root or not os.path.isdir(root):
+    raise FileNotFoundError(f'config.data.root={root!r} is not a directory')
+  if os.path.isdir(os.path.join(root, 'train', 'good')) and os.path.isdir(os.path.join(root, 'test')):
+    return 'mvtec'
+  if os.path.isdir(os.path.join(root, 'train')) and os.path.isdir(os.path.join(root, 'test')):
+    classes = _subdirs(os.path.join(root, 'train'))
+    if classes and all(os.path.isdir(os.path.join(root, 'train', c, 'normal')) for c in classes):
+      return 'normal_anomalous'
+    if classes:
+      return 'ovr'
+  raise ValueError(
+      f'config.data.root={root!r} has no known layout; expected train/good + test/<defect> '
+      '[+ ground_truth/<defect>/<name>_mask.png] (MVTec layout), train/<class>/* + test/<class>/* (one-vs-rest), '
+      'or train/<class>/normal + test/<class>/{normal,anomalous}')
+
+
+def _nonempty(paths, folder):
+  if not paths:
+    raise ValueError(f'no images in {folder} (extensions: {", ".join(IMG_EXT)})')
+  return paths
+
+
+def mvtec_layout(root, channels, raw_size, on_bad, cache, torch_nearest=False, keep_original_masks=True):
+  """Reads one MVTec-layout category. Returns dict(train, test, labels, masks (raw size) or None,
+  masks_orig (list) or None, defects)."""
+  train_paths = _nonempty(list_images(os.path.join(root, 'train', 'good')), os.path.join(root, 'train', 'good'))
+  test_dir = os.path.join(root, 'test')
+  defects = _subdirs(test_dir)
+  if not defects:
+    raise ValueError(f'no test folders in {test_dir} (expected test/good and test/<defect>)')
+  test_paths, labels, kinds = [], [], []
+  for dname in defects:
+    ps = list_images(os.path.join(test_dir, dname))
+    if not ps:
+      raise ValueError(f'empty test folder {os.path.join(test_dir, dname)}')
+    test_paths += ps
+    labels += [0 if dname == 'good' else 1] * len(ps)
+    kinds += [dname] * len(ps)
+  train, _ = read_images(train_paths, channels, raw_size, torch_nearest=torch_nearest, on_bad=on_bad, cache=cache)
+  test, kept = read_images(test_paths, channels, raw_size, torch_nearest=torch_nearest, on_bad=on_bad, cache=cache)
+  keep = [test_paths.index(p) for p in kept]
+  labels = np.asarray(labels)[keep]
+  kinds = [kinds[i] for i in keep]
+  gt_dir = os.path.join(root, 'ground_truth')
+  masks = masks_orig = None
+  if os.path.isdir(gt_dir):
+    masks, masks_orig = [], []
+    expected = set()
+    for p, lab, kind in zip(kept, labels, kinds):
+      stem = os.path.splitext(os.path.basename(p))[0]
+      if lab == 0:
+        size = load_image(p).shape[:2]
+        m = np.zeros(size, np.uint8)
+      else:
+        mp = os.path.join(gt_dir, kind, f'{stem}_mask.png')
+        expected.add(os.path.abspath(mp))
+        if not os.path.exists(mp):
+          raise ValueError(f'missing mask {mp} for test image {p}')
+        m = read_mask(mp)
+        isz = load_image(p).shape[:2]
+        if m.shape != isz:
+          raise ValueError(f'mask {mp} is {m.shape[1]}x{m.shape[0]} but its image {p} is {isz[1]}x{isz[0]}')
+      masks_orig.append(m)
+      if torch_nearest:
+        masks.append(evaluation.resize_nearest(m, raw_size))
+      else:
+        masks.append(ip.resize_u8(m[..., None], raw_size, nearest=True)[..., 0])
+    for mp in list_images(gt_dir):
+      if os.path.abspath(mp) not in expected:
+        raise ValueError(f'mask {mp} has no test image (expected test/<defect>/<name>.png for <name>_mask.png)')
+    masks = np.stack(masks)
+  else:
+    logging.warning('no ground_truth/ in %s: pixel AUC is unavailable (null)', root)
+    print(f'warning: no ground_truth/ folder in {root}: training and image AUC work; pixel_auc is null', flush=True)
+  return dict(train=train, test=test, labels=labels, masks=masks,
+              masks_orig=masks_orig if keep_original_masks else None, defects=kinds)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Datasets
+
+def _check_class(config, num, names):
+  c = config.data.normal_class
+  if not 0 <= c < num:
+    raise ValueError(f'config.data.normal_class={c} is out of range for {config.data.name} '
+                     f'({num} classes: 0..{num - 1} = {", ".join(names)})')
+  return c
+
+
+def _info(config, name, shape, names, c, n_train, train_gt, test_gt, n_test, transform):
+  d = config.data
+  return ip.Info(name=name, image_shape=shape, num_classes=len(names), class_names=tuple(names), normal_class=c,
+                 nominal_label=d.nominal_label, num_train=n_train * max(1, d.enlarge),
+                 steps_per_epoch=ip._steps_per_epoch(n_train, d.enlarge, config.batch_size),  # pylint: disable=protected-access
+                 train_gtmaps=train_gt, test_gtmaps=test_gt, num_test=n_test,
+                 preprocessing=transform.describe(name, c))
+
+
+def _oe_images(config, channels, raw_size):
+  d = config.data
+  if not (d.supervise_mode == 'noise' and d.noise_mode == 'folder'):
+    return None
+  if not d.oe_root or not os.path.isdir(d.oe_root):
+    raise FileNotFoundError(f'config.data.oe_root={d.oe_root!r} is not a directory (needed for noise_mode=folder)')
+  paths = _nonempty(list_images(d.oe_root), d.oe_root)
+  if d.oe_limit and d.oe_limit > 0 and d.oe_limit < len(paths):
+    sel = np.sort(np.random.default_rng([config.seed, 0x0E]).choice(len(paths), d.oe_limit, replace=False))
+    paths = [paths[i] for i in sel]
+  imgs, _ = read_images(paths, channels, raw_size, on_bad='skip', cache=_cache_dir(config, ''))
+  return imgs
+
+
+def _custom(config, pi, pc):
+  d = config.data
+  root = d.root
+  layout = detect_layout(root)
+  raw, inp = (248, 248), (224, 224)
+  cache = _cache_dir(config, root)
+  if layout == 'mvtec':
+    names = (os.path.basename(os.path.normpath(root)),)
+    c = _check_class(config, 1, names)
+    data = mvtec_layout(root, 3, raw, d.on_bad_image, cache)
+  else:
+    names = _subdirs(os.path.join(root, 'train'))
+    c = _check_class(config, len(names), names)
+    if layout == 'ovr':
+      train_paths = _nonempty(list_images(os.path.join(root, 'train', names[c])), os.path.join(root, 'train', names[c]))
+      test_paths, labels = [], []
+      for k, nm in enumerate(_subdirs(os.path.join(root, 'test'))):
+        ps = _nonempty(list_images(os.path.join(root, 'test', nm)), os.path.join(root, 'test', nm))
+        test_paths += ps
+        labels += [0 if nm == names[c] else 1] * len(ps)
+    else:
+      base = os.path.join(root, 'train', names[c], 'normal')
+      train_paths = _nonempty(list_images(base), base)
+      test_paths, labels = [], []
+      for sub, lab in (('normal', 0), ('anomalous', 1)):
+        folder = os.path.join(root, 'test', names[c], sub)
+        ps = list_images(folder) if os.path.isdir(folder) else []
+        test_paths += ps
+        labels += [lab] * len(ps)
+      _nonempty(test_paths, os.path.join(root, 'test', names[c]))
+    train, _ = read_images(train_paths, 3, raw, on_bad=d.on_bad_image, cache=cache)
+    test, kept = read_images(test_paths, 3, raw, on_bad=d.on_bad_image, cache=cache)
+    idx = {p: i for i, p in enumerate(test_paths)}
+    data = dict(train=train, test=test, labels=np.asarray(labels)[[idx[p] for p in kept]], masks=None,
+                masks_orig=None)
+  small = np.stack([ip.resize_u8(im, inp) for im in data['train']])
+  mean, std = ip.channel_stats(small)  # spec §5.9: nominal training images of the class at 224
+  has_masks = data['masks'] is not None
+  t = ip.Transform(mean=mean, std=std, input_size=inp, raw_size=raw, channels=3, train_geom='mvtec',
+                   hflip=True, noise_std=0.001)
+  info = _info(config, 'custom', inp + (3,), names, c, len(data['train']),
+               ip._train_gtmaps(config, True), has_masks, len(data['test']), t)  # pylint: disable=protected-access
+  masks_orig = None
+  if has_masks:  # spec §5.9: each map nearest-resized to the smallest side among them
+    side = min(min(m.shape) for m in data['masks_orig'])
+    masks_orig = [evaluation.resize_nearest(m, (side, side)) for m in data['masks_orig']]
+  return ip.Pipeline(config, info, data['train'], data['test'], data['labels'], data['masks'], t, pi, pc,
+                     test_masks_original=masks_orig, size_scale=raw[0] / 240.0,
+                     oe_images=_oe_images(config, 3, raw))
+
+
+def _mvtec(config, pi, pc):
+  d = config.data
+  names = constants.MVTEC_CLASSES
+  c = _check_class(config, len(names), names)
+  if not d.root or not os.path.isdir(d.root):
+    raise FileNotFoundError(
+        f'config.data.root={d.root!r} is not a directory: MVTec-AD needs a manual download. Get '
+        'mvtec_anomaly_detection.tar.xz from https://www.mvtec.com/company/research/datasets/mvtec-ad, '
+        'extract it and pass --config.data.root=<dir containing bottle/, cable/, ...>')
+  root = os.path.join(d.root, names[c])
+  if not os.path.isdir(root):
+    raise FileNotFoundError(f'MVTec-AD category folder {root} is missing (config.data.root={d.root!r})')
+  raw, inp = (240, 240), (224, 224)
+  data = mvtec_layout(root, 3, raw, d.on_bad_image, _cache_dir(config, d.root), torch_nearest=True)
+  mn, mx, mean, std = constants.MVTEC[c]
+  if d.preproc in ('lcnaug1',):
+    t = ip.Transform(kind='lcn', lcn_min=mn, lcn_max=mx, input_size=inp, raw_size=raw, channels=3,
+                     train_geom='mvtec', hflip=False, noise_std=0.0, mvtec_noise=True, resize='nearest')
+  elif d.preproc == 'aug1':
+    t = ip.Transform(mean=mean, std=std, input_size=inp, raw_size=raw, channels=3, train_geom='mvtec',
+                     hflip=False, noise_std=0.0, mvtec_noise=True, resize='nearest')
+  else:
+    raise ValueError(f'config.data.preproc={d.preproc!r} is not available for mvtec (raw 240); allowed: lcnaug1, aug1')
+  has_masks = data['masks'] is not None
+  info = _info(config, 'mvtec', inp + (3,), names, c, len(data['train']), True, has_masks, len(data['test']), t)
+  return ip.Pipeline(config, info, data['train'], data['test'], data['labels'], data['masks'], t, pi, pc,
+                     test_masks_original=data['masks_orig'], size_scale=1.0,
+                     oe_images=_oe_images(config, 3, raw))
+
+
+def read_idx(path):
+  """Reads an idx file (optionally .gz): uint8 arrays of the official MNIST/Fashion-MNIST format."""
+  opener = gzip.open if path.endswith('.gz') else open
+  with opener(path, 'rb') as f:
+    data = f.read()
+  if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
+    raise ValueError(f'{path} is not an idx file of unsigned bytes')
+  ndim = data[3]
+  shape = tuple(int.from_bytes(data[4 + 4 * i:8 + 4 * i], 'big') for i in range(ndim))
+  arr = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+  if arr.size != int(np.prod(shape)):
+    raise ValueError(f'{path}: header says {shape} but holds {arr.size} values (truncated?)')
+  return arr.reshape(shape)
+
+
+def _find(root, stem):
+  for ext in ('', '.gz'):
+    p = os.path.join(root, stem + ext)
+    if os.path.exists(p):
+      return p
+  raise FileNotFoundError(f'{os.path.join(root, stem)}(.gz) not found: Fashion-MNIST needs the four idx files '
+                          '(Debian: apt-get install dataset-fashion-mnist -> /usr/share/datasets/fashion-mnist)')
+
+
+def _tfds_arrays(name, config):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  kw = {'data_dir': config.data.tfds_data_dir} if config.data.tfds_data_dir else {}
+  out = {}
+  for split in ('train', 'test'):
+    ds = tfds.as_numpy(tfds.load(name, split=split, batch_size=-1, **kw))
+    out[split] = (np.asarray(ds['image'], np.uint8), np.asarray(ds['label'], np.int64))
+  return out
+
+
+def _one_vs_rest(config, name, pi, pc, tr_x, tr_y, te_x, te_y, names, table, channels, size):
+  d = config.data
+  c = _check_class(config, len(names), names)
+  train = tr_x[tr_y == c]
+  labels = (te_y != c).astype(np.int32)
+  mn, mx, mean, std = table[c]
+  pre = d.preproc
+  geo = dict(input_size=size, raw_size=size, channels=channels)
+  if pre == 'lcnaug1':
+    t = ip.Transform(kind='lcn', lcn_min=mn, lcn_max=mx, train_geom='crop_pad', crop_pad=2, hflip=True,
+                     noise_std=0.0, **geo)
+  elif pre == 'lcn':
+    t = ip.Transform(kind='lcn', lcn_min=mn, lcn_max=mx, train_geom='none', hflip=False, noise_std=0.0, **geo)
+  elif pre in ('aug1', 'aug1_blackcenter', 'aug1_blackcenter_inverted'):
+    if name == 'fmnist' and pre != 'aug1':
+      raise ValueError(f'config.data.preproc={pre!r} is only for cifar10; fmnist allows lcnaug1, lcn, aug1, none')
+    t = ip.Transform(mean=mean, std=std, train_geom='crop_pad', crop_pad=3 if name == 'fmnist' else 4, hflip=True,
+                     noise_std=0.01 if name == 'fmnist' else 0.001,
+                     blackcenter={'aug1_blackcenter': 'center', 'aug1_blackcenter_inverted': 'border'}.get(pre, ''),
+                     **geo)
+  elif pre == 'none':
+    t = ip.Transform(mean=mean, std=std, train_geom='none', hflip=False, noise_std=0.0, **geo)
+  else:
+    raise ValueError(f'config.data.preproc={pre!r} is unknown; allowed: lcnaug1, lcn, aug1, none'
+                     + (', aug1_blackcenter, aug1_blackcenter_inverted' if name == 'cifar10' else ''))
+  # Online malformed_normal on FMNIST/CIFAR drops the generated map (spec §3.2): label loss.
+  info = _info(config, name, tuple(size) + (channels,), names, c, len(train), False, False, len(te_x), t)
+  return ip.Pipeline(config, info, train, te_x, labels, None, t, pi, pc, size_scale=size[0] / 240.0,
+                     oe_images=_oe_images(config, channels, size))
+
+
+def _fmnist(config, pi, pc):
+  root = config.data.root or (FMNIST_DEFAULT_ROOT if os.path.isdir(FMNIST_DEFAULT_ROOT) else '')
+  if root:
+    tr_x = read_idx(_find(root, 'train-images-idx3-ubyte'))
+    tr_y = read_idx(_find(root, 'train-labels-idx1-ubyte')).astype(np.int64)
+    te_x = read_idx(_find(root, 't10k-images-idx3-ubyte'))
+    te_y = read_idx(_find(root, 't10k-labels-idx1-ubyte')).astype(np.int64)
+    tr_x, te_x = tr_x[..., None], te_x[..., None]
+  else:
+    arrays = _tfds_arrays('fashion_mnist', config)
+    (tr_x, tr_y), (te_x, te_y) = arrays['train'], arrays['test']
+  return _one_vs_rest(config, 'fmnist', pi, pc, tr_x, tr_y, te_x, te_y, constants.FMNIST_CLASSES,
+                      constants.FMNIST, 1, (28, 28))
+
+
+def _cifar10(config, pi, pc):
+  root = config.data.root
+  names = constants.CIFAR10_CLASSES
+  if root:
+    cache = _cache_dir(config, root)
+    out = {}
+    for split in ('train', 'test'):
+      xs, ys = [], []
+      for k, nm in enumerate(names):
+        folder = os.path.join(root, split, nm)
+        if not os.path.isdir(folder):
+          raise FileNotFoundError(f'{folder} is missing: CIFAR-10 folders need {split}/<class>/* for the classes '
+                                  + ', '.join(names))
+        imgs, _ = read_images(_nonempty(list_images(folder), folder), 3, (32, 32), on_bad=config.data.on_bad_image,
+                              cache=cache)
+        xs.append(imgs)
+        ys.append(np.full(len(imgs), k))
+      out[split] = (np.concatenate(xs), np.concatenate(ys))
+  else:
+    out = _tfds_arrays('cifar10', config)
+  (tr_x, tr_y), (te_x, te_y) = out['train'], out['test']
+  return _one_vs_rest(config, 'cifar10', pi, pc, tr_x, tr_y, te_x, te_y, names, constants.CIFAR10, 3, (32, 32))
+
+
+def create(config, process_index=0, process_count=1):
+  name = config.data.name
+  fn = {'custom': _custom, 'mvtec': _mvtec, 'fmnist': _fmnist, 'cifar10': _cifar10}[name]
+  return fn(config, process_index, process_count)

@@ -1,0 +1,277 @@
+"""Input pipelines: determinism across processes and resumes, padding, real and generated folders, errors."""
+import gzip
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import default
+from configs import test as test_config
+from fcdd_jax import input_pipeline
+from fcdd_jax.data import anomalies
+from fcdd_jax.data import sources
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared', 'data')
+FMNIST_DEBIAN = '/usr/share/datasets/fashion-mnist'
+
+
+def _cfg(**kv):
+  c = test_config.get_config()
+  for k, v in kv.items():
+    node = c
+    *path, leaf = k.split('.')
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def test_global_stream_is_independent_of_process_count_and_resumable():
+  cfg = _cfg(batch_size=16)
+  p1 = input_pipeline.create(cfg)
+  it = p1.train_batches(0)
+  batches = [next(it) for _ in range(6)]  # crosses an epoch boundary (4 steps/epoch)
+  for pc in (2, 4):
+    for step in (0, 5):
+      parts = [next(input_pipeline.create(cfg, pi, pc).train_batches(step)) for pi in range(pc)]
+      for k in batches[step]:
+        np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), batches[step][k])
+  resumed = next(input_pipeline.create(cfg).train_batches(3))
+  for k in resumed:
+    np.testing.assert_array_equal(resumed[k], batches[3][k])
+  # online supervision: anomalies are present, with maps covering changed pixels
+  labels = np.concatenate([b['label'] for b in batches])
+  assert 0.25 < labels.mean() < 0.75
+  assert all(b['gtmap'][b['label'] == 0].max() == 0 for b in batches)
+  assert all(b['gtmap'][b['label'] == 1].min() == 1 for b in batches)  # malformed_normal: all-ones maps
+  assert batches[0]['image'].dtype == np.float32 and batches[0]['image'].shape == (16, 32, 32, 3)
+
+
+def test_exact_half_option():
+  b = next(input_pipeline.create(_cfg(batch_size=16, **{'data.exact_half': True})).train_batches(0))
+  assert b['label'].sum() == 8
+
+
+def test_eval_batches_pad_and_mark_valid():
+  cfg = _cfg(batch_size=16, **{'data.demo_num_test': 37})
+  p = input_pipeline.create(cfg)
+  bs = list(p.eval_batches('test', batch_size=16))
+  assert len(bs) == 3
+  valid = np.concatenate([b['valid'] for b in bs])
+  index = np.concatenate([b['index'] for b in bs])
+  assert valid.sum() == 37 and (index[valid > 0] == np.arange(37)).all() and (index[valid == 0] == -1).all()
+  halves = [list(input_pipeline.create(cfg, i, 2).eval_batches('test', batch_size=16)) for i in range(2)]
+  np.testing.assert_array_equal(np.concatenate([np.concatenate([h[b]['index'] for h in halves]) for b in range(3)]),
+                                index)
+
+
+def _write_mvtec_tree(root, size=40, n_train=6, with_masks=True, gray=False):
+  rng = np.random.default_rng(0)
+  def img():
+    a = rng.integers(60, 120, (size, size) if gray else (size, size, 3), dtype=np.uint8)
+    return a
+  os.makedirs(os.path.join(root, 'train', 'good'))
+  for i in range(n_train):
+    Image.fromarray(img()).save(os.path.join(root, 'train', 'good', f'{i:03d}.png'))
+  for d in ('good', 'crack'):
+    os.makedirs(os.path.join(root, 'test', d))
+    for i in range(3):
+      a = img()
+      if d == 'crack':
+        a[10:20, 5:15] = 255
+        if with_masks:
+          os.makedirs(os.path.join(root, 'ground_truth', d), exist_ok=True)
+          m = np.zeros((size, size), np.uint8)
+          m[10:20, 5:15] = 255
+          Image.fromarray(m).save(os.path.join(root, 'ground_truth', d, f'{i:03d}_mask.png'))
+      Image.fromarray(a).save(os.path.join(root, 'test', d, f'{i:03d}.png'))
+
+
+def test_custom_mvtec_layout_with_masks_and_joint_augmentation(tmp_path):
+  root = str(tmp_path / 'parts')
+  _write_mvtec_tree(root)
+  cfg = _cfg(batch_size=4, **{'data.name': 'custom', 'data.root': root, 'model.name': 'FCDD_CNN224_VGG_NOPT',
+                              'data.cache_dir': str(tmp_path / 'cache')})
+  p = input_pipeline.create(cfg)
+  assert sources.detect_layout(root) == 'mvtec'
+  assert p.info.image_shape == (224, 224, 3) and p.info.test_gtmaps and p.info.num_test == 6
+  ev = next(p.eval_batches('test', batch_size=8))
+  assert ev['gtmap'].shape == (8, 224, 224)
+  # the defect square is where the image is bright, at net input size
+  lab = ev['label'][:6]
+  assert lab.tolist() == [1, 1, 1, 0, 0, 0]  # sorted folders: crack before good
+  for i in range(3):
+    bright = ev['image'][i].mean(-1) > ev['image'][i].mean() + 2 * ev['image'][i].std()
+    assert (ev['gtmap'][i][bright] == 1).mean() > 0.95
+  masks = p.test_masks_original()
+  assert masks[0].shape == (40, 40) and masks[0].sum() == 100
+  # joint train transform keeps mask and image aligned
+  rng = np.random.default_rng(0)
+  raw = p.test_images[0]
+  m = (p.test_masks[0] > 0).astype(np.float32)
+  for _ in range(6):
+    x, mm = p.transform.train(raw, m, rng)
+    bright = x.mean(-1) > x.mean() + 2 * x.std()
+    assert (mm[bright] == 1).mean() > 0.95
+
+
+def test_custom_layout_errors(tmp_path):
+  root = str(tmp_path / 'p')
+  _write_mvtec_tree(root)
+  base = dict(batch_size=4, **{'data.name': 'custom', 'data.root': root, 'data.cache_dir': str(tmp_path / 'c')})
+  with pytest.raises(ValueError, match='normal_class=3 is out of range'):
+    input_pipeline.create(_cfg(**base, **{'data.normal_class': 3}))
+  with pytest.raises(FileNotFoundError, match='is not a directory'):
+    input_pipeline.create(_cfg(**{**base, 'data.root': str(tmp_path / 'nope')}))
+  # a corrupt image: error naming the file, or skip on request
+  bad = os.path.join(root, 'train', 'good', 'zzz.png')
+  with open(bad, 'wb') as f:
+    f.write(b'not a png')
+  with pytest.raises(ValueError, match='cannot read image .*zzz.png'):
+    input_pipeline.create(_cfg(**base))
+  p = input_pipeline.create(_cfg(**base, **{'data.on_bad_image': 'skip'}))
+  assert len(p.train_images) == 6
+  os.remove(bad)
+  # a mask of the wrong size
+  mpath = os.path.join(root, 'ground_truth', 'crack', '000_mask.png')
+  Image.fromarray(np.zeros((20, 20), np.uint8)).save(mpath)
+  with pytest.raises(ValueError, match='000_mask.png is 20x20 but its image .* is 40x40'):
+    input_pipeline.create(_cfg(**base))
+  os.remove(mpath)
+  with pytest.raises(ValueError, match='missing mask .*000_mask.png'):
+    input_pipeline.create(_cfg(**base))
+  Image.fromarray(np.zeros((40, 40), np.uint8)).save(mpath)
+  Image.fromarray(np.zeros((40, 40), np.uint8)).save(os.path.join(root, 'ground_truth', 'crack', '999_mask.png'))
+  with pytest.raises(ValueError, match='999_mask.png has no test image'):
+    input_pipeline.create(_cfg(**base))
+  os.makedirs(os.path.join(root, 'test', 'empty'))
+  with pytest.raises(ValueError, match='empty test folder'):
+    input_pipeline.create(_cfg(**base))
+  with pytest.raises(ValueError, match="data.name='nope' is unknown"):
+    input_pipeline.create(_cfg(**{'data.name': 'nope'}))
+
+
+def test_reference_one_vs_rest_layout_gray_and_rgba(tmp_path):
+  root = tmp_path / 'ovr'
+  rng = np.random.default_rng(0)
+  for split in ('train', 'test'):
+    for c in ('cats', 'dogs'):
+      os.makedirs(root / split / c)
+      for i in range(3):
+        mode = ['L', 'RGB', 'RGBA'][i]
+        a = rng.integers(0, 255, (30 + i, 50, {'L': 1, 'RGB': 3, 'RGBA': 4}[mode]), dtype=np.uint8)
+        Image.fromarray(a[..., 0] if mode == 'L' else a, mode).save(root / split / c / f'{i}.png')
+  cfg = _cfg(batch_size=2, **{'data.name': 'custom', 'data.root': str(root), 'data.normal_class': 1,
+                              'data.cache_dir': str(tmp_path / 'c')})
+  p = input_pipeline.create(cfg)
+  assert p.info.class_names == ('cats', 'dogs') and not p.info.test_gtmaps
+  assert p.train_images.shape == (3, 248, 248, 3)
+  assert p.test_labels.tolist() == [1, 1, 1, 0, 0, 0]
+
+
+def _write_idx(path, arr):
+  header = bytes([0, 0, 8, arr.ndim]) + b''.join(int(s).to_bytes(4, 'big') for s in arr.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + arr.astype(np.uint8).tobytes())
+
+
+def test_fmnist_from_generated_idx_files(tmp_path):
+  rng = np.random.default_rng(0)
+  tr_y = np.repeat(np.arange(10), 4)
+  te_y = np.repeat(np.arange(10), 2)
+  _write_idx(tmp_path / 'train-images-idx3-ubyte.gz', rng.integers(0, 255, (40, 28, 28)))
+  _write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', tr_y)
+  _write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (20, 28, 28)))
+  _write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', te_y)
+  cfg = _cfg(batch_size=2, **{'data.name': 'fmnist', 'data.root': str(tmp_path), 'data.normal_class': 3,
+                              'data.preproc': 'lcnaug1', 'data.supervise_mode': 'noise',
+                              'data.noise_mode': 'gaussian'})
+  p = input_pipeline.create(cfg)
+  assert p.info.image_shape == (28, 28, 1) and p.info.num_train == 4
+  assert p.test_labels.sum() == 18  # one-vs-rest: 2 nominal, 18 anomalous
+  b = next(p.train_batches(0))
+  assert b['image'].shape == (2, 28, 28, 1) and 'gtmap' not in b
+  # LCN + min-max of class 3 (spec §5.4): test images land in a bounded range around [0, 1]
+  x = next(p.eval_batches('test', 20))['image']
+  mn, mx = -1.9533653259277344, 18.65673065185547
+  xi = p.test_images[0, ..., 0].astype(np.float64) / 255
+  xi = xi - xi.mean()
+  xi = xi / np.abs(xi).mean()
+  np.testing.assert_allclose(x[0, ..., 0], (xi - mn) / (mx - mn), rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match='normal_class=10 is out of range'):
+    input_pipeline.create(_cfg(**{'data.name': 'fmnist', 'data.root': str(tmp_path), 'data.normal_class': 10}))
+
+
+@pytest.mark.skipif(not os.path.isdir(FMNIST_DEBIAN), reason='Debian package dataset-fashion-mnist not installed')
+def test_fmnist_real_debian_files_with_cifar_like_oe(tmp_path):
+  oe = tmp_path / 'oe'
+  os.makedirs(oe)
+  for i in range(5):
+    Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(oe / f'{i}.png')
+  cfg = _cfg(batch_size=8, **{'data.name': 'fmnist', 'data.root': '', 'data.normal_class': 0,
+                              'data.preproc': 'lcnaug1', 'data.supervise_mode': 'noise', 'data.noise_mode': 'folder',
+                              'data.oe_root': str(oe), 'data.cache_dir': str(tmp_path / 'c')})
+  p = input_pipeline.create(cfg)
+  assert p.info.num_train == 6000 and p.info.num_test == 10000 and p.test_labels.sum() == 9000
+  assert p.oe_images.shape == (5, 28, 28, 1)
+  b = next(p.train_batches(0))
+  assert b['image'].shape == (8, 28, 28, 1) and set(b['label'].tolist()) <= {0, 1}
+
+
+@pytest.fixture(scope='module')
+def cifar_small(tmp_path_factory):
+  tar = os.path.join(SHARED, 'cifar10_jpg.tar.gz')
+  if not os.path.exists(tar):
+    pytest.skip(f'{tar} not available')
+  full = tmp_path_factory.mktemp('c10full')
+  subprocess.run(['tar', 'xzf', tar, '-C', str(full)], check=True)
+  small = tmp_path_factory.mktemp('c10small')
+  for split, n in (('train', 12), ('test', 5)):
+    for c in os.listdir(full / split):
+      os.makedirs(small / split / c)
+      for f in sorted(os.listdir(full / split / c))[:n]:
+        shutil.copy(full / split / c / f, small / split / c / f)
+  return str(small)
+
+
+def test_cifar10_real_jpeg_folders(cifar_small, tmp_path):
+  cfg = _cfg(batch_size=4, **{'data.name': 'cifar10', 'data.root': cifar_small, 'data.normal_class': 7,
+                              'data.preproc': 'aug1', 'data.supervise_mode': 'noise', 'data.noise_mode': 'folder',
+                              'data.oe_root': os.path.join(cifar_small, 'train', 'dog'),
+                              'data.cache_dir': str(tmp_path / 'c'), 'model.name': 'FCDD_CNN32_LW3K'})
+  p = input_pipeline.create(cfg)
+  assert p.info.class_names[7] == 'horse' and p.info.num_train == 12 and p.info.num_test == 50
+  assert p.test_labels.sum() == 45
+  x = next(p.eval_batches('test', 50))['image']
+  assert x.shape == (50, 32, 32, 3) and abs(float(x.mean())) < 1.5
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'mvtec_bottle_256', 'bottle')),
+                    reason='shared MVTec bottle data not available')
+def test_real_mvtec_bottle_without_masks(tmp_path, capsys):
+  cfg = _cfg(batch_size=4, **{'data.name': 'custom', 'data.root': os.path.join(SHARED, 'mvtec_bottle_256', 'bottle'),
+                              'data.cache_dir': str(tmp_path / 'c')})
+  p = input_pipeline.create(cfg)
+  assert 'pixel_auc is null' in capsys.readouterr().out
+  assert p.info.num_train == 209 and p.info.num_test == 83 and not p.info.test_gtmaps
+  assert p.test_labels.sum() == 63
+  assert p.test_masks_original() is None
+
+
+def test_confetti_statistics_and_malformed_normal():
+  rng = np.random.default_rng(0)
+  counts = [anomalies._centres(rng, 240, 240, 0.000018, at_least_one=False)[0].size for _ in range(2000)]  # pylint: disable=protected-access
+  assert np.mean(counts) == pytest.approx(240 * 240 * 0.000018, rel=0.1)  # ~1.04 coloured blobs
+  x = np.full((240, 240, 3), 128, np.uint8)
+  for s in range(5):
+    n = anomalies.confetti(np.random.default_rng(s), x.shape)
+    assert n.max() <= 0 and n.min() < -50        # darkening only, at least one blob
+  bright = np.full((64, 64, 3), 255, np.uint8)   # darkening does nothing? no: it darkens white
+  dark = np.zeros((64, 64, 3), np.uint8)         # darkening black does nothing -> brighten (spec §6.4)
+  a, gt = anomalies.make_anomaly('malformed_normal', 'confetti', np.random.default_rng(1), dark, size_scale=0.3)
+  assert a.max() > 0 and gt.min() == 1
+  a, gt = anomalies.make_anomaly('malformed_normal_gt', 'confetti', np.random.default_rng(1), bright, size_scale=0.3)
+  np.testing.assert_array_equal(gt, np.any(a != bright, -1))

@@ -1,0 +1,140 @@
+"""Multi-process runs on 127.0.0.1 (a pod in miniature), failures, preemption, and the launch scripts."""
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'launch'))
+import local  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+STEPS = 12
+ARGS = ['--config', 'configs/test.py', f'--config.num_train_steps={STEPS}', '--config.log_every_steps=2',
+        '--config.checkpoint_every_steps=2', '--config.keep_checkpoints=10']
+
+
+def _results(workdir):
+  with open(os.path.join(workdir, 'results.json')) as f:
+    return json.load(f)
+
+
+def _single(workdir, devices=4):
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  proc = subprocess.run([sys.executable, '-m', 'fcdd_jax.main', *ARGS, '--workdir', workdir], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=400)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return _results(workdir)
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory):
+  return _single(str(tmp_path_factory.mktemp('single')))
+
+
+@pytest.fixture(scope='module')
+def two_procs(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp('two'))
+  code = local.launch([*ARGS, '--workdir', wd], num_processes=2, devices_per_process=2, timeout=400)
+  assert code == 0, open(os.path.join(wd, 'process_1.log')).read()[-3000:]
+  return wd
+
+
+def _assert_same_aucs(a, b):
+  assert a['image_auc'] == pytest.approx(b['image_auc'], abs=1e-4)
+  assert a['pixel_auc'] == pytest.approx(b['pixel_auc'], abs=1e-4)
+
+
+def test_two_processes_equal_single_process(reference, two_procs):
+  _assert_same_aucs(_results(two_procs), reference)
+  # Only process 0 writes logs and figures; every process took part in the checkpoints.
+  assert os.path.exists(os.path.join(two_procs, 'test_samples.png'))
+  assert sorted(int(os.path.basename(d)) for d in glob.glob(os.path.join(two_procs, 'checkpoints', '[0-9]*'))
+                ) == list(range(2, STEPS + 1, 2))
+
+
+def test_four_processes_equal_single_process(reference, tmp_path):
+  wd = str(tmp_path / 'four')
+  code = local.launch([*ARGS, '--workdir', wd], num_processes=4, devices_per_process=1, timeout=400)
+  assert code == 0
+  _assert_same_aucs(_results(wd), reference)
+
+
+def test_sigkill_midway_then_restart_resumes(two_procs, tmp_path):
+  wd = str(tmp_path / 'killed')
+  code = local.launch([*ARGS, '--workdir', wd], num_processes=2, devices_per_process=2, timeout=400,
+                      grace=60, extra_env={'FCDD_FAULT_INJECTION': 'kill@7'})
+  assert code != 0
+  assert not os.path.exists(os.path.join(wd, 'results.json'))
+  steps = sorted(int(os.path.basename(d)) for d in glob.glob(os.path.join(wd, 'checkpoints', '[0-9]*'))
+                 if os.path.basename(d).isdigit())
+  assert steps and max(steps) <= 7
+  code = local.launch([*ARGS, '--workdir', wd], num_processes=2, devices_per_process=2, timeout=400)
+  assert code == 0
+  _assert_same_aucs(_results(wd), _results(two_procs))
+
+
+def test_killed_peer_makes_the_others_exit_in_bounded_time(tmp_path):
+  wd = str(tmp_path / 'peer')
+  t0 = time.time()
+  code, codes, killed = local.launch(
+      [*ARGS, '--config.num_train_steps=100000', '--workdir', wd, '--heartbeat_timeout=20'],
+      num_processes=2, devices_per_process=1, timeout=300, grace=180,
+      extra_env={'FCDD_FAULT_INJECTION': 'kill@3:p1'}, return_all=True)
+  elapsed = time.time() - t0
+  assert code != 0 and codes[1] == -9
+  # Process 0 noticed the dead peer and stopped by itself with an error, in bounded time (<= 2 min).
+  assert not killed[0] and codes[0] != 0, (codes, killed)
+  assert elapsed < 150, f'the surviving process took {elapsed:.0f}s to stop'
+
+
+def test_preemption_signal_saves_agreed_step_and_restart_resumes(two_procs, tmp_path):
+  wd = str(tmp_path / 'preempt')
+  code = local.launch([*ARGS, '--workdir', wd], num_processes=2, devices_per_process=2, timeout=400,
+                      extra_env={'FCDD_FAULT_INJECTION': 'sigterm@5:p0'})
+  assert code == 0
+  assert not os.path.exists(os.path.join(wd, 'results.json'))
+  steps = [int(os.path.basename(d)) for d in glob.glob(os.path.join(wd, 'checkpoints', '[0-9]*'))
+           if os.path.basename(d).isdigit()]
+  assert steps and max(steps) < STEPS
+  code = local.launch([*ARGS, '--workdir', wd], num_processes=2, devices_per_process=2, timeout=400)
+  assert code == 0
+  _assert_same_aucs(_results(wd), _results(two_procs))
+
+
+def test_single_process_sigterm_preemption(tmp_path):
+  wd = str(tmp_path / 'sp')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1',
+             FCDD_FAULT_INJECTION='sigterm@3')
+  proc = subprocess.run([sys.executable, '-m', 'fcdd_jax.main', *ARGS, '--workdir', wd], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'preemption at step 3' in proc.stdout
+  assert os.path.isdir(os.path.join(wd, 'checkpoints', '3'))
+  assert not os.path.exists(os.path.join(wd, 'results.json'))
+
+
+def test_shell_scripts_parse():
+  for script in glob.glob(os.path.join(ROOT, 'launch', '*.sh')) + glob.glob(os.path.join(ROOT, 'launch', '*.sbatch')):
+    subprocess.run(['bash', '-n', script], check=True)
+    if shutil.which('shellcheck'):
+      proc = subprocess.run(['shellcheck', script], capture_output=True, text=True)
+      assert proc.returncode == 0, proc.stdout
+
+
+def test_sweep_ranges_and_dry_run(tmp_path, capsys):
+  assert sweep.parse_range('0-3') == [0, 1, 2, 3]
+  assert sweep.parse_range('1,4,6-7') == [1, 4, 6, 7]
+  with pytest.raises(ValueError):
+    sweep.parse_range(',')
+  os.makedirs(tmp_path / 'normal_1' / 'seed_0')
+  (tmp_path / 'normal_1' / 'seed_0' / 'results.json').write_text('{}')
+  sweep.sweep('configs/fmnist.py', str(tmp_path), [0, 1], [0], dry_run=True)
+  out = capsys.readouterr().out
+  assert 'normal_1/seed_0 already finished' in out
+  assert f'--workdir {tmp_path}/normal_0/seed_0 --config.seed=0 --config.data.normal_class=0' in out
