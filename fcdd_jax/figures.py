@@ -1,4 +1,14 @@
-"""Figures written into the workdir (PNG): test samples with their heatmaps and ground truth."""
+"""Explanation figures (PNG) written into the workdir (spec §8.3).
+
+* `test_samples.png`: first nominal and anomalous test samples: inputs, heatmaps, ground truth.
+* `heatmaps_global.png`: row groups (inputs, heatmaps, [GT], separator) for the first m label-0 samples,
+  the first m label-1 samples, the m/2 lowest- and m/2 highest-scored label-0 samples, same for label 1;
+  "global" normalisation (balanced reference set, `config.eval.quantile`).
+* `heatmaps_paper_{local,global}_lbl{0,1}.png`: k = min(6, count) samples picked along the score-sorted
+  list as the reference does; local (per image) or global normalisation.
+* `train_heatmaps_global.png` when train-split outputs are given; `overlays/` with heatmaps over inputs.
+Inputs are min-max normalised per image for display; GT maps are shown as they are.
+"""
 import os
 
 import numpy as np
@@ -18,35 +28,190 @@ def _jet(x):
   return (matplotlib.colormaps['jet'](np.clip(x, 0, 1))[..., :3] * 255).round().astype(np.uint8)
 
 
-def sample_grid(images, heatmaps, gtmaps=None, quantile=0.97):
-  """Rows: inputs, heatmaps (local normalisation: min, qu-quantile), [ground truth]."""
-  rows = [np.concatenate([_to_uint8_image(im) for im in images], 1)]
-  hm = []
-  for h in heatmaps:
-    h = np.asarray(h, np.float32) - float(np.min(h))
-    q = float(np.sort(h.ravel())[int(quantile * (h.size - 1))])
-    hm.append(_jet(h / q if q > 0 else h))
-  rows.append(np.concatenate(hm, 1))
+def _qtile(x, q):
+  x = np.sort(np.asarray(x, np.float64).ravel())
+  return float(x[int(q * (x.size - 1))]) if x.size else 1.0
+
+
+def local_norm(h, q):
+  """Per image: subtract its min, divide by its q-quantile, clamp to [0, 1] (spec §8.3)."""
+  h = np.asarray(h, np.float64) - float(np.min(h))
+  qq = _qtile(h, q)
+  return np.clip(h / qq if qq > 0 else h, 0, 1)
+
+
+def global_reference(heatmaps, labels, seed=0):
+  """Balanced reference set: the majority label subsampled to the minority count (spec §8.3)."""
+  labels = np.asarray(labels)
+  idx0, idx1 = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+  if len(idx0) and len(idx1):
+    n = min(len(idx0), len(idx1))
+    rng = np.random.default_rng(seed)
+    idx = np.concatenate([rng.choice(idx0, n, replace=False), rng.choice(idx1, n, replace=False)])
+  else:
+    idx = np.arange(len(labels))
+  return np.asarray(heatmaps)[idx]
+
+
+def global_norm(h, reference, q):
+  lo = float(np.min(reference))
+  qq = _qtile(np.asarray(reference, np.float64) - lo, q)
+  return np.clip((np.asarray(h, np.float64) - lo) / (qq if qq > 0 else 1.0), 0, 1)
+
+
+def overlay(image_uint8, heatmap01, alpha=0.5):
+  """Heatmap (normalised to [0,1]) in jet over an RGB/gray uint8 image of the same size."""
+  img = _to_uint8_image(image_uint8) if image_uint8.dtype != np.uint8 else image_uint8
+  if img.ndim == 2 or img.shape[-1] == 1:
+    img = np.repeat(img.reshape(img.shape[:2] + (1,)), 3, -1)
+  hm = _jet(heatmap01)
+  return (img.astype(np.float32) * (1 - alpha) + hm.astype(np.float32) * alpha).round().astype(np.uint8)
+
+
+def grid(images, heatmaps01, gtmaps=None):
+  """Rows: inputs, heatmaps (already normalised to [0,1]), [ground truth]."""
+  rows = [np.concatenate([_to_uint8_image(im) for im in images], 1),
+          np.concatenate([_jet(h) for h in heatmaps01], 1)]
   if gtmaps is not None:
-    rows.append(np.concatenate([_to_uint8_image(np.asarray(g, np.float32)) for g in gtmaps], 1))
+    rows.append(np.concatenate([np.repeat(((np.asarray(g) > 0.5) * 255).astype(np.uint8)[..., None], 3, -1)
+                                for g in gtmaps], 1))
   return np.concatenate(rows, 0)
 
 
-def write_run_figures(workdir, config, pipeline, outputs):
-  """test_samples.png: the first nominal and anomalous test samples with heatmaps (and masks)."""
-  del pipeline
+def sample_grid(images, heatmaps, gtmaps=None, quantile=0.97):
+  """Backwards-compatible: local normalisation of raw heatmaps."""
+  return grid(images, [local_norm(h, quantile) for h in heatmaps], gtmaps)
+
+
+def paper_indices(scores, k=6):
+  """The reference's picks along the score-sorted list (spec §8.3)."""
+  order = np.argsort(scores, kind='stable')
+  n = len(order)
+  k = min(k, n)
+  if k == 0:
+    return []
+  if k == 1:
+    return [int(order[0])]
+  chunks = np.array_split(order, k)
+  picks = []
+  for i, ch in enumerate(chunks):
+    if i == 0:
+      picks.append(int(ch[0]))
+    elif i == k - 1:
+      picks.append(int(ch[-1]))
+    else:
+      picks.append(int(ch[min(len(ch) - 1, int(i / (k - 1) * len(ch)))]))
+  return picks
+
+
+def _save(arr, path, min_height=128):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  samples = outputs.get('samples') or {}
-  pos = {int(ix): i for i, ix in enumerate(outputs['index'])}
-  idx = sorted(samples, key=lambda ix: (int(outputs['label'][pos[ix]]), ix))
-  idx = [ix for ix in idx if ix in pos]
-  if not idx:
-    return
-  gts = [outputs['gtmap'][pos[ix]] for ix in idx] if 'gtmap' in outputs else None
-  grid = sample_grid([samples[ix] for ix in idx], [outputs['heatmap'][pos[ix]] for ix in idx], gts,
-                     config.eval.quantile)
-  img = Image.fromarray(grid)
-  scale = max(1, 128 // grid.shape[0] * 2) if grid.shape[0] < 128 else 1
+  img = Image.fromarray(arr)
+  scale = max(1, min_height // arr.shape[0] * 2) if arr.shape[0] < min_height else 1
   if scale > 1:
-    img = img.resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST)
-  img.save(os.path.join(workdir, 'test_samples.png'))
+    img = img.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+  img.save(path)
+
+
+def _display(pipeline, split, indices, fallback):
+  if pipeline is not None and hasattr(pipeline, 'display_images'):
+    try:
+      return list(pipeline.display_images(split, indices))
+    except Exception:  # pylint: disable=broad-except
+      pass
+  return [fallback[i] for i in indices] if fallback is not None else None
+
+
+def global_figure(images, heatmaps, labels, scores, reference, q, gtmaps=None, m=20):
+  labels = np.asarray(labels)
+  counts = [int((labels == 0).sum()), int((labels == 1).sum())]
+  m = min(m, min(c for c in counts if c > 0) if any(counts) else 0)
+  m = max(2, m - m % 2)
+  groups = []
+  for lab in (0, 1):
+    idx = np.flatnonzero(labels == lab)
+    if len(idx):
+      groups.append(idx[:m])
+  for lab in (0, 1):
+    idx = np.flatnonzero(labels == lab)
+    if len(idx):
+      srt = idx[np.argsort(scores[idx], kind='stable')]
+      groups.append(np.concatenate([srt[:m // 2], srt[-(m // 2):]]))
+  blocks = []
+  for g in groups:
+    g = list(g)
+    block = grid([images[i] for i in g], [global_norm(heatmaps[i], reference, q) for i in g],
+                 [gtmaps[i] for i in g] if gtmaps is not None else None)
+    blocks.append(block)
+  width = max(b.shape[1] for b in blocks)
+  sep = np.zeros((2, width, 3), np.uint8)
+  out = []
+  for b in blocks:
+    out += [np.pad(b, ((0, 0), (0, width - b.shape[1]), (0, 0))), sep]
+  return np.concatenate(out[:-1], 0)
+
+
+def write_run_figures(workdir, config, pipeline, outputs, train_outputs=None):
+  """All test-set figures of a run (and train heatmaps when `train_outputs` is given)."""
+  q = float(config.eval.quantile)
+  n = len(outputs['score'])
+  if not n:
+    return
+  labels = outputs['label'].astype(np.int32)
+  scores = np.asarray(outputs['score'])
+  heat = np.asarray(outputs['heatmap'])
+  if heat.ndim != 3:
+    return
+  gts = outputs.get('gtmap')
+  samples = outputs.get('samples') or {}
+  # display images for every picked index (via the pipeline, else the kept normalised inputs)
+  needed = set()
+  ref = global_reference(outputs.get('heatmap_lowres', heat), labels)
+  picks = {}
+  for lab in (0, 1):
+    idx = np.flatnonzero(labels == lab)
+    if len(idx):
+      picks[lab] = [int(idx[i]) for i in paper_indices(scores[idx])]
+      needed |= set(picks[lab])
+  glob_fig_rows = set(range(min(n, 200)))
+  index = outputs['index'] if 'index' in outputs else np.arange(n)
+  pos_samples = {int(ix): im for ix, im in samples.items()}
+  def images_for(rows):
+    disp = _display(pipeline, 'test', [int(index[r]) for r in rows], None)
+    if disp is None:
+      disp = [pos_samples.get(int(index[r]), np.zeros(heat.shape[1:] + (3,))) for r in rows]
+    return disp
+  # paper figures
+  for lab, rows in picks.items():
+    ims = images_for(rows)
+    g = [gts[r] for r in rows] if gts is not None else None
+    _save(grid(ims, [local_norm(heat[r], q) for r in rows], g),
+          os.path.join(workdir, f'heatmaps_paper_local_lbl{lab}.png'))
+    _save(grid(ims, [global_norm(heat[r], ref, q) for r in rows], g),
+          os.path.join(workdir, f'heatmaps_paper_global_lbl{lab}.png'))
+  # global figure over the first rows + the extremes
+  rows = sorted(glob_fig_rows | set(np.argsort(scores)[:10].tolist()) | set(np.argsort(scores)[-10:].tolist()))
+  ims = dict(zip(rows, images_for(rows)))
+  allims = [ims.get(r, np.zeros(heat.shape[1:] + (3,), np.uint8)) for r in range(n)] if n <= 4000 else None
+  if allims is not None:
+    sub = np.asarray(rows)
+    fig = global_figure([ims[r] for r in rows], heat[sub], labels[sub], scores[sub], ref, q,
+                        gts[sub] if gts is not None else None)
+    _save(fig, os.path.join(workdir, 'heatmaps_global.png'))
+  # test_samples.png and overlays
+  first = [int(i) for i in np.flatnonzero(labels == 0)[:5]] + [int(i) for i in np.flatnonzero(labels == 1)[:5]]
+  ims = images_for(first)
+  _save(grid(ims, [local_norm(heat[r], q) for r in first], [gts[r] for r in first] if gts is not None else None),
+        os.path.join(workdir, 'test_samples.png'))
+  os.makedirs(os.path.join(workdir, 'overlays'), exist_ok=True)
+  for r, im in zip(first, ims):
+    _save(overlay(np.asarray(im), global_norm(heat[r], ref, q)),
+          os.path.join(workdir, 'overlays', f'test_{int(index[r]):05d}_label{labels[r]}.png'))
+  if train_outputs is not None and len(train_outputs.get('score', [])):
+    th = np.asarray(train_outputs['heatmap'])
+    tl = train_outputs['label'].astype(np.int32)
+    rows = list(range(min(len(th), 20)))
+    tims = _display(pipeline, 'train', [int(train_outputs['index'][r]) for r in rows], None) or \
+        [np.zeros(th.shape[1:] + (3,), np.uint8) for _ in rows]
+    tref = global_reference(th, tl)
+    _save(grid(tims, [global_norm(th[r], tref, q) for r in rows]), os.path.join(workdir, 'train_heatmaps_global.png'))

@@ -289,7 +289,8 @@ def check_finite(metrics, step, where):
         'is kept')
 
 
-def run_evaluation(state, pipeline, eval_fn, sharding, split='test', batch_size=None, keep_images=0):
+def run_evaluation(state, pipeline, eval_fn, sharding, split='test', batch_size=None, keep_images=0,
+                   max_batches=None):
   """Runs the jitted eval step over a split; returns host NumPy arrays of valid examples in order.
 
   With keep_images=n the inputs of the first n nominal and n anomalous examples this process sees are
@@ -298,7 +299,9 @@ def run_evaluation(state, pipeline, eval_fn, sharding, split='test', batch_size=
   outs, samples, counts = [], {}, {0: 0, 1: 0}
 
   def local_batches():
-    for b in pipeline.eval_batches(split=split, batch_size=batch_size):
+    for i, b in enumerate(pipeline.eval_batches(split=split, batch_size=batch_size)):
+      if max_batches is not None and i >= max_batches:
+        break
       if keep_images:
         for i in range(len(b['label'])):
           lab = int(b['label'][i])
@@ -563,6 +566,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   outputs = run_evaluation(state, pipeline, p_eval_step, data_sharding, 'test',
                            config.eval.batch_size or None, keep_images=config.eval.num_figure_samples // 2)
   image_auc, pixel_auc = compute_metrics(config, pipeline, outputs)
+  train_outputs = None
+  if config.eval.train_heatmaps:  # training heatmaps (spec §8.1) from the first batch of nominal train images
+    train_outputs = run_evaluation(state, pipeline, p_eval_step, data_sharding, 'train',
+                                   config.eval.batch_size or None, max_batches=1)
   extra = {}
   if is_main:
     try:
@@ -588,7 +595,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     with open(os.path.join(workdir, 'results.json'), 'w') as f:
       json.dump(results, f, indent=2)
     try:
-      figures.write_run_figures(workdir, config, pipeline, outputs)
+      from fcdd_jax import reports  # pylint: disable=g-import-not-at-top
+      hist_path = os.path.join(workdir, 'history.json')
+      hist = json.load(open(hist_path)) if os.path.exists(hist_path) else None
+      reports.write_reports(workdir, results, outputs, hist)
+      figures.write_run_figures(workdir, config, pipeline, outputs, train_outputs)
     except Exception as e:  # pylint: disable=broad-except  (figures never lose a finished run)
       logging.exception('figures failed: %s', e)
       print(f'warning: figures could not be written: {e}', flush=True)
