@@ -10,3 +10,26 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@pytest.fixture(scope='session')
+def cifar_small(tmp_path_factory):
+  """A small CIFAR-10 folder tree (12 train / 5 test images per class) from the shared JPEG archive."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  tar = os.path.join(SHARED, 'data', 'cifar10_jpg.tar.gz')
+  if not os.path.exists(tar):
+    pytest.skip(f'{tar} not available')
+  full = tmp_path_factory.mktemp('c10full')
+  subprocess.run(['tar', 'xzf', tar, '-C', str(full)], check=True)
+  small = tmp_path_factory.mktemp('c10small')
+  for split, n in (('train', 12), ('test', 5)):
+    for c in os.listdir(full / split):
+      os.makedirs(small / split / c)
+      for f in sorted(os.listdir(full / split / c))[:n]:
+        shutil.copy(full / split / c / f, small / split / c / f)
+  shutil.rmtree(full)
+  return str(small)

@@ -1,8 +1,6 @@
 """Input pipelines: determinism across processes and resumes, padding, real and generated folders, errors."""
 import gzip
 import os
-import shutil
-import subprocess
 
 import numpy as np
 import pytest
@@ -219,22 +217,6 @@ def test_fmnist_real_debian_files_with_cifar_like_oe(tmp_path):
   assert p.oe_images.shape == (5, 28, 28, 1)
   b = next(p.train_batches(0))
   assert b['image'].shape == (8, 28, 28, 1) and set(b['label'].tolist()) <= {0, 1}
-
-
-@pytest.fixture(scope='module')
-def cifar_small(tmp_path_factory):
-  tar = os.path.join(SHARED, 'cifar10_jpg.tar.gz')
-  if not os.path.exists(tar):
-    pytest.skip(f'{tar} not available')
-  full = tmp_path_factory.mktemp('c10full')
-  subprocess.run(['tar', 'xzf', tar, '-C', str(full)], check=True)
-  small = tmp_path_factory.mktemp('c10small')
-  for split, n in (('train', 12), ('test', 5)):
-    for c in os.listdir(full / split):
-      os.makedirs(small / split / c)
-      for f in sorted(os.listdir(full / split / c))[:n]:
-        shutil.copy(full / split / c / f, small / split / c / f)
-  return str(small)
 
 
 def test_cifar10_real_jpeg_folders(cifar_small, tmp_path):

@@ -155,3 +155,8 @@ def test_other_device_count_gives_the_same_aucs(full_run, tmp_path):
     results2 = json.load(f)
   assert results2['image_auc'] == pytest.approx(results8['image_auc'], abs=1e-4)
   assert results2['pixel_auc'] == pytest.approx(results8['pixel_auc'], abs=1e-4)
+
+
+def test_training_set_smaller_than_the_batch(tmp_path):
+  with pytest.raises(train.ConfigError, match='fewer than config.batch_size=64'):
+    train.train_and_evaluate(_config(**{'batch_size': 64, 'data.demo_num_train': 40}), str(tmp_path))

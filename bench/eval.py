@@ -1,0 +1,45 @@
+"""Images/s of the jit-compiled evaluation step (forward, pseudo-Huber, scores, Gaussian upsampling to
+full size), as the engine runs it.
+
+  python -m bench.eval [--net NAME] [--batch B] [--steps S]
+"""
+import argparse
+import functools
+
+from bench import common
+
+
+def measure(net_name, batch, steps):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import models, train  # pylint: disable=g-import-not-at-top
+  cfg = default.get_config()
+  cfg.model.name = net_name
+  shape = models.input_shape(net_name)
+  model = models.create(net_name)
+  state = jax.jit(functools.partial(train.create_train_state, cfg, model, shape, steps_per_epoch=1))(
+      jax.random.PRNGKey(0))
+  scfg = train.StepConfig(objective='fcdd', gtmaps=False, reception=model.reception, gauss_std=None,
+                          image_size=shape[:2])
+  fn = jax.jit(functools.partial(train.eval_step, cfg=scfg))
+  b = {'image': jnp.asarray(np.random.default_rng(0).normal(size=(batch,) + shape), jnp.float32)}
+  jax.block_until_ready(fn(state, b))
+  sec = common.median_time(lambda: jax.block_until_ready(fn(state, b)), steps)
+  return common.emit(impl='jax', net=net_name, batch=batch, img_per_s=round(batch / sec, 2), seconds=round(sec, 4),
+                     device_kind=common.cpu_kind(), what='eval_step incl. upsampling', load=common.load_avg())
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--net', default=None)
+  p.add_argument('--batch', type=int, default=None)
+  p.add_argument('--steps', type=int, default=5)
+  a = p.parse_args()
+  for n in [a.net] if a.net else list(common.NETS):
+    measure(n, a.batch or common.NETS[n], a.steps)
+
+
+if __name__ == '__main__':
+  main()

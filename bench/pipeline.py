@@ -1,0 +1,67 @@
+"""The input pipeline's share: train steps/s with the real pipeline vs a cached in-memory batch, for
+FCDD_CNN32_LW3K on CIFAR-10 (batch 200), in one run.
+
+  python -m bench.pipeline --root /path/to/cifar10_folders [--steps 10] [--oe_root DIR]
+
+`--root` holds train/<class>/*, test/<class>/* (extract ../shared/data/cifar10_jpg.tar.gz). OE: images of
+--oe_root (default: the CIFAR-10 'dog' training folder, standing in for CIFAR-100).
+"""
+import argparse
+import functools
+import os
+import time
+
+from bench import common
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--root', required=True)
+  p.add_argument('--oe_root', default='')
+  p.add_argument('--steps', type=int, default=10)
+  p.add_argument('--batch', type=int, default=200)
+  a = p.parse_args()
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+  from configs import cifar10  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import input_pipeline, models, train  # pylint: disable=g-import-not-at-top
+  cfg = cifar10.get_config()
+  cfg.data.root = a.root
+  cfg.data.noise_mode = 'folder'
+  cfg.data.oe_root = a.oe_root or os.path.join(a.root, 'train', 'dog')
+  cfg.batch_size = a.batch
+  pipe = input_pipeline.create(cfg)
+  model = train.create_model(cfg, pipe.info)
+  state = jax.jit(functools.partial(train.create_train_state, cfg, model, pipe.info.image_shape,
+                                    steps_per_epoch=pipe.info.steps_per_epoch))(jax.random.PRNGKey(0))
+  scfg = train.StepConfig(objective='fcdd', gtmaps=False, reception=model.reception, gauss_std=None,
+                          image_size=(32, 32))
+  mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
+  shard = NamedSharding(mesh, P('data'))
+  step = jax.jit(functools.partial(train.train_step, cfg=scfg), donate_argnums=(0,))
+  key = jax.random.PRNGKey(1)
+  it = train._prefetch(pipe.train_batches(0), shard)  # pylint: disable=protected-access
+  cached = next(it)
+  state, m = step(state, cached, key)
+  jax.block_until_ready(m)
+  t = time.perf_counter()
+  for _ in range(a.steps):
+    state, m = step(state, cached, key)
+  jax.block_until_ready(m)
+  cached_rate = a.steps / (time.perf_counter() - t)
+  t = time.perf_counter()
+  for _ in range(a.steps):
+    state, m = step(state, next(it), key)
+  jax.block_until_ready(m)
+  real_rate = a.steps / (time.perf_counter() - t)
+  t = time.perf_counter()
+  for s in range(a.steps):
+    pipe._build_train_batch(1000 + s)  # pylint: disable=protected-access
+  build_rate = a.steps / (time.perf_counter() - t)
+  common.emit(impl='jax', net='FCDD_CNN32_LW3K', batch=a.batch, what='pipeline', steps_per_s_cached=round(cached_rate, 3),
+              steps_per_s_real=round(real_rate, 3), ratio_real_vs_cached=round(real_rate / cached_rate, 3),
+              pipeline_only_batches_per_s=round(build_rate, 2), device_kind=common.cpu_kind(), load=common.load_avg())
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,62 @@
+"""Median images/s of one compiled fcdd_jax train step (the engine's `train.train_step`: forward, loss,
+backward, SGD-Nesterov + coupled weight decay, BN statistics), compile time reported separately.
+
+  python -m bench.train_step [--net NAME] [--batch B] [--steps S] [--dtype float32|bfloat16]
+"""
+import argparse
+import functools
+import time
+
+from bench import common
+
+
+def measure(net_name, batch, steps, dtype='float32'):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import models, train  # pylint: disable=g-import-not-at-top
+  cfg = default.get_config()
+  cfg.model.name = net_name
+  cfg.model.dtype = dtype
+  cfg.optim.name = 'sgd'
+  shape = models.input_shape(net_name)
+  model = models.create(net_name, dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+  state = jax.jit(functools.partial(train.create_train_state, cfg, model, shape, steps_per_epoch=100))(
+      jax.random.PRNGKey(0))
+  frozen = models.frozen_mask(net_name, state.params)
+  frozen = frozen if any(jax.tree.leaves(frozen)) else None
+  scfg = train.StepConfig(objective='fcdd', gtmaps=False, reception=model.reception, gauss_std=None,
+                          image_size=shape[:2])
+  step = jax.jit(functools.partial(train.train_step, cfg=scfg, frozen=frozen), donate_argnums=(0,))
+  rng = np.random.default_rng(0)
+  batch_data = {'image': jnp.asarray(rng.normal(size=(batch,) + shape), jnp.float32),
+                'label': jnp.asarray(np.arange(batch) % 2, jnp.int32)}
+  key = jax.random.PRNGKey(1)
+  t = time.perf_counter()
+  compiled = step.lower(state, batch_data, key).compile()
+  compile_s = time.perf_counter() - t
+  holder = {'state': state}
+  def run():
+    holder['state'], m = compiled(holder['state'], batch_data, key)
+    jax.block_until_ready(m['loss'])
+  sec = common.median_time(run, steps, warmup=2)
+  return common.emit(impl='jax', net=net_name, batch=batch, dtype=dtype, img_per_s=round(batch / sec, 2),
+                     seconds=round(sec, 4), compile_s=round(compile_s, 2),
+                     device_kind=f'{jax.devices()[0].device_kind} ({common.cpu_kind()})',
+                     jax=jax.__version__, load=common.load_avg())
+
+
+def main():
+  p = argparse.ArgumentParser()
+  p.add_argument('--net', default=None)
+  p.add_argument('--batch', type=int, default=None)
+  p.add_argument('--steps', type=int, default=None)
+  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  a = p.parse_args()
+  for n in [a.net] if a.net else list(common.NETS):
+    measure(n, a.batch or common.NETS[n], a.steps or (5 if '224' in n else 10), a.dtype)
+
+
+if __name__ == '__main__':
+  main()

@@ -1,0 +1,45 @@
+"""Smoke tests of the benchmark modules (tiny sizes; not timed tests)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.main_test import ROOT
+
+
+def _run(args, timeout=300):
+  out = subprocess.run([sys.executable, '-m', *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                       env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
+  assert out.returncode == 0, out.stderr[-3000:]
+  lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith('{')]
+  assert lines
+  for l in lines:
+    assert 'impl' in l and 'device_kind' in l
+  return lines
+
+
+def test_jax_train_step_bench():
+  (r,) = _run(['bench.train_step', '--net', 'FCDD_CNN28_W', '--batch', '8', '--steps', '2'])
+  assert r['impl'] == 'jax' and r['img_per_s'] > 0 and r['compile_s'] > 0
+
+
+def test_torch_train_step_bench():
+  pytest.importorskip('torch', reason='torch not installed')
+  rs = _run(['bench.torch_train_step', '--net', 'FCDD_CNN28_W', '--batch', '8', '--steps', '2'])
+  assert {r['layout'] for r in rs} == {'nchw', 'channels_last'}
+
+
+def test_upsample_bench_agrees_with_torch_reference():
+  pytest.importorskip('torch', reason='torch not installed')
+  rs = _run(['bench.upsample', '--n', '4', '--steps', '2'])
+  torch_line = [r for r in rs if r['impl'] == 'torch'][0]
+  assert torch_line['max_abs_diff_vs_jax'] < 1e-4
+
+
+def test_eval_and_pixel_auc_bench():
+  _run(['bench.eval', '--net', 'FCDD_CNN28_W', '--batch', '8', '--steps', '1'])
+  rs = _run(['bench.pixel_auc', '--sizes', '2e6', '--sklearn_max', '2e6'])
+  jax_auc = [r for r in rs if r['impl'] == 'jax'][0]['auc']
+  sk_auc = [r for r in rs if r['impl'] == 'sklearn'][0]['auc']
+  assert jax_auc == pytest.approx(sk_auc, abs=1e-9)

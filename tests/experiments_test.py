@@ -1,0 +1,77 @@
+"""Each paper config trains end to end on a tiny budget on generated (or small real) data."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fcdd_jax import train
+from tests import input_pipeline_test as ipt
+from tests import pretrained_test as prt
+
+
+def _set(c, **kv):
+  for k, v in kv.items():
+    node = c
+    *path, leaf = k.split('.')
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def _tiny(c, tmp_path, **kv):
+  base = dict(num_train_steps=2, log_every_steps=1, checkpoint_every_steps=2, batch_size=8,
+              **{'eval.num_figure_samples': 4, 'data.cache_dir': str(tmp_path / 'cache')})
+  return _set(c, **{**base, **kv})
+
+
+def test_fmnist_config(tmp_path):
+  from configs import fmnist  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  ipt._write_idx(tmp_path / 'train-images-idx3-ubyte.gz', rng.integers(0, 255, (80, 28, 28)))  # pylint: disable=protected-access
+  ipt._write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', np.repeat(np.arange(10), 8))  # pylint: disable=protected-access
+  ipt._write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (20, 28, 28)))  # pylint: disable=protected-access
+  ipt._write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', np.repeat(np.arange(10), 2))  # pylint: disable=protected-access
+  c = _tiny(fmnist.get_config(), tmp_path, **{'data.root': str(tmp_path), 'data.noise_mode': 'gaussian'})
+  r = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert 0 <= r['image_auc'] <= 1 and r['pixel_auc'] is None
+
+
+def test_cifar10_config(cifar_small, tmp_path):
+  from configs import cifar10  # pylint: disable=g-import-not-at-top
+  c = _tiny(cifar10.get_config(), tmp_path, **{'data.root': cifar_small, 'data.noise_mode': 'folder',
+                                              'data.oe_root': os.path.join(cifar_small, 'train', 'dog')})
+  r = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert 0 <= r['image_auc'] <= 1
+
+
+def test_mvtec_config_with_pretrained_npz(tmp_path):
+  from configs import mvtec  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'mvtec'
+  ipt._write_mvtec_tree(str(root / 'bottle'), size=64, n_train=4)  # pylint: disable=protected-access
+  npz = str(tmp_path / 'vgg.npz')
+  np.savez(npz, **prt._fake_weights())  # pylint: disable=protected-access
+  c = _tiny(mvtec.get_config(), tmp_path, batch_size=8, num_train_steps=1, checkpoint_every_steps=1,
+            **{'data.root': str(root), 'model.pretrained_path': npz, 'eval.batch_size': 8})
+  r = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert 0 <= r['image_auc'] <= 1 and 0 <= r['pixel_auc'] <= 1
+  with open(tmp_path / 'run' / 'preprocessing.json') as f:
+    assert json.load(f)['kind'] == 'lcn'
+
+
+def test_custom_config_on_real_bottle_subset(tmp_path):
+  src = os.path.join(ipt.SHARED, 'mvtec_bottle_256', 'bottle')
+  if not os.path.isdir(src):
+    pytest.skip('shared MVTec bottle data not available')
+  import shutil  # pylint: disable=g-import-not-at-top
+  root = tmp_path / 'bottle'
+  for sub, n in (('train/good', 8), ('test/good', 2), ('test/broken_large', 2)):
+    os.makedirs(root / sub)
+    for f in sorted(os.listdir(os.path.join(src, sub)))[:n]:
+      shutil.copy(os.path.join(src, sub, f), root / sub / f)
+  from configs import custom  # pylint: disable=g-import-not-at-top
+  c = _tiny(custom.get_config(), tmp_path, batch_size=8, num_train_steps=1, checkpoint_every_steps=1,
+            **{'data.root': str(root), 'model.name': 'FCDD_CNN224_VGG_NOPT', 'eval.batch_size': 8})
+  r = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  assert 0 <= r['image_auc'] <= 1 and r['pixel_auc'] is None
