@@ -140,3 +140,16 @@ def test_bfloat16_compute_keeps_float32_params_and_outputs():
   ref = models.create('FCDD_CNN32_S').apply(v, x)
   assert out.dtype == jnp.float32
   np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=0.1, atol=0.05)
+
+
+def test_gemm_weight_gradient_conv_equals_xla_conv():
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 9, 7, 40)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 40, 16)) * 0.1, jnp.float32)
+  dy = jnp.asarray(rng.normal(size=(3, 9, 7, 16)), jnp.float32)
+  ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(np.asarray(models.conv_s1(x, w, 1)), np.asarray(ref(x, w)), rtol=1e-5, atol=1e-5)
+  g1 = jax.vjp(lambda x, w: models.conv_s1(x, w, 1), x, w)[1](dy)
+  g2 = jax.vjp(ref, x, w)[1](dy)
+  for a, b in zip(g1, g2):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
