@@ -372,6 +372,9 @@ class Pipeline:
 
 def _check_common(config):
   d = config.data
+  if d.name in ('imagenet', 'pascal_voc'):
+    raise ValueError(f'config.data.name={d.name!r} (spec §5.6/§5.8) is not implemented yet in fcdd_jax; '
+                     f'available: {", ".join(DATASETS)}')
   if d.name not in DATASETS:
     raise ValueError(f'config.data.name={d.name!r} is unknown; known datasets: {", ".join(DATASETS)}')
   if d.supervise_mode not in SUPERVISE_MODES:

@@ -53,3 +53,10 @@ def test_vgg_f_without_weights_says_how_to_get_them(tmp_path):
   proc = run_cli(['--config', 'configs/custom.py', '--config.data.root=' + str(tmp_path),
                   '--workdir', str(tmp_path / 'w')])
   _assert_one_line_error(proc, r'pretrained_path is empty.*FCDD_CNN224_VGG_NOPT')
+
+
+def test_not_yet_implemented_sources_say_so(tmp_path):
+  proc = run_cli(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path)])
+  _assert_one_line_error(proc, r"data.name='imagenet' .* not implemented yet")
+  proc = run_cli(['--config', 'configs/cifar10.py', '--config.data.root=' + str(tmp_path), '--workdir', str(tmp_path)])
+  assert proc.returncode == 2 and 'fcdd_jax: error:' in proc.stderr
