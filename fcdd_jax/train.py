@@ -241,7 +241,7 @@ def eval_step(state, batch, *, cfg):
     z = state.apply_fn(variables, x, train=False)
     out['score'] = losses.hsc_scores(z)
     score_fn = lambda xx: losses.hsc_scores(state.apply_fn(variables, xx, train=False))
-    out['heatmap'] = losses.hsc_gradient_heatmaps(score_fn, x)
+    out['heatmap'] = losses.hsc_gradient_heatmaps(score_fn, x, blur=cfg.blur, r=cfg.blur_r, std=cfg.gauss_std)
   else:
     recon = state.apply_fn(variables, x, train=False)
     out['score'] = losses.ae_scores(recon, x)
@@ -463,7 +463,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   cfg = StepConfig(
       objective=objective, gtmaps=bool(info.train_gtmaps and objective == 'fcdd'), reception=reception,
       gauss_std=gauss_std, image_size=tuple(info.image_shape[:2]), stable=config.loss.stable,
-      single_label_parity=config.loss.single_label_parity, blur=config.loss.blur_heatmaps)
+      single_label_parity=config.loss.single_label_parity, blur=config.loss.blur_heatmaps,
+      blur_r=(models.reception(model.fcdd_counterpart).r if getattr(model, 'fcdd_counterpart', None) else None))
 
   rng = jax.random.PRNGKey(config.seed)
   init_rng, step_rng = jax.random.split(rng)

@@ -257,3 +257,19 @@ def test_confetti_statistics_and_malformed_normal():
   assert a.max() > 0 and gt.min() == 1
   a, gt = anomalies.make_anomaly('malformed_normal_gt', 'confetti', np.random.default_rng(1), bright, size_scale=0.3)
   np.testing.assert_array_equal(gt, np.any(a != bright, -1))
+
+
+@pytest.mark.parametrize('name,shape', [('fmnist', (28, 28, 1)), ('cifar10', (32, 32, 3))])
+def test_tfds_path_with_mock_data(name, shape, monkeypatch, tmp_path):
+  """Users with internet get the datasets through tfds (mocked here: a real tfds.load cannot download)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(sources, 'FMNIST_DEFAULT_ROOT', str(tmp_path / 'absent'))
+  cfg = _cfg(batch_size=4, **{'data.name': name, 'data.root': '', 'data.supervise_mode': 'noise',
+                              'data.noise_mode': 'uniform', 'data.preproc': 'lcn', 'data.normal_class': 1})
+  with tfds.testing.mock_data(num_examples=40):
+    p = input_pipeline.create(cfg)
+  assert p.info.image_shape == shape and p.info.num_test == 40
+  assert p.train_images.shape[1:] == shape and p.train_images.dtype == np.uint8
+  assert set(np.unique(p.test_labels)) <= {0, 1}
+  x = next(p.eval_batches('test', 8))['image']
+  assert x.shape == (8,) + shape and np.isfinite(x).all()

@@ -160,3 +160,11 @@ def test_other_device_count_gives_the_same_aucs(full_run, tmp_path):
 def test_training_set_smaller_than_the_batch(tmp_path):
   with pytest.raises(train.ConfigError, match='fewer than config.batch_size=64'):
     train.train_and_evaluate(_config(**{'batch_size': 64, 'data.demo_num_train': 40}), str(tmp_path))
+
+
+@pytest.mark.parametrize('net,extra', [('CNN32', {'loss.blur_heatmaps': True}), ('AE32', {'data.supervise_mode': 'unsupervised'})])
+def test_baselines_train_and_evaluate_end_to_end(net, extra, tmp_path):
+  """HSC (gradient heatmaps, optional blur) and AE baselines through the same engine (spec §10.6)."""
+  res = train.train_and_evaluate(_config(**{'model.name': net, 'num_train_steps': 2, **extra}), str(tmp_path))
+  assert 0 <= res['image_auc'] <= 1 and 0 <= res['pixel_auc'] <= 1
+  assert os.path.exists(os.path.join(str(tmp_path), 'heatmaps_global.png'))

@@ -345,12 +345,17 @@ def _find(root, stem):
 
 
 def _tfds_arrays(name, config):
+  """train/test uint8 arrays of a tfds image-classification dataset (downloads on first use)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   kw = {'data_dir': config.data.tfds_data_dir} if config.data.tfds_data_dir else {}
   out = {}
   for split in ('train', 'test'):
-    ds = tfds.as_numpy(tfds.load(name, split=split, batch_size=-1, **kw))
-    out[split] = (np.asarray(ds['image'], np.uint8), np.asarray(ds['label'], np.int64))
+    ds = tfds.load(name, split=split, **kw).batch(1024)
+    xs, ys = [], []
+    for b in tfds.as_numpy(ds):
+      xs.append(np.asarray(b['image'], np.uint8))
+      ys.append(np.asarray(b['label'], np.int64))
+    out[split] = (np.concatenate(xs), np.concatenate(ys))
   return out
 
 
