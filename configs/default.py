@@ -16,6 +16,7 @@ def get_config():
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 2
   c.objective = 'auto'            # auto (from the net family) | fcdd | hsc | ae
+  c.runs = ''                     # many runs in one program: 'CLASSESxSEEDS', e.g. '0-9x0-4' (see multirun.py)
 
   c.data = d = ml_collections.ConfigDict()
   d.name = 'demo'                 # demo | synthetic | fmnist | cifar10 | mvtec | custom | imagenet | pascal_voc

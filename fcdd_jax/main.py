@@ -95,7 +95,11 @@ def main(argv):
     from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
     checkpointing.install_sigterm_handler()
     workdir = FLAGS.workdir or train.default_workdir(name)
-    train.train_and_evaluate(config, workdir)
+    if config.runs:
+      from fcdd_jax import multirun  # pylint: disable=g-import-not-at-top
+      multirun.train_and_evaluate_runs(config, workdir)
+    else:
+      train.train_and_evaluate(config, workdir)
   except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, FloatingPointError) as e:
     # Bad input: one line naming the value and what is allowed, non-zero exit, no traceback wall.
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -43,3 +43,8 @@ def test_eval_and_pixel_auc_bench():
   jax_auc = [r for r in rs if r['impl'] == 'jax'][0]['auc']
   sk_auc = [r for r in rs if r['impl'] == 'sklearn'][0]['auc']
   assert jax_auc == pytest.approx(sk_auc, abs=1e-9)
+
+
+def test_models_axis_bench():
+  rs = _run(['bench.models_axis', '--net', 'FCDD_CNN28', '--batch', '8', '--models', '1,2', '--steps', '1'])
+  assert [r['models'] for r in rs] == [1, 2]
