@@ -16,6 +16,7 @@ def main():
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--models', default='1,2,4,8')
   p.add_argument('--steps', type=int, default=3)
+  p.add_argument('--mode', default='both', choices=['both', 'vmap', 'map', 'unroll'])
   a = p.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -29,10 +30,25 @@ def main():
   scfg = train.StepConfig(objective='fcdd', gtmaps=False, reception=model.reception, gauss_std=None,
                           image_size=shape[:2])
   make = jax.jit(functools.partial(train.create_train_state, cfg, model, shape, steps_per_epoch=100))
+  for mode in (['vmap', 'unroll'] if a.mode == 'both' else [a.mode]):
+    _measure(a, mode, make, scfg, shape, train)
+
+
+def _measure(a, mode, make, scfg, shape, train):
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   base = None
   for m in [int(x) for x in a.models.split(',')]:
     states = jax.tree.map(lambda *xs: jnp.stack(xs), *[make(jax.random.PRNGKey(i)) for i in range(m)])
-    step = jax.jit(jax.vmap(functools.partial(train.train_step, cfg=scfg)), donate_argnums=(0,))
+    fn = functools.partial(train.train_step, cfg=scfg)
+    if mode == 'vmap':
+      step = jax.jit(jax.vmap(fn), donate_argnums=(0,))
+    elif mode == 'map':
+      step = jax.jit(lambda s, b, k: jax.lax.map(lambda x: fn(*x), (s, b, k)), donate_argnums=(0,))
+    else:
+      from fcdd_jax import multirun  # pylint: disable=g-import-not-at-top
+      step = jax.jit(functools.partial(multirun.unrolled, fn), donate_argnums=(0,))
     rng = np.random.default_rng(0)
     batch = {'image': jnp.asarray(rng.normal(size=(m, a.batch) + shape), jnp.float32),
              'label': jnp.asarray(np.tile(np.arange(a.batch) % 2, (m, 1)), jnp.int32)}
@@ -47,7 +63,7 @@ def main():
     sec = common.median_time(run, a.steps, warmup=1)
     ips = m * a.batch / sec
     base = base or ips
-    common.emit(impl='jax', net=a.net, batch=a.batch, models=m, img_per_s=round(ips, 2),
+    common.emit(impl='jax', net=a.net, batch=a.batch, models=m, mode=mode, img_per_s=round(ips, 2),
                 speedup_vs_1_model=round(ips / base, 3), compile_s=round(compile_s, 2),
                 device_kind=common.cpu_kind(), load=common.load_avg())
 

@@ -28,6 +28,24 @@ from fcdd_jax import models
 from fcdd_jax import train
 
 
+def model_axis_mode():
+  """'vmap' (batched over the model axis; accelerators) or 'unroll' (the per-model steps unrolled in one
+  program; CPU, where vmapped convolutions become grouped convolutions that run 3-5x slower and a
+  `lax.map` loop 35x slower, bench/README.md). The environment variable FCDD_MODEL_AXIS overrides."""
+  forced = os.environ.get('FCDD_MODEL_AXIS', '')
+  if forced in ('vmap', 'unroll'):
+    return forced
+  return 'unroll' if jax.default_backend() == 'cpu' else 'vmap'
+
+
+def unrolled(step_fn, state, batch, rngs):
+  """Applies step_fn to each model of the leading axis, unrolled in one traced program; restacks."""
+  m = rngs.shape[0]
+  outs = [step_fn(jax.tree.map(lambda x, i=i: x[i], state), jax.tree.map(lambda x, i=i: x[i], batch), rngs[i])
+          for i in range(m)]
+  return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
+
+
 def parse_runs(spec):
   """'0-9x0-4' -> [(class, seed), ...] (classes outer, seeds inner)."""
   def rng(t):
@@ -99,8 +117,14 @@ def train_and_evaluate_runs(config, workdir):
   del states
   step_rngs = jax.device_put(jnp.stack(step_rngs), repl)
 
+  step_fn = functools.partial(train.train_step, cfg=scfg, frozen=frozen)
+  mode = model_axis_mode()
+
   def multi_step(state, batch, rngs, active):
-    new, metrics = jax.vmap(functools.partial(train.train_step, cfg=scfg, frozen=frozen))(state, batch, rngs)
+    if mode == 'vmap':
+      new, metrics = jax.vmap(step_fn)(state, batch, rngs)
+    else:  # the model axis unrolled inside one program (XLA:CPU runs vmapped convs as slow grouped convs)
+      new, metrics = unrolled(step_fn, state, batch, rngs)
     keep = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
     return jax.tree.map(keep, new, state), metrics
 
@@ -108,7 +132,8 @@ def train_and_evaluate_runs(config, workdir):
                    donate_argnums=(0,))
   if is_main:
     os.makedirs(workdir, exist_ok=True)
-    print(f'fcdd_jax: {len(runs)} runs as one program ({config.model.name}, {info0.name}), {T} steps '
+    print(f'fcdd_jax: {len(runs)} runs as one program ({config.model.name}, {info0.name}, model axis: {mode}), '
+          f'{T} steps '
           f'(per run {min(totals)}..{max(totals)}), global batch {config.batch_size} per run', flush=True)
   iters = [p.train_batches(0) for p in pipes]
   last = [None] * len(runs)

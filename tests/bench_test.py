@@ -47,4 +47,4 @@ def test_eval_and_pixel_auc_bench():
 
 def test_models_axis_bench():
   rs = _run(['bench.models_axis', '--net', 'FCDD_CNN28', '--batch', '8', '--models', '1,2', '--steps', '1'])
-  assert [r['models'] for r in rs] == [1, 2]
+  assert [(r['mode'], r['models']) for r in rs] == [('vmap', 1), ('vmap', 2), ('unroll', 1), ('unroll', 2)]
