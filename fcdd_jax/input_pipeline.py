@@ -77,6 +77,42 @@ def channel_stats(images):
   return x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
 
 
+def _gray(x):
+  return x[..., :1] if x.shape[-1] == 1 else (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+
+
+def color_jitter(img, brightness, contrast, saturation, hue, rng):
+  """torchvision ColorJitter semantics on a uint8 [H,W,C] image: factors uniform in [max(0,1-x), 1+x]
+  (hue shift uniform in [-h, h]), the four ops in random order, uint8 rounding after each op as the PIL
+  path does. Approximation: PIL's ImageEnhance/HSV arithmetic is reproduced with NumPy/matplotlib formulas
+  (differences of at most a few grey levels)."""
+  x = img.astype(np.float32)
+  ops = []
+  if brightness:
+    ops.append(('b', rng.uniform(max(0.0, 1 - brightness), 1 + brightness)))
+  if contrast:
+    ops.append(('c', rng.uniform(max(0.0, 1 - contrast), 1 + contrast)))
+  if saturation:
+    ops.append(('s', rng.uniform(max(0.0, 1 - saturation), 1 + saturation)))
+  if hue:
+    ops.append(('h', rng.uniform(-hue, hue)))
+  for i in rng.permutation(len(ops)):
+    kind, f = ops[i]
+    if kind == 'b':
+      x = x * f
+    elif kind == 'c':
+      x = _gray(x).mean() * (1 - f) + x * f
+    elif kind == 's' and x.shape[-1] == 3:
+      x = _gray(x) * (1 - f) + x * f
+    elif kind == 'h' and x.shape[-1] == 3:
+      from matplotlib import colors  # pylint: disable=g-import-not-at-top
+      hsv = colors.rgb_to_hsv(np.clip(x, 0, 255) / 255.0)
+      hsv[..., 0] = (hsv[..., 0] + f) % 1.0
+      x = colors.hsv_to_rgb(hsv) * 255.0
+    x = np.clip(np.rint(x), 0, 255)
+  return x.astype(np.uint8)
+
+
 def lcn(x):
   """'Local contrast normalisation' of the reference (spec §5.3): global per-image centring + L1 scaling."""
   x = x - x.mean()
@@ -107,6 +143,7 @@ class Transform:
   noise_std: float = 0.001
   mvtec_noise: bool = False
   blackcenter: str = ''
+  jitter: tuple = ()            # ColorJitter strengths, or a tuple of such tuples to choose from (MVTec)
   resize: str = 'bilinear'      # how new images of any size reach raw_size (prediction)
 
   def _values(self, x):
@@ -152,6 +189,11 @@ class Transform:
     if self.hflip and rng.random() < 0.5:
       img = img[:, ::-1]
       mask = None if mask is None else mask[:, ::-1]
+    if self.jitter:
+      j = self.jitter
+      if isinstance(j[0], (tuple, list)):
+        j = j[rng.integers(len(j))]
+      img = color_jitter(np.ascontiguousarray(img), *j, rng)
     x = img.astype(np.float32) / 255.0
     if self.mvtec_noise and rng.random() < 0.5:
       x = np.clip(x + rng.standard_normal(x.shape).astype(np.float32) * 0.1 * x.std(), 0, 1)

@@ -24,6 +24,7 @@ from fcdd_jax.data import constants
 
 IMG_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
 FMNIST_DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
+MVTEC_JITTER = ((0.04, 0.04, 0.04, 0.04), (0.005, 0.0005, 0.0005, 0.0005))  # spec §5.7: random choice
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -278,7 +279,7 @@ def _custom(config, pi, pc):
   mean, std = ip.channel_stats(small)  # spec §5.9: nominal training images of the class at 224
   has_masks = data['masks'] is not None
   t = ip.Transform(mean=mean, std=std, input_size=inp, raw_size=raw, channels=3, train_geom='mvtec',
-                   hflip=True, noise_std=0.001)
+                   hflip=True, noise_std=0.001, jitter=(0.01, 0.01, 0.01, 0.01))
   info = _info(config, 'custom', inp + (3,), names, c, len(data['train']),
                ip._train_gtmaps(config, True), has_masks, len(data['test']), t)  # pylint: disable=protected-access
   masks_orig = None
@@ -307,10 +308,11 @@ def _mvtec(config, pi, pc):
   mn, mx, mean, std = constants.MVTEC[c]
   if d.preproc in ('lcnaug1',):
     t = ip.Transform(kind='lcn', lcn_min=mn, lcn_max=mx, input_size=inp, raw_size=raw, channels=3,
-                     train_geom='mvtec', hflip=False, noise_std=0.0, mvtec_noise=True, resize='nearest')
+                     train_geom='mvtec', hflip=False, noise_std=0.0, mvtec_noise=True, resize='nearest',
+                     jitter=MVTEC_JITTER)
   elif d.preproc == 'aug1':
     t = ip.Transform(mean=mean, std=std, input_size=inp, raw_size=raw, channels=3, train_geom='mvtec',
-                     hflip=False, noise_std=0.0, mvtec_noise=True, resize='nearest')
+                     hflip=False, noise_std=0.0, mvtec_noise=True, resize='nearest', jitter=MVTEC_JITTER)
   else:
     raise ValueError(f'config.data.preproc={d.preproc!r} is not available for mvtec (raw 240); allowed: lcnaug1, aug1')
   has_masks = data['masks'] is not None
@@ -377,6 +379,7 @@ def _one_vs_rest(config, name, pi, pc, tr_x, tr_y, te_x, te_y, names, table, cha
       raise ValueError(f'config.data.preproc={pre!r} is only for cifar10; fmnist allows lcnaug1, lcn, aug1, none')
     t = ip.Transform(mean=mean, std=std, train_geom='crop_pad', crop_pad=3 if name == 'fmnist' else 4, hflip=True,
                      noise_std=0.01 if name == 'fmnist' else 0.001,
+                     jitter=(0.1,) * 4 if name == 'fmnist' else (0.01,) * 4,
                      blackcenter={'aug1_blackcenter': 'center', 'aug1_blackcenter_inverted': 'border'}.get(pre, ''),
                      **geo)
   elif pre == 'none':
