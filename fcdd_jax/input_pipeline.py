@@ -239,7 +239,8 @@ class Pipeline:
   """Training stream and evaluation batches over decoded uint8 arrays at raw (= input) resolution."""
 
   def __init__(self, config, info, train_images, test_images, test_labels, test_masks, transform,
-               process_index=0, process_count=1, test_masks_original=None, size_scale=1.0, oe_images=None):
+               process_index=0, process_count=1, test_masks_original=None, size_scale=1.0, oe_images=None,
+               oe_masks=None):
     self.config = config
     self.info = info
     self.train_images = train_images
@@ -249,6 +250,7 @@ class Pipeline:
     self._masks_orig = test_masks_original
     self.transform = transform
     self.oe_images = oe_images
+    self.oe_masks = oe_masks
     self.flip_labels = int(info.nominal_label) == 1   # spec §3.6: nominal class is pushed away
     if self.flip_labels:
       self.test_labels = 1 - self.test_labels
@@ -288,10 +290,14 @@ class Pipeline:
       else:
         anomalous = rng.random() < 0.5          # independent Bernoulli(0.5) per sample (spec §6.3)
       if anomalous:
-        oe = None
+        oe = oe_mask = None
         if self.oe_images is not None:
-          oe = self.oe_images[rng.integers(len(self.oe_images))]
-        img, gt = anomalies.make_anomaly(mode, self.noise_mode, rng, img, oe_image=oe, size_scale=self.size_scale)
+          k = rng.integers(len(self.oe_images))
+          oe = self.oe_images[k]
+          if self.oe_masks is not None and self.noise_mode == 'mvtec_gt':
+            oe_mask = self.oe_masks[k]
+        img, gt = anomalies.make_anomaly(mode, self.noise_mode, rng, img, oe_image=oe, oe_mask=oe_mask,
+                                         size_scale=self.size_scale)
         label = 1
     if self.flip_labels:
       label = 1 - label
@@ -423,7 +429,8 @@ def _check_common(config):
     raise ValueError(f'config.data.supervise_mode={d.supervise_mode!r} is unknown; allowed: '
                      + ', '.join(SUPERVISE_MODES))
   if d.supervise_mode in ('noise', 'malformed_normal', 'malformed_normal_gt') and \
-      d.noise_mode not in anomalies.NOISE_MODES + ('folder',):
+      d.noise_mode not in anomalies.NOISE_MODES + ('folder',) and \
+      not (d.noise_mode in ('mvtec', 'mvtec_gt') and d.name in ('mvtec', 'custom')):
     raise ValueError(f'config.data.noise_mode={d.noise_mode!r} is not available yet; available: '
                      + ', '.join(anomalies.NOISE_MODES + ('folder',)) + ' (folder: any image folder as '
                      'Outlier Exposure via --config.data.oe_root)')

@@ -316,10 +316,44 @@ def _mvtec(config, pi, pc):
   else:
     raise ValueError(f'config.data.preproc={d.preproc!r} is not available for mvtec (raw 240); allowed: lcnaug1, aug1')
   has_masks = data['masks'] is not None
+  oe_images, oe_masks = _true_anomalies(config, data)
+  if oe_images is None:
+    oe_images = _oe_images(config, 3, raw)
   info = _info(config, 'mvtec', inp + (3,), names, c, len(data['train']), True, has_masks, len(data['test']), t)
   return ip.Pipeline(config, info, data['train'], data['test'], data['labels'], data['masks'], t, pi, pc,
-                     test_masks_original=data['masks_orig'], size_scale=1.0,
-                     oe_images=_oe_images(config, 3, raw))
+                     test_masks_original=data['masks_orig'], size_scale=1.0, oe_images=oe_images,
+                     oe_masks=oe_masks)
+
+
+def _true_anomalies(config, data):
+  """noise_mode mvtec / mvtec_gt (spec §6.2, §6.5): `oe_limit` real anomalies PER DEFECT TYPE from the test
+  split, chosen once per run; with data.remove_oe_from_test they leave the test set (spec §11.8; default:
+  parity, kept). Modifies `data` in place when removing. Returns (images, masks) or (None, None)."""
+  d = config.data
+  if not (d.supervise_mode == 'noise' and d.noise_mode in ('mvtec', 'mvtec_gt')):
+    return None, None
+  if d.noise_mode == 'mvtec_gt' and data['masks'] is None:
+    raise ValueError('noise_mode=mvtec_gt needs ground_truth/ masks in data.root')
+  limit = d.oe_limit if d.oe_limit and d.oe_limit > 0 else 1 << 30
+  rng = np.random.default_rng([config.seed, 0x6E7])
+  kinds = np.asarray(data['defects'])
+  chosen = []
+  for kind in sorted(set(kinds.tolist()) - {'good'}):
+    idx = np.flatnonzero(kinds == kind)
+    chosen += sorted(rng.choice(idx, min(limit, len(idx)), replace=False).tolist())
+  if not chosen:
+    raise ValueError('noise_mode=mvtec/mvtec_gt: the test split has no anomalous images')
+  chosen = np.asarray(chosen)
+  images = data['test'][chosen]
+  masks = data['masks'][chosen].astype(np.float32) if data['masks'] is not None else None
+  if d.remove_oe_from_test:
+    keep = np.setdiff1d(np.arange(len(data['test'])), chosen)
+    data['test'], data['labels'] = data['test'][keep], data['labels'][keep]
+    data['defects'] = [data['defects'][i] for i in keep]
+    if data['masks'] is not None:
+      data['masks'] = data['masks'][keep]
+      data['masks_orig'] = [data['masks_orig'][i] for i in keep] if data['masks_orig'] is not None else None
+  return images, masks
 
 
 def read_idx(path):
