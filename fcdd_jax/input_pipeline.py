@@ -425,6 +425,9 @@ def _check_common(config):
                      f'available: {", ".join(DATASETS)}')
   if d.name not in DATASETS:
     raise ValueError(f'config.data.name={d.name!r} is unknown; known datasets: {", ".join(DATASETS)}')
+  if not d.online_supervision:
+    raise ValueError('config.data.online_supervision=False (offline supervision, spec §6.3) is not implemented '
+                     'yet; use the default online supervision')
   if d.supervise_mode not in SUPERVISE_MODES:
     raise ValueError(f'config.data.supervise_mode={d.supervise_mode!r} is unknown; allowed: '
                      + ', '.join(SUPERVISE_MODES))
