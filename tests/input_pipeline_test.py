@@ -293,3 +293,19 @@ def test_color_jitter_semantics():
   # hue shift keeps gray pixels gray
   g = np.full((4, 4, 3), 100, np.uint8)
   np.testing.assert_array_equal(input_pipeline.color_jitter(g, 0, 0, 0, 0.5, rng), g)
+
+
+def test_mvtec_through_the_tfds_builder_equals_the_directory_reader(tmp_path):
+  root = tmp_path / 'mvtec'
+  _write_mvtec_tree(str(root / 'bottle'), size=40, n_train=3)
+  base = dict(batch_size=2, **{'data.name': 'mvtec', 'data.root': str(root), 'data.cache_dir': str(tmp_path / 'c'),
+                               'model.name': 'FCDD_CNN224_VGG_NOPT'})
+  direct = input_pipeline.create(_cfg(**base))
+  via_tfds = input_pipeline.create(_cfg(**base, **{'data.tfds_data_dir': str(tmp_path / 'tfds')}))
+  np.testing.assert_array_equal(direct.train_images, via_tfds.train_images)
+  np.testing.assert_array_equal(direct.test_images, via_tfds.test_images)
+  np.testing.assert_array_equal(direct.test_labels, via_tfds.test_labels)
+  np.testing.assert_array_equal(direct.test_masks, via_tfds.test_masks)
+  for a, b in zip(direct.test_masks_original(), via_tfds.test_masks_original()):
+    np.testing.assert_array_equal(a, b)
+  assert direct.train_images.shape == (3, 240, 240, 3) and direct.test_masks_original()[0].shape == (40, 40)

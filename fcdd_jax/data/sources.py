@@ -304,7 +304,16 @@ def _mvtec(config, pi, pc):
   if not os.path.isdir(root):
     raise FileNotFoundError(f'MVTec-AD category folder {root} is missing (config.data.root={d.root!r})')
   raw, inp = (240, 240), (224, 224)
-  data = mvtec_layout(root, 3, raw, d.on_bad_image, _cache_dir(config, d.root), torch_nearest=True)
+  if d.tfds_data_dir:  # through the tfds builder (prepared once into data.tfds_data_dir)
+    from fcdd_jax.data import mvtec_tfds  # pylint: disable=g-import-not-at-top
+    out = mvtec_tfds.load_category(d.root, names[c], d.tfds_data_dir)
+    tr, te = out['train'], out['test']
+    data = dict(train=np.stack([evaluation.resize_nearest(x, raw) for x in tr[0]]),
+                test=np.stack([evaluation.resize_nearest(x, raw) for x in te[0]]), labels=te[1],
+                masks=np.stack([evaluation.resize_nearest(m, raw) for m in te[2]]), masks_orig=te[2],
+                defects=te[3])
+  else:
+    data = mvtec_layout(root, 3, raw, d.on_bad_image, _cache_dir(config, d.root), torch_nearest=True)
   mn, mx, mean, std = constants.MVTEC[c]
   if d.preproc in ('lcnaug1',):
     t = ip.Transform(kind='lcn', lcn_min=mn, lcn_max=mx, input_size=inp, raw_size=raw, channels=3,
