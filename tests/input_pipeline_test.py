@@ -309,3 +309,24 @@ def test_mvtec_through_the_tfds_builder_equals_the_directory_reader(tmp_path):
   for a, b in zip(direct.test_masks_original(), via_tfds.test_masks_original()):
     np.testing.assert_array_equal(a, b)
   assert direct.train_images.shape == (3, 240, 240, 3) and direct.test_masks_original()[0].shape == (40, 40)
+
+
+def test_reference_layout_with_test_maps(tmp_path):
+  root = tmp_path / 'ref'
+  rng = np.random.default_rng(0)
+  for sub in ('normal', 'anomalous'):
+    os.makedirs(root / 'train' / 'parts' / 'normal', exist_ok=True)
+    os.makedirs(root / 'test' / 'parts' / sub)
+    os.makedirs(root / 'test_maps' / 'parts' / sub)
+  for i in range(2):
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(root / 'train' / 'parts' / 'normal' / f'{i}.png')
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(root / 'test' / 'parts' / 'normal' / f'{i}.png')
+    Image.fromarray(rng.integers(0, 255, (30, 30, 3), dtype=np.uint8)).save(root / 'test' / 'parts' / 'anomalous' / f'{i}.png')
+  m = np.zeros((30, 30), np.uint8)
+  m[5:10, 5:10] = 255
+  Image.fromarray(m).save(root / 'test_maps' / 'parts' / 'anomalous' / '0.png')   # 1.png: missing -> all ones
+  p = input_pipeline.create(_cfg(batch_size=2, **{'data.name': 'custom', 'data.root': str(root),
+                                                  'data.cache_dir': str(tmp_path / 'c')}))
+  assert p.info.test_gtmaps
+  masks = p.test_masks_original()
+  assert [int(x.sum()) for x in masks] == [0, 0, 25, 900]  # test/normal first, then test/anomalous

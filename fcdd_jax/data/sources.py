@@ -240,6 +240,23 @@ def _oe_images(config, channels, raw_size):
   return imgs
 
 
+def _reference_maps(root, maps_root, test_paths, labels):
+  """Binary GT maps at each test image's size from `test_maps/` with the same relative paths and names;
+  a missing map is constant (0 for nominal, 1 for anomalous images), as the reference does (spec §5.9)."""
+  out = []
+  for p, lab in zip(test_paths, labels):
+    mp = os.path.join(maps_root, os.path.relpath(p, os.path.join(root, 'test')))
+    size = load_image(p).shape[:2]
+    if os.path.exists(mp):
+      m = read_mask(mp)
+      if m.shape != size:
+        raise ValueError(f'map {mp} is {m.shape[1]}x{m.shape[0]} but its image {p} is {size[1]}x{size[0]}')
+    else:
+      m = np.full(size, int(lab), np.uint8)
+    out.append(m)
+  return out
+
+
 def _custom(config, pi, pc):
   d = config.data
   root = d.root
@@ -273,8 +290,12 @@ def _custom(config, pi, pc):
     train, _ = read_images(train_paths, 3, raw, on_bad=d.on_bad_image, cache=cache)
     test, kept = read_images(test_paths, 3, raw, on_bad=d.on_bad_image, cache=cache)
     idx = {p: i for i, p in enumerate(test_paths)}
-    data = dict(train=train, test=test, labels=np.asarray(labels)[[idx[p] for p in kept]], masks=None,
-                masks_orig=None)
+    labels = np.asarray(labels)[[idx[p] for p in kept]]
+    data = dict(train=train, test=test, labels=labels, masks=None, masks_orig=None)
+    maps_root = os.path.join(root, 'test_maps')
+    if os.path.isdir(maps_root):  # the reference's -gtms trees (spec §5.9)
+      data['masks_orig'] = _reference_maps(root, maps_root, kept, labels)
+      data['masks'] = np.stack([ip.resize_u8(m[..., None], raw, nearest=True)[..., 0] for m in data['masks_orig']])
   small = np.stack([ip.resize_u8(im, inp) for im in data['train']])
   mean, std = ip.channel_stats(small)  # spec §5.9: nominal training images of the class at 224
   has_masks = data['masks'] is not None
