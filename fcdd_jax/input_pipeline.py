@@ -71,6 +71,16 @@ def resize_u8(img, size, nearest=False):
   return out.reshape(h, w, ch)
 
 
+def resize_shorter_crop(img, n):
+  """torchvision Resize(n) (shorter side to n, bilinear with antialiasing) then CenterCrop(n)."""
+  h, w = img.shape[:2]
+  if (h, w) != (n, n):
+    nh, nw = (n, max(n, int(n * w / h))) if h <= w else (max(n, int(n * h / w)), n)
+    img = resize_u8(img, (nh, nw))
+  y0, x0 = (img.shape[0] - n) // 2, (img.shape[1] - n) // 2
+  return img[y0:y0 + n, x0:x0 + n]
+
+
 def channel_stats(images):
   """Per-channel mean and std over uint8 images on [0,1] values (spec §5.9)."""
   x = np.asarray(images, np.float64) / 255.0
@@ -144,6 +154,7 @@ class Transform:
   mvtec_noise: bool = False
   blackcenter: str = ''
   jitter: tuple = ()            # ColorJitter strengths, or a tuple of such tuples to choose from (MVTec)
+  test_center: bool = False     # test geometry: centre crop of the raw image (else nearest resize)
   resize: str = 'bilinear'      # how new images of any size reach raw_size (prediction)
 
   def _values(self, x):
@@ -154,6 +165,10 @@ class Transform:
     return ((x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
 
   def _test_geom(self, img, mask=None):
+    if self.test_center and img.shape[0] >= self.input_size[0] and img.shape[1] >= self.input_size[1]:
+      h, w = self.input_size
+      y0, x0 = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+      return img[y0:y0 + h, x0:x0 + w], (None if mask is None else mask[y0:y0 + h, x0:x0 + w])
     if tuple(img.shape[:2]) != tuple(self.input_size):
       img = resize_u8(img, self.input_size, nearest=True)
       if mask is not None:
@@ -177,6 +192,10 @@ class Transform:
         mask = None if mask is None else mask[y0:y0 + h, x0:x0 + w]
       else:
         img, mask = self._test_geom(img, mask)
+    elif self.train_geom == 'crop':  # RandomCrop(input) from the raw image, no padding
+      y0, x0 = rng.integers(0, img.shape[0] - h + 1), rng.integers(0, img.shape[1] - w + 1)
+      img = img[y0:y0 + h, x0:x0 + w]
+      mask = None if mask is None else mask[y0:y0 + h, x0:x0 + w]
     elif self.train_geom == 'crop_pad':
       p = self.crop_pad
       img = np.pad(img, ((p, p), (p, p), (0, 0)))
@@ -215,7 +234,7 @@ class Transform:
     return {'dataset': dataset, 'normal_class': int(normal_class), 'channels': int(self.channels),
             'input_size': list(self.input_size), 'raw_size': list(self.raw_size), 'kind': self.kind,
             'mean': arr(self.mean), 'std': arr(self.std), 'lcn_min': arr(self.lcn_min),
-            'lcn_max': arr(self.lcn_max), 'resize': self.resize}
+            'lcn_max': arr(self.lcn_max), 'resize': self.resize, 'test_center': bool(self.test_center)}
 
 
 def make_test_transform(preprocessing):
@@ -225,9 +244,12 @@ def make_test_transform(preprocessing):
   p = preprocessing
   t = Transform(mean=p.get('mean'), std=p.get('std'), kind=p.get('kind', 'normalize'), lcn_min=p.get('lcn_min'),
                 lcn_max=p.get('lcn_max'), input_size=tuple(p['input_size']),
-                raw_size=tuple(p.get('raw_size') or p['input_size']), channels=int(p['channels']))
+                raw_size=tuple(p.get('raw_size') or p['input_size']), channels=int(p['channels']),
+                test_center=bool(p.get('test_center', False)))
   def fn(img):
     img = to_rgb_or_gray(img, t.channels)
+    if p.get('resize') == 'shorter':
+      return t.test(resize_shorter_crop(img, t.raw_size[0]))
     return t.test(resize_u8(img, t.raw_size, nearest=p.get('resize') == 'nearest'))
   return fn
 

@@ -72,13 +72,14 @@ def _cache_dir(config, root):
   return d
 
 
-def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, on_bad='error', cache=None):
+def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, shorter=False, on_bad='error',
+                cache=None):
   """Decodes `paths` to uint8 [N,h,w,channels] at `size` (None = keep; all must then match).
 
   Returns (array, kept_paths). Cached in `cache` (a directory) by file list, sizes and mtimes."""
   key = None
   if cache:
-    h = hashlib.sha1(repr((channels, size, nearest, torch_nearest)).encode())
+    h = hashlib.sha1(repr((channels, size, nearest, torch_nearest, shorter)).encode())
     for p in paths:
       st = os.stat(p)
       h.update(f'{p}|{st.st_size}|{st.st_mtime_ns}'.encode())
@@ -98,7 +99,9 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, on
       raise ValueError(f'{e}; fix or remove it, or set --config.data.on_bad_image=skip') from None
     img = ip.to_rgb_or_gray(img, channels)
     if size is not None:
-      if torch_nearest:
+      if shorter:
+        img = ip.resize_shorter_crop(img, size[0])
+      elif torch_nearest:
         img = evaluation.resize_nearest(img, size)
       else:
         img = ip.resize_u8(img, size, nearest=nearest)
@@ -150,7 +153,8 @@ def _nonempty(paths, folder):
   return paths
 
 
-def mvtec_layout(root, channels, raw_size, on_bad, cache, torch_nearest=False, keep_original_masks=True):
+def mvtec_layout(root, channels, raw_size, on_bad, cache, torch_nearest=False, keep_original_masks=True,
+                 image_resize='nearest'):
   """Reads one MVTec-layout category. Returns dict(train, test, labels, masks (raw size) or None,
   masks_orig (list) or None, defects)."""
   train_paths = _nonempty(list_images(os.path.join(root, 'train', 'good')), os.path.join(root, 'train', 'good'))
@@ -166,8 +170,10 @@ def mvtec_layout(root, channels, raw_size, on_bad, cache, torch_nearest=False, k
     test_paths += ps
     labels += [0 if dname == 'good' else 1] * len(ps)
     kinds += [dname] * len(ps)
-  train, _ = read_images(train_paths, channels, raw_size, torch_nearest=torch_nearest, on_bad=on_bad, cache=cache)
-  test, kept = read_images(test_paths, channels, raw_size, torch_nearest=torch_nearest, on_bad=on_bad, cache=cache)
+  kw = dict(torch_nearest=torch_nearest, nearest=image_resize == 'nearest', shorter=image_resize == 'shorter',
+            on_bad=on_bad, cache=cache)
+  train, _ = read_images(train_paths, channels, raw_size, **kw)
+  test, kept = read_images(test_paths, channels, raw_size, **kw)
   keep = [test_paths.index(p) for p in kept]
   labels = np.asarray(labels)[keep]
   kinds = [kinds[i] for i in keep]
@@ -263,10 +269,14 @@ def _custom(config, pi, pc):
   layout = detect_layout(root)
   raw, inp = (248, 248), (224, 224)
   cache = _cache_dir(config, root)
+  # spec §5.9: with maps everything is squashed with nearest (joint transforms); without maps images are
+  # resized on the shorter side to 248 and centre-cropped (train: random 224 crop, test: centre 224 crop)
+  has_maps = os.path.isdir(os.path.join(root, 'ground_truth' if layout == 'mvtec' else 'test_maps'))
+  how = 'nearest' if has_maps else 'shorter'
   if layout == 'mvtec':
     names = (os.path.basename(os.path.normpath(root)),)
     c = _check_class(config, 1, names)
-    data = mvtec_layout(root, 3, raw, d.on_bad_image, cache)
+    data = mvtec_layout(root, 3, raw, d.on_bad_image, cache, image_resize=how)
   else:
     names = _subdirs(os.path.join(root, 'train'))
     c = _check_class(config, len(names), names)
@@ -287,8 +297,10 @@ def _custom(config, pi, pc):
         test_paths += ps
         labels += [lab] * len(ps)
       _nonempty(test_paths, os.path.join(root, 'test', names[c]))
-    train, _ = read_images(train_paths, 3, raw, on_bad=d.on_bad_image, cache=cache)
-    test, kept = read_images(test_paths, 3, raw, on_bad=d.on_bad_image, cache=cache)
+    train, _ = read_images(train_paths, 3, raw, nearest=has_maps, shorter=not has_maps, on_bad=d.on_bad_image,
+                           cache=cache)
+    test, kept = read_images(test_paths, 3, raw, nearest=has_maps, shorter=not has_maps, on_bad=d.on_bad_image,
+                             cache=cache)
     idx = {p: i for i, p in enumerate(test_paths)}
     labels = np.asarray(labels)[[idx[p] for p in kept]]
     data = dict(train=train, test=test, labels=labels, masks=None, masks_orig=None)
@@ -299,8 +311,9 @@ def _custom(config, pi, pc):
   small = np.stack([ip.resize_u8(im, inp) for im in data['train']])
   mean, std = ip.channel_stats(small)  # spec §5.9: nominal training images of the class at 224
   has_masks = data['masks'] is not None
-  t = ip.Transform(mean=mean, std=std, input_size=inp, raw_size=raw, channels=3, train_geom='mvtec',
-                   hflip=True, noise_std=0.001, jitter=(0.01, 0.01, 0.01, 0.01))
+  t = ip.Transform(mean=mean, std=std, input_size=inp, raw_size=raw, channels=3,
+                   train_geom='mvtec' if has_maps else 'crop', test_center=not has_maps, hflip=True,
+                   noise_std=0.001, jitter=(0.01, 0.01, 0.01, 0.01), resize='nearest' if has_maps else 'shorter')
   info = _info(config, 'custom', inp + (3,), names, c, len(data['train']),
                ip._train_gtmaps(config, True), has_masks, len(data['test']), t)  # pylint: disable=protected-access
   masks_orig = None
