@@ -26,9 +26,9 @@ def get_config():
   d.nominal_label = 0             # spec §3.6
   d.supervise_mode = 'noise'      # unsupervised | other | noise | malformed_normal | malformed_normal_gt
   d.noise_mode = 'cifar100'       # confetti | gaussian | uniform | solid | blob | mixed_blob | folder | cifar100 | emnist | imagenet | imagenet22k | mvtec | mvtec_gt
-  d.oe_root = ''                  # image folder for noise_mode='folder' (and local OE copies)
+  d.oe_root = ''                  # OE folder: folder | imagenet22k synsets | imagenet val <wnid>/ (or its tars) | cifar100 copy
   d.oe_limit = -1                 # number of distinct OE images (-1 = all); per defect type for mvtec(_gt)
-  d.online_supervision = True     # spec §6.3
+  d.online_supervision = True     # spec §6.3 (False: a fixed balanced set generated once)
   d.exact_half = False            # True: exactly half of each batch is anomalous (spec §11.4 variant)
   d.preproc = 'aug1'              # lcn | lcnaug1 | aug1 | aug1_blackcenter | aug1_blackcenter_inverted | none
   d.enlarge = 1                   # passes over the training set per epoch (MVTec: 10)

@@ -3,7 +3,11 @@
   python -m fcdd_jax.main --config configs/imagenet.py --workdir runs/imagenet --config.data.normal_class=0 \
       --config.data.root=/data/imagenet --config.data.oe_root=/data/imagenet22k/fall11_whole_extracted
 
-Needs a manual ImageNet-1k (tfds imagenet2012 manual dir) and ImageNet-22k class folders (Data II issue).
+data.root: ImageNet-1k as train/<wnid>/ + val/<wnid>/ folders, or the directory holding ILSVRC2012_img_train.tar
+and ILSVRC2012_img_val.tar (tfds imagenet2012 manual download; prepared once into data.tfds_data_dir).
+data.oe_root: the ImageNet-22k fall11 synset folders (the 30 ImageNet-30 synsets are excluded). All 30 classes:
+  python launch/sweep.py --config configs/imagenet.py --workdir runs/imagenet --classes 0-29 --seeds 0-4 -- \
+      --config.data.root=/data/imagenet --config.data.oe_root=/data/imagenet22k/fall11_whole_extracted
 """
 from configs import default
 

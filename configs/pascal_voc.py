@@ -1,7 +1,11 @@
 """Pascal VOC 2007 "Clever Hans" experiment: horse images with nominal_label=1, ImageNet OE (spec §5.8).
 
   python -m fcdd_jax.main --config configs/pascal_voc.py --workdir runs/voc \
-      --config.data.oe_root=/data/imagenet   # ImageNet-1k val as OE (Data II issue)
+      --config.data.root=/data/VOCdevkit --config.data.oe_root=/data/imagenet/val
+
+data.root: a VOCdevkit/VOC2007 tree (empty: tfds voc/2007, downloaded on first use). data.oe_root: ImageNet-1k
+val as <wnid>/ folders (or the directory with ILSVRC2012_img_val.tar for tfds imagenet2012); classes whose
+names contain a VOC word are excluded (data/imagenet.py VOC_EXCLUDED_IMAGENET1K). heatmaps show horse evidence.
 """
 from configs import default
 

@@ -22,7 +22,8 @@ import numpy as np
 from fcdd_jax import demo_data
 from fcdd_jax.data import anomalies
 
-DATASETS = ('demo', 'custom', 'mvtec', 'fmnist', 'cifar10')
+DATASETS = ('demo', 'custom', 'mvtec', 'fmnist', 'cifar10', 'imagenet', 'pascal_voc')
+OE_MODES = ('folder', 'cifar100', 'emnist', 'imagenet', 'imagenet22k')  # data/oe.py
 SUPERVISE_MODES = ('unsupervised', 'other', 'noise', 'malformed_normal', 'malformed_normal_gt')
 
 
@@ -255,6 +256,34 @@ def make_test_transform(preprocessing):
 
 
 # ----------------------------------------------------------------------------------------------------
+# Offline supervision (spec §6.3)
+
+def offline_supervise(config, nominal, oe_images=None, size_scale=1.0):
+  """Offline supervision: once at start-up, one anomaly per nominal image (anomaly i is generated from
+  nominal i for malformed_normal(_gt) with the offline inversion rule; a fresh noise or OE image for noise),
+  appended to the nominal set (balanced 50/50, fixed for all epochs). Every random choice comes from
+  (seed, i), so all processes build the same set. Returns (images, labels, maps or None); maps only for
+  malformed_normal_gt (changed pixels; the reference attaches them un-augmented, misaligned with random
+  crops and flips — here they go through the same joint transform, spec §10.5)."""
+  d = config.data
+  n = len(nominal)
+  anoms, maps = [], []
+  for i in range(n):
+    rng = np.random.default_rng([int(config.seed), 0x0FF, i])
+    oe = None if oe_images is None else oe_images[int(rng.integers(len(oe_images)))]
+    img, gt = anomalies.make_anomaly(d.supervise_mode, d.noise_mode, rng, nominal[i], oe_image=oe, offline=True,
+                                     size_scale=size_scale)
+    anoms.append(img)
+    maps.append(gt)
+  images = np.concatenate([np.asarray(nominal), np.stack(anoms).astype(np.uint8)])
+  labels = np.concatenate([np.zeros(n, np.int32), np.ones(n, np.int32)])
+  gtmaps = None
+  if d.supervise_mode == 'malformed_normal_gt':
+    gtmaps = np.concatenate([np.zeros((n,) + images.shape[1:3], np.float32), np.stack(maps)])
+  return images, labels, gtmaps
+
+
+# ----------------------------------------------------------------------------------------------------
 # The pipeline over in-memory uint8 arrays
 
 class Pipeline:
@@ -262,10 +291,24 @@ class Pipeline:
 
   def __init__(self, config, info, train_images, test_images, test_labels, test_masks, transform,
                process_index=0, process_count=1, test_masks_original=None, size_scale=1.0, oe_images=None,
-               oe_masks=None):
+               oe_masks=None, train_labels=None):
     self.config = config
-    self.info = info
     self.train_images = train_images
+    # Fixed training labels (0 nominal, 1 anomalous; before nominal_label) and maps: labelled anomalies
+    # (`other`) or offline supervision; None = nominal-only images with online replacement (spec §6.3).
+    self.train_labels = None if train_labels is None else np.asarray(train_labels, np.int32)
+    self.train_maps = None
+    if not config.data.online_supervision and config.data.supervise_mode in (
+        'noise', 'malformed_normal', 'malformed_normal_gt'):
+      self.train_images, self.train_labels, self.train_maps = offline_supervise(
+          config, train_images, oe_images, size_scale)
+      oe_images = None
+    if self.train_labels is not None:
+      n = len(self.train_images)
+      info = dataclasses.replace(info, num_train=n * max(1, int(config.data.enlarge)),
+                                 train_gtmaps=info.train_gtmaps or self.train_maps is not None,
+                                 steps_per_epoch=_steps_per_epoch(n, config.data.enlarge, config.batch_size))
+    self.info = info
     self.test_images = test_images
     self.test_labels = np.asarray(test_labels, np.int32)
     self.test_masks = test_masks
@@ -306,7 +349,10 @@ class Pipeline:
     gt = np.zeros((h, w), np.float32)
     label = 0
     mode = self.supervise_mode
-    if mode in ('noise', 'malformed_normal', 'malformed_normal_gt'):
+    if self.train_labels is not None:       # fixed labels: `other` or offline supervision
+      label = int(self.train_labels[src_index])
+      gt = self.train_maps[src_index] if self.train_maps is not None else np.full((h, w), label, np.float32)
+    elif mode in ('noise', 'malformed_normal', 'malformed_normal_gt'):
       if self.config.data.exact_half:
         anomalous = (row % 2) == 1
       else:
@@ -368,7 +414,8 @@ class Pipeline:
       return self.test_images, self.test_labels, self.test_masks
     if split == 'train':
       n = len(self.train_images)
-      return self.train_images, np.zeros(n, np.int32), None
+      labels = np.zeros(n, np.int32) if self.train_labels is None else self.train_labels
+      return self.train_images, labels, None
     raise ValueError(f"split={split!r}; allowed: 'test', 'train'")
 
   def eval_batches(self, split='test', batch_size=None):
@@ -442,25 +489,28 @@ class Pipeline:
 
 def _check_common(config):
   d = config.data
-  if d.name in ('imagenet', 'pascal_voc'):
-    raise ValueError(f'config.data.name={d.name!r} (spec §5.6/§5.8) is not implemented yet in fcdd_jax; '
-                     f'available: {", ".join(DATASETS)}')
   if d.name not in DATASETS:
     raise ValueError(f'config.data.name={d.name!r} is unknown; known datasets: {", ".join(DATASETS)}')
-  if not d.online_supervision:
-    raise ValueError('config.data.online_supervision=False (offline supervision, spec §6.3) is not implemented '
-                     'yet; use the default online supervision')
   if d.supervise_mode not in SUPERVISE_MODES:
     raise ValueError(f'config.data.supervise_mode={d.supervise_mode!r} is unknown; allowed: '
                      + ', '.join(SUPERVISE_MODES))
-  if d.supervise_mode in ('noise', 'malformed_normal', 'malformed_normal_gt') and \
-      d.noise_mode not in anomalies.NOISE_MODES + ('folder',) and \
-      not (d.noise_mode in ('mvtec', 'mvtec_gt') and d.name in ('mvtec', 'custom')):
-    raise ValueError(f'config.data.noise_mode={d.noise_mode!r} is not available yet; available: '
-                     + ', '.join(anomalies.NOISE_MODES + ('folder',)) + ' (folder: any image folder as '
-                     'Outlier Exposure via --config.data.oe_root)')
-  if d.supervise_mode == 'noise' and d.noise_mode == 'folder' and not d.oe_root:
+  generates = d.supervise_mode in ('noise', 'malformed_normal', 'malformed_normal_gt')
+  modes = anomalies.NOISE_MODES + OE_MODES + (('mvtec', 'mvtec_gt') if d.name in ('mvtec', 'custom') else ())
+  if generates and d.noise_mode not in modes:
+    raise ValueError(f'config.data.noise_mode={d.noise_mode!r} is not available for {d.name}; allowed: '
+                     + ', '.join(modes))
+  if generates and d.noise_mode == 'folder' and not d.oe_root:
     raise ValueError('config.data.noise_mode=folder needs --config.data.oe_root=<image folder>')
+  if not d.online_supervision:  # spec §6.3: where the reference supports offline supervision
+    if d.name in ('imagenet', 'pascal_voc') and d.supervise_mode != 'unsupervised':
+      raise ValueError(f'config.data.online_supervision=False is not available for {d.name} with supervise_mode='
+                       f'{d.supervise_mode!r} (spec §6.3: only unsupervised); use online supervision')
+    if d.name == 'custom':
+      raise ValueError('config.data.online_supervision=False is not available for custom data (spec §6.3); use '
+                       'online supervision')
+    if generates and d.noise_mode in ('mvtec', 'mvtec_gt'):
+      raise ValueError(f'config.data.online_supervision=False is not available with noise_mode={d.noise_mode!r} '
+                       '(spec §6.3); use online supervision')
 
 
 def _steps_per_epoch(num_train, enlarge, batch_size):

@@ -33,16 +33,27 @@ def test_fmnist_config(tmp_path):
   ipt._write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', np.repeat(np.arange(10), 8))  # pylint: disable=protected-access
   ipt._write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (20, 28, 28)))  # pylint: disable=protected-access
   ipt._write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', np.repeat(np.arange(10), 2))  # pylint: disable=protected-access
-  c = _tiny(fmnist.get_config(), tmp_path, **{'data.root': str(tmp_path), 'data.noise_mode': 'gaussian'})
-  r = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  # the config's own OE source: tfds cifar100 (mocked: a real tfds.load cannot download here)
+  from tests import oe_test  # pylint: disable=g-import-not-at-top
+  exs = [{'image': oe_test.png(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)), 'label': np.int64(i % 100)}
+         for i in range(10)]
+  c = _tiny(fmnist.get_config(), tmp_path, **{'data.root': str(tmp_path)})
+  assert c.data.noise_mode == 'cifar100'
+  with oe_test.mock_tfds({('cifar100', 'train'): exs}):
+    r = train.train_and_evaluate(c, str(tmp_path / 'run'))
   assert 0 <= r['image_auc'] <= 1 and r['pixel_auc'] is None
 
 
 def test_cifar10_config(cifar_small, tmp_path):
   from configs import cifar10  # pylint: disable=g-import-not-at-top
-  c = _tiny(cifar10.get_config(), tmp_path, **{'data.root': cifar_small, 'data.noise_mode': 'folder',
-                                              'data.oe_root': os.path.join(cifar_small, 'train', 'dog')})
-  r = train.train_and_evaluate(c, str(tmp_path / 'run'))
+  from tests import oe_test  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  exs = [{'image': oe_test.png(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)), 'label': np.int64(i)}
+         for i in range(10)]
+  c = _tiny(cifar10.get_config(), tmp_path, **{'data.root': cifar_small})
+  assert c.data.noise_mode == 'cifar100'     # the config's own OE source, tfds (mocked here)
+  with oe_test.mock_tfds({('cifar100', 'train'): exs}):
+    r = train.train_and_evaluate(c, str(tmp_path / 'run'))
   assert 0 <= r['image_auc'] <= 1
 
 

@@ -119,8 +119,10 @@ def make_anomaly(supervise_mode, noise_mode, rng, nominal, *, oe_image=None, oe_
   if supervise_mode not in ('malformed_normal', 'malformed_normal_gt'):
     raise ValueError(f'supervise_mode={supervise_mode!r} cannot generate anomalies; use noise, '
                      'malformed_normal or malformed_normal_gt')
-  n = noise(noise_mode, rng, x.shape, size_scale=size_scale)
-  n = np.rint(n).astype(np.int32)
+  if oe_image is not None:   # an Outlier-Exposure image used as the noise added to the nominal image
+    n = np.asarray(oe_image, np.int32)
+  else:
+    n = np.rint(noise(noise_mode, rng, x.shape, size_scale=size_scale)).astype(np.int32)
   xi = x.astype(np.int32)
   if offline:  # spec §6.3: flip the noise sign on bright pixels
     bright = xi.sum(-1, keepdims=True) > 0.11 * 255 * c

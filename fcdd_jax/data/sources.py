@@ -8,7 +8,8 @@ to `input_pipeline.Pipeline` (spec §5).
   original-resolution masks for pixel AUC;
 * Fashion-MNIST from the official idx files (or tfds `fashion_mnist`), CIFAR-10 from `train/<class>/*`,
   `test/<class>/*` folders (or tfds `cifar10`); one-vs-rest (spec §5.2);
-* Outlier Exposure from any image folder (`noise_mode='folder'`, `data.oe_root`, `data.oe_limit`).
+* ImageNet-30 and Pascal VOC live in `data/imagenet.py` and `data/voc.py`; Outlier Exposure sources in
+  `data/oe.py`.
 """
 import gzip
 import hashlib
@@ -232,18 +233,9 @@ def _info(config, name, shape, names, c, n_train, train_gt, test_gt, n_test, tra
                  preprocessing=transform.describe(name, c))
 
 
-def _oe_images(config, channels, raw_size):
-  d = config.data
-  if not (d.supervise_mode == 'noise' and d.noise_mode == 'folder'):
-    return None
-  if not d.oe_root or not os.path.isdir(d.oe_root):
-    raise FileNotFoundError(f'config.data.oe_root={d.oe_root!r} is not a directory (needed for noise_mode=folder)')
-  paths = _nonempty(list_images(d.oe_root), d.oe_root)
-  if d.oe_limit and d.oe_limit > 0 and d.oe_limit < len(paths):
-    sel = np.sort(np.random.default_rng([config.seed, 0x0E]).choice(len(paths), d.oe_limit, replace=False))
-    paths = [paths[i] for i in sel]
-  imgs, _ = read_images(paths, channels, raw_size, on_bad='skip', cache=_cache_dir(config, ''))
-  return imgs
+def _oe_images(config, channels, raw_size, cache_dir=''):
+  from fcdd_jax.data import oe  # pylint: disable=g-import-not-at-top
+  return oe.load(config, channels, raw_size, cache_dir=cache_dir or _cache_dir(config, ''))
 
 
 def _reference_maps(root, maps_root, test_paths, labels):
@@ -273,9 +265,13 @@ def _custom(config, pi, pc):
   # resized on the shorter side to 248 and centre-cropped (train: random 224 crop, test: centre 224 crop)
   has_maps = os.path.isdir(os.path.join(root, 'ground_truth' if layout == 'mvtec' else 'test_maps'))
   how = 'nearest' if has_maps else 'shorter'
+  train_labels = None
   if layout == 'mvtec':
     names = (os.path.basename(os.path.normpath(root)),)
     c = _check_class(config, 1, names)
+    if d.supervise_mode == 'other':
+      raise ValueError(f'config.data.supervise_mode=other needs labelled training anomalies, but {root} has the '
+                       'MVTec layout (train/good only); use train/<class>/{normal,anomalous} or one-vs-rest folders')
     data = mvtec_layout(root, 3, raw, d.on_bad_image, cache, image_resize=how)
   else:
     names = _subdirs(os.path.join(root, 'train'))
@@ -299,6 +295,22 @@ def _custom(config, pi, pc):
       _nonempty(test_paths, os.path.join(root, 'test', names[c]))
     train, _ = read_images(train_paths, 3, raw, nearest=has_maps, shorter=not has_maps, on_bad=d.on_bad_image,
                            cache=cache)
+    if d.supervise_mode == 'other':   # spec §5.9: nominal + as many labelled anomalies, drawn with replacement
+      if layout == 'ovr':
+        anom_paths = [p for k, nm in enumerate(names) if k != c
+                      for p in list_images(os.path.join(root, 'train', nm))]
+      else:
+        folder = os.path.join(root, 'train', names[c], 'anomalous')
+        anom_paths = list_images(folder) if os.path.isdir(folder) else []
+      if not anom_paths:
+        raise ValueError(f'config.data.supervise_mode=other needs labelled training anomalies: '
+                         + ('images of other classes in train/' if layout == 'ovr' else
+                            f'{os.path.join(root, "train", names[c], "anomalous")}/ holds none'))
+      anom, _ = read_images(anom_paths, 3, raw, nearest=has_maps, shorter=not has_maps, on_bad=d.on_bad_image,
+                            cache=cache)
+      pick = np.random.default_rng([config.seed, 0x07E]).integers(0, len(anom), len(train))
+      train_labels = np.concatenate([np.zeros(len(train), np.int32), np.ones(len(train), np.int32)])
+      train = np.concatenate([train, anom[pick]])
     test, kept = read_images(test_paths, 3, raw, nearest=has_maps, shorter=not has_maps, on_bad=d.on_bad_image,
                              cache=cache)
     idx = {p: i for i, p in enumerate(test_paths)}
@@ -308,7 +320,8 @@ def _custom(config, pi, pc):
     if os.path.isdir(maps_root):  # the reference's -gtms trees (spec §5.9)
       data['masks_orig'] = _reference_maps(root, maps_root, kept, labels)
       data['masks'] = np.stack([ip.resize_u8(m[..., None], raw, nearest=True)[..., 0] for m in data['masks_orig']])
-  small = np.stack([ip.resize_u8(im, inp) for im in data['train']])
+  nominal = data['train'] if train_labels is None else data['train'][train_labels == 0]
+  small = np.stack([ip.resize_u8(im, inp) for im in nominal])
   mean, std = ip.channel_stats(small)  # spec §5.9: nominal training images of the class at 224
   has_masks = data['masks'] is not None
   t = ip.Transform(mean=mean, std=std, input_size=inp, raw_size=raw, channels=3,
@@ -322,7 +335,7 @@ def _custom(config, pi, pc):
     masks_orig = [evaluation.resize_nearest(m, (side, side)) for m in data['masks_orig']]
   return ip.Pipeline(config, info, data['train'], data['test'], data['labels'], data['masks'], t, pi, pc,
                      test_masks_original=masks_orig, size_scale=raw[0] / 240.0,
-                     oe_images=_oe_images(config, 3, raw))
+                     oe_images=_oe_images(config, 3, raw, cache), train_labels=train_labels)
 
 
 def _mvtec(config, pi, pc):
@@ -439,9 +452,11 @@ def _tfds_arrays(name, config):
 
 
 def _one_vs_rest(config, name, pi, pc, tr_x, tr_y, te_x, te_y, names, table, channels, size):
-  d = config.data
   c = _check_class(config, len(names), names)
-  train = tr_x[tr_y == c]
+  d = config.data
+  train, train_labels = tr_x[tr_y == c], None
+  if d.supervise_mode == 'other' and not d.online_supervision:  # spec §6.1: the whole (imbalanced) train set
+    train, train_labels = tr_x, (tr_y != c).astype(np.int32)
   labels = (te_y != c).astype(np.int32)
   mn, mx, mean, std = table[c]
   pre = d.preproc
@@ -467,7 +482,7 @@ def _one_vs_rest(config, name, pi, pc, tr_x, tr_y, te_x, te_y, names, table, cha
   # Online malformed_normal on FMNIST/CIFAR drops the generated map (spec §3.2): label loss.
   info = _info(config, name, tuple(size) + (channels,), names, c, len(train), False, False, len(te_x), t)
   return ip.Pipeline(config, info, train, te_x, labels, None, t, pi, pc, size_scale=size[0] / 240.0,
-                     oe_images=_oe_images(config, channels, size))
+                     oe_images=_oe_images(config, channels, size), train_labels=train_labels)
 
 
 def _fmnist(config, pi, pc):
@@ -511,5 +526,11 @@ def _cifar10(config, pi, pc):
 
 def create(config, process_index=0, process_count=1):
   name = config.data.name
+  if name == 'imagenet':
+    from fcdd_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+    return imagenet.create(config, process_index, process_count)
+  if name == 'pascal_voc':
+    from fcdd_jax.data import voc  # pylint: disable=g-import-not-at-top
+    return voc.create(config, process_index, process_count)
   fn = {'custom': _custom, 'mvtec': _mvtec, 'fmnist': _fmnist, 'cifar10': _cifar10}[name]
   return fn(config, process_index, process_count)

@@ -1,0 +1,232 @@
+"""Outlier Exposure sources (spec §6.2): images from another dataset used as training anomalies.
+
+| noise_mode | source | notes |
+|---|---|---|
+| folder | any image folder (`data.oe_root`, recursive) | decoded once at the raw size, cached |
+| cifar100 | tfds `cifar100` train (50,000), or a local folder copy in `data.oe_root` | Resize((h,w)), gray via PIL "L" |
+| emnist | tfds `emnist/letters` train, transposed upright | Resize((h,w)) |
+| imagenet | ImageNet-1k *val*: `data.oe_root` with `<wnid>/` (or `val/<wnid>/`) folders, or tfds `imagenet2012` validation (manual download: the tars in `data.oe_root`) | Resize((h,w)); class exclusion (Pascal VOC) |
+| imagenet22k | ImageNet-22k fall11 class folders in `data.oe_root` minus the 30 ImageNet-30 synsets | Resize(shorter side) + centre crop; decoded lazily; unreadable files -> black |
+
+`data.oe_limit` (> 0) keeps a fixed random subset of that many OE images per run (seeded by `config.seed`);
+class exclusion is applied before the limit (the reference loses the exclusion when both are set, spec §10.5).
+Every source returns an indexable of uint8 `[h, w, C]` images at the dataset's raw size: an array, a
+memory-mapped array (large tfds sources, cached once), or `LazyImages` (ImageNet-22k: 14 M files).
+"""
+import hashlib
+import logging
+import os
+import time
+
+import numpy as np
+
+from fcdd_jax import input_pipeline as ip
+
+OE_MODES = ('folder', 'cifar100', 'emnist', 'imagenet', 'imagenet22k')
+
+
+def _say(msg):
+  logging.info(msg)
+  print(msg, flush=True)
+
+
+def _limit_indices(n, limit, seed):
+  """Sorted indices of the fixed per-run OE subset (all when limit <= 0 or >= n)."""
+  if not limit or limit <= 0 or limit >= n:
+    return np.arange(n)
+  return np.sort(np.random.default_rng([int(seed), 0x0E]).choice(n, int(limit), replace=False))
+
+
+class LazyImages:
+  """Indexable of image files decoded on access to uint8 [h, w, channels] at `size` (ImageNet-22k OE).
+
+  `how`: 'shorter' (Resize(shorter side) + centre crop) or 'squash' (Resize((h, w))). Unreadable files
+  give a black image and a warning, as the reference's ImageNet-22k loader does."""
+
+  def __init__(self, paths, channels, size, how='shorter'):
+    self.paths = list(paths)
+    self.channels = channels
+    self.size = tuple(size)
+    self.how = how
+
+  def __len__(self):
+    return len(self.paths)
+
+  @property
+  def shape(self):
+    return (len(self.paths),) + self.size + (self.channels,)
+
+  def __getitem__(self, k):
+    from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
+    p = self.paths[int(k)]
+    try:
+      img = ip.to_rgb_or_gray(sources.load_image(p), self.channels)
+    except ValueError as e:
+      logging.warning('%s (OE image replaced by a black image)', e)
+      return np.zeros(self.size + (self.channels,), np.uint8)
+    if self.how == 'shorter':
+      return ip.resize_shorter_crop(img, self.size[0])
+    return ip.resize_u8(img, self.size)
+
+
+def _cache_file(cache_dir, *key):
+  os.makedirs(cache_dir, exist_ok=True)
+  h = hashlib.sha1(repr(key).encode()).hexdigest()[:20]
+  return os.path.join(cache_dir, f'oe_{h}.npy')
+
+
+def filter_labels(ds, labels, keep=True):
+  """tf.data filter on the integer 'label' of encoded examples: keep (or drop) the given labels. Runs in the
+  tf.data graph, so records that are dropped are never decoded or copied to Python."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  labels = tf.constant(sorted(int(x) for x in labels) or [-1], tf.int64)
+  def pred(ex):
+    hit = tf.reduce_any(tf.equal(tf.cast(ex['label'], tf.int64), labels))
+    return hit if keep else tf.logical_not(hit)
+  return ds.filter(pred)
+
+
+def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=None, manual_dir='', cache_dir=''):
+  """uint8 [N,h,w,C] of a tfds split resized to `size` (squash), without the labels in `exclude`.
+
+  Large results are written once to a .npy in `cache_dir` and memory-mapped afterwards."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  d = config.data
+  key = (name, split, channels, tuple(size), d.tfds_data_dir, manual_dir, tuple(sorted(exclude)))
+  path = _cache_file(cache_dir, *key) if cache_dir else ''
+  if path and os.path.exists(path):
+    return np.load(path, mmap_mode='r')
+  kw = {'data_dir': d.tfds_data_dir} if d.tfds_data_dir else {}
+  if manual_dir:
+    kw['download_and_prepare_kwargs'] = {
+        'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir)}
+  try:
+    ds = tfds.load(name, split=split, decoders={'image': tfds.decode.SkipDecoding()}, **kw)
+  except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds; say what to do)
+    raise FileNotFoundError(f'cannot load tfds {name!r} split {split!r} for Outlier Exposure: {type(e).__name__}: '
+                       f'{str(e).splitlines()[0] if str(e) else ""}. Prepare it once with internet access '
+                       f'(`tfds build {name}` / --config.data.tfds_data_dir), or use a local folder: '
+                       '--config.data.oe_root=DIR') from None
+  if exclude:
+    ds = filter_labels(ds, exclude, keep=False)
+  out, t0 = [], time.time()
+  for i, ex in enumerate(tfds.as_numpy(ds)):
+    img = _decode(ex['image'])
+    if transform is not None:
+      img = transform(img)
+    out.append(ip.resize_u8(ip.to_rgb_or_gray(img, channels), size))
+    if i and i % 10000 == 0:
+      _say(f'OE {name}/{split}: decoded {i} images ({time.time() - t0:.0f} s)')
+  arr = np.stack(out) if out else np.zeros((0,) + tuple(size) + (channels,), np.uint8)
+  if path:
+    tmp = path + '.tmp.npy'
+    np.save(tmp, arr)
+    os.replace(tmp, path)
+  return arr
+
+
+def _decode(data):
+  """Encoded image bytes (tfds SkipDecoding) or an already decoded array -> uint8 [H,W,C]."""
+  if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim >= 2:
+    return data if data.ndim == 3 else data[..., None]
+  import io  # pylint: disable=g-import-not-at-top
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  with Image.open(io.BytesIO(bytes(data))) as im:
+    arr = np.asarray(im.convert('L') if im.mode in ('1', 'I', 'I;16', 'F', 'L') else im.convert('RGB'))
+  return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _wnid_folders(root):
+  """The ImageNet class folder root inside `root` (`root` itself or `root/val`), or ''."""
+  for cand in (root, os.path.join(root, 'val')):
+    if os.path.isdir(cand) and any(n.startswith('n') and n[1:].isdigit() for n in os.listdir(cand)):
+      return cand
+  return ''
+
+
+def _list_cached(root, cache_dir, what):
+  """Recursive image file list of `root`, cached in `cache_dir` (listing ImageNet-22k takes many minutes)."""
+  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
+  st = os.stat(root)
+  path = _cache_file(cache_dir, 'list', os.path.abspath(root), st.st_mtime_ns) if cache_dir else ''
+  if path and os.path.exists(path):
+    return [str(p) for p in np.load(path)]
+  _say(f'listing {what} files under {root} (cached afterwards) ...')
+  paths = sources.list_images(root)
+  if path:
+    tmp = path + '.tmp.npy'
+    np.save(tmp, np.asarray(paths))
+    os.replace(tmp, path)
+  return paths
+
+
+def imagenet1k_class_of(path, wnids):
+  """ImageNet-1k class index of a file in a `<wnid>/` folder (index in the sorted wnid list), or -1."""
+  wnid = os.path.basename(os.path.dirname(path))
+  return wnids.get(wnid, -1)
+
+
+def load(config, channels, raw_size, *, exclude_1k=(), cache_dir=''):
+  """The OE images of `config.data.noise_mode` at `raw_size`, or None when the mode uses no OE source."""
+  d = config.data
+  mode = d.noise_mode
+  if d.supervise_mode not in ('noise', 'malformed_normal', 'malformed_normal_gt') or mode not in OE_MODES:
+    return None
+  size = tuple(raw_size)
+  root = d.oe_root
+  if mode == 'folder' or (mode == 'cifar100' and root):
+    if not root or not os.path.isdir(root):
+      raise FileNotFoundError(f'config.data.oe_root={root!r} is not a directory (needed for noise_mode={mode})')
+    from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
+    paths = sources.list_images(root)
+    if not paths:
+      raise ValueError(f'no images in config.data.oe_root={root!r} (extensions: {", ".join(sources.IMG_EXT)})')
+    paths = [paths[i] for i in _limit_indices(len(paths), d.oe_limit, config.seed)]
+    imgs, _ = sources.read_images(paths, channels, size, on_bad='skip', cache=cache_dir)
+    return imgs
+  if mode == 'cifar100':
+    imgs = _tfds_images('cifar100', 'train', config, channels, size, cache_dir=cache_dir)
+  elif mode == 'emnist':
+    imgs = _tfds_images('emnist/letters', 'train', config, channels, size, cache_dir=cache_dir,
+                        transform=lambda x: np.ascontiguousarray(np.swapaxes(x, 0, 1)))  # upright (spec §6.2)
+  elif mode == 'imagenet':
+    imgs = _imagenet_val(config, channels, size, exclude_1k, cache_dir)
+  else:  # imagenet22k
+    imgs = _imagenet22k(config, channels, size, cache_dir)
+  keep = _limit_indices(len(imgs), d.oe_limit, config.seed)
+  if len(imgs) == 0:
+    raise ValueError(f'noise_mode={mode}: the OE source has no images')
+  if len(keep) == len(imgs):
+    return imgs
+  if isinstance(imgs, LazyImages):
+    return LazyImages([imgs.paths[i] for i in keep], imgs.channels, imgs.size, imgs.how)
+  return np.ascontiguousarray(imgs[keep])
+
+
+def _imagenet_val(config, channels, size, exclude_1k, cache_dir):
+  from fcdd_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+  root = config.data.oe_root
+  excluded = frozenset(int(i) for i in exclude_1k)
+  folders = _wnid_folders(root) if root else ''
+  if folders:
+    wnids = {w: i for i, w in enumerate(imagenet.imagenet1k_wnids())}
+    paths = [p for p in _list_cached(folders, cache_dir, 'ImageNet-1k val')
+             if imagenet1k_class_of(p, wnids) not in excluded]
+    return LazyImages(paths, channels, size, how='squash')
+  return _tfds_images('imagenet2012', 'validation', config, channels, size, exclude=excluded, manual_dir=root,
+                      cache_dir=cache_dir)
+
+
+def _imagenet22k(config, channels, size, cache_dir):
+  from fcdd_jax.data import imagenet  # pylint: disable=g-import-not-at-top
+  root = config.data.oe_root
+  if not root or not os.path.isdir(root):
+    raise FileNotFoundError(
+        f'config.data.oe_root={root!r} is not a directory: noise_mode=imagenet22k needs the ImageNet-22k '
+        '(fall 2011) class folders extracted locally, e.g. --config.data.oe_root=/data/imagenet22k/'
+        'fall11_whole_extracted (one folder per synset, n*/...JPEG); it cannot be downloaded automatically')
+  paths = _list_cached(root, cache_dir, 'ImageNet-22k')
+  paths = [p for p in paths if not any(w in p for w in imagenet.IMAGENET30_WNIDS)]  # spec §6.2: by substring
+  if not paths:
+    raise ValueError(f'no images in config.data.oe_root={root!r} outside the 30 ImageNet-30 synsets')
+  return LazyImages(paths, channels, size, how='shorter')
