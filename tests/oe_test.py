@@ -63,15 +63,15 @@ def test_cifar100_through_tfds_resized_gray_and_limited(tmp_path):
   exs = [{'image': png(a), 'label': np.int64(i % 3)} for i, a in enumerate(imgs)]
   c = cfg(**{'data.noise_mode': 'cifar100', 'data.supervise_mode': 'noise'})
   with mock_tfds({('cifar100', 'train'): exs}):
-    out = oe.load(c, 1, (28, 28))
+    out = oe.load(c, 1, (28, 28), cache_dir=str(tmp_path))
   assert out.shape == (12, 28, 28, 1) and out.dtype == np.uint8
   # PIL: "L" (ITU-R 601-2 luma) then bilinear resize, as torchvision's Resize((h,w)) + Grayscale
   ref = np.asarray(Image.fromarray(imgs[3]).convert('L').resize((28, 28), Image.BILINEAR))
   assert np.abs(out[3, ..., 0].astype(int) - ref.astype(int)).max() <= 1
   c.data.oe_limit = 5
   with mock_tfds({('cifar100', 'train'): exs}):
-    lim = oe.load(c, 1, (28, 28))
-    again = oe.load(c, 1, (28, 28))
+    lim = oe.load(c, 1, (28, 28), cache_dir=str(tmp_path))
+    again = oe.load(c, 1, (28, 28), cache_dir=str(tmp_path))
   assert lim.shape == (5, 28, 28, 1)
   np.testing.assert_array_equal(lim, again)                    # a fixed subset per run (seed)
   assert any(np.array_equal(lim[0], o) for o in out)
@@ -83,7 +83,7 @@ def test_emnist_letters_are_transposed_upright(tmp_path):
   exs = [{'image': png(a), 'label': np.int64(1)}] * 3
   c = cfg(**{'data.noise_mode': 'emnist', 'data.supervise_mode': 'noise'})
   with mock_tfds({('emnist', 'train'): exs}):
-    out = oe.load(c, 1, (28, 28))
+    out = oe.load(c, 1, (28, 28), cache_dir=str(tmp_path))
   assert out.shape == (3, 28, 28, 1)
   assert out[0, :, 2, 0].min() == 255 and out[0, 2, 5:, 0].max() == 0   # now a vertical bar
 
@@ -94,9 +94,9 @@ def test_imagenet_val_tfds_excludes_voc_classes_before_the_limit(tmp_path):
          for i, lab in enumerate(labels)]
   c = cfg(**{'data.noise_mode': 'imagenet', 'data.supervise_mode': 'noise'})
   with mock_tfds({('imagenet2012', 'validation'): exs}):
-    out = oe.load(c, 3, (16, 16), exclude_1k=imagenet.VOC_EXCLUDED_IMAGENET1K)
+    out = oe.load(c, 3, (16, 16), exclude_1k=imagenet.VOC_EXCLUDED_IMAGENET1K, cache_dir=str(tmp_path))
     c.data.oe_limit = 3
-    lim = oe.load(c, 3, (16, 16), exclude_1k=imagenet.VOC_EXCLUDED_IMAGENET1K)
+    lim = oe.load(c, 3, (16, 16), exclude_1k=imagenet.VOC_EXCLUDED_IMAGENET1K, cache_dir=str(tmp_path))
   kept_values = {10 * i for i, lab in enumerate(labels) if lab not in (14, 344, 990)}
   assert out.shape == (5, 16, 16, 3) and {int(x[0, 0, 0]) for x in out} == kept_values
   assert lim.shape == (3, 16, 16, 3) and {int(x[0, 0, 0]) for x in lim} <= kept_values

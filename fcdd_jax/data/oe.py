@@ -87,14 +87,17 @@ def filter_labels(ds, labels, keep=True):
 
 
 def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=None, manual_dir='', cache_dir=''):
-  """uint8 [N,h,w,C] of a tfds split resized to `size` (squash), without the labels in `exclude`.
+  """uint8 [N,h,w,C] of a tfds split resized to `size` (squash), without the labels in `exclude` and limited to
+  the run's fixed `oe_limit` subset (chosen before decoding: only kept images are decoded).
 
-  Large results are written once to a .npy in `cache_dir` and memory-mapped afterwards."""
+  Streams into a .npy in `cache_dir` (memory-mapped afterwards), so ImageNet val never sits in RAM."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   d = config.data
-  key = (name, split, channels, tuple(size), d.tfds_data_dir, manual_dir, tuple(sorted(exclude)))
-  path = _cache_file(cache_dir, *key) if cache_dir else ''
-  if path and os.path.exists(path):
+  limit = int(d.oe_limit) if d.oe_limit and d.oe_limit > 0 else -1
+  key = (name, split, channels, tuple(size), d.tfds_data_dir, manual_dir, tuple(sorted(exclude)), limit,
+         int(config.seed) if limit > 0 else 0)
+  path = _cache_file(cache_dir or _default_cache(), *key)
+  if os.path.exists(path):
     return np.load(path, mmap_mode='r')
   kw = {'data_dir': d.tfds_data_dir} if d.tfds_data_dir else {}
   if manual_dir:
@@ -104,25 +107,38 @@ def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=N
     ds = tfds.load(name, split=split, decoders={'image': tfds.decode.SkipDecoding()}, **kw)
   except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds; say what to do)
     raise FileNotFoundError(f'cannot load tfds {name!r} split {split!r} for Outlier Exposure: {type(e).__name__}: '
-                       f'{str(e).splitlines()[0] if str(e) else ""}. Prepare it once with internet access '
-                       f'(`tfds build {name}` / --config.data.tfds_data_dir), or use a local folder: '
-                       '--config.data.oe_root=DIR') from None
+                            f'{str(e).splitlines()[0] if str(e) else ""}. Prepare it once with internet access '
+                            f'(`tfds build {name}` / --config.data.tfds_data_dir), or use a local folder: '
+                            '--config.data.oe_root=DIR') from None
   if exclude:
     ds = filter_labels(ds, exclude, keep=False)
-  out, t0 = [], time.time()
+  n = int(ds.reduce(np.int64(0), lambda count, _: count + 1))   # graph-only pass: no decoding
+  if n == 0:
+    raise ValueError(f'tfds {name!r} split {split!r} holds no usable OE image')
+  keep = _limit_indices(n, limit, config.seed)
+  pos = {int(i): j for j, i in enumerate(keep)}
+  tmp = path + '.tmp.npy'
+  arr = np.lib.format.open_memmap(tmp, mode='w+', dtype=np.uint8, shape=(len(keep),) + tuple(size) + (channels,))
+  t0 = time.time()
   for i, ex in enumerate(tfds.as_numpy(ds)):
+    j = pos.get(i)
+    if j is None:
+      continue
     img = _decode(ex['image'])
     if transform is not None:
       img = transform(img)
-    out.append(ip.resize_u8(ip.to_rgb_or_gray(img, channels), size))
-    if i and i % 10000 == 0:
-      _say(f'OE {name}/{split}: decoded {i} images ({time.time() - t0:.0f} s)')
-  arr = np.stack(out) if out else np.zeros((0,) + tuple(size) + (channels,), np.uint8)
-  if path:
-    tmp = path + '.tmp.npy'
-    np.save(tmp, arr)
-    os.replace(tmp, path)
-  return arr
+    arr[j] = ip.resize_u8(ip.to_rgb_or_gray(img, channels), size)
+    if j and j % 10000 == 0:
+      _say(f'OE {name}/{split}: decoded {j}/{len(keep)} images ({time.time() - t0:.0f} s)')
+  arr.flush()
+  del arr
+  os.replace(tmp, path)
+  return np.load(path, mmap_mode='r')
+
+
+def _default_cache():
+  import tempfile  # pylint: disable=g-import-not-at-top
+  return os.path.join(tempfile.gettempdir(), 'fcdd_jax_cache')
 
 
 def _decode(data):
@@ -193,14 +209,9 @@ def load(config, channels, raw_size, *, exclude_1k=(), cache_dir=''):
     imgs = _imagenet_val(config, channels, size, exclude_1k, cache_dir)
   else:  # imagenet22k
     imgs = _imagenet22k(config, channels, size, cache_dir)
-  keep = _limit_indices(len(imgs), d.oe_limit, config.seed)
   if len(imgs) == 0:
     raise ValueError(f'noise_mode={mode}: the OE source has no images')
-  if len(keep) == len(imgs):
-    return imgs
-  if isinstance(imgs, LazyImages):
-    return LazyImages([imgs.paths[i] for i in keep], imgs.channels, imgs.size, imgs.how)
-  return np.ascontiguousarray(imgs[keep])
+  return imgs  # tfds sources and LazyImages are already limited to the run's subset
 
 
 def _imagenet_val(config, channels, size, exclude_1k, cache_dir):
@@ -212,7 +223,8 @@ def _imagenet_val(config, channels, size, exclude_1k, cache_dir):
     wnids = {w: i for i, w in enumerate(imagenet.imagenet1k_wnids())}
     paths = [p for p in _list_cached(folders, cache_dir, 'ImageNet-1k val')
              if imagenet1k_class_of(p, wnids) not in excluded]
-    return LazyImages(paths, channels, size, how='squash')
+    return LazyImages([paths[i] for i in _limit_indices(len(paths), config.data.oe_limit, config.seed)], channels,
+                      size, how='squash')
   return _tfds_images('imagenet2012', 'validation', config, channels, size, exclude=excluded, manual_dir=root,
                       cache_dir=cache_dir)
 
@@ -229,4 +241,5 @@ def _imagenet22k(config, channels, size, cache_dir):
   paths = [p for p in paths if not any(w in p for w in imagenet.IMAGENET30_WNIDS)]  # spec §6.2: by substring
   if not paths:
     raise ValueError(f'no images in config.data.oe_root={root!r} outside the 30 ImageNet-30 synsets')
-  return LazyImages(paths, channels, size, how='shorter')
+  return LazyImages([paths[i] for i in _limit_indices(len(paths), config.data.oe_limit, config.seed)], channels,
+                    size, how='shorter')
