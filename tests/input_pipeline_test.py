@@ -176,6 +176,15 @@ def _write_idx(path, arr):
     f.write(header + arr.astype(np.uint8).tobytes())
 
 
+def write_fmnist_files(root, n_per_class=16, lo=0, hi=255):
+  """The four Fashion-MNIST idx files with random images: n_per_class train and 2 test images per class."""
+  rng = np.random.default_rng(0)
+  _write_idx(root / 'train-images-idx3-ubyte.gz', rng.integers(lo, hi, (10 * n_per_class, 28, 28)))
+  _write_idx(root / 'train-labels-idx1-ubyte.gz', np.repeat(np.arange(10), n_per_class))
+  _write_idx(root / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (20, 28, 28)))
+  _write_idx(root / 't10k-labels-idx1-ubyte.gz', np.repeat(np.arange(10), 2))
+
+
 def test_fmnist_from_generated_idx_files(tmp_path):
   rng = np.random.default_rng(0)
   tr_y = np.repeat(np.arange(10), 4)

@@ -7,21 +7,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import test as test_config
 from fcdd_jax import input_pipeline
 from fcdd_jax.data import imagenet
 from fcdd_jax.data import oe
+from tests import input_pipeline_test as ipt
 
-
-def cfg(**kv):
-  c = test_config.get_config()
-  for k, v in kv.items():
-    node = c
-    *path, leaf = k.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = v
-  return c
+cfg = ipt._cfg  # pylint: disable=protected-access
 
 
 def png(arr):
@@ -141,12 +132,7 @@ def test_imagenet_val_folders_exclude_by_class_index(tmp_path):
 
 def test_pipeline_trains_with_tfds_oe(tmp_path):
   """FMNIST-like one-vs-rest training batches with mocked CIFAR-100 OE (the fmnist.py default)."""
-  from tests import input_pipeline_test as ipt  # pylint: disable=g-import-not-at-top
-  rng = np.random.default_rng(0)
-  ipt._write_idx(tmp_path / 'train-images-idx3-ubyte.gz', rng.integers(0, 40, (160, 28, 28)))  # pylint: disable=protected-access
-  ipt._write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', np.repeat(np.arange(10), 16))  # pylint: disable=protected-access
-  ipt._write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (20, 28, 28)))  # pylint: disable=protected-access
-  ipt._write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', np.repeat(np.arange(10), 2))  # pylint: disable=protected-access
+  ipt.write_fmnist_files(tmp_path, n_per_class=16, hi=40)
   exs = [{'image': png(np.full((32, 32, 3), 250, np.uint8)), 'label': np.int64(0)}] * 6
   c = cfg(batch_size=16, **{'data.name': 'fmnist', 'data.root': str(tmp_path), 'data.preproc': 'none',
                             'data.noise_mode': 'cifar100', 'data.supervise_mode': 'noise', 'data.normal_class': 0,

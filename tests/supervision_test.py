@@ -57,14 +57,6 @@ def test_mixed_blob_noise_statistics():
     assert n.max() <= 510 and len(np.unique(n)) > 20                 # recoloured pixels vary
 
 
-def _fmnist_files(tmp_path, n_per_class=16, lo=0, hi=255):
-  rng = np.random.default_rng(0)
-  ipt._write_idx(tmp_path / 'train-images-idx3-ubyte.gz', rng.integers(lo, hi, (10 * n_per_class, 28, 28)))  # pylint: disable=protected-access
-  ipt._write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', np.repeat(np.arange(10), n_per_class))  # pylint: disable=protected-access
-  ipt._write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (20, 28, 28)))  # pylint: disable=protected-access
-  ipt._write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', np.repeat(np.arange(10), 2))  # pylint: disable=protected-access
-
-
 def _fm_cfg(tmp_path, **kv):
   base = {'data.name': 'fmnist', 'data.root': str(tmp_path), 'data.normal_class': 2, 'data.preproc': 'lcnaug1',
           'data.online_supervision': False}
@@ -72,7 +64,7 @@ def _fm_cfg(tmp_path, **kv):
 
 
 def test_offline_noise_is_a_fixed_balanced_set(tmp_path):
-  _fmnist_files(tmp_path)
+  ipt.write_fmnist_files(tmp_path)
   p = input_pipeline.create(_fm_cfg(tmp_path, **{'data.supervise_mode': 'noise', 'data.noise_mode': 'uniform'}))
   assert p.info.num_train == 32 and p.info.steps_per_epoch == 4     # 16 nominal + 16 generated, fixed
   assert p.train_labels.tolist() == [0] * 16 + [1] * 16
@@ -87,7 +79,7 @@ def test_offline_noise_is_a_fixed_balanced_set(tmp_path):
 
 
 def test_offline_malformed_normal_uses_the_brightness_inversion_rule(tmp_path):
-  _fmnist_files(tmp_path, lo=200, hi=255)                            # bright images
+  ipt.write_fmnist_files(tmp_path, lo=200, hi=255)                            # bright images
   p = input_pipeline.create(_fm_cfg(tmp_path, **{'data.supervise_mode': 'malformed_normal',
                                                  'data.noise_mode': 'blob'}))
   nom, anom = p.train_images[:16].astype(int), p.train_images[16:].astype(int)
@@ -97,7 +89,7 @@ def test_offline_malformed_normal_uses_the_brightness_inversion_rule(tmp_path):
 
 
 def test_offline_malformed_normal_gt_maps_reach_the_loss_aligned(tmp_path):
-  _fmnist_files(tmp_path, lo=0, hi=1)                                # black images: blobs only brighten
+  ipt.write_fmnist_files(tmp_path, lo=0, hi=1)                                # black images: blobs only brighten
   c = _fm_cfg(tmp_path, **{'data.supervise_mode': 'malformed_normal_gt', 'data.noise_mode': 'blob'})
   p = input_pipeline.create(c)
   assert p.info.train_gtmaps
@@ -127,7 +119,7 @@ def _flat(c, prefix=''):
 
 
 def test_offline_other_keeps_the_whole_training_set_and_online_other_only_nominal(tmp_path):
-  _fmnist_files(tmp_path)
+  ipt.write_fmnist_files(tmp_path)
   p = input_pipeline.create(_fm_cfg(tmp_path, **{'data.supervise_mode': 'other'}))
   assert p.info.num_train == 160 and p.train_labels.sum() == 144     # ~9:1 imbalanced (spec §6.1)
   b = p.global_train_batch(0)
