@@ -161,18 +161,20 @@ def _wnid_folders(root):
 
 
 def _list_cached(root, cache_dir, what):
-  """Recursive image file list of `root`, cached in `cache_dir` (listing ImageNet-22k takes many minutes)."""
+  """Recursive image file list of `root`, cached as a text file in `cache_dir` (listing ImageNet-22k's 14 M
+  files takes many minutes; a new top-level entry in `root` invalidates the cache)."""
   from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
   st = os.stat(root)
-  path = _cache_file(cache_dir, 'list', os.path.abspath(root), st.st_mtime_ns) if cache_dir else ''
-  if path and os.path.exists(path):
-    return [str(p) for p in np.load(path)]
-  _say(f'listing {what} files under {root} (cached afterwards) ...')
+  path = _cache_file(cache_dir or _default_cache(), 'list', os.path.abspath(root), st.st_mtime_ns)[:-4] + '.txt'
+  if os.path.exists(path):
+    with open(path, encoding='utf-8') as f:
+      return f.read().splitlines()
+  _say(f'listing {what} files under {root} (cached afterwards in {path}) ...')
   paths = sources.list_images(root)
-  if path:
-    tmp = path + '.tmp.npy'
-    np.save(tmp, np.asarray(paths))
-    os.replace(tmp, path)
+  tmp = path + '.tmp'
+  with open(tmp, 'w', encoding='utf-8') as f:
+    f.write('\n'.join(paths))
+  os.replace(tmp, path)
   return paths
 
 
