@@ -1,14 +1,15 @@
 """Median images/s of one PyTorch CPU FCDD train step (forward, loss, backward, SGD-Nesterov + coupled
 weight decay, BN statistics), NCHW and channels_last.
 
-  python -m bench.torch_train_step [--net NAME] [--batch B] [--steps S] [--threads T]
+  python -m bench.torch_train_step [--net NAME] [--batch B] [--steps S] [--threads T] [--keep_freed_memory]
 """
 import argparse
 
 from bench import common
 
 
-def measure(net_name, batch, steps, layout, threads=None):
+def build(net_name, batch, layout, threads=None):
+  """Returns run(): one PyTorch train step (eager, float32) in `layout` ('nchw' | 'channels_last')."""
   import torch  # pylint: disable=g-import-not-at-top
   from bench import torch_nets  # pylint: disable=g-import-not-at-top
   if threads:
@@ -28,6 +29,12 @@ def measure(net_name, batch, steps, layout, threads=None):
     loss = torch_nets.fcdd_loss(net(x), y)
     loss.backward()
     opt.step()
+  return step
+
+
+def measure(net_name, batch, steps, layout, threads=None):
+  import torch  # pylint: disable=g-import-not-at-top
+  step = build(net_name, batch, layout, threads)
   t = common.median_time(step, steps, warmup=2)
   return common.emit(impl='torch', net=net_name, batch=batch, layout=layout, img_per_s=round(batch / t, 2),
                      seconds=round(t, 4), threads=torch.get_num_threads(), device_kind=common.cpu_kind(),
@@ -41,7 +48,12 @@ def main():
   p.add_argument('--steps', type=int, default=None)
   p.add_argument('--threads', type=int, default=None)
   p.add_argument('--layout', default='both', choices=['both', 'nchw', 'channels_last'])
+  p.add_argument('--keep_freed_memory', action='store_true',
+                 help='glibc mallopt: keep freed memory mapped (fcdd_jax.cpu_conv.keep_freed_memory)')
   a = p.parse_args()
+  if a.keep_freed_memory:
+    from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+    cpu_conv.keep_freed_memory()
   nets = [a.net] if a.net else list(common.NETS)
   for n in nets:
     b = a.batch or common.NETS[n]

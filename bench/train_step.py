@@ -1,7 +1,7 @@
 """Median images/s of one compiled fcdd_jax train step (the engine's `train.train_step`: forward, loss,
 backward, SGD-Nesterov + coupled weight decay, BN statistics), compile time reported separately.
 
-  python -m bench.train_step [--net NAME] [--batch B] [--steps S] [--dtype float32|bfloat16]
+  python -m bench.train_step [--net NAME] [--batch B] [--steps S] [--dtype float32|bfloat16] [--keep_freed_memory]
 """
 import argparse
 import functools
@@ -10,7 +10,8 @@ import time
 from bench import common
 
 
-def measure(net_name, batch, steps, dtype='float32'):
+def build(net_name, batch, dtype='float32'):
+  """Compiles the train step; returns (run, compile_s) where run() performs one step and blocks."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -40,10 +41,21 @@ def measure(net_name, batch, steps, dtype='float32'):
   def run():
     holder['state'], m = compiled(holder['state'], batch_data, key)
     jax.block_until_ready(m['loss'])
+  return run, compile_s
+
+
+def device_kind():
+  import jax  # pylint: disable=g-import-not-at-top
+  return f'{jax.devices()[0].device_kind} ({common.cpu_kind()})'
+
+
+def measure(net_name, batch, steps, dtype='float32'):
+  import jax  # pylint: disable=g-import-not-at-top
+  run, compile_s = build(net_name, batch, dtype)
   sec = common.median_time(run, steps, warmup=2)
   return common.emit(impl='jax', net=net_name, batch=batch, dtype=dtype, img_per_s=round(batch / sec, 2),
                      seconds=round(sec, 4), compile_s=round(compile_s, 2),
-                     device_kind=f'{jax.devices()[0].device_kind} ({common.cpu_kind()})',
+                     device_kind=device_kind(),
                      jax=jax.__version__, load=common.load_avg())
 
 
@@ -53,7 +65,12 @@ def main():
   p.add_argument('--batch', type=int, default=None)
   p.add_argument('--steps', type=int, default=None)
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--keep_freed_memory', action='store_true',
+                 help='glibc mallopt: keep freed memory mapped (fcdd_jax.cpu_conv.keep_freed_memory)')
   a = p.parse_args()
+  if a.keep_freed_memory:
+    from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+    cpu_conv.keep_freed_memory()
   for n in [a.net] if a.net else list(common.NETS):
     measure(n, a.batch or common.NETS[n], a.steps or (5 if '224' in n else 10), a.dtype)
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fcdd_jax import cpu_conv
 from fcdd_jax import receptive
 
 LEAKY = 0.01
@@ -41,9 +42,10 @@ def _xavier_uniform(gain, fan_in, fan_out):
   return init
 
 
-def _lax_conv(x, w, stride, pad):
+def _lax_conv(x, w, stride, pad, preferred_element_type=None):
   return jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad)] * 2,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      preferred_element_type=preferred_element_type)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
@@ -74,6 +76,19 @@ def _conv_s1_bwd(pad, res, dy):
 
 conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
 
+GEMM_CONV_MIN_CIN = 1  # GEMM form for every layer, even cin=1 or 3 first layers (bench/README.md)
+
+
+def use_gemm_conv(dtype, stride, cin, backend=None):
+  """Whether a conv in compute dtype `dtype` runs as bf16 GEMMs (`cpu_conv.gemm_conv`): only for bfloat16
+  compute on XLA:CPU (where the bf16 GEMM is ~2x faster than the float32 one but convolutions get no bf16
+  speed-up), stride 1 and >= GEMM_CONV_MIN_CIN input channels. On GPU/TPU plain XLA convs are used."""
+  if jnp.dtype(dtype) != jnp.dtype(jnp.bfloat16):
+    return False
+  if stride != 1 or cin < GEMM_CONV_MIN_CIN:
+    return False
+  return (backend or jax.default_backend()) == 'cpu'
+
 
 class Conv(nn.Module):
   """2-D convolution with PyTorch padding semantics and (optionally) PyTorch default init."""
@@ -85,10 +100,12 @@ class Conv(nn.Module):
   torch_init: bool = True
   xavier_gain: Optional[float] = None
   dtype: Any = jnp.float32
+  out_dtype: Any = None  # dtype of the output (default: dtype); float32 keeps a bf16 net's scores unrounded
 
   @nn.compact
   def __call__(self, x):
     cin = x.shape[-1]
+    out_dtype = self.dtype if self.out_dtype is None else self.out_dtype
     fan_in = cin * self.kernel * self.kernel
     if self.xavier_gain is not None:
       k_init = _xavier_uniform(self.xavier_gain, fan_in, self.features * self.kernel * self.kernel)
@@ -98,13 +115,20 @@ class Conv(nn.Module):
       k_init = nn.initializers.lecun_normal()
     b_init = _torch_uniform(fan_in) if self.torch_init else nn.initializers.zeros
     kernel = self.param('kernel', k_init, (self.kernel, self.kernel, cin, self.features))
-    if self.stride == 1 and self.kernel == 3 and cin >= 32:  # where the GEMM weight gradient wins (bench)
+    if use_gemm_conv(self.dtype, self.stride, cin):
+      # float32 output (float32 accumulation); the bias is added in float32 before rounding to bf16, so
+      # its gradient is a float32 sum too.
+      y = cpu_conv.gemm_conv(x.astype(self.dtype), kernel, self.padding, self.dtype)
+    elif self.stride == 1 and self.kernel == 3 and cin >= 32:  # where the GEMM weight gradient wins (bench)
       y = conv_s1(x.astype(self.dtype), kernel.astype(self.dtype), self.padding)
+    elif jnp.dtype(self.dtype).itemsize < 4:  # mixed precision: float32 accumulation, bias added in float32
+      y = _lax_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding,
+                    preferred_element_type=jnp.float32)
     else:
       y = _lax_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.stride, self.padding)
     if self.use_bias:
-      y = y + self.param('bias', b_init, (self.features,)).astype(self.dtype)
-    return y
+      y = y + self.param('bias', b_init, (self.features,)).astype(y.dtype)
+    return y.astype(out_dtype)
 
 
 class Dense(nn.Module):
@@ -290,7 +314,7 @@ class FCDDNet(nn.Module):
                      bn_unbiased_var=self.bn_unbiased_var, frozen_bn_indices=frozen_bn, dtype=self.dtype,
                      name='features')(x, train)
     x = Conv(1, 1, 1, 0, use_bias=self.bias or vgg, torch_init=self.torch_init, dtype=self.dtype,
-             name='final')(x)
+             out_dtype=jnp.float32, name='final')(x)
     return x.astype(jnp.float32)
 
 

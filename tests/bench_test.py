@@ -48,3 +48,16 @@ def test_eval_and_pixel_auc_bench():
 def test_models_axis_bench():
   rs = _run(['bench.models_axis', '--net', 'FCDD_CNN28', '--batch', '8', '--models', '1,2', '--steps', '1'])
   assert [(r['mode'], r['models']) for r in rs] == [('vmap', 1), ('vmap', 2), ('unroll', 1), ('unroll', 2)]
+
+
+def test_compare_bench_same_process_ratio():
+  pytest.importorskip('torch', reason='torch not installed')
+  rs = _run(['bench.compare', '--net', 'FCDD_CNN28_W', '--batch', '8', '--steps', '2',
+             '--dtypes', 'float32,bfloat16'])
+  steps = {(r['impl'], r.get('dtype') or r.get('layout')) for r in rs if r['impl'] != 'ratio'}
+  assert steps == {('jax', 'float32'), ('jax', 'bfloat16'), ('torch', 'nchw'), ('torch', 'channels_last')}
+  (ratio,) = [r for r in rs if r['impl'] == 'ratio']
+  best = max(r['img_per_s'] for r in rs if r['impl'] == 'torch')
+  assert ratio['best_torch_img_per_s'] == best
+  jax_bf16 = [r['img_per_s'] for r in rs if r.get('dtype') == 'bfloat16'][0]
+  assert ratio['jax_bfloat16_vs_best_torch'] == pytest.approx(jax_bf16 / best, abs=2e-3)

@@ -153,3 +153,112 @@ def test_gemm_weight_gradient_conv_equals_xla_conv():
   g2 = jax.vjp(ref, x, w)[1](dy)
   for a, b in zip(g1, g2):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------------
+# bfloat16 GEMM convolution (fcdd_jax.cpu_conv) against an independent NumPy float64 reference
+
+def _np_conv(x, w, pad):
+  """float64 cross-correlation, NHWC x HWIO, stride 1, symmetric zero padding (direct sum over taps)."""
+  k = w.shape[0]
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  oh, ow = xp.shape[1] - k + 1, xp.shape[2] - k + 1
+  y = np.zeros(x.shape[:1] + (oh, ow, w.shape[3]))
+  for i in range(k):
+    for j in range(k):
+      y += np.einsum('nhwc,co->nhwo', xp[:, i:i + oh, j:j + ow], w[i, j])
+  return y
+
+
+def _np_conv_grads(x, w, pad, dy):
+  """Adjoint of `_np_conv` (scatter of every tap into the padded input; outer products for the weight)."""
+  k = w.shape[0]
+  oh, ow = dy.shape[1:3]
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  dxp = np.zeros_like(xp)
+  dw = np.zeros_like(w)
+  for i in range(k):
+    for j in range(k):
+      dxp[:, i:i + oh, j:j + ow] += np.einsum('nhwo,co->nhwc', dy, w[i, j])
+      dw[i, j] = np.einsum('nhwc,nhwo->co', xp[:, i:i + oh, j:j + ow], dy)
+  return dxp[:, pad:pad + x.shape[1], pad:pad + x.shape[2]], dw
+
+
+def _bf16_round(a):
+  return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
+
+
+@pytest.mark.parametrize('k,pad', [(3, 0), (3, 1), (3, 2), (3, 3), (5, 0), (5, 1), (5, 2), (1, 0)])
+def test_gemm_conv_forward_and_gradients_equal_numpy_float64(k, pad):
+  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(k * 10 + pad)
+  x = rng.normal(size=(3, 9, 7, 20))
+  w = rng.normal(size=(k, k, 20, 12)) / k
+  y_shape = (3, 9 + 2 * pad - k + 1, 7 + 2 * pad - k + 1, 12)
+  dy = rng.normal(size=y_shape)
+  y, vjp = jax.vjp(lambda a, b: cpu_conv.gemm_conv(a, b, pad, jnp.bfloat16), jnp.asarray(x, jnp.float32),
+                   jnp.asarray(w, jnp.float32))
+  dx, dw = vjp(jnp.asarray(dy, jnp.float32))
+  assert y.shape == y_shape and y.dtype == jnp.float32
+  assert dx.dtype == jnp.float32 and dw.dtype == jnp.float32  # float32 params get float32 gradients
+  y, dx, dw = (np.asarray(a, np.float64) for a in (y, dx, dw))
+  # (1) Exact arithmetic on the bf16-rounded operands: products are exact and sums accumulate in float32.
+  xr, wr, dyr = _bf16_round(x), _bf16_round(w), _bf16_round(dy)
+  y_ref = _np_conv(xr, wr, pad)
+  dx_ref, dw_ref = _np_conv_grads(xr, wr, pad, dyr)
+  for got, ref in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
+  # (2) Against the unrounded float64 convolution: bf16 input rounding only (relative 2^-9 per operand).
+  y_ref = _np_conv(x, w, pad)
+  dx_ref, dw_ref = _np_conv_grads(x, w, pad, dy)
+  for got, ref in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
+    err = np.abs(got - ref).max() / np.abs(ref).max()
+    assert err < 1.5e-2, err
+    assert np.sqrt(np.mean((got - ref) ** 2) / np.mean(ref ** 2)) < 5e-3
+
+
+def test_gemm_conv_bfloat16_input_keeps_bfloat16_input_gradient():
+  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  x = jnp.ones((2, 6, 6, 16), jnp.bfloat16)
+  w = jnp.ones((3, 3, 16, 4), jnp.float32)
+  dx, dw = jax.grad(lambda a, b: jnp.sum(cpu_conv.gemm_conv(a, b, 1)), argnums=(0, 1))(x, w)
+  assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(dw, np.float64), _np_conv_grads(
+      np.ones((2, 6, 6, 16)), np.ones((3, 3, 16, 4)), 1, np.ones((2, 6, 6, 4)))[1])
+
+
+def test_gemm_conv_selection():
+  assert models.use_gemm_conv(jnp.bfloat16, 1, 128, backend='cpu')
+  assert not models.use_gemm_conv(jnp.float32, 1, 128, backend='cpu')  # float32 path unchanged
+  assert not models.use_gemm_conv(jnp.float16, 1, 128, backend='cpu')
+  assert not models.use_gemm_conv(jnp.bfloat16, 1, 128, backend='gpu')
+  assert not models.use_gemm_conv(jnp.bfloat16, 1, 128, backend='tpu')
+  assert not models.use_gemm_conv(jnp.bfloat16, 2, 128, backend='cpu')
+  assert models.use_gemm_conv(jnp.bfloat16, 1, 3, backend='cpu')  # first layers too (faster than XLA conv)
+
+
+@pytest.mark.parametrize('name', ['FCDD_CNN28_W', 'FCDD_CNN32_LW3K'])
+def test_bfloat16_net_gradients_close_to_float32(name):
+  """The whole bf16 net (GEMM convs on CPU) vs float32: same loss and parameter gradients up to bf16
+  rounding (cosine similarity of every gradient > 0.99)."""
+  h, w, c = models.input_shape(name)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(4, h, w, c)), jnp.float32)
+  n32, n16 = models.create(name), models.create(name, dtype=jnp.bfloat16)
+  v = n32.init(jax.random.PRNGKey(0), x)
+
+  def loss(net):
+    def f(p):
+      out, _ = net.apply({'params': p, 'batch_stats': v['batch_stats']}, x, train=True, mutable=['batch_stats'])
+      return jnp.mean(jnp.sqrt(out ** 2 + 1) - 1)
+    return jax.value_and_grad(f)(v['params'])
+
+  (l32, g32), (l16, g16) = loss(n32), loss(n16)
+  assert abs(float(l16) - float(l32)) < 0.02 * abs(float(l32)) + 1e-3
+  scale = max(np.linalg.norm(np.asarray(b)) for b in jax.tree.leaves(g32))
+  for a, b in zip(jax.tree.leaves(g16), jax.tree.leaves(g32)):
+    assert a.dtype == jnp.float32
+    a, b = np.ravel(np.asarray(a, np.float64)), np.ravel(np.asarray(b, np.float64))
+    if np.linalg.norm(b) < 1e-6 * scale:  # e.g. the bias of a conv followed by BatchNorm: exactly 0 in theory
+      assert np.linalg.norm(a) < 1e-2 * scale
+      continue
+    assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
