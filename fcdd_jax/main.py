@@ -33,6 +33,18 @@ flags.DEFINE_integer('initialization_timeout', 120, 'Seconds to wait for all pro
 flags.DEFINE_integer('heartbeat_timeout', 60,
                      'Seconds after which a silent process counts as dead and all others stop with an error.')
 flags.DEFINE_integer('shutdown_timeout', 60, 'Seconds a finishing process waits for the others at exit.')
+flags.DEFINE_enum('keep_freed_memory', 'auto', ['auto', 'on', 'off'],
+                  'glibc malloc keeps freed memory for reuse instead of unmapping it: XLA:CPU otherwise page-faults '
+                  'its whole temporary space again at every step (CPU train steps 15-35% faster, bench/README.md; '
+                  'the resident set stays at its peak). auto: on when no GPU/TPU device is visible.')
+
+
+def _accelerator_visible():
+  platforms = os.environ.get('JAX_PLATFORMS', '')
+  if platforms:
+    return any(p.strip() not in ('cpu', '') for p in platforms.split(','))
+  import glob  # pylint: disable=g-import-not-at-top
+  return bool(glob.glob('/dev/nvidia[0-9]*') or glob.glob('/dev/accel[0-9]*') or glob.glob('/dev/vfio/[0-9]*'))
 
 
 def _hide_accelerators_from_tf():
@@ -78,6 +90,9 @@ def _load_config():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  if FLAGS.keep_freed_memory == 'on' or (FLAGS.keep_freed_memory == 'auto' and not _accelerator_visible()):
+    from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top  (before any thread pool starts)
+    cpu_conv.keep_freed_memory()
   logging.set_verbosity(logging.WARNING)
   try:
     config, name = _load_config()

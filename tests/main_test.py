@@ -64,3 +64,15 @@ def test_manual_download_sources_say_which_files_go_where(tmp_path):
   _assert_one_line_error(proc, r'ILSVRC2012_img_train.tar')
   proc = run_cli(['--config', 'configs/cifar10.py', '--config.data.root=' + str(tmp_path), '--workdir', str(tmp_path)])
   assert proc.returncode == 2 and 'fcdd_jax: error:' in proc.stderr
+
+
+def test_keep_freed_memory_auto_follows_the_visible_platform(monkeypatch):
+  from fcdd_jax import main  # pylint: disable=g-import-not-at-top
+  monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
+  assert not main._accelerator_visible()  # pylint: disable=protected-access
+  monkeypatch.setenv('JAX_PLATFORMS', 'tpu,cpu')
+  assert main._accelerator_visible()  # pylint: disable=protected-access
+  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  import platform  # pylint: disable=g-import-not-at-top
+  if platform.libc_ver()[0] == 'glibc':
+    assert cpu_conv.keep_freed_memory()                   # mallopt accepted all three settings
