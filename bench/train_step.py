@@ -10,8 +10,9 @@ import time
 from bench import common
 
 
-def build(net_name, batch, dtype='float32'):
-  """Compiles the train step; returns (run, compile_s) where run() performs one step and blocks."""
+def build(net_name, batch, dtype='float32', with_hlo=False):
+  """Compiles the train step; returns (run, compile_s) where run() performs one step and blocks (and the
+  compiled HLO text with `with_hlo`)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -41,7 +42,7 @@ def build(net_name, batch, dtype='float32'):
   def run():
     holder['state'], m = compiled(holder['state'], batch_data, key)
     jax.block_until_ready(m['loss'])
-  return run, compile_s
+  return (run, compile_s, compiled.as_text()) if with_hlo else (run, compile_s)
 
 
 def device_kind():

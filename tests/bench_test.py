@@ -61,3 +61,13 @@ def test_compare_bench_same_process_ratio():
   assert ratio['best_torch_img_per_s'] == best
   jax_bf16 = [r['img_per_s'] for r in rs if r.get('dtype') == 'bfloat16'][0]
   assert ratio['jax_bfloat16_vs_best_torch'] == pytest.approx(jax_bf16 / best, abs=2e-3)
+
+
+def test_profile_step_groups_the_step_time():
+  rs = _run(['bench.profile_step', '--net', 'FCDD_CNN28_W', '--batch', '8', '--steps', '1', '--top', '3'])
+  (step,) = [r for r in rs if r['what'] == 'step']
+  groups = {r['group']: r['share'] for r in rs if r['what'] == 'group'}
+  assert step['ms'] > 0 and groups.get('gemm', 0) > 0          # bf16 convs run as GEMMs on CPU
+  # the ops account for the step (independent ops may run on both threads at once: the sum can pass 1)
+  assert 0.5 < sum(groups.values()) < 2.5
+  assert len([r for r in rs if r['what'] == 'op']) == 3
