@@ -22,7 +22,7 @@ import numpy as np
 
 from fcdd_jax import input_pipeline as ip
 
-OE_MODES = ('folder', 'cifar100', 'emnist', 'imagenet', 'imagenet22k')
+OE_MODES = ip.OE_MODES  # ('folder', 'cifar100', 'emnist', 'imagenet', 'imagenet22k')
 
 
 def _say(msg):
