@@ -262,3 +262,31 @@ def test_bfloat16_net_gradients_close_to_float32(name):
       assert np.linalg.norm(a) < 1e-2 * scale
       continue
     assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
+
+
+@pytest.mark.parametrize('k', [2, 3])
+def test_bfloat16_max_pool_gradient_goes_to_first_maximum(k):
+  """bf16 non-overlapping max pool: same forward as jnp.max; its gradient goes to the first maximum of each
+  window (row-major, like PyTorch), also with ties (frequent in bf16), checked against NumPy; float32 keeps
+  jnp.max's own gradient."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(-3, 4, size=(2, 3 * k, 2 * k, 5)).astype(np.float32)  # small integers: many ties
+  g = rng.normal(size=(2, 3, 2, 5)).astype(np.float32)
+  xb, gb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(g, jnp.bfloat16)
+  y, vjp = jax.vjp(lambda a: models.max_pool(a, k, k, 0), xb)
+  (dx,) = vjp(gb)
+  assert y.dtype == dx.dtype == jnp.bfloat16
+  xr = x.reshape(2, 3, k, 2, k, 5)
+  np.testing.assert_array_equal(np.asarray(y, np.float32), xr.max(axis=(2, 4)))
+  want = np.zeros_like(xr)
+  gq = np.asarray(gb, np.float32)
+  for n, a, b, c in np.ndindex(2, 3, 2, 5):
+    win = xr[n, a, :, b, :, c]
+    i, j = np.unravel_index(np.argmax(win), win.shape)  # first maximum, row-major
+    want[n, a, i, b, j, c] = gq[n, a, b, c]
+  np.testing.assert_array_equal(np.asarray(dx, np.float32), want.reshape(x.shape))
+  # float32: jnp.max's gradient (ties share it), unchanged
+  _, vjp32 = jax.vjp(lambda a: models.max_pool(a, k, k, 0), jnp.asarray(x))
+  (dx32,) = vjp32(jnp.asarray(g))
+  _, vjp_ref = jax.vjp(lambda a: jnp.max(a.reshape(2, 3, k, 2, k, 5), axis=(2, 4)), jnp.asarray(x))
+  np.testing.assert_array_equal(np.asarray(dx32), np.asarray(vjp_ref(jnp.asarray(g))[0]))
