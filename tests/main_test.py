@@ -56,11 +56,14 @@ def test_vgg_f_without_weights_says_how_to_get_them(tmp_path):
 
 
 def test_manual_download_sources_say_which_files_go_where(tmp_path):
-  env_dir = str(tmp_path / 'tfds')   # an empty tfds data_dir: imagenet2012 is not prepared there
+  # imagenet2012 is a manual-download dataset: tfds fails at once on the missing tars (no download is tried);
+  # an empty tfds data_dir in tmp keeps ~/tensorflow_datasets untouched
+  env_dir = str(tmp_path / 'tfds')
   proc = run_cli(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path),
                   '--config.data.tfds_data_dir=' + env_dir])
   _assert_one_line_error(proc, r'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar')
-  proc = run_cli(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path), '--config.data.root=' + str(tmp_path)])
+  proc = run_cli(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path), '--config.data.root=' + str(tmp_path),
+                  '--config.data.tfds_data_dir=' + env_dir])
   _assert_one_line_error(proc, r'ILSVRC2012_img_train.tar')
   proc = run_cli(['--config', 'configs/cifar10.py', '--config.data.root=' + str(tmp_path), '--workdir', str(tmp_path)])
   assert proc.returncode == 2 and 'fcdd_jax: error:' in proc.stderr
