@@ -76,16 +76,15 @@ def _conv_s1_bwd(pad, res, dy):
 
 conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
 
-GEMM_CONV_MIN_CIN = 1  # GEMM form for every layer, even cin=1 or 3 first layers (bench/README.md)
-
 
 def use_gemm_conv(dtype, stride, cin, backend=None):
   """Whether a conv in compute dtype `dtype` runs as bf16 GEMMs (`cpu_conv.gemm_conv`): only for bfloat16
   compute on XLA:CPU (where the bf16 GEMM is ~2x faster than the float32 one but convolutions get no bf16
-  speed-up), stride 1 and >= GEMM_CONV_MIN_CIN input channels. On GPU/TPU plain XLA convs are used."""
+  speed-up) and stride 1 — every such layer, the cin=1/3 first layers too (faster as GEMMs in the train step,
+  bench/README.md). On GPU/TPU plain XLA convs are used."""
   if jnp.dtype(dtype) != jnp.dtype(jnp.bfloat16):
     return False
-  if stride != 1 or cin < GEMM_CONV_MIN_CIN:
+  if stride != 1:
     return False
   return (backend or jax.default_backend()) == 'cpu'
 
@@ -185,9 +184,6 @@ class BatchNorm(nn.Module):
     return y.astype(x.dtype)
 
 
-BF16_POOL_VJP = True  # first-max gradient for bf16 non-overlapping pools (see _pool_first_max)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _pool_first_max(x, k):
   """Non-overlapping k x k max pool whose gradient goes to the first maximum of each window (row-major,
@@ -227,7 +223,7 @@ _pool_first_max.defvjp(_pool_first_max_fwd, _pool_first_max_bwd)
 
 def max_pool(x, k, stride, pad):
   if k == stride and not pad and x.shape[1] % k == 0 and x.shape[2] % k == 0:
-    if BF16_POOL_VJP and x.dtype == jnp.bfloat16:
+    if x.dtype == jnp.bfloat16:
       return _pool_first_max(x, k)
     # Non-overlapping pooling as reshape + max: its gradient is an elementwise mask, much faster on CPU
     # than XLA's select-and-scatter (bench/README.md).

@@ -101,21 +101,12 @@ def test_offline_malformed_normal_gt_maps_reach_the_loss_aligned(tmp_path):
         assert g.max() == 0
       else:   # after the random crop/flip the map still marks exactly the bright (blob) pixels
         np.testing.assert_array_equal(g > 0.5, x[..., 0] > x.min() + 1e-3)
-  r = train.train_and_evaluate(ipt._cfg(**{**{k: v for k, v in _flat(c).items()}, 'num_train_steps': 2,  # pylint: disable=protected-access
-                                           'model.name': 'FCDD_CNN28_W', 'eval.num_figure_samples': 4,
-                                           'data.cache_dir': str(tmp_path / 'c')}),
-                               str(tmp_path / 'run'))
+  c.num_train_steps = 2
+  c.model.name = 'FCDD_CNN28_W'
+  c.eval.num_figure_samples = 4
+  c.data.cache_dir = str(tmp_path / 'c')
+  r = train.train_and_evaluate(c, str(tmp_path / 'run'))
   assert 0 <= r['image_auc'] <= 1
-
-
-def _flat(c, prefix=''):
-  out = {}
-  for k, v in c.items():
-    if hasattr(v, 'items'):
-      out.update(_flat(v, prefix + k + '.'))
-    else:
-      out[prefix + k] = v
-  return out
 
 
 def test_offline_other_keeps_the_whole_training_set_and_online_other_only_nominal(tmp_path):

@@ -14,6 +14,8 @@ import os
 import numpy as np
 
 from fcdd_jax import input_pipeline as ip
+from fcdd_jax.data import oe
+from fcdd_jax.data import sources
 
 IMAGENET30_CLASSES = (
     'acorn', 'airliner', 'ambulance', 'American alligator', 'banjo', 'barn', 'bikini', 'digital clock',
@@ -62,7 +64,6 @@ def _folder_root(root):
 
 
 def _from_folders(config, c, cache):
-  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
   d = config.data
   kw = dict(shorter=True, on_bad=d.on_bad_image, cache=cache)
   folder = os.path.join(d.root, 'train', IMAGENET30_WNIDS[c])
@@ -84,7 +85,6 @@ def _from_tfds(config, c, cache):
   encoded records: only the wanted images are decoded), cached as .npz."""
   import hashlib  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.data import oe  # pylint: disable=g-import-not-at-top
   d = config.data
   key = hashlib.sha1(repr(('in30', c, d.root, d.tfds_data_dir)).encode()).hexdigest()[:20]
   path = os.path.join(cache, f'imagenet30_{key}.npz')
@@ -93,25 +93,18 @@ def _from_tfds(config, c, cache):
       return z['train'], z['test'], z['labels']
   wnids = imagenet1k_wnids()
   idx30 = [wnids.index(w) for w in IMAGENET30_WNIDS]
-  kw = {'data_dir': d.tfds_data_dir} if d.tfds_data_dir else {}
-  if d.root:
-    kw['download_and_prepare_kwargs'] = {'download_config': tfds.download.DownloadConfig(manual_dir=d.root)}
   out = {}
   for split, wanted in (('train', [idx30[c]]), ('validation', idx30)):
-    try:
-      ds = tfds.load('imagenet2012', split=split, decoders={'image': tfds.decode.SkipDecoding()}, **kw)
-    except Exception as e:  # pylint: disable=broad-except
-      raise FileNotFoundError(
-          f'cannot load tfds imagenet2012 ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). '
-          'ImageNet-1k needs a manual download: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar '
-          '(image-net.org) in a directory and pass it as --config.data.root (tfds prepares it once into '
-          '--config.data.tfds_data_dir), or pass the extracted train/<wnid>/, val/<wnid>/ folders as '
-          '--config.data.root') from None
+    ds = oe.load_tfds('imagenet2012', split, config, manual_dir=d.root, hint=(
+        'ImageNet-1k needs a manual download: put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar '
+        '(image-net.org) in a directory and pass it as --config.data.root (tfds prepares it once into '
+        '--config.data.tfds_data_dir), or pass the extracted train/<wnid>/, val/<wnid>/ folders as '
+        '--config.data.root'))
     pos = {lab: k for k, lab in enumerate(idx30)}
     imgs, labs = [], []
     for ex in tfds.as_numpy(oe.filter_labels(ds, wanted)):   # filtered in the tf.data graph, before decoding
       lab = int(ex['label'])
-      img = ip.to_rgb_or_gray(oe._decode(ex['image']), 3)  # pylint: disable=protected-access
+      img = ip.to_rgb_or_gray(oe.decode(ex['image']), 3)
       imgs.append(ip.resize_shorter_crop(img, 256))
       labs.append(int(pos[lab] != c))
     if not imgs:
@@ -127,8 +120,6 @@ def _from_tfds(config, c, cache):
 
 def create(config, pi, pc):
   """ImageNet-30 pipeline for class config.data.normal_class (spec §5.6)."""
-  from fcdd_jax.data import oe  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
   d = config.data
   c = sources._check_class(config, 30, IMAGENET30_CLASSES)  # pylint: disable=protected-access
   if d.supervise_mode not in ('unsupervised', 'other', 'noise'):

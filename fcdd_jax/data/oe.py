@@ -21,6 +21,7 @@ import time
 import numpy as np
 
 from fcdd_jax import input_pipeline as ip
+from fcdd_jax.data import sources
 
 OE_MODES = ip.OE_MODES  # ('folder', 'cifar100', 'emnist', 'imagenet', 'imagenet22k')
 
@@ -57,7 +58,6 @@ class LazyImages:
     return (len(self.paths),) + self.size + (self.channels,)
 
   def __getitem__(self, k):
-    from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
     p = self.paths[int(k)]
     try:
       img = ip.to_rgb_or_gray(sources.load_image(p), self.channels)
@@ -86,6 +86,21 @@ def filter_labels(ds, labels, keep=True):
   return ds.filter(pred)
 
 
+def load_tfds(name, split, config, *, manual_dir='', hint=''):
+  """tf.data of a tfds split with encoded images (SkipDecoding: decode only what is kept, with `decode`);
+  `data.tfds_data_dir` as data_dir and `manual_dir` for manual downloads. A dataset that cannot be loaded
+  (not prepared, manual files missing, no network) is a FileNotFoundError ending with `hint`."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  kw = {'data_dir': config.data.tfds_data_dir} if config.data.tfds_data_dir else {}
+  if manual_dir:
+    kw['download_and_prepare_kwargs'] = {'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir)}
+  try:
+    return tfds.load(name, split=split, decoders={'image': tfds.decode.SkipDecoding()}, **kw)
+  except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds; say what to do)
+    first = str(e).splitlines()[0] if str(e) else ''
+    raise FileNotFoundError(f'cannot load tfds {name!r} split {split!r} ({type(e).__name__}: {first}). {hint}') from None
+
+
 def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=None, manual_dir='', cache_dir=''):
   """uint8 [N,h,w,C] of a tfds split resized to `size` (squash), without the labels in `exclude` and limited to
   the run's fixed `oe_limit` subset (chosen before decoding: only kept images are decoded).
@@ -96,20 +111,12 @@ def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=N
   limit = int(d.oe_limit) if d.oe_limit and d.oe_limit > 0 else -1
   key = (name, split, channels, tuple(size), d.tfds_data_dir, manual_dir, tuple(sorted(exclude)), limit,
          int(config.seed) if limit > 0 else 0)
-  path = _cache_file(cache_dir or _default_cache(), *key)
+  path = _cache_file(cache_dir, *key)
   if os.path.exists(path):
     return np.load(path, mmap_mode='r')
-  kw = {'data_dir': d.tfds_data_dir} if d.tfds_data_dir else {}
-  if manual_dir:
-    kw['download_and_prepare_kwargs'] = {
-        'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir)}
-  try:
-    ds = tfds.load(name, split=split, decoders={'image': tfds.decode.SkipDecoding()}, **kw)
-  except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds; say what to do)
-    raise FileNotFoundError(f'cannot load tfds {name!r} split {split!r} for Outlier Exposure: {type(e).__name__}: '
-                            f'{str(e).splitlines()[0] if str(e) else ""}. Prepare it once with internet access '
-                            f'(`tfds build {name}` / --config.data.tfds_data_dir), or use a local folder: '
-                            '--config.data.oe_root=DIR') from None
+  ds = load_tfds(name, split, config, manual_dir=manual_dir,
+                 hint=f'Prepare it once with internet access (`tfds build {name}` / --config.data.tfds_data_dir), '
+                      'or use a local folder: --config.data.oe_root=DIR')
   if exclude:
     ds = filter_labels(ds, exclude, keep=False)
   n = int(ds.reduce(np.int64(0), lambda count, _: count + 1))   # graph-only pass: no decoding
@@ -124,7 +131,7 @@ def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=N
     j = pos.get(i)
     if j is None:
       continue
-    img = _decode(ex['image'])
+    img = decode(ex['image'])
     if transform is not None:
       img = transform(img)
     arr[j] = ip.resize_u8(ip.to_rgb_or_gray(img, channels), size)
@@ -136,12 +143,7 @@ def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=N
   return np.load(path, mmap_mode='r')
 
 
-def _default_cache():
-  import tempfile  # pylint: disable=g-import-not-at-top
-  return os.path.join(tempfile.gettempdir(), 'fcdd_jax_cache')
-
-
-def _decode(data):
+def decode(data):
   """Encoded image bytes (tfds SkipDecoding) or an already decoded array -> uint8 [H,W,C]."""
   if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim >= 2:
     return data if data.ndim == 3 else data[..., None]
@@ -163,9 +165,8 @@ def _wnid_folders(root):
 def _list_cached(root, cache_dir, what):
   """Recursive image file list of `root`, cached as a text file in `cache_dir` (listing ImageNet-22k's 14 M
   files takes many minutes; a new top-level entry in `root` invalidates the cache)."""
-  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
   st = os.stat(root)
-  path = _cache_file(cache_dir or _default_cache(), 'list', os.path.abspath(root), st.st_mtime_ns)[:-4] + '.txt'
+  path = _cache_file(cache_dir, 'list', os.path.abspath(root), st.st_mtime_ns)[:-4] + '.txt'
   if os.path.exists(path):
     with open(path, encoding='utf-8') as f:
       return f.read().splitlines()
@@ -178,12 +179,6 @@ def _list_cached(root, cache_dir, what):
   return paths
 
 
-def imagenet1k_class_of(path, wnids):
-  """ImageNet-1k class index of a file in a `<wnid>/` folder (index in the sorted wnid list), or -1."""
-  wnid = os.path.basename(os.path.dirname(path))
-  return wnids.get(wnid, -1)
-
-
 def load(config, channels, raw_size, *, exclude_1k=(), cache_dir=''):
   """The OE images of `config.data.noise_mode` at `raw_size`, or None when the mode uses no OE source."""
   d = config.data
@@ -192,10 +187,10 @@ def load(config, channels, raw_size, *, exclude_1k=(), cache_dir=''):
     return None
   size = tuple(raw_size)
   root = d.oe_root
+  cache_dir = cache_dir or sources._cache_dir(config, '')  # pylint: disable=protected-access
   if mode == 'folder' or (mode == 'cifar100' and root):
     if not root or not os.path.isdir(root):
       raise FileNotFoundError(f'config.data.oe_root={root!r} is not a directory (needed for noise_mode={mode})')
-    from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
     paths = sources.list_images(root)
     if not paths:
       raise ValueError(f'no images in config.data.oe_root={root!r} (extensions: {", ".join(sources.IMG_EXT)})')
@@ -224,7 +219,7 @@ def _imagenet_val(config, channels, size, exclude_1k, cache_dir):
   if folders:
     wnids = {w: i for i, w in enumerate(imagenet.imagenet1k_wnids())}
     paths = [p for p in _list_cached(folders, cache_dir, 'ImageNet-1k val')
-             if imagenet1k_class_of(p, wnids) not in excluded]
+             if wnids.get(os.path.basename(os.path.dirname(p)), -1) not in excluded]
     return LazyImages([paths[i] for i in _limit_indices(len(paths), config.data.oe_limit, config.seed)], channels,
                       size, how='squash')
   return _tfds_images('imagenet2012', 'validation', config, channels, size, exclude=excluded, manual_dir=root,

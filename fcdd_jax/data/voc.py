@@ -14,6 +14,9 @@ import xml.etree.ElementTree as ET
 import numpy as np
 
 from fcdd_jax import input_pipeline as ip
+from fcdd_jax.data import imagenet
+from fcdd_jax.data import oe
+from fcdd_jax.data import sources
 
 VOC_MEAN = (0.4469, 0.4227, 0.3906)
 VOC_STD = (0.2691, 0.2659, 0.2789)
@@ -36,10 +39,8 @@ def has_horse(xml_path):
   return any((o.findtext('name') or '').strip() == HORSE for o in tree.getroot().iter('object'))
 
 
-def _from_folder(config, vdir):
-  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
+def _from_folder(config, vdir, cache):
   out = {}
-  cache = sources._cache_dir(config, config.data.root)  # pylint: disable=protected-access
   for split in ('train', 'val'):
     ids_file = os.path.join(vdir, 'ImageSets', 'Main', f'{split}.txt')
     if not os.path.exists(ids_file):
@@ -59,25 +60,21 @@ def _from_folder(config, vdir):
 
 def _from_tfds(config):
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.data import oe  # pylint: disable=g-import-not-at-top
   d = config.data
   kw = {'data_dir': d.tfds_data_dir} if d.tfds_data_dir else {}
   builder = tfds.builder('voc/2007', **kw)
   horse_id = builder.info.features['objects']['label'].names.index(HORSE)
   out = {}
   for split, name in (('train', 'train'), ('val', 'validation')):
-    try:
-      ds = tfds.load('voc/2007', split=name, decoders={'image': tfds.decode.SkipDecoding()}, **kw)
-    except Exception as e:  # pylint: disable=broad-except
-      raise FileNotFoundError(f'cannot load tfds voc/2007 ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). '
-                         'Prepare it once with internet access (`tfds build voc/2007`, --config.data.tfds_data_dir) '
-                         'or pass a local VOCdevkit/VOC2007 tree as --config.data.root') from None
+    ds = oe.load_tfds('voc/2007', name, config, hint=(
+        'Prepare it once with internet access (`tfds build voc/2007`, --config.data.tfds_data_dir) or pass a '
+        'local VOCdevkit/VOC2007 tree as --config.data.root'))
     imgs, horse = [], []
     for ex in tfds.as_numpy(ds):
       h = bool(np.any(np.asarray(ex['objects']['label']) == horse_id))
       if split == 'train' and not h:
         continue
-      img = ip.to_rgb_or_gray(oe._decode(ex['image']), 3)  # pylint: disable=protected-access
+      img = ip.to_rgb_or_gray(oe.decode(ex['image']), 3)
       imgs.append(ip.resize_u8(img, (224, 224)))
       horse.append(h)
     out[split] = (np.stack(imgs) if imgs else np.zeros((0, 224, 224, 3), np.uint8), np.asarray(horse, bool))
@@ -86,9 +83,6 @@ def _from_tfds(config):
 
 def create(config, pi, pc):
   """Pascal VOC 2007 pipeline (spec §5.8)."""
-  from fcdd_jax.data import imagenet  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.data import oe  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
   d = config.data
   c = sources._check_class(config, 1, (HORSE,))  # pylint: disable=protected-access
   if d.preproc != 'aug1':
@@ -100,7 +94,8 @@ def create(config, pi, pc):
   if d.root and not vdir:
     raise FileNotFoundError(f'config.data.root={d.root!r} holds no VOC 2007 tree (expected VOCdevkit/VOC2007 with '
                             'Annotations/, JPEGImages/, ImageSets/Main/); leave it empty to use tfds voc/2007')
-  data = _from_folder(config, vdir) if vdir else _from_tfds(config)
+  cache = sources._cache_dir(config, d.root)  # pylint: disable=protected-access
+  data = _from_folder(config, vdir, cache) if vdir else _from_tfds(config)
   train = data['train'][0]
   test, horse = data['val']
   if not len(train):
@@ -109,7 +104,6 @@ def create(config, pi, pc):
   t = ip.Transform(mean=VOC_MEAN, std=VOC_STD, input_size=(224, 224), raw_size=(224, 224), channels=3,
                    train_geom='none', hflip=False, noise_std=0.001, jitter=(0.01,) * 4, resize='bilinear')
   info = sources._info(config, 'pascal_voc', (224, 224, 3), (HORSE,), c, len(train), False, False, len(test), t)  # pylint: disable=protected-access
-  cache = sources._cache_dir(config, d.root)  # pylint: disable=protected-access
   oe_images = oe.load(config, 3, (224, 224), exclude_1k=imagenet.VOC_EXCLUDED_IMAGENET1K, cache_dir=cache)
   return ip.Pipeline(config, info, train, test, labels, None, t, pi, pc, size_scale=224 / 240.0,
                      oe_images=oe_images)
