@@ -6,7 +6,7 @@ line per net with the ratios jax / best torch.
   python -m bench.compare [--net NAME] [--batch B] [--steps S] [--dtypes float32,bfloat16]
                           [--layouts nchw,channels_last] [--threads T] [--keep_freed_memory]
 
---keep_freed_memory calls `cpu_conv.keep_freed_memory()` (glibc mallopt) at start, for both frameworks:
+--keep_freed_memory calls `memory.keep_freed_memory()` (glibc mallopt) at start, for both frameworks:
 XLA:CPU otherwise mmaps and page-faults an executable's whole temporary space at every step.
 """
 import argparse
@@ -58,8 +58,8 @@ def main():
   p.add_argument('--keep_freed_memory', action='store_true')
   a = p.parse_args()
   if a.keep_freed_memory:
-    from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
-    common.emit(impl='setup', keep_freed_memory=cpu_conv.keep_freed_memory(), device_kind=common.cpu_kind())
+    from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+    common.emit(impl='setup', keep_freed_memory=memory.keep_freed_memory(), device_kind=common.cpu_kind())
   for n in [a.net] if a.net else list(common.NETS):
     compare(n, a.batch or common.NETS[n], a.steps or (5 if '224' in n else 10), a.dtypes.split(','),
             a.layouts.split(','), a.threads)

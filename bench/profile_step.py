@@ -48,8 +48,8 @@ def main():
   p.add_argument('--keep_freed_memory', action='store_true')
   a = p.parse_args()
   if a.keep_freed_memory:
-    from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
-    cpu_conv.keep_freed_memory()
+    from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+    memory.keep_freed_memory()
   import jax  # pylint: disable=g-import-not-at-top
   run, _, hlo = train_step.build(a.net, a.batch, a.dtype, with_hlo=True)
   for _ in range(3):

@@ -67,11 +67,11 @@ def main():
   p.add_argument('--steps', type=int, default=None)
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   p.add_argument('--keep_freed_memory', action='store_true',
-                 help='glibc mallopt: keep freed memory mapped (fcdd_jax.cpu_conv.keep_freed_memory)')
+                 help='glibc mallopt: keep freed memory mapped (fcdd_jax.memory.keep_freed_memory)')
   a = p.parse_args()
   if a.keep_freed_memory:
-    from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
-    cpu_conv.keep_freed_memory()
+    from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+    memory.keep_freed_memory()
   for n in [a.net] if a.net else list(common.NETS):
     measure(n, a.batch or common.NETS[n], a.steps or (5 if '224' in n else 10), a.dtype)
 

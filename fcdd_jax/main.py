@@ -91,8 +91,8 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   if FLAGS.keep_freed_memory == 'on' or (FLAGS.keep_freed_memory == 'auto' and not _accelerator_visible()):
-    from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top  (before any thread pool starts)
-    cpu_conv.keep_freed_memory()
+    from fcdd_jax import memory  # pylint: disable=g-import-not-at-top  (before any thread pool starts)
+    memory.keep_freed_memory()
   logging.set_verbosity(logging.WARNING)
   try:
     config, name = _load_config()

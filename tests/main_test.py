@@ -75,7 +75,7 @@ def test_keep_freed_memory_auto_follows_the_visible_platform(monkeypatch):
   assert not main._accelerator_visible()  # pylint: disable=protected-access
   monkeypatch.setenv('JAX_PLATFORMS', 'tpu,cpu')
   assert main._accelerator_visible()  # pylint: disable=protected-access
-  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
   import platform  # pylint: disable=g-import-not-at-top
   if platform.libc_ver()[0] == 'glibc':
-    assert cpu_conv.keep_freed_memory()                   # mallopt accepted all three settings
+    assert memory.keep_freed_memory()                   # mallopt accepted all three settings
