@@ -23,7 +23,8 @@ from fcdd_jax import evaluation
 from fcdd_jax import input_pipeline as ip
 from fcdd_jax.data import constants
 
-IMG_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+# Decoded with Pillow. GIF is left out on purpose (palette-limited, often animated): list_images names it.
+IMG_EXT = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm', '.pbm', '.pnm')
 FMNIST_DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
 MVTEC_JITTER = ((0.04, 0.04, 0.04, 0.04), (0.005, 0.0005, 0.0005, 0.0005))  # spec §5.7: random choice
 
@@ -32,27 +33,71 @@ MVTEC_JITTER = ((0.04, 0.04, 0.04, 0.04), (0.005, 0.0005, 0.0005, 0.0005))  # sp
 # Files
 
 def list_images(folder, recursive=True):
-  out = []
+  """Sorted paths of the image files (extension in IMG_EXT, any case) under `folder`.
+
+  Hidden files and folders (names starting with '.', e.g. .DS_Store, ._x.png, caches) are left out quietly.
+  Every other file that is not a supported image (a .gif, .txt, ...) is named in ONE warning line per call
+  (count + first five names), so a stray file in a training folder is visible instead of silently ignored.
+  """
+  out, other = [], []
   for dirpath, dirnames, files in os.walk(folder):
-    dirnames.sort()
-    out += [os.path.join(dirpath, f) for f in sorted(files) if f.lower().endswith(IMG_EXT)]
+    dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
+    for f in sorted(files):
+      if not f.startswith('.'):
+        (out if f.lower().endswith(IMG_EXT) else other).append(os.path.join(dirpath, f))
     if not recursive:
       break
+  if other:
+    names = ', '.join(os.path.relpath(p, folder) for p in other[:5]) + (', ...' if len(other) > 5 else '')
+    logging.warning('skipped %d file%s in %s that %s not a supported image (%s): %s', len(other),
+                    's' * (len(other) > 1), folder, 'are' if len(other) > 1 else 'is', ' '.join(IMG_EXT), names)
   return out
 
 
 def load_image(path):
-  """uint8 [H,W,C] (C = 1 or 3; RGBA -> RGB, palette -> RGB); raises ValueError naming a bad file."""
+  """Decodes any image Pillow reads to uint8 [H,W,C], C = 1 (gray) or 3 (colour); first frame only.
+
+  Value rules (fixed per mode, never per-image min-max):
+  * 8-bit L / RGB: unchanged; '1' (bilevel): 0 / 255.
+  * 16-bit gray ('I;16', 'I;16L', 'I;16B', 'I;16N'; PNG and TIFF): v -> round(v * 255 / 65535) = round(v / 257),
+    so 0..65535 spans 0..255. 32-bit integer 'I' holds such 16-bit samples: clipped to 0..65535, same rule.
+  * 16-bit RGB / RGBA / LA (PNG, TIFF): Pillow itself decodes these to 8 bits by keeping the high byte
+    (v >> 8 = floor(v / 256)); that is at most one level from the rule above and also spans 0..255.
+  * float 'F': NaN -> 0; if every value lies in [0, 1] the image is scaled by 255, otherwise values are read
+    as 0..255 levels and clipped; then rounded.
+  * Alpha (RGBA, LA, PA, palette transparency) is dropped, not composited: pixels keep their stored colour.
+  * Palette ('P', 'PA') -> RGB of the palette; CMYK (incl. Adobe-inverted CMYK JPEG), YCbCr, LAB, HSV -> RGB
+    by Pillow's conversion (no ICC colour management).
+  Raises ValueError naming the file when it cannot be read.
+  """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   try:
     with Image.open(path) as im:
       im.load()
-      if im.mode not in ('L', 'RGB'):
-        im = im.convert('L' if im.mode in ('1', 'I', 'I;16', 'F') else 'RGB')
-      arr = np.asarray(im)
+      arr = _pil_to_uint8(im)
   except Exception as e:  # pylint: disable=broad-except  (PIL raises many kinds)
     raise ValueError(f'cannot read image {path}: {type(e).__name__}: {e}') from None
   return arr[..., None] if arr.ndim == 2 else arr
+
+
+def _pil_to_uint8(im):
+  """The rules of `load_image` for one decoded Pillow image: uint8 [H,W] or [H,W,3]."""
+  mode = im.mode
+  if mode in ('L', 'RGB'):
+    return np.asarray(im)
+  if mode == '1':
+    return np.asarray(im.convert('L'))
+  if mode.startswith('I;16') or mode == 'I':
+    v = np.asarray(im).astype(np.float64)
+    return np.rint(np.clip(v, 0, 65535) / 257.0).astype(np.uint8)
+  if mode == 'F':
+    v = np.nan_to_num(np.asarray(im, np.float64), nan=0.0, posinf=255.0, neginf=0.0)
+    if v.size and v.min() >= 0.0 and v.max() <= 1.0:
+      v = v * 255.0
+    return np.rint(np.clip(v, 0, 255)).astype(np.uint8)
+  if mode in ('LA', 'La'):
+    return np.asarray(im)[..., 0]
+  return np.asarray(im.convert('RGB'))   # P, PA, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV, ...
 
 
 def _cache_dir(config, root):
