@@ -1,33 +1,136 @@
-"""Score new images with a trained run: anomaly scores, heatmap overlays and masks.
+"""Score new images with a trained run, at their own resolution: anomaly scores, heatmap overlays and masks.
 
-  python -m fcdd_jax.predict --workdir RUN --input PATH [--input PATH ...] --output DIR [--threshold T]
+  python -m fcdd_jax.predict --workdir RUN --input PATH [--input PATH ...] --output DIR
+      [--threshold T] [--mode full|crop] [--scale F] [--batch_size B]
 
 Uses the run's config.json, preprocessing.json and latest checkpoint. Writes DIR/scores.csv
 (`path,score,anomalous`; `anomalous` empty without a threshold), DIR/<stem>_overlay.png per image and
-DIR/<stem>_mask.png when a pixel threshold is known. Score = mean of the low-resolution pseudo-Huber map
-(spec §11.7); heatmaps are upsampled with the run's gauss_std. Threshold: --threshold, else the image
-threshold stored in RUN/results.json, else none. Unreadable files are reported on stderr and get an empty
-score; the rest are still scored.
+DIR/<stem>_mask.png when a pixel threshold is known. Threshold: --threshold, else the image threshold stored
+in RUN/results.json, else none. Unreadable files are reported on stderr and get an empty score; the rest are
+still scored. No image at all among the inputs is an error (exit 2).
+
+--mode=full (default): the WHOLE image of any size and aspect ratio is scored; overlay and mask have the
+file's own width and height. FCDD nets are fully convolutional, so the net runs once on the whole image:
+  1. scale: the image is resized, aspect ratio kept, so that its shorter side becomes S, the side to which
+     the run's evaluation transform brings a test image before the net: preprocessing.json `raw_size` when
+     evaluation centre-crops (`test_center`, e.g. custom folders without masks: shorter side -> 248, then a
+     224 crop), else `input_size` (e.g. MVTec 224, CIFAR-10 32). Objects thus appear at the scale the net was
+     trained on whatever the file's size. `--scale F` instead resizes the file by F (e.g. 1 = its own pixels,
+     when new images are crops at the training images' resolution). Resampling as in the run (nearest for
+     nearest-resize runs, else bilinear with antialiasing);
+  2. the same channel conversion and normalisation (mean/std or LCN) as evaluation; the input is padded at the
+     bottom/right by reflection to a multiple of the net's stride j;
+  3. low-resolution pseudo-Huber map; cells whose receptive-field centre i*j + s lies outside the scaled image
+     (created by the padding) are dropped;
+  4. score = mean of the remaining low-resolution cells: the evaluation score (spec §11.7, mean of the
+     low-resolution pseudo-Huber map), taken over the whole image instead of the training crop;
+  5. heatmap = Gaussian receptive-field upsampling of those cells to the scaled size (spec §4, separable per
+     axis), then a bilinear resize to the file's width x height.
+How a non-training size maps to the score: the score is a per-cell MEAN, so it does not grow with the image
+size; an image that evaluation would bring exactly to the input size without cropping (a square image, in a
+run without test_center, e.g. MVTec or the demo) gives the evaluation score up to resampling differences
+(one resize here, the run's resize chain there); where evaluation crops (custom data without masks), full
+mode also scores the border that the crop never shows, so its score can differ from the evaluation score of
+the same file. The stored thresholds were fitted on evaluation scores.
+--mode=crop: the evaluation transform itself (resize, centre-crop or squash to the training input size); the
+score is exactly the evaluation score of the image; overlay and mask show that crop at the net's input size.
+
+The net runs in the run's dtype (config.model.dtype). jit compiles once per distinct scaled size; images of
+one size are batched, at most --batch_size training inputs' worth of pixels per batch.
 """
 import argparse
 import csv
 import json
+import math
 import os
 import sys
+import time
 
 import numpy as np
 
+MODES = ('full', 'crop')
+
+
+def any_size_net(name, config):
+  """models.FCDDNet without its nominal-input-size check, same parameter tree and layers.
+
+  FCDDNet refuses inputs other than its nominal size (a guard for training configs); prediction needs the
+  fully convolutional net at any size. Equality with models.create(name).apply at the nominal size is
+  checked in tests/predict_test.py.
+  """
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import models  # pylint: disable=g-import-not-at-top
+  _, layers = models.FCDD_ARCHS[name]
+  vgg = name in models.VGG_FCDD
+  m = config.model
+  frozen = models.VGG_FROZEN_INDICES if (name.endswith('_F') and m.frozen_bn == 'frozen') else ()
+  dtype = jnp.bfloat16 if m.get('dtype', 'float32') == 'bfloat16' else jnp.float32
+
+  class AnySizeFCDD(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = models.FeatureStack(layers, vgg=vgg, bias=m.bias, torch_init=m.torch_init,
+                              bn_unbiased_var=m.bn_unbiased_var, frozen_bn_indices=frozen, dtype=dtype,
+                              name='features')(x, False)
+      x = models.Conv(1, 1, 1, 0, use_bias=m.bias or vgg, torch_init=m.torch_init, dtype=dtype,
+                      out_dtype=jnp.float32, name='final')(x)
+      return x.astype(jnp.float32)
+
+  return AnySizeFCDD()
+
+
+def scaled_size(preprocessing, h, w, scale=None):
+  """(H, W) of an h x w image in full mode (step 1 of the module doc): shorter side -> the side evaluation
+  brings test images to (raw_size with test_center, else input_size), or `scale` times the file's size."""
+  if scale is not None:
+    return max(1, round(h * scale)), max(1, round(w * scale))
+  p = preprocessing
+  s = min(p.get('raw_size') or p['input_size']) if p.get('test_center') else min(p['input_size'])
+  # the longer side is truncated as torchvision's Resize(int) does (input_pipeline.resize_shorter_crop)
+  return (s, max(s, int(s * w / h))) if h <= w else (max(s, int(s * h / w)), s)
+
+
+def _crop_view(img, p):
+  """uint8 image as the evaluation transform crops/squashes it (display only; the net input of crop mode
+  comes from input_pipeline.make_test_transform itself)."""
+  from fcdd_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+  inp = tuple(p['input_size'])
+  raw = tuple(p.get('raw_size') or inp)
+  if p.get('resize') == 'shorter':
+    img = ip.resize_shorter_crop(img, raw[0])
+  else:
+    img = ip.resize_u8(img, raw, nearest=p.get('resize') == 'nearest')
+  if p.get('test_center') and img.shape[0] >= inp[0] and img.shape[1] >= inp[1]:
+    y0, x0 = (img.shape[0] - inp[0]) // 2, (img.shape[1] - inp[1]) // 2
+    return img[y0:y0 + inp[0], x0:x0 + inp[1]]
+  return ip.resize_u8(img, inp, nearest=True)
+
+
+def _resize_float(h, size):
+  """float32 [h,w] map -> size (H, W), bilinear (antialiased when shrinking)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  if h.shape == tuple(size):
+    return h
+  return np.asarray(Image.fromarray(np.asarray(h, np.float32)).resize((size[1], size[0]), Image.BILINEAR))
+
 
 class Predictor:
-  """Loads a run once; `predict(images)` scores uint8 images of any size (gray/RGB/RGBA)."""
+  """Loads a run once; `predict(images)` scores uint8 images of any size (gray/RGB/RGBA); see the module doc."""
 
-  def __init__(self, workdir, batch_size=16):
+  def __init__(self, workdir, batch_size=16, mode='full', scale=None):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
     import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     from fcdd_jax import input_pipeline, losses, models, receptive  # pylint: disable=g-import-not-at-top
-    self.workdir = workdir
+    if mode not in MODES:
+      raise ValueError(f'--mode={mode!r}; allowed: {", ".join(MODES)}')
+    if scale is not None and not scale > 0:
+      raise ValueError(f'--scale={scale!r}; expected a positive factor (e.g. 1 for the file\'s own pixels)')
+    if batch_size < 1:
+      raise ValueError(f'--batch_size={batch_size}; expected >= 1')
+    self.workdir, self.mode, self.scale, self.batch_size = workdir, mode, scale, int(batch_size)
     for f in ('config.json', 'preprocessing.json'):
       if not os.path.exists(os.path.join(workdir, f)):
         raise FileNotFoundError(f'{os.path.join(workdir, f)} not found: --workdir must be a finished fcdd_jax run')
@@ -38,51 +141,98 @@ class Predictor:
     name = self.config.model.name
     if models.objective_of(name) != 'fcdd':
       raise ValueError(f'prediction supports FCDD nets; this run uses {name}')
-    self.transform = input_pipeline.make_test_transform(self.preprocessing)
-    self.size = tuple(self.preprocessing['input_size'])
-    self.channels = int(self.preprocessing['channels'])
-    ckdir = os.path.join(workdir, 'checkpoints')
-    mngr = ocp.CheckpointManager(ckdir, item_names=('state', 'meta'))
-    step = mngr.latest_step()
-    if step is None:
-      raise FileNotFoundError(f'no checkpoint in {ckdir}')
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    mngr.close()
-    state = restored['state']
+    p = self.preprocessing
+    self.transform = input_pipeline.make_test_transform(p)   # the evaluation transform (crop mode)
+    self.size = tuple(p['input_size'])
+    self.channels = int(p['channels'])
+    # --- checkpoint restore (one block; may become a call into checkpointing.py) ---
+    from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    state, self.step = checkpointing.restore_for_inference(os.path.join(workdir, 'checkpoints'),
+                                                          prog='fcdd_jax.predict')  # newest readable; says which
     self.variables = {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
-    net = models.create(name, bias=self.config.model.bias, torch_init=self.config.model.torch_init,
-                        bn_unbiased_var=self.config.model.bn_unbiased_var, frozen_bn=self.config.model.frozen_bn)
+    # --- end of checkpoint restore ---
+    net = any_size_net(name, self.config)
+    rec = self.reception = models.reception(name)
     std = self.config.loss.gauss_std if self.config.loss.gauss_std > 0 else None
-    rec = net.reception
-    def fn(variables, x):
-      phi = net.apply(variables, x, train=False)
-      low = losses.fcdd_heatmaps(phi)
-      return losses.fcdd_scores(phi), receptive.upsample(low, rec, self.size, std)
-    self._fn = jax.jit(fn)
-    self.batch_size = batch_size
+
+    def fn(variables, x, keep, out):
+      low = losses.fcdd_heatmaps(net.apply(variables, x))[:, :keep[0], :keep[1]]
+      return jnp.mean(low, axis=(1, 2)), receptive.upsample(low, rec, out, std)
+
+    self._fn = jax.jit(fn, static_argnums=(2, 3))
+    self._jnp = jnp
+    self._value_transforms = {}
     self.thresholds = {}
     rpath = os.path.join(workdir, 'results.json')
     if os.path.exists(rpath):
       with open(rpath) as f:
         self.thresholds = json.load(f).get('thresholds') or {}
-    self._jnp = jnp
+
+  # -- geometry --------------------------------------------------------------------------------------
+
+  def scaled_size(self, h, w):
+    """(H, W) at which this predictor runs the net on an h x w image (crop mode: the training input)."""
+    return self.size if self.mode == 'crop' else scaled_size(self.preprocessing, h, w, self.scale)
+
+  def padded_size(self, size):
+    """Net input (H, W) for a scaled `size`: padded up to a multiple of the net's stride j."""
+    j = self.reception.j
+    return -(-size[0] // j) * j, -(-size[1] // j) * j
+
+  def display(self, img):
+    """The uint8 RGB image that the heatmap of `img` is aligned with (the file itself, or the crop)."""
+    from fcdd_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+    img = ip.to_rgb_or_gray(img, 3)
+    return _crop_view(img, self.preprocessing) if self.mode == 'crop' else img
+
+  def _net_input(self, img):
+    """float32 [H,W,C] normalised as in evaluation, unpadded; for crop mode the evaluation transform."""
+    from fcdd_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+    if self.mode == 'crop':
+      return self.transform(img)
+    p = self.preprocessing
+    size = self.scaled_size(*img.shape[:2])
+    img = ip.resize_u8(ip.to_rgb_or_gray(img, self.channels), size, nearest=p.get('resize') == 'nearest')
+    if size not in self._value_transforms:   # evaluation's values (mean/std or LCN) at this size, no geometry
+      self._value_transforms[size] = ip.make_test_transform(
+          dict(p, input_size=list(size), raw_size=list(size), resize='bilinear', test_center=False))
+    return self._value_transforms[size](img)
+
+  def batch_rows(self, size):
+    """Images of scaled `size` per batch: --batch_size images' worth of training-input pixels."""
+    ph, pw = self.padded_size(size)
+    return max(1, (self.batch_size * self.size[0] * self.size[1]) // (ph * pw))
+
+  # -- scoring ---------------------------------------------------------------------------------------
 
   def predict(self, images):
-    """images: list of uint8 arrays -> (scores [n], heatmaps [n,H,W] at net input size)."""
-    xs = np.stack([self.transform(im) for im in images]) if images else np.zeros((0,) + self.size + (self.channels,))
-    scores, maps = [], []
-    b = self.batch_size
-    for i in range(0, len(xs), b):
-      chunk = xs[i:i + b]
-      pad = b - len(chunk)
-      if pad:
-        chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-      s, h = self._fn(self.variables, self._jnp.asarray(chunk))
-      scores.append(np.asarray(s)[:b - pad])
-      maps.append(np.asarray(h)[:b - pad])
-    if not scores:
-      return np.zeros(0), np.zeros((0,) + self.size)
-    return np.concatenate(scores), np.concatenate(maps)
+    """uint8 images of any size -> (scores [n] float64, list of n float32 heatmaps).
+
+    Heatmaps have each image's own height x width in full mode, the net input size in crop mode."""
+    j, s = self.reception.j, self.reception.s
+    scores = np.zeros(len(images))
+    maps = [None] * len(images)
+    groups = {}   # one compiled shape per scaled size
+    for i, im in enumerate(images):
+      groups.setdefault(self.scaled_size(*np.asarray(im).shape[:2]), []).append(i)
+    for size, idx in groups.items():
+      shape = self.padded_size(size)
+      keep = tuple(max(1, math.ceil((n - s) / j)) for n in size)   # cells centred inside the scaled image
+      rows = min(self.batch_rows(size), len(idx))
+      for c in range(0, len(idx), rows):
+        chunk = idx[c:c + rows]
+        xs = []
+        for i in chunk:
+          x = self._net_input(np.asarray(images[i]))
+          ph, pw = shape[0] - x.shape[0], shape[1] - x.shape[1]
+          xs.append(np.pad(x, ((0, ph), (0, pw), (0, 0)), mode='symmetric') if ph or pw else x)
+        xs += [np.zeros_like(xs[0])] * (rows - len(xs))
+        sc, hm = self._fn(self.variables, self._jnp.asarray(np.stack(xs)), keep, tuple(size))
+        sc, hm = np.asarray(sc), np.asarray(hm)
+        for k, i in enumerate(chunk):
+          scores[i] = sc[k]
+          maps[i] = hm[k] if self.mode == 'crop' else _resize_float(hm[k], np.asarray(images[i]).shape[:2])
+    return scores, maps
 
 
 def collect(paths):
@@ -95,6 +245,8 @@ def collect(paths):
       out.append(p)
     else:
       raise FileNotFoundError(f'--input {p}: no such file or directory')
+  if not out:
+    raise FileNotFoundError(f'no images in --input {", ".join(paths)} (supported: {" ".join(sources.IMG_EXT)})')
   return out
 
 
@@ -121,14 +273,19 @@ def main(argv=None):
   p.add_argument('--input', action='append', required=True)
   p.add_argument('--output', required=True)
   p.add_argument('--threshold', type=float, default=None)
-  p.add_argument('--batch_size', type=int, default=16)
+  p.add_argument('--mode', choices=MODES, default='full',
+                 help='full: whole image at its own size (default); crop: the evaluation crop, evaluation score')
+  p.add_argument('--scale', type=float, default=None,
+                 help='full mode: resize files by this factor instead of the run\'s shorter-side rule')
+  p.add_argument('--batch_size', type=int, default=16, help='images of the training input size per batch')
   a = p.parse_args(argv)
-  from fcdd_jax import figures, input_pipeline  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import figures  # pylint: disable=g-import-not-at-top
   from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
   try:
     files = collect(a.input)
-    pred = Predictor(a.workdir, a.batch_size)
+    pred = Predictor(a.workdir, a.batch_size, mode=a.mode, scale=a.scale)
   except (ValueError, FileNotFoundError) as e:
     print(f'fcdd_jax.predict: error: {e}', file=sys.stderr)
     return 2
@@ -136,33 +293,38 @@ def main(argv=None):
   threshold = a.threshold if a.threshold is not None else pred.thresholds.get('image')
   pix_t = pred.thresholds.get('pixel')
   stems = _stems(files)
-  rows, good, imgs = [], [], []
-  for f in files:
+  scores, groups = {}, {}
+  for f in files:   # pass 1: which files decode, and their net input shapes (pixels are not kept)
     try:
-      imgs.append(sources.load_image(f))
-      good.append(f)
+      groups.setdefault(pred.scaled_size(*sources.load_image(f).shape[:2]), []).append(f)
     except ValueError as e:
       print(f'fcdd_jax.predict: {e}', file=sys.stderr)
-      rows.append((f, None))
-  scores, maps = pred.predict(imgs)
-  for f, im, s, h in zip(good, imgs, scores, maps):
-    rows.append((f, float(s)))
-    disp = input_pipeline.resize_u8(input_pipeline.to_rgb_or_gray(im, 3), pred.size)
-    norm = np.clip(h / (2 * pix_t), 0, 1) if pix_t else figures.local_norm(h, 0.97)
-    Image.fromarray(figures.overlay(disp, norm)).save(os.path.join(a.output, f'{stems[f]}_overlay.png'))
-    if pix_t:
-      Image.fromarray(((h >= pix_t) * 255).astype(np.uint8)).save(os.path.join(a.output, f'{stems[f]}_mask.png'))
-  order = {f: i for i, f in enumerate(files)}
-  rows.sort(key=lambda r: order[r[0]])
+  for size, group in groups.items():   # pass 2: one batch of same-size images at a time
+    rows = pred.batch_rows(size)
+    for c in range(0, len(group), rows):
+      chunk = group[c:c + rows]
+      imgs = [sources.load_image(f) for f in chunk]
+      s, maps = pred.predict(imgs)
+      for f, im, sc, h in zip(chunk, imgs, s, maps):
+        scores[f] = float(sc)
+        norm = np.clip(h / (2 * pix_t), 0, 1) if pix_t else figures.local_norm(h, 0.97)
+        Image.fromarray(figures.overlay(pred.display(im), norm)).save(
+            os.path.join(a.output, f'{stems[f]}_overlay.png'))
+        if pix_t:
+          Image.fromarray(((h >= pix_t) * 255).astype(np.uint8)).save(
+              os.path.join(a.output, f'{stems[f]}_mask.png'))
   with open(os.path.join(a.output, 'scores.csv'), 'w', newline='') as fh:
     w = csv.writer(fh)
     w.writerow(['path', 'score', 'anomalous'])
-    for f, s in rows:
-      anom = '' if (s is None or threshold is None) else int(s >= threshold)
-      w.writerow([f, '' if s is None else f'{s:.6g}', anom])
-  print(f'scored {len(good)} of {len(files)} images -> {os.path.join(a.output, "scores.csv")}'
+    for f in files:
+      sc = scores.get(f)
+      anom = '' if (sc is None or threshold is None) else int(sc >= threshold)
+      w.writerow([f, '' if sc is None else f'{sc:.6g}', anom])
+  dt = time.time() - t0
+  print(f'scored {len(scores)} of {len(files)} images ({a.mode} mode) in {dt:.1f} s '
+        f'-> {os.path.join(a.output, "scores.csv")}'
         + (f' (threshold {threshold:.6g})' if threshold is not None else ' (no threshold)'))
-  return 0 if good or not files else 1
+  return 0 if scores else 1
 
 
 if __name__ == '__main__':

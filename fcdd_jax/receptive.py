@@ -69,7 +69,8 @@ def upsample_matrix(in_size: int, reception: Reception, out_size: int, std=None)
 def upsample(heatmaps, reception: Reception, out_size, std=None):
   """Gaussian receptive-field upsampling (spec §4, Algorithm 1): [N,h,w] or [N,h,w,1] -> [N,H,W].
 
-  Separable: two small matmuls with matrices built at trace time; jittable and differentiable.
+  Separable: two small matmuls with matrices built at trace time (one per axis, so h != w and H != W are
+  fine: whole images of any aspect ratio in fcdd_jax.predict); jittable and differentiable.
   `out_size` is an int (square) or (H, W).
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top

@@ -92,3 +92,36 @@ def test_reception_of_every_fcdd_net(name, rjs):
   assert tuple(net.reception) == rjs
   assert tuple(type(net).reception) == rjs
   assert tuple(models.reception(name)) == rjs
+
+
+def np_algorithm1_rect(a, r, j, s, H, W, std):
+  """Algorithm 1 (spec §4) for non-square maps and outputs: the 2-D transposed convolution with G = g (x) g,
+  stride j, output padding per axis (H - (h-1)j - 1 or - 2 for even r), then the crop per axis."""
+  n, h, w = a.shape
+  G = np.outer(np_window(r, std), np_window(r, std))
+  extra = 1 if r % 2 else 2
+  fh = (h - 1) * j + r + (H - (h - 1) * j - extra)
+  fw = (w - 1) * j + r + (W - (w - 1) * j - extra)
+  out = np.zeros((n, max(fh, (h - 1) * j + r), max(fw, (w - 1) * j + r)))
+  for y in range(h):
+    for x in range(w):
+      out[:, y * j:y * j + r, x * j:x * j + r] += a[:, y, x, None, None] * G
+  pad, si = (r - 1) // 2, int(s)
+  return out[:, pad - si:pad - si + H, pad - si:pad - si + W]
+
+
+@pytest.mark.parametrize('r,j,s,h,w,H,W,std', [
+    (62, 8, 3.5, 4, 13, 32, 102, 12.0),   # VGG cells of a wide image
+    (62, 8, 3.5, 31, 99, 248, 793, 10.0),  # custom-data scale of a 640x200 file
+    (59, 8, 0.0, 13, 5, 100, 37, 10.0),   # odd r, tall, sizes not multiples of j
+    (18, 4, 1.5, 8, 26, 32, 102, 1.2),    # FCDD_CNN32_S on a 32x102 input
+    (16, 4, 1.5, 11, 8, 45, 30, 1.2),     # cells dropped at the bottom (45 rows, 11 cells)
+])
+def test_upsample_non_square_equals_algorithm1(r, j, s, h, w, H, W, std):
+  a = np.random.default_rng(h * w).random((2, h, w)).astype(np.float32)
+  want = np_algorithm1_rect(a.astype(np.float64), r, j, s, H, W, std)
+  assert want.shape == (2, H, W)
+  got = np.asarray(jax.jit(lambda x: receptive.upsample(x, receptive.Reception(r, j, s), (H, W), std))(a))
+  assert got.shape == (2, H, W)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
+
