@@ -1,30 +1,155 @@
-"""Orbax checkpoints: periodic async saves, keep-last-k, restore-or-init with fallback, preemption.
+"""Orbax checkpoints: async saves, keep-last-k, restore-or-init with quarantine of damaged steps, preemption.
 
-A save killed mid-way leaves `<step>.orbax-checkpoint-tmp`, which orbax ignores; a finished checkpoint that
-was damaged later raises on restore, and we fall back to the previous one.
+* A save killed mid-way leaves `<step>.orbax-checkpoint-tmp`, which orbax ignores and removes when the next
+  manager opens the directory.
+* A finished checkpoint that was damaged later raises on restore. `Checkpointer.restore_latest` moves it to
+  `checkpoints/damaged-<step>/` (kept for inspection, never deleted; one warning line) and tries the previous
+  one, so the run saves that step afresh (orbax would otherwise skip a step that exists) and the final
+  checkpoint is the model that results.json describes. With no readable checkpoint left it raises
+  `NoUsableCheckpointError`: starting over is the user's decision (`--restart`).
+* A save that fails (disk full, unwritable) raises `CheckpointWriteError` (an OSError, one line) and leaves no
+  temporary directory behind; `finish_pending()` lets an aborted run's in-flight save end cleanly.
+* `restore_for_inference` (predict, summarize) reads the newest readable checkpoint without changing anything.
 """
-import logging
+import contextlib
+import errno
+import gc
 import os
+import shutil
+import sys
+import weakref
 
 import jax
 import orbax.checkpoint as ocp
+
+TMP_MARK = '.orbax-checkpoint-tmp'
+DAMAGED_PREFIX = 'damaged-'   # not orbax's '<name>_<step>' form, so orbax never takes it for a step
+
+
+class NoUsableCheckpointError(ValueError):
+  """Checkpoints existed but none can be read; the message says what was moved aside and the ways out."""
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written (disk full, unwritable directory); the message is one line."""
+
+
+def _short(e, limit=160):
+  """First line of an exception, shortened (TensorStore errors carry kilobytes of spec)."""
+  text = str(e).strip().splitlines()[0] if str(e).strip() else ''
+  text = text.split(' See full TensorStore details')[0]
+  if text.startswith('Encountered error while reading array index'):
+    text = 'its array data cannot be read'
+  return (text[:limit] + ' ...') if len(text) > limit else text
+
+
+def _is_disk_full(e):
+  for x in (e, e.__cause__, e.__context__):
+    if x is None:
+      continue
+    if isinstance(x, OSError) and x.errno == errno.ENOSPC:
+      return True
+    if 'RESOURCE_EXHAUSTED' in str(x) or 'No space left' in str(x):
+      return True
+  return False
+
+
+@contextlib.contextmanager
+def _quiet_unraisable():
+  """Orbax restores arrays with asyncio: when one read fails the others are dropped and Python prints an
+  'Exception ignored in: <coroutine ...>' traceback for each (thousands of lines), and their callbacks find the
+  event loop closed. Swallow exactly those."""
+  old = sys.unraisablehook
+  def hook(u):
+    if type(u.object).__name__ == 'coroutine' or 'Event loop is closed' in str(u.exc_value):
+      return
+    old(u)
+  sys.unraisablehook = hook
+  try:
+    yield
+  finally:
+    gc.collect()
+    sys.unraisablehook = old
+
+
+@contextlib.contextmanager
+def _quiet_absl():
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  old = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logging.set_verbosity(old)
+
+
+def _barrier(name):
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+
+
+def _all_ok(ok):
+  """True when `ok` holds on every process (a damaged per-process shard must make all processes fall back)."""
+  if jax.process_count() == 1:
+    return ok
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.asarray(ok, np.int32))))
+
+
+def step_dirs(directory):
+  """Finished checkpoint steps in `directory` (sorted), without opening a manager."""
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(n) for n in os.listdir(directory)
+                if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+
+
+def damaged_dirs(directory):
+  if not os.path.isdir(directory):
+    return []
+  return sorted(n for n in os.listdir(directory) if n.startswith(DAMAGED_PREFIX))
+
+
+def remove_tmp_dirs(directory):
+  """Removes half-written saves (`*.orbax-checkpoint-tmp*`) of this directory; process 0 only."""
+  if jax.process_index() != 0 or not os.path.isdir(directory):
+    return
+  for n in os.listdir(directory):
+    if TMP_MARK in n:
+      shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
+
+
+_OPEN = weakref.WeakSet()
 
 
 class Checkpointer:
   """Thin wrapper over `ocp.CheckpointManager` with items 'state' (pytree) and 'meta' (JSON)."""
 
-  def __init__(self, directory, *, max_to_keep=2, asynchronous=True):
+  def __init__(self, directory, *, max_to_keep=2, asynchronous=True, on_close=None):
+    """`on_close`: called once when the checkpointer is closed (train.py releases the workdir lock)."""
     self.directory = os.path.abspath(directory)
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        item_names=('state', 'meta'),
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep,
-            enable_async_checkpointing=asynchronous,
-            cleanup_tmp_directories=True,
-            create=True,
-        ),
-    )
+    self._on_close = on_close
+    self._pending = None
+    self._closed = False
+    self._failed = False
+    try:
+      remove_tmp_dirs(self.directory)   # a save killed mid-way (orbax's own cleanup runs in the background)
+      self.manager = ocp.CheckpointManager(
+          self.directory,
+          item_names=('state', 'meta'),
+          options=ocp.CheckpointManagerOptions(
+              max_to_keep=max_to_keep,
+              enable_async_checkpointing=asynchronous,
+              cleanup_tmp_directories=True,
+              create=True,
+          ),
+      )
+    except OSError as e:
+      raise CheckpointWriteError(f'cannot use the checkpoint directory {self.directory}: '
+                                 f'{e.strerror or _short(e)}') from None
+    _OPEN.add(self)
 
   def all_steps(self):
     return sorted(self.manager.all_steps())
@@ -32,43 +157,171 @@ class Checkpointer:
   def latest_step(self):
     return self.manager.latest_step()
 
+  # -- writing -----------------------------------------------------------------------------------------
+
+  def _write_error(self, e, step):
+    """Cleans up after a failed save and returns the one-line CheckpointWriteError to raise."""
+    remove_tmp_dirs(self.directory)
+    self._pending = None
+    self._failed = True   # reported once: later waits (close, finish_pending) stay quiet about it
+    why = 'no space left on the device' if _is_disk_full(e) else _short(e)
+    return CheckpointWriteError(f'cannot write checkpoint step {step} to {self.directory}: {why}'
+                                + (f' ({_short(e, 100)})' if _is_disk_full(e) else ''))
+
   def save(self, step, state, meta, *, force=False):
-    """Saves asynchronously (every process must call this)."""
-    return self.manager.save(
-        int(step),
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=force,
-    )
+    """Saves asynchronously (every process must call this). An earlier async save that failed raises here."""
+    step = int(step)
+    self.wait()
+    try:
+      saved = self.manager.save(
+          step,
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+          force=force,
+      )
+    except Exception as e:  # pylint: disable=broad-except
+      raise self._write_error(e, step) from e
+    self._pending = step if saved else self._pending
+    return saved
+
+  def wait(self):
+    """Blocks until the last save is on disk; raises CheckpointWriteError if it failed."""
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      if self._failed:
+        return
+      raise self._write_error(e, self._pending) from e
+    self._pending = None
+
+  def close(self):
+    if self._closed:
+      return
+    try:
+      self.wait()
+    finally:
+      self._closed = True
+      _OPEN.discard(self)
+      try:
+        self.manager.close()
+      except Exception:  # pylint: disable=broad-except  (already reported by wait)
+        pass
+      if self._on_close is not None:
+        self._on_close()
+
+  # -- reading -----------------------------------------------------------------------------------------
+
+  def _quarantine(self, step):
+    """Moves step `step` to damaged-<step> (a free name); returns the new path."""
+    dest = os.path.join(self.directory, f'{DAMAGED_PREFIX}{step}')
+    k = 1
+    while os.path.exists(dest):
+      k += 1
+      dest = os.path.join(self.directory, f'{DAMAGED_PREFIX}{step}-{k}')
+    if jax.process_index() == 0:
+      os.rename(os.path.join(self.directory, str(step)), dest)
+    _barrier(f'fcdd_jax_quarantine_{step}')
+    self.manager.reload()
+    return dest
 
   def restore_latest(self, target):
     """Restores the newest readable checkpoint into the structure/shardings of `target`.
 
-    Returns (state, meta, step) or (None, None, None) when there is none. A damaged checkpoint is
-    skipped with a warning and the previous one is tried.
+    Returns (state, meta, step), or (None, None, None) for a directory without checkpoints. Unreadable steps
+    are moved to damaged-<step>/ (one warning line each). Raises NoUsableCheckpointError when checkpoints
+    existed (now or in an earlier attempt) and none is readable.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    notes, moved = [], []
     for step in reversed(self.all_steps()):
+      restored, err = None, None
       try:
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()),
-        )
+        with _quiet_unraisable():
+          restored = self.manager.restore(step, args=ocp.args.Composite(
+              state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except  (damaged files raise many kinds)
-        logging.warning('checkpoint %d in %s is unreadable (%s: %s); trying the previous one',
-                        step, self.directory, type(e).__name__, str(e).splitlines()[0][:200])
-        print(f'warning: checkpoint {step} in {self.directory} is unreadable '
-              f'({type(e).__name__}); falling back to the previous one', flush=True)
-        continue
-      return restored['state'], restored['meta'], step
+        err = e
+      if _all_ok(err is None):
+        for n in notes:
+          print(n, flush=True)
+        return restored['state'], restored['meta'], step
+      dest = self._quarantine(step)
+      moved.append(os.path.basename(dest))
+      notes.append(f'warning: checkpoint step {step} is unreadable ({_short(err) if err else "on another process"}); '
+                   f'moved it to {dest} and resuming from an earlier one')
+    moved += [d for d in damaged_dirs(self.directory) if d not in moved]
+    if moved:
+      raise NoUsableCheckpointError(
+          f'no readable checkpoint left in {self.directory} (damaged: {", ".join(moved)}); add --restart to move '
+          'this run aside and train from scratch, or use another --workdir')
     return None, None, None
 
-  def wait(self):
-    self.manager.wait_until_finished()
+  def wait_and_close_quietly(self):
+    """After an error elsewhere: let an in-flight save finish (or clean up after it) without raising."""
+    try:
+      self.close()
+      return None
+    except CheckpointWriteError as e:
+      return str(e)
 
-  def close(self):
-    self.manager.wait_until_finished()
-    self.manager.close()
+
+def finish_pending():
+  """Waits for the saves of every open Checkpointer (an aborted run), leaving no temporary directory.
+
+  Returns one-line messages for saves that failed (the caller reports them after its own error)."""
+  msgs = []
+  for ck in list(_OPEN):
+    m = ck.wait_and_close_quietly()
+    if m:
+      msgs.append(m)
+  return msgs
+
+
+def newest_readable(ckdir, *, on_unreadable=None):
+  """(state, meta, step) of the newest checkpoint of `ckdir` that restores (arrays as saved, no target).
+
+  Read-only. `on_unreadable(step, error)` is called for each step that fails. Raises FileNotFoundError without
+  checkpoints and NoUsableCheckpointError when none is readable."""
+  steps = step_dirs(ckdir)
+  if not steps:
+    extra = f' (damaged: {", ".join(damaged_dirs(ckdir))})' if damaged_dirs(ckdir) else ''
+    raise FileNotFoundError(f'no checkpoint in {ckdir}{extra}: train the run first (or rerun its training '
+                            'command to repair it)')
+  with _quiet_absl():  # read-only managers log two warnings about their own options
+    mngr = ocp.CheckpointManager(ckdir, item_names=('state', 'meta'), options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False, max_to_keep=None, save_interval_steps=0))
+  try:
+    for step in reversed(steps):
+      try:
+        with _quiet_unraisable():
+          restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+                                                               meta=ocp.args.JsonRestore()))
+      except Exception as e:  # pylint: disable=broad-except  (damaged files raise many kinds)
+        if on_unreadable is not None:
+          on_unreadable(step, e)
+        continue
+      return restored['state'], restored['meta'] or {}, step
+  finally:
+    mngr.close()
+  raise NoUsableCheckpointError(f'no readable checkpoint in {ckdir} (steps {", ".join(map(str, steps))} are '
+                                'damaged); rerun the training command to repair the run')
+
+
+def restore_for_inference(ckdir, *, prog='fcdd_jax'):
+  """The newest readable checkpoint for prediction: returns (state, step) and prints which step it used.
+
+  An unreadable step gets one warning line on stderr and the previous one is used; nothing is changed on disk
+  (the training command repairs a run)."""
+  def warn(step, e):
+    print(f'{prog}: warning: checkpoint step {step} in {ckdir} is unreadable ({_short(e)}); trying an earlier '
+          'one (rerun the training command to repair the run)', file=sys.stderr, flush=True)
+  state, meta, step = newest_readable(ckdir, on_unreadable=warn)
+  newest = step_dirs(ckdir)[-1]
+  print(f'{prog}: using checkpoint step {step} of {ckdir}'
+        + ('' if meta.get('finished', True) else ' (training had not finished)')
+        + ('' if step == newest else f', not the newest ({newest}): thresholds in results.json may not fit'),
+        flush=True)
+  return state, step
 
 
 _SIGTERM = {'received': False, 'installed': False}

@@ -5,7 +5,10 @@
 
 Flags only; everything else happens in `train.train_and_evaluate`.
 """
+import contextlib
+import logging as logging_std
 import os
+import re
 import sys
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -24,6 +27,9 @@ DEMO_CONFIG = os.path.join(_ROOT, 'configs', 'demo.py')
 config_flags.DEFINE_config_file('config', None, 'Configuration file (configs/<name>.py); default: the demo.',
                                 lock_config=True)
 flags.DEFINE_string('workdir', None, 'Output directory (default: runs/<config>-<timestamp>).')
+flags.DEFINE_bool('restart', False, 'Move an existing run in --workdir aside to <workdir>.old-<time> (nothing is '
+                  'deleted) and train from scratch: for a changed model/data configuration or damaged checkpoints.')
+flags.DEFINE_bool('verbose', False, 'Full tracebacks and library log lines (also: environment FCDD_DEBUG=1).')
 flags.DEFINE_string('coordinator_address', None, 'HOST:PORT of process 0 (multi-host; jax.distributed).')
 flags.DEFINE_integer('num_processes', None, 'Number of processes (multi-host).')
 flags.DEFINE_integer('process_id', None, 'This process (0 .. num_processes-1).')
@@ -47,13 +53,68 @@ def _accelerator_visible():
   return bool(glob.glob('/dev/nvidia[0-9]*') or glob.glob('/dev/accel[0-9]*') or glob.glob('/dev/vfio/[0-9]*'))
 
 
-def _hide_accelerators_from_tf():
+def _hide_accelerators_from_tf(quiet=True):
   try:
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    with _native_stderr_silenced(quiet):  # TF's C++ start-up banners (oneDNN, absl::InitializeLog) x2
+      import tensorflow as tf  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], 'GPU')
     tf.config.set_visible_devices([], 'TPU')
   except Exception:  # pylint: disable=broad-except
     pass
+
+
+@contextlib.contextmanager
+def _native_stderr_silenced(quiet):
+  """Points file descriptor 2 at /dev/null (C++ libraries write there directly); Python errors still raise."""
+  if not quiet:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, 'w') as null:
+      os.dup2(null.fileno(), 2)
+      yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def _verbose():
+  return bool(FLAGS.verbose or os.environ.get('FCDD_DEBUG', '') not in ('', '0'))
+
+
+class _QuietLogFilter(logging_std.Filter):
+  """Without --verbose: library log records become one line each, printed once; orbax's own error records
+  (with tracebacks) are dropped because the failure reaches the user as one `fcdd_jax: error:` line."""
+
+  def __init__(self):
+    super().__init__()
+    self.seen = set()
+
+  def filter(self, record):
+    if f'{os.sep}orbax{os.sep}' in (record.pathname or ''):
+      return False
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    key = (record.levelno, record.getMessage())
+    if key in self.seen:
+      return False
+    self.seen.add(key)
+    return True
+
+
+class _OneLineFormatter(logging_std.Formatter):
+  def format(self, record):
+    return f'{record.levelname.lower()}: {record.getMessage()}'
+
+
+def _setup_logging(verbose):
+  logging.set_verbosity(logging.WARNING)
+  if verbose:
+    return
+  handler = logging.get_absl_handler()
+  handler.addFilter(_QuietLogFilter())
+  handler.setFormatter(_OneLineFormatter())
 
 
 def _init_distributed():
@@ -89,38 +150,100 @@ def _load_config():
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+    _error_exit(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value; see --help)')
   if FLAGS.keep_freed_memory == 'on' or (FLAGS.keep_freed_memory == 'auto' and not _accelerator_visible()):
     from fcdd_jax import memory  # pylint: disable=g-import-not-at-top  (before any thread pool starts)
     memory.keep_freed_memory()
-  logging.set_verbosity(logging.WARNING)
+  verbose = _verbose()
+  _setup_logging(verbose)
   try:
     config, name = _load_config()
   except Exception as e:  # pylint: disable=broad-except  (the user's config file: any error)
+    if verbose:
+      raise
     path = flags.FLAGS['config'].config_filename if FLAGS['config'].present else DEMO_CONFIG
     if not os.path.exists(path.split(':')[0]):
       known = sorted(f[:-3] for f in os.listdir(os.path.join(_ROOT, 'configs')) if f.endswith('.py') and f[0] != '_')
       _error_exit(f'config file {path!r} does not exist; the shipped configs are configs/<name>.py with name in: '
                   + ', '.join(known))
-    _error_exit(f'cannot load config file {path!r}: {type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ""}')
-  _hide_accelerators_from_tf()
+    _error_exit(f'cannot load config file {path!r}: {type(e).__name__}: {_first_line(e)}')
+  _hide_accelerators_from_tf(quiet=not verbose)
+  from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   try:
     _init_distributed()
-    from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
     checkpointing.install_sigterm_handler()
     workdir = FLAGS.workdir or train.default_workdir(name)
+    if FLAGS.restart:
+      _restart(workdir, workdir_lib)
     if config.runs:
       from fcdd_jax import multirun  # pylint: disable=g-import-not-at-top
+      _lock_for_multirun(workdir, workdir_lib)
       multirun.train_and_evaluate_runs(config, workdir)
     else:
       train.train_and_evaluate(config, workdir)
-  except (ValueError, FileNotFoundError, NotADirectoryError, KeyError, FloatingPointError) as e:
-    # Bad input: one line naming the value and what is allowed, non-zero exit, no traceback wall.
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    if os.environ.get('FCDD_DEBUG'):
+  except KeyboardInterrupt:
+    _finish_pending(checkpointing)
+    _error_exit('interrupted; rerun the same command to resume from the last checkpoint', 130)
+  except Exception as e:  # pylint: disable=broad-except  (every failure: one line, or a traceback if verbose)
+    _finish_pending(checkpointing)
+    if verbose:
       raise
-    _error_exit(msg, 2 if not isinstance(e, FloatingPointError) else 3)
+    msg, code = _describe(e)
+    _error_exit(msg, code)
+  finally:
+    workdir_lib.release_all()
+
+
+def _first_line(e):
+  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _describe(e):
+  """(one-line message, exit code): 2 bad configuration/input, 3 non-finite training, 4 the file system
+  (disk full, unwritable), 1 anything unexpected."""
+  if isinstance(e, FloatingPointError):
+    return _first_line(e), 3
+  if isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError)):
+    return _first_line(e), 2
+  if isinstance(e, OSError):
+    if e.strerror and e.filename:   # a plain OSError from open()/makedirs(): say which file and why
+      return f'cannot write or read {e.filename}: {e.strerror}', 4
+    return _first_line(e), 4
+  if isinstance(e, KeyError):
+    return f'missing key {e.args[0]!r}' if e.args else 'KeyError', 2
+  if isinstance(e, ValueError):
+    return _first_line(e), 2
+  return (f'unexpected {type(e).__name__}: {_first_line(e)[:300]} (rerun with --verbose for the traceback)', 1)
+
+
+def _finish_pending(checkpointing):
+  """An aborted run: let its in-flight checkpoint save end (or clean up after it) before exiting."""
+  try:
+    for m in checkpointing.finish_pending():
+      print(f'fcdd_jax: warning: {m}', file=sys.stderr, flush=True)
+  except Exception:  # pylint: disable=broad-except  (already exiting with the first error)
+    pass
+
+
+def _restart(workdir, workdir_lib):
+  """--restart: process 0 moves the old run aside; all processes then start from scratch."""
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    dest = workdir_lib.move_aside(workdir)
+    if dest:
+      print(f'fcdd_jax: --restart: moved the previous run to {dest}; training from scratch', flush=True)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices('fcdd_jax_restart')
+
+
+def _lock_for_multirun(workdir, workdir_lib):
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_index() == 0:
+    workdir_lib.check_path(workdir)
+    workdir_lib.Lock.acquire(workdir)
 
 
 def _error_exit(msg, code=2):
@@ -128,20 +251,54 @@ def _error_exit(msg, code=2):
   sys.exit(code)
 
 
+def _with_default_config(argv):
+  """`--config.x=...` without `--config`: the overrides apply to the demo config (as a bare run does)."""
+  has_override = any(re.match(r'^--?(no)?config\.', a) for a in argv[1:])
+  has_config = any(re.match(r'^--?config(=|$)', a) for a in argv[1:])
+  if has_override and not has_config:
+    print('fcdd_jax: no --config given: the --config.* overrides apply to the demo config (configs/demo.py)',
+          flush=True)
+    return argv[:1] + [f'--config={DEMO_CONFIG}'] + argv[1:]
+  return argv
+
+
 def parse_flags(argv):
   """absl flag parsing with one-line errors (unknown config fields, bad values, missing files)."""
+  argv = _with_default_config(list(argv))
+  sys.argv[:] = argv   # config_flags reads the overrides to define from sys.argv
+  if FLAGS.is_parsed():  # parsed before in this process (tests, programmatic use): start from a clean slate
+    FLAGS.unparse_flags()
+    for name in [n for n in FLAGS if n.startswith('config.')]:
+      delattr(FLAGS, name)
   try:
     return FLAGS(argv)
   except (AttributeError, KeyError) as e:
-    key = str(e).strip('\'"')
-    bad = [a for a in argv[1:] if a.startswith('--config.') and key and key in a.split('=')[0]]
-    where = bad[0].split('=')[0][2:] if bad else key
-    _error_exit(f'unknown config field {where!r}: not declared in configs/default.py (check the spelling; '
-                'fields are e.g. config.optim.lr, config.data.normal_class)')
+    _error_exit(_unknown_field_message(e, argv))
   except flags.Error as e:
-    _error_exit(str(e).strip().splitlines()[0])
+    _error_exit(_first_line(e))
   except (OSError, ImportError, SyntaxError, TypeError, ValueError) as e:
-    _error_exit(f'cannot load the config: {str(e).strip().splitlines()[0]}')
+    _error_exit(f'cannot load the config: {_first_line(e)}')
+
+
+def _unknown_field_message(e, argv):
+  """ml_collections' KeyError text is repr-quoted with an embedded newline and a suggestion; say it plainly:
+  unknown config field 'config.batch_sise' (did you mean 'config.batch_size'?)."""
+  while e.args and isinstance(e.args[0], BaseException):   # AttributeError(KeyError('...'))
+    e = e.args[0]
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  key = re.match(r"""\s*['"]?([^'"\n]*)""", text).group(1)
+  suggestion = re.search(r'Did you mean "([^"]+)"', text)
+  names = [a.split('=', 1)[0].lstrip('-') for a in argv[1:] if re.match(r'^--?config\.', a)]
+  hits = [n for n in names if key and key in n.split('.')] or [n for n in names if key and key in n]
+  field = hits[0] if hits else (f'config.{key}' if key else 'config.?')
+  hint = ''
+  if suggestion:
+    parts = field.split('.')
+    if key in parts:
+      parts[parts.index(key)] = suggestion.group(1)
+    hint = f" (did you mean '{'.'.join(parts)}'?)"
+  return (f"unknown config field '{field}'{hint}: not declared in configs/default.py (fields are e.g. "
+          'config.optim.lr, config.data.normal_class)')
 
 
 if __name__ == '__main__':

@@ -4,6 +4,10 @@
 
 Writes DIR/summary.md and DIR/summary.json (and DIR/results.json in the engine's format): per class the
 mean ± std over seeds, overall = mean over classes of the per-class means (spec §8.2, §9).
+
+Each run's newest readable checkpoint is found (`checkpoint_step` in summary.json) and a run whose
+results.json describes another step than that checkpoint gets one warning line: its numbers then belong to a
+model that is no longer on disk (rerun its training to repair it).
 """
 import glob
 import json
@@ -21,7 +25,7 @@ def aggregate(directory):
     with open(path) as f:
       r = json.load(f)
     runs.append({'normal_class': int(m.group(1)), 'seed': int(m.group(2)), 'image_auc': r.get('image_auc'),
-                 'pixel_auc': r.get('pixel_auc'), 'path': os.path.relpath(path, directory)})
+                 'pixel_auc': r.get('pixel_auc'), 'path': os.path.relpath(path, directory), 'steps': r.get('steps')})
   if not runs:
     raise ValueError(f'no runs in {directory} (expected {directory}/normal_<c>/seed_<s>/results.json)')
   per_class = {}
@@ -37,8 +41,31 @@ def aggregate(directory):
   for k in ('image_auc', 'pixel_auc'):
     vals = [e[k] for e in per_class.values() if e[k] is not None]
     overall[k] = float(np.mean(vals)) if vals else None
-  return {**overall, 'runs': [{k: r[k] for k in ('normal_class', 'seed', 'image_auc', 'pixel_auc')} for r in runs],
+  check_checkpoints(directory, runs)
+  keys = ('normal_class', 'seed', 'image_auc', 'pixel_auc', 'checkpoint_step')
+  return {**overall, 'runs': [{k: r[k] for k in keys} for r in runs],
           'per_class': {str(c): e for c, e in per_class.items()}}
+
+
+def check_checkpoints(directory, runs):
+  """Sets run['checkpoint_step'] to the newest readable checkpoint of each run (None: none); one warning line
+  per run whose results.json describes another step. Reads checkpoints only where a run has them."""
+  for r in runs:
+    r['checkpoint_step'] = None
+    ckdir = os.path.join(directory, os.path.dirname(r['path']), 'checkpoints')
+    where = os.path.dirname(r['path'])
+    if not os.path.isdir(ckdir):
+      continue
+    from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top  (jax/orbax only when needed)
+    try:
+      _, _, step = checkpointing.newest_readable(ckdir)
+    except (FileNotFoundError, ValueError) as e:
+      print(f'warning: {where}: {e}', file=sys.stderr, flush=True)
+      continue
+    r['checkpoint_step'] = int(step)
+    if r.get('steps') is not None and int(r['steps']) != step:
+      print(f'warning: {where}: results.json describes step {r["steps"]} but the newest readable checkpoint is step '
+            f'{step}; rerun its training to repair it', file=sys.stderr, flush=True)
 
 
 def markdown(summary):
@@ -67,6 +94,10 @@ def main(argv=None):
   except ValueError as e:
     print(f'fcdd_jax.summarize: error: {e}', file=sys.stderr)
     return 2
+  steps = sorted({r['checkpoint_step'] for r in s['runs'] if r['checkpoint_step'] is not None})
+  if steps:
+    print(f'fcdd_jax.summarize: {sum(r["checkpoint_step"] is not None for r in s["runs"])} of {len(s["runs"])} runs '
+          f'have a readable checkpoint (steps {", ".join(map(str, steps))})', file=sys.stderr, flush=True)
   md = markdown(s)
   with open(os.path.join(d, 'summary.md'), 'w') as fh:
     fh.write(md)

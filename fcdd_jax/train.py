@@ -422,7 +422,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   check_config(config)
   is_main = jax.process_index() == 0
-  os.makedirs(workdir, exist_ok=True)
+  from fcdd_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  run_lock = workdir_lib.prepare(config, workdir, is_main=is_main)  # lock, config check, config.json
   n_proc, n_dev = jax.process_count(), jax.device_count()
   pipeline = input_pipeline.create(config, process_index=jax.process_index(), process_count=n_proc)
   info = pipeline.info
@@ -442,8 +443,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         f'{config.batch_size} give {steps_per_epoch} steps/epoch; lower batch_size or set num_train_steps')
 
   if is_main:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
-      f.write(config.to_json_best_effort(indent=2, sort_keys=True))
     with open(os.path.join(workdir, 'preprocessing.json'), 'w') as f:
       json.dump(_jsonable(getattr(info, 'preprocessing', None) or {}), f, indent=2)
     print(f'fcdd_jax: workdir {os.path.abspath(workdir)}', flush=True)
@@ -482,17 +481,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   frozen = models.frozen_mask(config.model.name, state.params)
   frozen = frozen if any(jax.tree.leaves(frozen)) else None
 
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'),
-                                    max_to_keep=config.keep_checkpoints)
-  restored, meta, start_step = ckpt.restore_latest(state)
-  finished = False
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints,
+                                    on_close=run_lock.release if run_lock else None)
+  restored, _, start_step = ckpt.restore_latest(state)  # damaged steps -> checkpoints/damaged-<step>/
+  start_step = int(start_step or 0)
+  if start_step > total_steps:
+    raise ConfigError(f'the checkpoint in {workdir} is at step {start_step}, past the {total_steps} steps this '
+                      'configuration trains; raise num_train_steps/num_epochs, or use --restart or a new --workdir')
+  finished = restored is not None and start_step == total_steps   # (num_train_steps may have been raised)
   if restored is not None:
     state = restored
-    finished = bool(meta.get('finished', False))
     if is_main:
       print(f'fcdd_jax: resumed from checkpoint step {start_step}' +
             (' (training had finished: evaluating only)' if finished else ''), flush=True)
-  start_step = int(start_step or 0)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main, asynchronous=True)
   if start_step == 0 and is_main:

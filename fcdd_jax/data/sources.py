@@ -100,47 +100,68 @@ def _pil_to_uint8(im):
   return np.asarray(im.convert('RGB'))   # P, PA, RGBA, RGBa, RGBX, CMYK, YCbCr, LAB, HSV, ...
 
 
+def default_cache_root():
+  """$XDG_CACHE_HOME/fcdd_jax, else ~/.cache/fcdd_jax: the user's cache, never the data folder."""
+  base = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+  return os.path.join(base, 'fcdd_jax')
+
+
 def _cache_dir(config, root):
-  d = config.data.cache_dir
-  if d:
-    os.makedirs(d, exist_ok=True)
-    return d
-  cand = os.path.join(root, '.fcdd_cache') if root else ''
-  try:
-    if cand:
-      os.makedirs(cand, exist_ok=True)
-      if os.access(cand, os.W_OK):
-        return cand
-  except OSError:
-    pass
-  d = os.path.join(tempfile.gettempdir(), 'fcdd_jax_cache')
+  """Directory for decoded-image caches of the data in `root`: `<cache>/<name>-<hash of abs root>`.
+
+  <cache> is `config.data.cache_dir`, else `default_cache_root()` (a temporary directory if that cannot be
+  created). Nothing is ever written under `root`: data folders may be read-only or shared."""
+  base = config.data.cache_dir
+  if base:
+    try:
+      os.makedirs(base, exist_ok=True)
+    except OSError as e:
+      raise ValueError(f'config.data.cache_dir={base!r} cannot be created: {e.strerror or e}') from None
+  else:
+    base = default_cache_root()
+    try:
+      os.makedirs(base, exist_ok=True)
+    except OSError:
+      base = os.path.join(tempfile.gettempdir(), f'fcdd_jax_cache-{os.getuid() if hasattr(os, "getuid") else 0}')
+      os.makedirs(base, exist_ok=True)
+  if not root:
+    return base
+  absroot = os.path.abspath(root)
+  name = os.path.basename(absroot.rstrip(os.sep)) or 'root'
+  d = os.path.join(base, f'{name}-{hashlib.sha1(absroot.encode()).hexdigest()[:10]}')
   os.makedirs(d, exist_ok=True)
   return d
+
+
+_SKIP_SHOWN = 5   # skipped files named one per line; the rest are counted
 
 
 def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, shorter=False, on_bad='error',
                 cache=None):
   """Decodes `paths` to uint8 [N,h,w,channels] at `size` (None = keep; all must then match).
 
-  Returns (array, kept_paths). Cached in `cache` (a directory) by file list, sizes and mtimes."""
+  Returns (array, kept_paths). Cached in `cache` (a directory) by absolute file paths, sizes and mtimes.
+  With on_bad='skip' unreadable files are left out (named on one warning line each, the first few); a list
+  in which no file is readable is an error naming the folder."""
   key = None
   if cache:
     h = hashlib.sha1(repr((channels, size, nearest, torch_nearest, shorter)).encode())
     for p in paths:
       st = os.stat(p)
-      h.update(f'{p}|{st.st_size}|{st.st_mtime_ns}'.encode())
+      h.update(f'{os.path.abspath(p)}|{st.st_size}|{st.st_mtime_ns}'.encode())
     key = os.path.join(cache, f'images_{h.hexdigest()[:20]}.npz')
     if os.path.exists(key):
       with np.load(key, allow_pickle=False) as z:
         return z['images'], list(z['paths'])
-  out, kept = [], []
+  out, kept, skipped = [], [], []
   for p in paths:
     try:
       img = load_image(p)
     except ValueError as e:
       if on_bad == 'skip':
-        logging.warning('%s (skipped: data.on_bad_image=skip)', e)
-        print(f'warning: {e} (skipped)', flush=True)
+        skipped.append(str(e))
+        if len(skipped) <= _SKIP_SHOWN:
+          print(f'warning: {e} (skipped: data.on_bad_image=skip)', flush=True)
         continue
       raise ValueError(f'{e}; fix or remove it, or set --config.data.on_bad_image=skip') from None
     img = ip.to_rgb_or_gray(img, channels)
@@ -153,13 +174,24 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, sh
         img = ip.resize_u8(img, size, nearest=nearest)
     out.append(img)
     kept.append(p)
+  if paths and not out:
+    folder = os.path.commonpath([os.path.abspath(os.path.dirname(p)) for p in paths])
+    raise ValueError(f'none of the {len(paths)} images in {folder} can be read (data.on_bad_image=skip left out '
+                     f'every one; the first: {skipped[0] if skipped else "?"})')
+  if len(skipped) > _SKIP_SHOWN:
+    print(f'warning: {len(skipped)} unreadable images were skipped in total (data.on_bad_image=skip)', flush=True)
   if size is None and out and len({o.shape for o in out}) > 1:
     raise ValueError(f'images differ in size ({out[0].shape} vs others) in {os.path.dirname(paths[0])}')
   arr = np.stack(out) if out else np.zeros((0,) + tuple(size or (1, 1)) + (channels,), np.uint8)
   if key:
-    tmp = key + '.tmp.npz'
-    np.savez(tmp, images=arr, paths=np.asarray(kept))
-    os.replace(tmp, key)
+    tmp = f'{key}.{os.getpid()}.tmp.npz'   # per process: several processes of one host may fill the cache
+    try:
+      np.savez(tmp, images=arr, paths=np.asarray(kept))
+      os.replace(tmp, key)
+    except OSError as e:   # a full or read-only cache costs speed, not the run
+      print(f'warning: could not write the image cache {key}: {e.strerror or e}', flush=True)
+      if os.path.exists(tmp):
+        os.remove(tmp)
   return arr, kept
 
 

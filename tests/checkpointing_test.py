@@ -1,0 +1,172 @@
+"""Checkpoint faults on tiny trees (no training): damaged steps, failed and killed saves, inference restore."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from fcdd_jax import checkpointing
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tree(v):
+  return {'params': {'w': np.full((4, 3), v, np.float32), 'b': np.arange(3, dtype=np.float32) + v}}
+
+
+def _save_steps(ckdir, steps, asynchronous=False):
+  ck = checkpointing.Checkpointer(ckdir, max_to_keep=5, asynchronous=asynchronous)
+  for s in steps:
+    ck.save(s, _tree(s), {'step': s, 'finished': s == steps[-1]})
+  ck.close()
+
+
+def damage(step_dir):
+  """Truncates every array chunk of a checkpoint step (what a crashed disk or copy leaves)."""
+  n = 0
+  for root, _, files in os.walk(os.path.join(step_dir, 'state')):
+    if os.path.basename(root) == 'd':
+      for f in files:
+        with open(os.path.join(root, f), 'r+b') as fh:
+          fh.truncate(10)
+        n += 1
+  assert n, f'no array files found under {step_dir}'
+
+
+def test_damaged_newest_is_quarantined_and_its_step_saved_afresh(tmp_path, capfd):
+  ckdir = str(tmp_path / 'ck')
+  _save_steps(ckdir, [3, 6])
+  damage(os.path.join(ckdir, '6'))
+  ck = checkpointing.Checkpointer(ckdir, max_to_keep=5, asynchronous=False)
+  state, meta, step = ck.restore_latest(_tree(0))
+  assert step == 3 and meta['step'] == 3
+  np.testing.assert_array_equal(np.asarray(state['params']['w']), _tree(3)['params']['w'])
+  out, err = capfd.readouterr()
+  lines = [l for l in (out + err).splitlines() if l.strip()]
+  assert len(lines) == 1, lines                       # one warning, no coroutine tracebacks, no absl line
+  assert lines[0].startswith('warning: checkpoint step 6 is unreadable') and 'damaged-6' in lines[0]
+  assert sorted(os.listdir(ckdir)) == ['3', 'damaged-6']
+  assert ck.save(6, _tree(60), {'step': 6})           # not skipped as "already exists"
+  ck.close()
+  state, step = checkpointing.restore_for_inference(ckdir)
+  assert step == 6 and float(np.asarray(state['params']['w'])[0, 0]) == 60
+
+
+def test_no_readable_checkpoint_refuses_to_start_over(tmp_path, capfd):
+  ckdir = str(tmp_path / 'ck')
+  _save_steps(ckdir, [3, 6])
+  damage(os.path.join(ckdir, '3'))
+  damage(os.path.join(ckdir, '6'))
+  ck = checkpointing.Checkpointer(ckdir, asynchronous=False)
+  with pytest.raises(checkpointing.NoUsableCheckpointError) as e:
+    ck.restore_latest(_tree(0))
+  msg = str(e.value)
+  assert 'no readable checkpoint left' in msg and 'damaged-3' in msg and 'damaged-6' in msg and '--restart' in msg
+  out, err = capfd.readouterr()
+  assert 'Exception ignored' not in err and 'Traceback' not in err and not out.strip()
+  assert sorted(os.listdir(ckdir)) == ['damaged-3', 'damaged-6']     # kept for inspection
+  # a second attempt still refuses (it does not silently start from scratch)
+  with pytest.raises(checkpointing.NoUsableCheckpointError, match='damaged-3, damaged-6'):
+    checkpointing.Checkpointer(ckdir, asynchronous=False).restore_latest(_tree(0))
+  with pytest.raises(FileNotFoundError, match='no checkpoint in .*damaged'):
+    checkpointing.restore_for_inference(ckdir)
+
+
+def test_restore_for_inference_says_which_step_and_changes_nothing(tmp_path, capfd):
+  ckdir = str(tmp_path / 'ck')
+  _save_steps(ckdir, [3, 6])
+  damage(os.path.join(ckdir, '6'))
+  _, step = checkpointing.restore_for_inference(ckdir, prog='fcdd_jax.predict')
+  out, err = capfd.readouterr()
+  assert step == 3
+  assert err.count('\n') == 1 and 'checkpoint step 6' in err and 'unreadable' in err
+  assert out.strip() == (f'fcdd_jax.predict: using checkpoint step 3 of {ckdir} (training had not finished), '
+                         'not the newest (6): thresholds in results.json may not fit')
+  assert sorted(os.listdir(ckdir)) == ['3', '6']      # read-only
+
+
+def _fake_failing_save(ckdir, step):
+  """An orbax save whose background write fails as on a full disk, leaving its temporary directory."""
+  def save(self, s, *a, **k):   # pylint: disable=unused-argument
+    if s == step:
+      os.makedirs(os.path.join(ckdir, f'{s}.orbax-checkpoint-tmp', 'state'))
+      raise ValueError(f'RESOURCE_EXHAUSTED: Error writing "params.w/0" in OCDBT database at local file '
+                       f'"{ckdir}/{s}.orbax-checkpoint-tmp/state": Failed writing: No space left on device')
+    return real_save(self, s, *a, **k)
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  real_save = ocp.CheckpointManager.save
+  return save
+
+
+def test_a_failed_save_is_one_line_and_leaves_no_temporary_directory(tmp_path, monkeypatch):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  ckdir = str(tmp_path / 'ck')
+  ck = checkpointing.Checkpointer(ckdir, asynchronous=False)
+  ck.save(3, _tree(3), {'step': 3})
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', _fake_failing_save(ckdir, 6))
+  with pytest.raises(checkpointing.CheckpointWriteError) as e:
+    ck.save(6, _tree(6), {'step': 6})
+  assert str(e.value).startswith(f'cannot write checkpoint step 6 to {ckdir}: no space left on the device')
+  assert '\n' not in str(e.value) and isinstance(e.value, OSError)
+  assert sorted(os.listdir(ckdir)) == ['3']
+  ck.close()
+
+
+def _mount_tmpfs(path, size):
+  os.makedirs(path, exist_ok=True)
+  r = subprocess.run(['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(path)], capture_output=True)
+  if r.returncode:
+    pytest.skip(f'cannot mount a tmpfs here ({r.stderr.decode().strip()[:80]})')
+
+
+def test_disk_full_on_a_tiny_filesystem(tmp_path):
+  """A real ENOSPC in orbax's asynchronous write (root only: a 256 KiB tmpfs)."""
+  mnt = tmp_path / 'mnt'
+  _mount_tmpfs(mnt, '256k')
+  try:
+    ckdir = str(mnt / 'ck')
+    ck = checkpointing.Checkpointer(ckdir, asynchronous=True)
+    ck.save(1, {'w': np.zeros(1000, np.float32)}, {'step': 1})
+    ck.save(2, {'w': np.random.default_rng(0).random(1 << 17).astype(np.float32)}, {'step': 2})   # 512 KiB
+    with pytest.raises(checkpointing.CheckpointWriteError) as e:
+      ck.wait()
+    assert 'cannot write checkpoint step 2' in str(e.value) and 'no space left' in str(e.value)
+    assert '\n' not in str(e.value)
+    assert sorted(os.listdir(ckdir)) == ['1']        # the good step kept, the half-written one removed
+    ck.close()                                       # reported once: closing stays quiet
+    state, step = checkpointing.restore_for_inference(ckdir)
+    assert step == 1 and np.asarray(state['w']).shape == (1000,)
+  finally:
+    subprocess.run(['umount', str(mnt)], check=False)
+
+
+def test_a_save_killed_midway_is_ignored_and_cleaned_up(tmp_path):
+  """SIGKILL while the asynchronous write runs: the next manager removes the temporary directory."""
+  ckdir = str(tmp_path / 'ck')
+  _save_steps(ckdir, [3])
+  script = (
+      f'import os, signal, sys; sys.path.insert(0, {ROOT!r}); import numpy as np\n'
+      'from fcdd_jax import checkpointing\n'
+      f'ck = checkpointing.Checkpointer({ckdir!r}, asynchronous=True)\n'
+      'ck.save(6, {"w": np.ones((64, 1024, 1024), np.float32)}, {"step": 6})\n'   # 256 MiB: still writing
+      f'assert any(".orbax-checkpoint-tmp" in n for n in os.listdir({ckdir!r}))\n'
+      'os.kill(os.getpid(), signal.SIGKILL)\n')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='')
+  proc = subprocess.run([sys.executable, '-c', script], env=env, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == -9, proc.stderr[-2000:]
+  assert any('.orbax-checkpoint-tmp' in n for n in os.listdir(ckdir))
+  ck = checkpointing.Checkpointer(ckdir, asynchronous=False)
+  assert ck.all_steps() == [3] and sorted(os.listdir(ckdir)) == ['3']
+  _, meta, step = ck.restore_latest(_tree(0))
+  assert step == 3 and meta['step'] == 3
+  ck.close()
+
+
+def test_finish_pending_completes_an_in_flight_save(tmp_path):
+  ckdir = str(tmp_path / 'ck')
+  ck = checkpointing.Checkpointer(ckdir, asynchronous=True)
+  ck.save(1, {'w': np.ones((8, 1024, 1024), np.float32)}, {'step': 1})
+  assert checkpointing.finish_pending() == []       # an aborted run: let the save end, then close
+  assert sorted(os.listdir(ckdir)) == ['1']
+  assert checkpointing.restore_for_inference(ckdir)[1] == 1
