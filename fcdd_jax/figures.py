@@ -13,8 +13,13 @@ import os
 
 import numpy as np
 
+THUMBNAIL = 128   # panel height in the many-panel figures (heatmaps_global, train_heatmaps_global)
+
 
 def _to_uint8_image(x):
+  """Display form: uint8 RGB images pass unchanged; anything else is min-max stretched per image."""
+  if isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3 and x.shape[-1] == 3:
+    return x
   x = np.asarray(x, np.float32)
   lo, hi = float(x.min()), float(x.max())
   x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
@@ -68,19 +73,35 @@ def overlay(image_uint8, heatmap01, alpha=0.5):
   return (img.astype(np.float32) * (1 - alpha) + hm.astype(np.float32) * alpha).round().astype(np.uint8)
 
 
-def grid(images, heatmaps01, gtmaps=None):
-  """Rows: inputs, heatmaps (already normalised to [0,1]), [ground truth]."""
+def thumbnail(x, size):
+  """Nearest resize of an image or map to at most `size` pixels high (large inputs in many-panel figures)."""
+  x = np.asarray(x)
+  if x.shape[0] <= size:
+    return x
+  h, w = size, max(1, round(x.shape[1] * size / x.shape[0]))
+  ys = (np.arange(h) * x.shape[0] / h).astype(np.int64)
+  xs = (np.arange(w) * x.shape[1] / w).astype(np.int64)
+  return x[ys][:, xs]
+
+
+def grid(images, heatmaps01, gtmaps=None, max_size=None):
+  """Rows: inputs, heatmaps (already normalised to [0,1]), [ground truth]; every panel of a column has the
+  same height and width (ValueError otherwise). `max_size`: panels are shrunk to at most that height."""
+  for i, (im, h) in enumerate(zip(images, heatmaps01)):
+    g = None if gtmaps is None else np.shape(gtmaps[i])
+    if tuple(np.shape(im)[:2]) != tuple(np.shape(h)[:2]) or (g is not None and tuple(g[:2]) != tuple(np.shape(h)[:2])):
+      raise ValueError(f'figure panel {i}: image {np.shape(im)[:2]}, heatmap {np.shape(h)[:2]}'
+                       + (f', ground truth {g[:2]}' if g is not None else '') + ' differ in size')
+  if max_size:
+    images = [thumbnail(_to_uint8_image(im), max_size) for im in images]
+    heatmaps01 = [thumbnail(h, max_size) for h in heatmaps01]
+    gtmaps = None if gtmaps is None else [thumbnail(g, max_size) for g in gtmaps]
   rows = [np.concatenate([_to_uint8_image(im) for im in images], 1),
           np.concatenate([_jet(h) for h in heatmaps01], 1)]
   if gtmaps is not None:
     rows.append(np.concatenate([np.repeat(((np.asarray(g) > 0.5) * 255).astype(np.uint8)[..., None], 3, -1)
                                 for g in gtmaps], 1))
   return np.concatenate(rows, 0)
-
-
-def sample_grid(images, heatmaps, gtmaps=None, quantile=0.97):
-  """Backwards-compatible: local normalisation of raw heatmaps."""
-  return grid(images, [local_norm(h, quantile) for h in heatmaps], gtmaps)
 
 
 def paper_indices(scores, k=6):
@@ -115,10 +136,7 @@ def _save(arr, path, min_height=128):
 
 def _display(pipeline, split, indices, fallback):
   if pipeline is not None and hasattr(pipeline, 'display_images'):
-    try:
-      return list(pipeline.display_images(split, indices))
-    except Exception:  # pylint: disable=broad-except
-      pass
+    return list(pipeline.display_images(split, indices))
   return [fallback[i] for i in indices] if fallback is not None else None
 
 
@@ -141,7 +159,7 @@ def global_figure(images, heatmaps, labels, scores, reference, q, gtmaps=None, m
   for g in groups:
     g = list(g)
     block = grid([images[i] for i in g], [global_norm(heatmaps[i], reference, q) for i in g],
-                 [gtmaps[i] for i in g] if gtmaps is not None else None)
+                 [gtmaps[i] for i in g] if gtmaps is not None else None, max_size=THUMBNAIL)
     blocks.append(block)
   width = max(b.shape[1] for b in blocks)
   sep = np.zeros((2, width, 3), np.uint8)
@@ -214,4 +232,5 @@ def write_run_figures(workdir, config, pipeline, outputs, train_outputs=None):
     tims = _display(pipeline, 'train', [int(train_outputs['index'][r]) for r in rows], None) or \
         [np.zeros(th.shape[1:] + (3,), np.uint8) for _ in rows]
     tref = global_reference(th, tl)
-    _save(grid(tims, [global_norm(th[r], tref, q) for r in rows]), os.path.join(workdir, 'train_heatmaps_global.png'))
+    _save(grid(tims, [global_norm(th[r], tref, q) for r in rows], max_size=THUMBNAIL),
+          os.path.join(workdir, 'train_heatmaps_global.png'))

@@ -176,6 +176,10 @@ class Transform:
         mask = resize_u8((mask[..., None] > 0).astype(np.uint8), self.input_size, nearest=True)[..., 0]
     return img, mask
 
+  def test_geometry(self, img):
+    """uint8 image at the net's input size, as the test transform sees it (figures show this)."""
+    return self._test_geom(img)[0]
+
   def test(self, img):
     img, _ = self._test_geom(img)
     return self._values(img.astype(np.float32) / 255.0)
@@ -418,6 +422,10 @@ class Pipeline:
       return self.train_images, labels, None
     raise ValueError(f"split={split!r}; allowed: 'test', 'train'")
 
+  def num_eval_batches(self, split='test', batch_size=None):
+    gb = int(batch_size or self.config.eval.batch_size or self.batch_size)
+    return -(-len(self._split(split)[0]) // gb)
+
   def eval_batches(self, split='test', batch_size=None):
     images, labels, masks = self._split(split)
     gb = int(batch_size or self.config.eval.batch_size or self.batch_size)
@@ -454,8 +462,9 @@ class Pipeline:
     return [np.asarray(m, np.uint8) for m in self.test_masks]
 
   def display_images(self, split, indices):
+    """RGB uint8 images at the net's input size (the test geometry), aligned with the heatmaps."""
     images = self._split(split)[0]
-    return np.stack([images[i] for i in indices])
+    return np.stack([to_rgb_or_gray(self.transform.test_geometry(images[i]), 3) for i in indices])
 
   def write_preview(self, path, per_label=20):
     """ds_preview.png (spec §8.3): augmented training samples per label, with their maps."""

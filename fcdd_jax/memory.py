@@ -27,3 +27,11 @@ def keep_freed_memory():
   ok &= mallopt(_M_MMAP_MAX, 0) == 1
   ok &= mallopt(_M_TRIM_THRESHOLD, 2 ** 31 - 1) == 1
   return bool(ok)
+
+
+def peak_rss_bytes():
+  """Peak resident set size of this process so far (bytes; Linux ru_maxrss is in KiB)."""
+  import resource  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return int(r if sys.platform == 'darwin' else r * 1024)

@@ -25,6 +25,7 @@ import numpy as np
 from fcdd_jax import checkpointing
 from fcdd_jax import input_pipeline
 from fcdd_jax import models
+from fcdd_jax import progress
 from fcdd_jax import train
 
 
@@ -157,7 +158,7 @@ def train_and_evaluate_runs(config, workdir):
         rate = step / max(time.time() - t0, 1e-9)
         print(f'step {step}/{T}  mean loss {float(loss.mean()):.4f}  {rate:.2f} steps/s  '
               f'{rate * config.batch_size * len(runs):.0f} img/s (all runs)  '
-              f'ETA {train._fmt_time((T - step) / max(rate, 1e-9))}', flush=True)  # pylint: disable=protected-access
+              f'ETA {progress.fmt_time((T - step) / max(rate, 1e-9))}', flush=True)
   train_seconds = time.time() - t0
   p_eval = jax.jit(functools.partial(train.eval_step, cfg=scfg), in_shardings=(repl, data_sharding),
                    out_shardings=data_sharding)
@@ -180,7 +181,7 @@ def train_and_evaluate_runs(config, workdir):
       with open(os.path.join(rd, 'config.json'), 'w') as f:
         f.write(cf.to_json_best_effort(indent=2, sort_keys=True))
       with open(os.path.join(rd, 'preprocessing.json'), 'w') as f:
-        json.dump(train._jsonable(pipe.info.preprocessing), f, indent=2)  # pylint: disable=protected-access
+        json.dump(train._jsonable(pipe.info.preprocessing), f, indent=2)
       with open(os.path.join(rd, 'results.json'), 'w') as f:
         json.dump(res, f, indent=2)
     ck = checkpointing.Checkpointer(os.path.join(rd, 'checkpoints'), max_to_keep=1, asynchronous=False)

@@ -1,0 +1,126 @@
+"""Figures at real image sizes: every figure is written and its image and heatmap panels line up.
+
+A few training steps on 224² nets: the shared MVTec bottle (256² images, no masks) through the custom
+config, and generated MVTec-layout trees with masks at non-224 sizes (custom and mvtec configs).
+"""
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import custom as custom_config
+from configs import mvtec as mvtec_config
+from fcdd_jax import figures
+from fcdd_jax import input_pipeline
+from fcdd_jax import train
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      'shared', 'data')
+BOTTLE = os.path.join(SHARED, 'mvtec_bottle_256', 'bottle')
+PANEL = 224
+
+
+def _cfg(module, **overrides):
+  c = module.get_config()
+  c.model.name = 'FCDD_CNN224'      # a 224² from-scratch net, small enough for the suite
+  c.batch_size = 8
+  c.num_train_steps = 2
+  c.log_every_steps = 1
+  c.checkpoint_every_steps = 100
+  c.eval.batch_size = 32
+  c.eval.num_figure_samples = 6
+  for k, v in overrides.items():
+    node = c
+    *path, leaf = k.split('.')
+    for p in path:
+      node = node[p]
+    node[leaf] = v
+  return c
+
+
+def _write_tree(root, h, w, n_train=8, n_test=4):
+  """MVTec layout with masks: gray noise images, defects as bright rectangles marked in the masks."""
+  rng = np.random.default_rng(1)
+  os.makedirs(os.path.join(root, 'train', 'good'))
+  for i in range(n_train):
+    Image.fromarray(rng.integers(60, 120, (h, w, 3), dtype=np.uint8)).save(
+        os.path.join(root, 'train', 'good', f'{i:03d}.png'))
+  for d in ('good', 'scratch'):
+    os.makedirs(os.path.join(root, 'test', d))
+    for i in range(n_test):
+      a = rng.integers(60, 120, (h, w, 3), dtype=np.uint8)
+      if d == 'scratch':
+        m = np.zeros((h, w), np.uint8)
+        m[h // 3:h // 2, w // 4:w // 2] = 255
+        a[m > 0] = 250
+        os.makedirs(os.path.join(root, 'ground_truth', d), exist_ok=True)
+        Image.fromarray(m).save(os.path.join(root, 'ground_truth', d, f'{i:03d}_mask.png'))
+      Image.fromarray(a).save(os.path.join(root, 'test', d, f'{i:03d}.png'))
+
+
+FIGURES = ('heatmaps_paper_local_lbl0.png', 'heatmaps_paper_local_lbl1.png', 'heatmaps_paper_global_lbl0.png',
+           'heatmaps_paper_global_lbl1.png', 'heatmaps_global.png', 'train_heatmaps_global.png',
+           'test_samples.png', 'ds_preview.png', 'roc_curve.png', 'loss_curves.png')
+
+
+def _check_run(workdir, config, with_masks):
+  for f in FIGURES + (('gtmap_roc_curve.png',) if with_masks else ()):
+    assert os.path.getsize(os.path.join(workdir, f)) > 0, f
+  # test_samples.png: rows of 224² panels (inputs, heatmaps[, ground truth]), 5 + 5 columns at most
+  ts = np.asarray(Image.open(os.path.join(workdir, 'test_samples.png')).convert('RGB'))
+  rows = 3 if with_masks else 2
+  assert ts.shape[0] == rows * PANEL and ts.shape[1] % PANEL == 0, ts.shape
+  # the input row shows the real test images at net input size (what the heatmap covers)
+  pipe = input_pipeline.create(config)
+  first = pipe.display_images('test', [int(np.flatnonzero(pipe.test_labels == 0)[0])])[0]
+  np.testing.assert_array_equal(ts[:PANEL, :PANEL], first)
+  assert ts[PANEL:2 * PANEL].std() > 0                      # a heatmap, not an empty panel
+  if with_masks:                                            # ground truth row of an anomalous sample
+    assert ts[2 * PANEL:, -PANEL:].max() == 255
+  for f in ('heatmaps_paper_local_lbl1.png', 'heatmaps_paper_global_lbl0.png'):
+    im = np.asarray(Image.open(os.path.join(workdir, f)))
+    assert im.shape[0] == rows * PANEL and im.shape[1] % PANEL == 0, (f, im.shape)
+  # many-panel figures use thumbnails of figures.THUMBNAIL pixels
+  g = np.asarray(Image.open(os.path.join(workdir, 'heatmaps_global.png')))
+  assert g.shape[1] % figures.THUMBNAIL == 0
+  overlays = os.listdir(os.path.join(workdir, 'overlays'))
+  assert overlays
+  for f in overlays:
+    assert Image.open(os.path.join(workdir, 'overlays', f)).size == (PANEL, PANEL)
+
+
+@pytest.mark.skipif(not os.path.isdir(BOTTLE), reason=f'{BOTTLE} not available')
+def test_real_bottle_figures_at_224(tmp_path):
+  cfg = _cfg(custom_config, **{'data.root': BOTTLE, 'data.cache_dir': str(tmp_path / 'cache')})
+  res = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
+  assert res['peak_rss_bytes'] > 0 and res['compile_seconds'] > 0
+  _check_run(str(tmp_path / 'run'), cfg, with_masks=False)
+
+
+@pytest.mark.parametrize('module,size', [(custom_config, (300, 260)), (mvtec_config, (256, 256))])
+def test_generated_masked_tree_figures(module, size, tmp_path):
+  if module is mvtec_config:
+    root = str(tmp_path / 'mvtec')
+    _write_tree(os.path.join(root, 'bottle'), *size)      # normal_class 0 = bottle
+    overrides = {'data.root': root}
+  else:
+    root = str(tmp_path / 'parts')
+    _write_tree(root, *size)
+    overrides = {'data.root': root}
+  cfg = _cfg(module, **overrides, **{'data.cache_dir': str(tmp_path / 'cache')})
+  res = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
+  assert res['pixel_auc'] is not None
+  _check_run(str(tmp_path / 'run'), cfg, with_masks=True)
+
+
+def test_grid_refuses_panels_of_different_sizes():
+  with pytest.raises(ValueError, match=r'image \(248, 248\), heatmap \(224, 224\)'):
+    figures.grid([np.zeros((248, 248, 3), np.uint8)], [np.zeros((224, 224))])
+
+
+def test_thumbnail_is_a_nearest_subsample():
+  x = np.arange(256 * 256).reshape(256, 256)
+  t = figures.thumbnail(x, 128)
+  np.testing.assert_array_equal(t, x[::2, ::2])
+  assert figures.thumbnail(x, 300) is x
