@@ -27,7 +27,9 @@ from fcdd_jax import checkpointing
 from fcdd_jax import evaluation
 from fcdd_jax import input_pipeline
 from fcdd_jax import losses
+from fcdd_jax import memory
 from fcdd_jax import models
+from fcdd_jax import progress
 from fcdd_jax import receptive
 
 
@@ -290,7 +292,7 @@ def check_finite(metrics, step, where):
 
 
 def run_evaluation(state, pipeline, eval_fn, sharding, split='test', batch_size=None, keep_images=0,
-                   max_batches=None):
+                   max_batches=None, verbose=False):
   """Runs the jitted eval step over a split; returns host NumPy arrays of valid examples in order.
 
   With keep_images=n the inputs of the first n nominal and n anomalous examples this process sees are
@@ -310,8 +312,15 @@ def run_evaluation(state, pipeline, eval_fn, sharding, split='test', batch_size=
             samples[int(b['index'][i])] = np.array(b['image'][i])
       yield b
 
+  total = pipeline.num_eval_batches(split, batch_size)
+  total = total if max_batches is None else min(total, max_batches)
+  track = progress.Progress(f'evaluating {split}', total, 'batches', enabled=verbose)
   for gb in _prefetch(local_batches(), sharding):
     outs.append(eval_fn(state, gb))
+    if len(outs) > 1:
+      jax.block_until_ready(outs[-2])
+    track.update()
+  track.close()
   if not outs:
     return {}
   host = [_host_gather(o) for o in outs]
@@ -404,13 +413,6 @@ def default_workdir(config_name):
   return os.path.join('runs', f'{config_name}-{time.strftime("%Y%m%d-%H%M%S")}')
 
 
-def _fmt_time(seconds):
-  seconds = int(max(0, seconds))
-  h, rem = divmod(seconds, 3600)
-  m, s = divmod(rem, 60)
-  return f'{h}h{m:02d}m{s:02d}s' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
-
-
 # ----------------------------------------------------------------------------------------------------
 # The run
 
@@ -425,6 +427,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   from fcdd_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   run_lock = workdir_lib.prepare(config, workdir, is_main=is_main)  # lock, config check, config.json
   n_proc, n_dev = jax.process_count(), jax.device_count()
+  t_begin = time.time()
   pipeline = input_pipeline.create(config, process_index=jax.process_index(), process_count=n_proc)
   info = pipeline.info
   model = create_model(config, info)
@@ -513,18 +516,24 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   history = []
   t_start = time.time()
+  timings = {'load_seconds': round(t_start - t_begin, 2)}
   if not finished and start_step < total_steps:
     report = periodic_actions.ReportProgress(num_train_steps=total_steps, writer=writer,
                                              every_steps=config.log_every_steps)
     batches = _prefetch(pipeline.train_batches(start_step), data_sharding)
     acc, acc_n = None, 0
-    last_metrics = None
+    last_metrics = prev_metrics = None
     t_log, step_log = time.time(), start_step
+    t_first = None                      # when the first (compiling) step finished: rates and ETA start there
     step = start_step
     fault = _fault_injection()
+    progress.say(f'compiling the train step and running step {start_step + 1} ...', is_main)
     for step in range(start_step + 1, total_steps + 1):
       batch = next(batches)
       state, metrics = p_train_step(state, batch, step_rng)
+      if prev_metrics is not None:      # at most one step in flight: host time tracks device progress
+        jax.block_until_ready(prev_metrics)
+      prev_metrics = metrics
       if fault and fault[1] == step:
         import signal  # pylint: disable=g-import-not-at-top
         jax.block_until_ready(metrics)
@@ -534,10 +543,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       acc_n += 1
       last_metrics = metrics
       report(step)
+      if t_first is None:
+        jax.block_until_ready(metrics)
+        t_first = time.time()
+        timings['compile_seconds'] = round(t_first - t_start, 2)
+        progress.say(f'step {step} done in {progress.fmt_time(t_first - t_start)} (compile + first step)', is_main)
+        t_log, step_log = t_first, step
       is_log = step % config.log_every_steps == 0 or step == total_steps
+      is_line = is_log or time.time() - t_log >= progress.EVERY_SECONDS
       is_save = step % config.checkpoint_every_steps == 0 or step == total_steps
       preempt = checkpointing.reached_preemption(step)
-      if is_log:
+      if is_line and step > step_log:
         mean = {k: float(v) / acc_n for k, v in jax.device_get(acc).items()}
         mean['learning_rate'] = float(lr_fn(jnp.asarray(step - 1)))
         check_finite(mean, step, 'log step')
@@ -545,14 +561,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         writer.write_scalars(step, {f'train/{k}': v for k, v in mean.items()})
         now = time.time()
         rate = (step - step_log) / max(now - t_log, 1e-9)
+        avg = (step - start_step - 1) / max(now - t_first, 1e-9)   # since the first step: no compile time
         history.append({'step': step, 'epoch': (step - 1) // max(steps_per_epoch, 1), **mean})
         if is_main:
           _append_history(workdir, history)
-        if is_main:
-          print(f'step {step}/{total_steps}  epoch {(step - 1) // max(steps_per_epoch, 1) + 1}  '
-                f'loss {mean["loss"]:.4f} (nominal {mean["loss_nominal"]:.4f}, anomalous '
-                f'{mean["loss_anomalous"]:.4f})  {rate:.2f} steps/s  '
-                f'{rate * config.batch_size:.0f} img/s  ETA {_fmt_time((total_steps - step) / max(rate, 1e-9))}',
+          print(f'step {step}/{total_steps}  epoch {(step - 1) // max(steps_per_epoch, 1) + 1}/'
+                f'{-(-total_steps // max(steps_per_epoch, 1))}  loss {mean["loss"]:.4f} (nominal '
+                f'{mean["loss_nominal"]:.4f}, anomalous {mean["loss_anomalous"]:.4f})  {rate:.2f} steps/s  '
+                f'{rate * config.batch_size:.1f} img/s  ETA {progress.fmt_time((total_steps - step) / max(avg, 1e-9))}',
                 flush=True)
         t_log, step_log = now, step
         acc, acc_n = None, 0
@@ -571,7 +587,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Evaluation -----------------------------------------------------------------------------------------
   t_eval = time.time()
   outputs = run_evaluation(state, pipeline, p_eval_step, data_sharding, 'test',
-                           config.eval.batch_size or None, keep_images=config.eval.num_figure_samples // 2)
+                           config.eval.batch_size or None, keep_images=config.eval.num_figure_samples // 2,
+                           verbose=is_main)
   image_auc, pixel_auc = compute_metrics(config, pipeline, outputs)
   train_outputs = None
   if config.eval.train_heatmaps:  # training heatmaps (spec §8.1) from the first batch of nominal train images
@@ -584,13 +601,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except Exception as e:  # pylint: disable=broad-except  (never lose a finished run over extras)
       logging.exception('thresholds/AUPRO failed: %s', e)
   eval_seconds = time.time() - t_eval
+  steps_run = max(0, total_steps - start_step - 1) if not finished else 0
+  loop_seconds = train_seconds - timings.get('compile_seconds', 0.0)
   results = {
       'image_auc': image_auc,
       'pixel_auc': pixel_auc,
       'runs': [{'normal_class': int(info.normal_class), 'seed': int(config.seed),
                 'image_auc': image_auc, 'pixel_auc': pixel_auc}],
       **extra,
+      'load_seconds': timings.get('load_seconds'),
+      'compile_seconds': timings.get('compile_seconds'),
       'train_seconds': round(train_seconds, 2),
+      'train_images_per_second': (round(steps_run * config.batch_size / loop_seconds, 3)
+                                  if steps_run and loop_seconds > 0 else None),
       'eval_seconds': round(eval_seconds, 2),
       'steps': int(total_steps),
   }
@@ -599,8 +622,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if pixel_auc is not None:
       scalars['eval/pixel_auc'] = pixel_auc
     writer.write_scalars(total_steps, {k: v for k, v in scalars.items() if v is not None})
-    with open(os.path.join(workdir, 'results.json'), 'w') as f:
-      json.dump(results, f, indent=2)
+    results['peak_rss_bytes'] = memory.peak_rss_bytes()
+    _write_results(workdir, results)   # before figures: a figure problem never loses the numbers
+    t_fig = time.time()
+    progress.say('writing figures ...')
     try:
       from fcdd_jax import reports  # pylint: disable=g-import-not-at-top
       hist_path = os.path.join(workdir, 'history.json')
@@ -608,15 +633,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       reports.write_reports(workdir, results, outputs, hist)
       figures.write_run_figures(workdir, config, pipeline, outputs, train_outputs)
     except Exception as e:  # pylint: disable=broad-except  (figures never lose a finished run)
+      if os.environ.get('FCDD_STRICT_FIGURES'):   # tests: a figure that cannot be written is an error
+        raise
       logging.exception('figures failed: %s', e)
       print(f'warning: figures could not be written: {e}', flush=True)
+    results['figures_seconds'] = round(time.time() - t_fig, 2)
+    results['peak_rss_bytes'] = memory.peak_rss_bytes()
+    _write_results(workdir, results)
     pa = 'n/a' if pixel_auc is None else f'{pixel_auc:.4f}'
     ia = 'n/a' if image_auc is None else f'{image_auc:.4f}'
-    print(f'fcdd_jax: image AUC {ia}  pixel AUC {pa}  (train {_fmt_time(train_seconds)}, '
-          f'eval {_fmt_time(eval_seconds)}); results in {os.path.join(workdir, "results.json")}', flush=True)
+    ips = results['train_images_per_second']
+    print(f'fcdd_jax: image AUC {ia}  pixel AUC {pa}  (load {progress.fmt_time(timings.get("load_seconds", 0))}, '
+          f'compile {progress.fmt_time(timings.get("compile_seconds", 0))}, train {progress.fmt_time(train_seconds)}'
+          + (f' at {ips:.2f} img/s' if ips else '') +
+          f', eval {progress.fmt_time(eval_seconds)}, figures {progress.fmt_time(results["figures_seconds"])}; '
+          f'peak memory {results["peak_rss_bytes"] / 2**30:.2f} GiB); results in '
+          f'{os.path.join(workdir, "results.json")}', flush=True)
   writer.flush()
   ckpt.close()
   return results
+
+
+def _write_results(workdir, results):
+  with open(os.path.join(workdir, 'results.json'), 'w') as f:
+    json.dump(results, f, indent=2)
 
 
 def _jsonable(x):
