@@ -122,7 +122,6 @@ class Predictor:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
-    import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
     from fcdd_jax import input_pipeline, losses, models, receptive  # pylint: disable=g-import-not-at-top
     if mode not in MODES:
       raise ValueError(f'--mode={mode!r}; allowed: {", ".join(MODES)}')
