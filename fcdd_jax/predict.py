@@ -3,7 +3,7 @@
   python -m fcdd_jax.predict --workdir RUN --input PATH [--input PATH ...] --output DIR
       [--threshold T] [--mode full|crop] [--scale F] [--batch_size B]
 
-Uses the run's config.json, preprocessing.json and latest checkpoint. Writes DIR/scores.csv
+Uses the run's config.json, preprocessing.json and newest readable checkpoint. Writes DIR/scores.csv
 (`path,score,anomalous`; `anomalous` empty without a threshold), DIR/<stem>_overlay.png per image and
 DIR/<stem>_mask.png when a pixel threshold is known. Threshold: --threshold, else the image threshold stored
 in RUN/results.json, else none. Unreadable files are reported on stderr and get an empty score; the rest are
