@@ -1,0 +1,402 @@
+"""Export a trained run for serving: a TensorFlow SavedModel (TF Serving) and serialized StableHLO.
+
+  python -m fcdd_jax.export --workdir RUN --output DIR [--format savedmodel|stablehlo|both]
+      [--input_channels C] [--input_size HxW] [--platforms cpu[,cuda,tpu]] [--version 1] [--overwrite]
+
+The exported function is the whole inference path of the run: uint8 images [N,H,W,C] (any N; any H, W
+unless --input_size fixes them) -> the run's test preprocessing (channels, resize/crop, normalisation or
+LCN, from RUN/preprocessing.json) -> the net of the newest readable checkpoint (BatchNorm in inference
+mode) -> score [N] (mean of the low-resolution pseudo-Huber map, as in evaluation) and the Gaussian
+receptive-field upsampled heatmap, mapped back onto the input pixels: heatmap [N,H,W] float32. When
+RUN/results.json stores an image threshold, `anomalous [N]` (bool, score >= threshold) is a third output.
+
+Written to DIR:
+  DIR/<version>/          SavedModel, signature `serving_default` (input `images`), params as variables;
+                          the numbered directory is the layout TF Serving loads (--model_base_path=DIR)
+  DIR/model.stablehlo     `jax.export` serialization, params baked in as constants
+  DIR/metadata.json       thresholds, preprocessing, net, checkpoint step, input/output spec (also copied
+                          to DIR/<version>/assets.extra/fcdd_metadata.json)
+
+Preprocessing is reproduced in jnp, bit-exactly where it is integer arithmetic: Pillow's 8-bit bilinear
+resize (fixed-point coefficients, horizontal then vertical pass, rounding after each) and Pillow's nearest
+resize (double-accumulated source positions) run in float64 inside the function. At the run's raw image
+size every resize is the identity and outputs equal `fcdd_jax.predict` to float rounding. The heatmap goes
+back to the input grid by the inverse of the geometry (bilinear, antialiased when shrinking); input pixels
+outside the scored area (centre crops) get heatmap 0.
+"""
+import argparse
+import json
+import os
+import shutil
+import sys
+
+import numpy as np
+
+PRECISION_BITS = 22  # Pillow's 8-bit resampling precision (Resample.c: 32 - 8 - 2)
+KINDS = ('normalize', 'lcn')
+RESIZES = ('bilinear', 'nearest', 'shorter')
+
+
+class ExportError(ValueError):
+  """The run cannot be exported as asked (one-line message naming the file/field/value)."""
+
+
+# ----------------------------------------------------------------------------------------------------
+# Loading a run
+
+def load_run(workdir):
+  """config, preprocessing, variables (params + batch_stats), thresholds and step of a finished run.
+
+  The newest readable checkpoint is used (checkpointing.restore_for_inference, as fcdd_jax.predict)."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  for f in ('config.json', 'preprocessing.json'):
+    if not os.path.exists(os.path.join(workdir, f)):
+      raise FileNotFoundError(f'{os.path.join(workdir, f)} not found: --workdir must be a finished fcdd_jax run')
+  with open(os.path.join(workdir, 'config.json')) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  with open(os.path.join(workdir, 'preprocessing.json')) as f:
+    preprocessing = json.load(f)
+  thresholds = {}
+  rpath = os.path.join(workdir, 'results.json')
+  if os.path.exists(rpath):
+    with open(rpath) as f:
+      thresholds = json.load(f).get('thresholds') or {}
+  state, step = checkpointing.restore_for_inference(os.path.join(workdir, 'checkpoints'), prog='fcdd_jax.export')
+  variables = {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
+  return dict(config=config, preprocessing=preprocessing, variables=variables, thresholds=thresholds,
+              step=int(step), workdir=os.path.abspath(workdir))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Preprocessing in jnp (traceable with symbolic H, W)
+
+def pil_bilinear_matrix(n_in, n_full, n_out, offset=0):
+  """Pillow's 8-bit BILINEAR coefficients as a float64 [n_out, n_in] matrix of integers (22-bit fixed point).
+
+  Row o holds the weights of output pixel o + offset of a resize n_in -> n_full (offset > 0: a crop of the
+  resized axis). Mirrors Resample.c precompute_coeffs + normalize_coeffs_8bpc; n_in, n_full, offset may be
+  symbolic dimensions or traced integers. Call under `jax.enable_x64(True)`."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  f64 = jnp.float64
+  n_in_f = jnp.asarray(n_in, f64)
+  scale = n_in_f / jnp.asarray(n_full, f64)
+  filterscale = jnp.maximum(scale, 1.0)
+  support = filterscale  # bilinear support 1.0
+  ss = 1.0 / filterscale
+  center = (jnp.arange(n_out, dtype=f64) + jnp.asarray(offset, f64) + 0.5) * scale
+  xmin = jnp.maximum(jnp.trunc(center - support + 0.5), 0.0)
+  xend = jnp.minimum(jnp.trunc(center + support + 0.5), n_in_f)
+  i = jnp.arange(n_in, dtype=f64)[None, :]
+  inside = (i >= xmin[:, None]) & (i < xend[:, None])
+  w = jnp.where(inside, jnp.maximum(0.0, 1.0 - jnp.abs((i - center[:, None] + 0.5) * ss)), 0.0)
+  ww = w.sum(axis=1, keepdims=True)
+  k = jnp.where(ww != 0.0, w / jnp.where(ww != 0.0, ww, 1.0), 0.0)
+  return jnp.trunc(k * (1 << PRECISION_BITS) + 0.5)
+
+
+def _pil_pass(x, kmat, axis):
+  """One Pillow 8-bit resampling pass along `axis` (1: rows, 2: columns) of float64 [N,H,W,C] integers."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  eq = 'nhwc,oh->nowc' if axis == 1 else 'nhwc,ow->nhoc'
+  y = jnp.einsum(eq, x, kmat, precision='highest')
+  return jnp.clip(jnp.floor((y + (1 << (PRECISION_BITS - 1))) / (1 << PRECISION_BITS)), 0.0, 255.0)
+
+
+def pil_bilinear_resize(x, out_hw, full_hw=None, offset=(0, 0)):
+  """Pillow `Image.resize(BILINEAR)` of uint8-valued float64 [N,H,W,C] to out_hw (optionally a crop at
+  `offset` of the resize to `full_hw`). Call under enable_x64.
+
+  Pass order as Pillow 13.0.0 (the pinned version): vertical first iff the height shrinks by more than
+  twice the width's change (H > h_out and H - h_out > 2 (W - w_out)), else horizontal first; a rule
+  fitted to and checked against Pillow on hundreds of size pairs (tests/export_test.py checks some)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  full_hw = full_hw or out_hw
+  _, h, w, _ = x.shape
+  kw = pil_bilinear_matrix(w, full_hw[1], out_hw[1], offset[1])
+  kh = pil_bilinear_matrix(h, full_hw[0], out_hw[0], offset[0])
+  hf, wf = jnp.asarray(h, jnp.float64), jnp.asarray(w, jnp.float64)
+  fh, fw = jnp.asarray(full_hw[0], jnp.float64), jnp.asarray(full_hw[1], jnp.float64)
+  vertical_first = (hf > fh) & (hf - fh > 2.0 * (wf - fw))
+  return jax.lax.cond(vertical_first, lambda v: _pil_pass(_pil_pass(v, kh, 1), kw, 2),
+                      lambda v: _pil_pass(_pil_pass(v, kw, 2), kh, 1), x)
+
+
+def pil_nearest_index(n_in, n_out):
+  """Source indices [n_out] of Pillow's NEAREST resize n_in -> n_out (Geometry.c ImagingScaleAffine: the
+  floor of a/2, a/2 + a, ... accumulated in double, a = n_in / n_out). Call under enable_x64."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  a = jnp.asarray(n_in, jnp.float64) / n_out
+  def step(xo, _):
+    return xo + a, jnp.floor(xo).astype(jnp.int32)
+  _, idx = jax.lax.scan(step, a * 0.5, None, length=n_out)
+  return jnp.clip(idx, 0, jnp.asarray(n_in, jnp.int32) - 1)
+
+
+def _channels(x, c_in, channels):
+  """fcdd_jax.input_pipeline.to_rgb_or_gray on uint8 [N,H,W,c_in] -> float32 [N,H,W,channels] of integers."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = x.astype(jnp.float32)
+  if c_in == 4:
+    x = x[..., :3]
+  if channels == 3 and c_in == 1:
+    x = jnp.repeat(x, 3, axis=-1)
+  if channels == 1 and c_in in (3, 4):  # PIL "L" weights, rounded as the NumPy path
+    x = jnp.rint(x @ jnp.asarray([0.299, 0.587, 0.114], jnp.float32))[..., None]
+  return jnp.clip(x, 0.0, 255.0)
+
+
+def check_preprocessing(p, c_in):
+  """Raises ExportError when preprocessing.json `p` holds something the exported function cannot do."""
+  kind, resize = p.get('kind', 'normalize'), p.get('resize', 'bilinear')
+  if kind not in KINDS:
+    raise ExportError(f'preprocessing.json kind={kind!r} cannot be exported; exportable: {", ".join(KINDS)}')
+  if resize not in RESIZES:
+    raise ExportError(f'preprocessing.json resize={resize!r} cannot be exported; exportable: {", ".join(RESIZES)}')
+  ch = int(p['channels'])
+  if ch not in (1, 3):
+    raise ExportError(f'preprocessing.json channels={ch} cannot be exported; exportable: 1, 3')
+  if c_in not in (1, 3, 4):
+    raise ExportError(f'--input_channels={c_in}: expected 1 (gray), 3 (RGB) or 4 (RGBA)')
+  need = ('mean', 'std') if kind == 'normalize' else ('lcn_min', 'lcn_max')
+  for k in need:
+    if p.get(k) is None:
+      raise ExportError(f'preprocessing.json {k} is missing (needed by kind={kind!r})')
+  raw, inp = tuple(p.get('raw_size') or p['input_size']), tuple(p['input_size'])
+  if resize == 'shorter' and raw[0] != raw[1]:
+    raise ExportError(f'preprocessing.json raw_size={list(raw)}: resize=shorter needs a square raw size')
+  if p.get('test_center') and (raw[0] < inp[0] or raw[1] < inp[1]):
+    raise ExportError(f'preprocessing.json test_center with raw_size={list(raw)} smaller than input_size={list(inp)}')
+
+
+def make_preprocess(p, c_in):
+  """fn(uint8 [N,H,W,c_in]) -> (float32 [N,h,w,C] net input, per-axis affine maps (s, t) such that image
+  coordinate y (pixel centres at y + 0.5) lands on net-input coordinate y * s + t).
+
+  Equals `input_pipeline.make_test_transform(p)` image by image (see the module docstring)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  check_preprocessing(p, c_in)
+  channels = int(p['channels'])
+  inp = tuple(int(v) for v in p['input_size'])
+  raw = tuple(int(v) for v in (p.get('raw_size') or p['input_size']))
+  resize = p.get('resize', 'bilinear')
+  kind = p.get('kind', 'normalize')
+
+  def fn(images):
+    _, h, w, _ = images.shape
+    x = _channels(images, c_in, channels)
+    with jax.enable_x64(True):
+      hf, wf = jnp.asarray(h, jnp.float64), jnp.asarray(w, jnp.float64)
+      if resize == 'shorter':  # input_pipeline.resize_shorter_crop: shorter side to n, centre crop n x n
+        n = raw[0]
+        nf = float(n)
+        long_h = jnp.maximum(nf, jnp.trunc(nf * hf / wf))
+        long_w = jnp.maximum(nf, jnp.trunc(nf * wf / hf))
+        nh = jnp.where(hf <= wf, nf, long_h)
+        nw = jnp.where(hf <= wf, long_w, nf)
+        y0, x0 = jnp.floor((nh - n) / 2), jnp.floor((nw - n) / 2)
+        x = pil_bilinear_resize(x.astype(jnp.float64), raw, (nh, nw), (y0, x0))
+        sy, ty, sx, tx = nh / hf, -y0, nw / wf, -x0
+      else:
+        if resize == 'nearest':
+          iy, ix = pil_nearest_index(h, raw[0]), pil_nearest_index(w, raw[1])
+          x = jnp.take(jnp.take(x, iy, axis=1), ix, axis=2).astype(jnp.float64)
+        else:
+          x = pil_bilinear_resize(x.astype(jnp.float64), raw)
+        sy, ty, sx, tx = raw[0] / hf, jnp.zeros((), jnp.float64), raw[1] / wf, jnp.zeros((), jnp.float64)
+      x = x.astype(jnp.float32)
+      sy, ty, sx, tx = (v.astype(jnp.float32) for v in (sy, ty, sx, tx))
+    # input_pipeline.Transform._test_geom: centre crop of the raw image, or a nearest resize raw -> input
+    if raw != inp:
+      if p.get('test_center'):
+        cy, cx = (raw[0] - inp[0]) // 2, (raw[1] - inp[1]) // 2
+        x = x[:, cy:cy + inp[0], cx:cx + inp[1]]
+        ty, tx = ty - cy, tx - cx
+      else:
+        with jax.enable_x64(True):
+          iy, ix = pil_nearest_index(raw[0], inp[0]), pil_nearest_index(raw[1], inp[1])
+        x = jnp.take(jnp.take(x, iy, axis=1), ix, axis=2)
+        ry, rx = inp[0] / raw[0], inp[1] / raw[1]
+        sy, ty, sx, tx = sy * ry, ty * ry, sx * rx, tx * rx
+    x = x / 255.0
+    if kind == 'lcn':  # input_pipeline.lcn per image, then (x - lcn_min) / (lcn_max - lcn_min)
+      x = x - x.mean(axis=(1, 2, 3), keepdims=True)
+      scale = jnp.abs(x).mean(axis=(1, 2, 3), keepdims=True)
+      x = jnp.where(scale > 0, x / jnp.where(scale > 0, scale, 1.0), x)
+      lo, hi = (jnp.asarray(p[k], jnp.float32) for k in ('lcn_min', 'lcn_max'))
+      x = (x - lo) / (hi - lo)
+    else:
+      x = (x - jnp.asarray(p['mean'], jnp.float32)) / jnp.asarray(p['std'], jnp.float32)
+    return x, ((sy, ty), (sx, tx))
+  return fn
+
+
+def heatmap_to_input(heat, hw, maps):
+  """Net-input heatmaps [N,h,w] -> [N,H,W] on the input pixel grid, by the inverse of the geometry maps
+  (bilinear, antialiased when shrinking; 0 where an input pixel falls outside the net input)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  (sy, ty), (sx, tx) = maps
+  scale = jnp.stack([1.0 / sy, 1.0 / sx])
+  translation = jnp.stack([-ty / sy, -tx / sx])
+  return jax.image.scale_and_translate(heat, (heat.shape[0],) + tuple(hw), (1, 2), scale, translation,
+                                       method='linear', antialias=True, precision=jax.lax.Precision.HIGHEST)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The exported function
+
+def make_inference_fn(run, c_in=None):
+  """fn(variables, uint8 images [N,H,W,c_in]) -> {'score', 'heatmap'[, 'anomalous']} of run `run`
+  (from `load_run`). c_in defaults to the run's channels."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import losses, models, receptive  # pylint: disable=g-import-not-at-top
+  config, p = run['config'], run['preprocessing']
+  name = config.model.name
+  if models.objective_of(name) != 'fcdd':
+    raise ExportError(f'config.json model.name={name}: only FCDD nets export (they give heatmaps)')
+  c_in = int(p['channels']) if c_in is None else int(c_in)
+  preprocess = make_preprocess(p, c_in)
+  dtype = jnp.bfloat16 if config.model.get('dtype', 'float32') == 'bfloat16' else jnp.float32  # as predict
+  net = models.create(name, bias=config.model.bias, torch_init=config.model.torch_init,
+                      bn_unbiased_var=config.model.bn_unbiased_var, frozen_bn=config.model.frozen_bn, dtype=dtype)
+  size = tuple(int(v) for v in p['input_size'])
+  std = config.loss.gauss_std if config.loss.gauss_std > 0 else None
+  threshold = run['thresholds'].get('image')
+
+  def fn(variables, images):
+    if images.ndim != 4 or images.shape[-1] != c_in:
+      raise ExportError(f'images: expected uint8 [N,H,W,{c_in}], got shape {images.shape}')
+    _, h, w, _ = images.shape
+    x, maps = preprocess(images)
+    phi = net.apply(variables, x, train=False)
+    low = losses.fcdd_heatmaps(phi)
+    heat = receptive.upsample(low, net.reception, size, std)
+    out = {'score': losses.fcdd_scores(phi), 'heatmap': heatmap_to_input(heat, (h, w), maps)}
+    if threshold is not None:
+      out['anomalous'] = out['score'] >= jnp.float32(threshold)
+    return out
+  return fn
+
+
+def input_shape_spec(c_in, input_size=None):
+  """Polymorphic shape string for jax.export / jax2tf: 'b, h, w, C' (or fixed H, W)."""
+  hw = 'h, w' if input_size is None else f'{int(input_size[0])}, {int(input_size[1])}'
+  return f'b, {hw}, {int(c_in)}'
+
+
+def export_stablehlo(fn, variables, c_in, input_size=None, platforms=('cpu',)):
+  """jax.export.Exported of images -> outputs, params baked in as constants."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  shape = jax.export.symbolic_shape(input_shape_spec(c_in, input_size))
+  consts = jax.tree.map(jnp.asarray, variables)
+  return jax.export.export(jax.jit(lambda images: fn(consts, images)), platforms=tuple(platforms))(
+      jax.ShapeDtypeStruct(shape, jnp.uint8))
+
+
+def export_savedmodel(fn, variables, c_in, path, input_size=None, platforms=('cpu',)):
+  """Writes a SavedModel (signature serving_default: images uint8 [N,H,W,C]) with params as variables."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
+  tf_fn = jax2tf.convert(fn, polymorphic_shapes=[None, input_shape_spec(c_in, input_size)], with_gradient=False,
+                         native_serialization_platforms=tuple(platforms))
+  module = tf.Module()
+  module.params = tf.nest.map_structure(lambda a: tf.Variable(np.asarray(a), trainable=False), variables)
+  hw = [None, None] if input_size is None else [int(v) for v in input_size]
+
+  @tf.function(autograph=False, input_signature=[tf.TensorSpec([None] + hw + [c_in], tf.uint8, name='images')])
+  def serve(images):
+    return tf_fn(module.params, images)
+  module.serve = serve
+  tf.saved_model.save(module, path, signatures={'serving_default': serve})
+
+
+def metadata(run, c_in, input_size, platforms, files):
+  import jax  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import models  # pylint: disable=g-import-not-at-top
+  name = run['config'].model.name
+  outputs = {'score': 'float32 [N]: mean of the low-resolution pseudo-Huber map (as evaluation)',
+             'heatmap': 'float32 [N,H,W]: Gaussian receptive-field upsampled map on the input pixels'}
+  thr = run['thresholds']
+  if thr.get('image') is not None:
+    outputs['anomalous'] = f'bool [N]: score >= thresholds.image ({thr["image"]:.6g})'
+  hw = ['H', 'W'] if input_size is None else [int(v) for v in input_size]
+  return {'format_version': 1, 'workdir': run['workdir'], 'checkpoint_step': run['step'], 'model': name,
+          'reception': dict(models.reception(name)._asdict()), 'gauss_std': float(run['config'].loss.gauss_std),
+          'input': {'name': 'images', 'dtype': 'uint8', 'shape': ['N'] + hw + [int(c_in)]},
+          'outputs': outputs, 'thresholds': thr, 'preprocessing': run['preprocessing'],
+          'platforms': list(platforms), 'jax_version': jax.__version__, 'files': files}
+
+
+def parse_size(s):
+  try:
+    h, w = (int(v) for v in s.lower().split('x'))
+    if h <= 0 or w <= 0:
+      raise ValueError
+  except ValueError:
+    raise ExportError(f'--input_size={s!r}: expected HxW with positive integers, e.g. 224x224') from None
+  return h, w
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  ap.add_argument('--workdir', required=True)
+  ap.add_argument('--output', required=True)
+  ap.add_argument('--format', choices=('savedmodel', 'stablehlo', 'both'), default='both')
+  ap.add_argument('--input_channels', type=int, default=None, help='channels of the served images (default: the run\'s)')
+  ap.add_argument('--input_size', default=None, help='HxW to fix the image size (default: any size)')
+  ap.add_argument('--platforms', default='cpu', help='comma-separated lowering platforms: cpu, cuda, rocm, tpu')
+  ap.add_argument('--version', type=int, default=1, help='SavedModel version directory DIR/<version>')
+  ap.add_argument('--overwrite', action='store_true')
+  a = ap.parse_args(argv)
+  try:
+    input_size = parse_size(a.input_size) if a.input_size else None
+    platforms = tuple(s.strip() for s in a.platforms.split(',') if s.strip())
+    bad = [s for s in platforms if s not in ('cpu', 'cuda', 'rocm', 'tpu')]
+    if bad or not platforms:
+      raise ExportError(f'--platforms={a.platforms!r}: expected a comma-separated subset of cpu, cuda, rocm, tpu')
+    if a.version < 1:
+      raise ExportError(f'--version={a.version}: expected a positive integer (TF Serving version directory)')
+    sm_dir = os.path.join(a.output, str(a.version))
+    targets = ([sm_dir] if a.format in ('savedmodel', 'both') else []) + (
+        [os.path.join(a.output, 'model.stablehlo')] if a.format in ('stablehlo', 'both') else [])
+    existing = [t for t in targets if os.path.exists(t)]
+    if existing and not a.overwrite:
+      raise ExportError(f'{existing[0]} exists; pass --overwrite or choose another --output/--version')
+    run = load_run(a.workdir)
+    c_in = int(run['preprocessing']['channels']) if a.input_channels is None else a.input_channels
+    fn = make_inference_fn(run, c_in)
+  except (ValueError, FileNotFoundError) as e:  # ExportError, NoUsableCheckpointError, ...
+    print(f'fcdd_jax.export: error: {e}', file=sys.stderr)
+    return 2
+  os.makedirs(a.output, exist_ok=True)
+  files = {}
+  if a.format in ('stablehlo', 'both'):
+    exp = export_stablehlo(fn, run['variables'], c_in, input_size, platforms)
+    with open(os.path.join(a.output, 'model.stablehlo'), 'wb') as f:
+      f.write(exp.serialize())
+    files['stablehlo'] = 'model.stablehlo'
+  if a.format in ('savedmodel', 'both'):
+    if os.path.exists(sm_dir):
+      shutil.rmtree(sm_dir)
+    export_savedmodel(fn, run['variables'], c_in, sm_dir, input_size, platforms)
+    files['savedmodel'] = str(a.version)
+  meta = metadata(run, c_in, input_size, platforms, files)
+  with open(os.path.join(a.output, 'metadata.json'), 'w') as f:
+    json.dump(meta, f, indent=2)
+  if 'savedmodel' in files:
+    os.makedirs(os.path.join(sm_dir, 'assets.extra'), exist_ok=True)
+    shutil.copy(os.path.join(a.output, 'metadata.json'), os.path.join(sm_dir, 'assets.extra', 'fcdd_metadata.json'))
+  thr = run['thresholds'].get('image')
+  print(f'exported {meta["model"]} (checkpoint step {run["step"]}) -> {a.output}: {", ".join(sorted(files.values()))}, '
+        f'metadata.json' + (f' (image threshold {thr:.6g})' if thr is not None else ' (no threshold)'))
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

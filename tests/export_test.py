@@ -1,0 +1,162 @@
+"""Export to SavedModel and StableHLO: reloaded without fcdd_jax, the artefacts reproduce fcdd_jax.predict."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import test as test_config
+from fcdd_jax import export
+from fcdd_jax import input_pipeline
+from fcdd_jax import predict
+from fcdd_jax import train
+
+# Runs in a fresh interpreter that must never import fcdd_jax: plain TensorFlow for the SavedModel,
+# plain jax.export for the StableHLO artefact.
+_LOADER = r'''
+import os, sys
+import numpy as np
+import tensorflow as tf
+tf.config.set_visible_devices([], 'GPU')
+from jax import export as jax_export
+out_dir, inputs, result = sys.argv[1:4]
+x = dict(np.load(inputs))
+model = tf.saved_model.load(os.path.join(out_dir, '1'))
+serve = model.signatures['serving_default']
+spec = serve.structured_input_signature[1]['images']
+res = {'spec': np.asarray([str(spec.dtype.name), str(spec.shape)])}
+with open(os.path.join(out_dir, 'model.stablehlo'), 'rb') as f:
+  exported = jax_export.deserialize(bytearray(f.read()))
+for name, images in x.items():
+  for k, v in serve(images=tf.constant(images)).items():
+    res[f'tf/{name}/{k}'] = v.numpy()
+  for k, v in exported.call(images).items():
+    res[f'hlo/{name}/{k}'] = np.asarray(v)
+res['fcdd_jax_imported'] = np.asarray(any(m.split('.')[0] == 'fcdd_jax' for m in sys.modules))
+np.savez(result, **res)
+'''
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp('run'))
+  config = test_config.get_config()
+  config.eval.train_heatmaps = False
+  train.train_and_evaluate(config, wd)
+  return wd
+
+
+def _pil_resize_float(h, size):
+  """Independent reference for the heatmap's way back to the input grid: Pillow's float bilinear resize."""
+  return np.asarray(Image.fromarray(h.astype(np.float32), 'F').resize((size[1], size[0]), Image.BILINEAR))
+
+
+def test_exported_artefacts_reproduce_predict_without_fcdd_jax(run, tmp_path):
+  out = tmp_path / 'export'
+  assert export.main(['--workdir', run, '--output', str(out)]) == 0
+  assert os.path.exists(out / '1' / 'saved_model.pb') and os.path.exists(out / 'model.stablehlo')
+  meta = json.load(open(out / 'metadata.json'))
+  thr = json.load(open(os.path.join(run, 'results.json')))['thresholds']
+  assert meta['thresholds'] == thr and meta['input']['shape'] == ['N', 'H', 'W', 3]
+  assert json.load(open(out / '1' / 'assets.extra' / 'fcdd_metadata.json')) == meta
+  rng = np.random.default_rng(0)
+  pred = predict.Predictor(run, mode='crop')   # crop mode = the evaluation transform
+  train_size = rng.integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+  taller = rng.integers(0, 256, (3, 50, 40, 3), dtype=np.uint8)     # bilinear resize, vertical pass first
+  small = rng.integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)      # upscaled input, heatmap shrinks back
+  np.savez(tmp_path / 'in.npz', train_size=train_size, taller=taller, small=small)
+  env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '',
+         'TF_CPP_MIN_LOG_LEVEL': '3'}
+  proc = subprocess.run([sys.executable, '-c', _LOADER, str(out), str(tmp_path / 'in.npz'), str(tmp_path / 'res.npz')],
+                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = np.load(tmp_path / 'res.npz')
+  assert not res['fcdd_jax_imported']
+  assert list(res['spec']) == ['uint8', '(None, None, None, 3)']
+  for name, images in (('train_size', train_size), ('taller', taller), ('small', small)):
+    scores, maps = pred.predict(list(images))
+    for fmt in ('tf', 'hlo'):
+      s, h, a = (res[f'{fmt}/{name}/{k}'] for k in ('score', 'heatmap', 'anomalous'))
+      np.testing.assert_allclose(s, scores, rtol=1e-4)
+      np.testing.assert_array_equal(a, s >= thr['image'])
+      assert h.shape == images.shape[:3]
+      want = np.stack([_pil_resize_float(m, images.shape[1:3]) for m in maps])
+      np.testing.assert_allclose(h, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def _smooth_images(rng, n, h, w, c):
+  """Images with structure at several scales (pure noise hides resampling differences less well)."""
+  out = []
+  for _ in range(n):
+    a = rng.integers(0, 256, (h // 3 + 1, w // 3 + 1, 3), dtype=np.uint8)
+    im = Image.fromarray(a).resize((w, h), Image.BICUBIC)
+    arr = np.asarray(im)
+    out.append(np.concatenate([arr, arr[..., :1]], -1)[..., :c] if c != 1 else arr[..., :1])
+  return np.stack(out)
+
+
+@pytest.mark.parametrize('pre,c_in,sizes', [
+    # demo-like: bilinear resize to the raw (= input) size, mean/std; gray images into an RGB run;
+    # 50x40 and 40x50 take Pillow's two pass orders (vertical first, horizontal first)
+    (dict(channels=3, input_size=[32, 32], raw_size=[32, 32], kind='normalize', mean=[.5, .4, .3],
+          std=[.1, .2, .3], resize='bilinear', test_center=False), 1, [(50, 40), (40, 50), (17, 33)]),
+    # custom folders without masks: shorter side -> 248, centre crop, centre crop 224
+    (dict(channels=3, input_size=[224, 224], raw_size=[248, 248], kind='normalize', mean=[.5, .4, .3],
+          std=[.1, .2, .3], resize='shorter', test_center=True), 3, [(200, 320), (300, 256)]),
+    # MVTec lcnaug1: nearest to 240, nearest 240 -> 224, LCN; RGBA input
+    (dict(channels=3, input_size=[224, 224], raw_size=[240, 240], kind='lcn', lcn_min=[-1., -2., -3.],
+          lcn_max=[4., 5., 6.], mean=None, std=None, resize='nearest', test_center=False), 4, [(256, 300)]),
+    # fmnist lcn: gray run, RGB input (luma)
+    (dict(channels=1, input_size=[28, 28], raw_size=[28, 28], kind='lcn', lcn_min=[-1.5], lcn_max=[9.0],
+          mean=None, std=None, resize='bilinear', test_center=False), 3, [(28, 28), (64, 30)]),
+])
+def test_preprocessing_with_symbolic_shapes_equals_the_evaluation_transform(pre, c_in, sizes):
+  fn = export.make_preprocess(pre, c_in)
+  exp = jax.export.export(jax.jit(lambda x: fn(x)[0]))(
+      jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'b, h, w, {c_in}'), jnp.uint8))
+  transform = input_pipeline.make_test_transform(pre)   # Pillow resizes + NumPy values
+  rng = np.random.default_rng(1)
+  for h, w in sizes:
+    images = _smooth_images(rng, 2, h, w, c_in)
+    want = np.stack([transform(im[..., 0] if c_in == 1 else im) for im in images])
+    got = np.asarray(exp.call(images))
+    np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
+
+
+def test_pillow_nearest_emulation_on_index_images():
+  # Pillow's own index map: a resized image of column indices shows which source pixel each output took
+  # (ties such as 256 -> 224 fall on the side where Pillow's accumulated double lands).
+  for n_in, n_out in ((256, 224), (640, 240), (56, 28), (7, 240)):
+    idx = np.arange(n_in, dtype=np.int32)[None]
+    want = np.asarray(Image.fromarray(idx, 'I').resize((n_out, 1), Image.NEAREST))[0]
+    with jax.enable_x64(True):
+      got = np.asarray(export.pil_nearest_index(n_in, n_out))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fixed_size_export_and_errors(run, tmp_path, capsys):
+  out = tmp_path / 'fixed'
+  assert export.main(['--workdir', run, '--output', str(out), '--format', 'stablehlo', '--input_size', '32x32']) == 0
+  assert not os.path.exists(out / '1')
+  exp = jax.export.deserialize(bytearray((out / 'model.stablehlo').read_bytes()))
+  assert str(exp.in_avals[0].shape) == '(b, 32, 32, 3)'
+  # refuses to overwrite, names bad flags and unexportable preprocessing in one line
+  assert export.main(['--workdir', run, '--output', str(out), '--format', 'stablehlo']) == 2
+  assert 'exists; pass --overwrite' in capsys.readouterr().err
+  assert export.main(['--workdir', run, '--output', str(tmp_path / 'x'), '--input_size', '32by32']) == 2
+  assert "--input_size='32by32'" in capsys.readouterr().err
+  bad = tmp_path / 'badrun'
+  shutil.copytree(run, bad)
+  p = json.load(open(bad / 'preprocessing.json'))
+  json.dump(dict(p, kind='zca'), open(bad / 'preprocessing.json', 'w'))
+  assert export.main(['--workdir', str(bad), '--output', str(tmp_path / 'y')]) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert err[-1] == "fcdd_jax.export: error: preprocessing.json kind='zca' cannot be exported; exportable: normalize, lcn"
+  assert export.main(['--workdir', str(tmp_path), '--output', str(tmp_path / 'z')]) == 2
+  assert 'config.json not found' in capsys.readouterr().err
