@@ -21,6 +21,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from fcdd_jax import memory
+
 FLAGS = flags.FLAGS
 DEMO_CONFIG = os.path.join(_ROOT, 'configs', 'demo.py')
 
@@ -39,10 +41,10 @@ flags.DEFINE_integer('initialization_timeout', 120, 'Seconds to wait for all pro
 flags.DEFINE_integer('heartbeat_timeout', 60,
                      'Seconds after which a silent process counts as dead and all others stop with an error.')
 flags.DEFINE_integer('shutdown_timeout', 60, 'Seconds a finishing process waits for the others at exit.')
-flags.DEFINE_enum('keep_freed_memory', 'auto', ['auto', 'on', 'off'],
-                  'glibc malloc keeps freed memory for reuse instead of unmapping it: XLA:CPU otherwise page-faults '
-                  'its whole temporary space again at every step (CPU train steps 15-35% faster, bench/README.md; '
-                  'the resident set stays at its peak). auto: on when no GPU/TPU device is visible.')
+flags.DEFINE_enum('allocator', 'auto', list(memory.ALLOCATORS),
+                  "Process allocator. auto: mimalloc when no GPU/TPU is visible (XLA:CPU's per-step buffers are "
+                  "reused instead of page-faulted in again, with a bounded resident set; fcdd_jax/memory.py), else "
+                  "glibc's. The command re-executes itself once with mimalloc preloaded.")
 
 
 def _accelerator_visible():
@@ -151,9 +153,11 @@ def _load_config():
 def main(argv):
   if len(argv) > 1:
     _error_exit(f'unexpected arguments: {" ".join(argv[1:])} (flags are --name=value; see --help)')
-  if FLAGS.keep_freed_memory == 'on' or (FLAGS.keep_freed_memory == 'auto' and not _accelerator_visible()):
-    from fcdd_jax import memory  # pylint: disable=g-import-not-at-top  (before any thread pool starts)
-    memory.keep_freed_memory()
+  if os.path.abspath(sys.argv[0]) == os.path.abspath(__file__):  # a command, not a call from Python
+    try:  # before any thread pool starts; replaces this process when it preloads mimalloc
+      memory.exec_with_allocator(FLAGS.allocator, _accelerator_visible())
+    except ValueError as e:
+      _error_exit(str(e))
   verbose = _verbose()
   _setup_logging(verbose)
   try:

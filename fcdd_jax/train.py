@@ -623,6 +623,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       scalars['eval/pixel_auc'] = pixel_auc
     writer.write_scalars(total_steps, {k: v for k, v in scalars.items() if v is not None})
     results['peak_rss_bytes'] = memory.peak_rss_bytes()
+    results['allocator'] = memory.active_allocator()
     _write_results(workdir, results)   # before figures: a figure problem never loses the numbers
     t_fig = time.time()
     progress.say('writing figures ...')

@@ -69,13 +69,263 @@ def test_manual_download_sources_say_which_files_go_where(tmp_path):
   assert proc.returncode == 2 and 'fcdd_jax: error:' in proc.stderr
 
 
-def test_keep_freed_memory_auto_follows_the_visible_platform(monkeypatch):
+def test_accelerator_visibility_follows_jax_platforms(monkeypatch):
   from fcdd_jax import main  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   assert not main._accelerator_visible()  # pylint: disable=protected-access
   monkeypatch.setenv('JAX_PLATFORMS', 'tpu,cpu')
   assert main._accelerator_visible()  # pylint: disable=protected-access
-  from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
-  import platform  # pylint: disable=g-import-not-at-top
-  if platform.libc_ver()[0] == 'glibc':
-    assert memory.keep_freed_memory()                   # mallopt accepted all three settings
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fault injection through the command line (issue 14), in-process to stay fast: one trained run is copied per
+# test. Each test checks what is kept, the one-line message, the exit code, and that predict still works.
+
+import contextlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+import glob  # pylint: disable=g-import-not-at-top,wrong-import-position
+import re  # pylint: disable=g-import-not-at-top,wrong-import-position
+import shutil  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+@contextlib.contextmanager
+def _absl_logging_like_the_cli():
+  """app.run routes Python logging through absl's handler; do the same, and undo it afterwards."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
+  root = std_logging.getLogger()
+  handlers, handler = list(root.handlers), absl_logging.get_absl_handler()
+  filters, formatter, verbosity = list(handler.filters), handler.python_handler.formatter, absl_logging.get_verbosity()
+  absl_logging.use_absl_handler()
+  try:
+    yield
+  finally:
+    root.handlers[:] = handlers
+    handler.filters[:] = filters
+    handler.setFormatter(formatter)
+    absl_logging.set_verbosity(verbosity)
+
+
+def run_main(args, capfd=None):
+  """`python -m fcdd_jax.main ARGS` in this process (8 simulated devices): (exit code, stdout, stderr)."""
+  from fcdd_jax import main  # pylint: disable=g-import-not-at-top
+  code = 0
+  with _absl_logging_like_the_cli():
+    try:
+      main.main(main.parse_flags(['fcdd_jax', '--allocator=glibc', *args]))
+    except SystemExit as e:
+      code = e.code
+  out, err = capfd.readouterr() if capfd is not None else ('', '')
+  return code, out, err
+
+
+def _the_error(err, code, expected_code, pattern):
+  """Exactly one `fcdd_jax: error:` line matching `pattern`, no traceback, the expected exit code."""
+  assert code == expected_code, err[-3000:]
+  assert 'Traceback' not in err and 'Exception ignored' not in err, err[-3000:]
+  errors = [l for l in err.splitlines() if l.startswith('fcdd_jax: error:')]
+  assert len(errors) == 1, err[-3000:]
+  assert re.search(pattern, errors[0]), errors[0]
+  return errors[0]
+
+
+@pytest.fixture(scope='module')
+def compilation_cache(tmp_path_factory):
+  """The in-process runs compile the same steps again and again: a persistent cache makes repeats ~10x faster.
+  Switched off again after this module."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  old = {k: getattr(jax.config, k) for k in ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
+                                             'jax_persistent_cache_min_entry_size_bytes')}
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
+  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+  cc.reset_cache()
+  yield
+  for k, v in old.items():
+    jax.config.update(k, v)
+  cc.reset_cache()
+
+
+@pytest.fixture(scope='module')
+def trained(tmp_path_factory, compilation_cache):  # pylint: disable=unused-argument,redefined-outer-name
+  wd = str(tmp_path_factory.mktemp('trained') / 'run')
+  code, _, _ = run_main(['--config', 'configs/test.py', '--workdir', wd])
+  assert code == 0
+  return wd
+
+
+def _copy(trained, tmp_path):
+  wd = str(tmp_path / 'run')
+  shutil.copytree(trained, wd)
+  return wd
+
+
+def _predict(wd, tmp_path, capfd):
+  """fcdd_jax.predict on two small images: (exit code, stdout, stderr)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import predict  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  inp = tmp_path / 'images'
+  os.makedirs(inp, exist_ok=True)
+  for i in range(2):
+    Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(inp / f'{i}.png')
+  capfd.readouterr()
+  code = predict.main(['--workdir', wd, '--input', str(inp), '--output', str(tmp_path / 'pred'), '--mode', 'crop'])
+  out, err = capfd.readouterr()
+  return code, out, err
+
+
+def _damage(wd, step):
+  from tests import checkpointing_test  # pylint: disable=g-import-not-at-top
+  checkpointing_test.damage(os.path.join(wd, 'checkpoints', str(step)))
+
+
+def test_damaged_newest_checkpoint_is_quarantined_and_saved_again(trained, tmp_path, capfd):
+  wd = _copy(trained, tmp_path)
+  before = json.load(open(os.path.join(wd, 'results.json')))
+  _damage(wd, 6)
+  code, out, err = run_main(['--config', 'configs/test.py', '--workdir', wd], capfd)
+  assert code == 0, err[-3000:]
+  warnings = [l for l in (out + err).splitlines() if 'checkpoint step 6' in l]
+  assert len(warnings) == 1 and warnings[0].startswith('warning: checkpoint step 6 is unreadable'), out + err
+  assert 'resumed from checkpoint step 3' in out and 'Exception ignored' not in err
+  assert sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ['3', '6', 'damaged-6']
+  after = json.load(open(os.path.join(wd, 'results.json')))
+  assert after['steps'] == 6 and after['image_auc'] == pytest.approx(before['image_auc'], abs=1e-6)
+  code, out, err = _predict(wd, tmp_path, capfd)
+  assert code == 0 and 'using checkpoint step 6 ' in out and 'unreadable' not in err, err
+
+
+def test_no_readable_checkpoint_refuses_until_restart_moves_the_run_aside(trained, tmp_path, capfd):
+  wd = _copy(trained, tmp_path)
+  _damage(wd, 3)
+  _damage(wd, 6)
+  code, out, err = run_main(['--config', 'configs/test.py', '--workdir', wd], capfd)
+  _the_error(err, code, 2, r'no readable checkpoint left in .*damaged-3, damaged-6.*--restart')
+  assert 'warning:' not in out + err                                  # said once, in the error line
+  assert sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ['damaged-3', 'damaged-6']   # nothing retrained
+  code, _, err = _predict(wd, tmp_path, capfd)
+  assert code == 2 and err.count('\n') == 1 and 'no checkpoint in' in err and 'damaged-3' in err
+  code, out, err = run_main(['--config', 'configs/test.py', '--workdir', wd, '--restart'], capfd)
+  assert code == 0, err[-3000:]
+  old = glob.glob(wd + '.old-*')
+  assert len(old) == 1 and f'moved the previous run to {old[0]}' in out
+  assert sorted(os.listdir(os.path.join(old[0], 'checkpoints'))) == ['damaged-3', 'damaged-6']   # kept
+  assert sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ['3', '6']
+  code, out, _ = _predict(wd, tmp_path, capfd)
+  assert code == 0 and 'using checkpoint step 6 ' in out
+
+
+def test_changed_model_is_refused_with_the_fields_and_both_ways_out(trained, tmp_path, capfd):
+  wd = _copy(trained, tmp_path)
+  config_before = open(os.path.join(wd, 'config.json')).read()
+  code, _, err = run_main(['--config', 'configs/test.py', '--workdir', wd, '--config.model.name=FCDD_CNN32_LW3K'], capfd)
+  _the_error(err, code, 2, r"model.name 'FCDD_CNN32_S' -> 'FCDD_CNN32_LW3K'.*new --workdir.*--restart")
+  assert open(os.path.join(wd, 'config.json')).read() == config_before
+  assert sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ['3', '6']
+  code, out, _ = _predict(wd, tmp_path, capfd)
+  assert code == 0 and 'using checkpoint step 6 ' in out
+
+
+def test_second_run_on_a_workdir_in_use_is_refused(trained, tmp_path, capfd):
+  wd = _copy(trained, tmp_path)
+  code = (f'import sys, time; sys.path.insert(0, {ROOT!r}); from fcdd_jax import workdir; '
+          f'workdir.Lock.acquire({wd!r}); print("locked", flush=True); time.sleep(60)')
+  holder = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    code, _, err = run_main(['--config', 'configs/test.py', '--workdir', wd], capfd)
+    import socket  # pylint: disable=g-import-not-at-top
+    _the_error(err, code, 2, rf'in use by another fcdd_jax run \(host {socket.gethostname()} pid {holder.pid},')
+  finally:
+    holder.kill()
+    holder.wait()
+  assert sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ['3', '6']
+  code, out, _ = _predict(wd, tmp_path, capfd)
+  assert code == 0 and 'using checkpoint step 6 ' in out
+
+
+def test_workdir_that_is_a_file_and_verbose_traceback(tmp_path, capfd):
+  f = tmp_path / 'file'
+  f.write_text('mine')
+  code, _, err = run_main(['--config', 'configs/test.py', '--workdir', str(f)], capfd)
+  _the_error(err, code, 2, r'--workdir .*file is an existing file, not a directory')
+  assert f.read_text() == 'mine'
+  from fcdd_jax import workdir  # pylint: disable=g-import-not-at-top
+  with pytest.raises(workdir.WorkdirError):
+    run_main(['--config', 'configs/test.py', '--workdir', str(f), '--verbose'], capfd)
+
+
+def test_nan_with_a_checkpoint_every_step_stops_without_temporary_directories(trained, tmp_path, capfd):  # pylint: disable=unused-argument
+  wd = str(tmp_path / 'nan')
+  code, _, err = run_main(['--config', 'configs/test.py', '--workdir', wd, '--config.optim.lr=1e6',
+                           '--config.checkpoint_every_steps=1'], capfd)
+  _the_error(err, code, 3, r'non-finite .* at step \d+')
+  names = os.listdir(os.path.join(wd, 'checkpoints'))
+  assert not [n for n in names if 'tmp' in n], names
+  assert not os.path.exists(os.path.join(wd, 'fcdd_jax.lock'))
+  if names:   # the finite checkpoints before the NaN are complete and usable
+    code, out, _ = _predict(wd, tmp_path, capfd)
+    assert code == 0 and 'training had not finished' in out
+
+
+def test_disk_full_while_saving_is_one_line(trained, tmp_path, capfd, monkeypatch):
+  """A real ENOSPC: the run's workdir on a small tmpfs that a filler file fills up just before step 6 is saved."""
+  mnt = tmp_path / 'mnt'
+  os.makedirs(mnt)
+  r = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(mnt)], capture_output=True)
+  if r.returncode:
+    pytest.skip('cannot mount a tmpfs here (not root)')
+  try:
+    from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    real_save = checkpointing.Checkpointer.save
+    def save(self, step, *a, **k):
+      if step == 6:
+        self.wait()
+        st = os.statvfs(mnt)
+        with open(mnt / 'filler', 'wb') as fh:
+          fh.write(b'\0' * (st.f_bavail * st.f_frsize - 4096))
+      return real_save(self, step, *a, **k)
+    monkeypatch.setattr(checkpointing.Checkpointer, 'save', save)
+    wd = str(mnt / 'run')
+    code, out, err = run_main(['--config', 'configs/test.py', '--workdir', wd, '--config.eval.train_heatmaps=false'],
+                              capfd)
+    line = _the_error(err, code, 4, r'cannot write checkpoint step 6 to .*no space left')
+    assert len(line) < 400 and len(err.splitlines()) <= 2, err[-3000:]     # not hundreds of orbax lines
+    assert sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ['3']   # the half-written step removed
+    assert not os.path.exists(os.path.join(wd, 'results.json'))
+    code, out, _ = _predict(wd, tmp_path, capfd)
+    assert code == 0 and 'using checkpoint step 3 ' in out
+  finally:
+    subprocess.run(['umount', '-l', str(mnt)], check=False)   # lazy: this process may still hold the event file
+
+
+def test_config_overrides_without_config_apply_to_the_demo_config(capsys):
+  from fcdd_jax import main  # pylint: disable=g-import-not-at-top
+  main.parse_flags(['fcdd_jax', '--config.seed=5', '--workdir', '/nonexistent'])
+  assert main.FLAGS.config.seed == 5 and main.FLAGS['config'].config_filename.endswith(os.path.join('configs', 'demo.py'))
+  assert 'overrides apply to the demo config' in capsys.readouterr().out
+
+
+def test_typo_in_a_field_is_quoted_plainly(capsys):
+  from fcdd_jax import main  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit) as e:
+    main.parse_flags(['fcdd_jax', '--config', 'configs/test.py', '--config.batch_sise=3'])
+  err = capsys.readouterr().err
+  assert e.value.code == 2
+  assert err.startswith("fcdd_jax: error: unknown config field 'config.batch_sise' (did you mean "
+                        "'config.batch_size'?)") and err.count('\n') == 1 and '\\' not in err
+
+
+def test_folder_where_every_image_is_corrupt_with_skip(tmp_path, capfd):
+  root = tmp_path / 'parts'
+  for d in ('train/good', 'test/good', 'test/crack'):
+    os.makedirs(root / d)
+    for i in range(3):
+      (root / d / f'{i}.png').write_bytes(b'not a png')
+  code, _, err = run_main(['--config', 'configs/test.py', '--workdir', str(tmp_path / 'w'), '--config.data.name=custom',
+                           f'--config.data.root={root}', '--config.data.on_bad_image=skip',
+                           '--config.model.name=FCDD_CNN224_VGG_NOPT', f'--config.data.cache_dir={tmp_path / "c"}'],
+                          capfd)
+  _the_error(err, code, 2, rf'none of the 3 images in {root}/train/good can be read')
+  assert sorted(os.listdir(root)) == ['test', 'train']     # nothing written into the data folder
