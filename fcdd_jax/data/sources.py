@@ -11,6 +11,7 @@ to `input_pipeline.Pipeline` (spec §5).
 * ImageNet-30 and Pascal VOC live in `data/imagenet.py` and `data/voc.py`; Outlier Exposure sources in
   `data/oe.py`.
 """
+import concurrent.futures
 import gzip
 import hashlib
 import logging
@@ -21,6 +22,7 @@ import numpy as np
 
 from fcdd_jax import evaluation
 from fcdd_jax import input_pipeline as ip
+from fcdd_jax import progress
 from fcdd_jax.data import constants
 
 # Decoded with Pillow. GIF is left out on purpose (palette-limited, often animated): list_images names it.
@@ -153,17 +155,11 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, sh
     if os.path.exists(key):
       with np.load(key, allow_pickle=False) as z:
         return z['images'], list(z['paths'])
-  out, kept, skipped = [], [], []
-  for p in paths:
+  def decode(p):
     try:
       img = load_image(p)
     except ValueError as e:
-      if on_bad == 'skip':
-        skipped.append(str(e))
-        if len(skipped) <= _SKIP_SHOWN:
-          print(f'warning: {e} (skipped: data.on_bad_image=skip)', flush=True)
-        continue
-      raise ValueError(f'{e}; fix or remove it, or set --config.data.on_bad_image=skip') from None
+      return e
     img = ip.to_rgb_or_gray(img, channels)
     if size is not None:
       if shorter:
@@ -172,8 +168,22 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, sh
         img = evaluation.resize_nearest(img, size)
       else:
         img = ip.resize_u8(img, size, nearest=nearest)
-    out.append(img)
-    kept.append(p)
+    return img
+
+  out, kept, skipped = [], [], []
+  folder = os.path.dirname(os.path.commonprefix([os.path.abspath(p) for p in paths])) if paths else ''
+  with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:  # PIL decodes without the GIL
+    for p, img in progress.track(zip(paths, pool.map(decode, paths)), f'decoding images in {folder}',
+                                 len(paths), 'images'):
+      if isinstance(img, ValueError):
+        if on_bad == 'skip':
+          skipped.append(str(img))
+          if len(skipped) <= _SKIP_SHOWN:
+            print(f'warning: {img} (skipped: data.on_bad_image=skip)', flush=True)
+          continue
+        raise ValueError(f'{img}; fix or remove it, or set --config.data.on_bad_image=skip') from None
+      out.append(img)
+      kept.append(p)
   if paths and not out:
     folder = os.path.commonpath([os.path.abspath(os.path.dirname(p)) for p in paths])
     raise ValueError(f'none of the {len(paths)} images in {folder} can be read (data.on_bad_image=skip left out '
