@@ -103,6 +103,12 @@ def _pil_pass(x, kmat, axis):
   return jnp.clip(jnp.floor((y + (1 << (PRECISION_BITS - 1))) / (1 << PRECISION_BITS)), 0.0, 255.0)
 
 
+def _static_identity(n_in, n_full, n_out, offset):
+  """True when a resize axis is known at trace time to keep every pixel (no symbolic or traced size)."""
+  v = (n_in, n_full, n_out, offset)
+  return all(isinstance(u, (int, np.integer)) for u in v) and n_in == n_full == n_out and offset == 0
+
+
 def pil_bilinear_resize(x, out_hw, full_hw=None, offset=(0, 0)):
   """Pillow `Image.resize(BILINEAR)` of uint8-valued float64 [N,H,W,C] to out_hw (optionally a crop at
   `offset` of the resize to `full_hw`). Call under enable_x64.
@@ -116,6 +122,11 @@ def pil_bilinear_resize(x, out_hw, full_hw=None, offset=(0, 0)):
   _, h, w, _ = x.shape
   kw = pil_bilinear_matrix(w, full_hw[1], out_hw[1], offset[1])
   kh = pil_bilinear_matrix(h, full_hw[0], out_hw[0], offset[0])
+  skip_w = _static_identity(w, full_hw[1], out_hw[1], offset[1])
+  skip_h = _static_identity(h, full_hw[0], out_hw[0], offset[0])
+  if skip_w or skip_h:  # statically known identity pass (Pillow's pass is the identity then too)
+    x = x if skip_w else _pil_pass(x, kw, 2)
+    return x if skip_h else _pil_pass(x, kh, 1)
   hf, wf = jnp.asarray(h, jnp.float64), jnp.asarray(w, jnp.float64)
   fh, fw = jnp.asarray(full_hw[0], jnp.float64), jnp.asarray(full_hw[1], jnp.float64)
   vertical_first = (hf > fh) & (hf - fh > 2.0 * (wf - fw))

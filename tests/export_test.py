@@ -146,6 +146,11 @@ def test_fixed_size_export_and_errors(run, tmp_path, capsys):
   assert not os.path.exists(out / '1')
   exp = jax.export.deserialize(bytearray((out / 'model.stablehlo').read_bytes()))
   assert str(exp.in_avals[0].shape) == '(b, 32, 32, 3)'
+  images = np.random.default_rng(3).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+  scores, maps = predict.Predictor(run, mode='crop').predict(list(images))
+  got = exp.call(images)   # the resize to the raw size is skipped at trace time here (static identity)
+  np.testing.assert_allclose(got['score'], scores, rtol=1e-4)
+  np.testing.assert_allclose(got['heatmap'], np.stack(maps), rtol=1e-4, atol=1e-4 * np.abs(maps).max())
   # refuses to overwrite, names bad flags and unexportable preprocessing in one line
   assert export.main(['--workdir', run, '--output', str(out), '--format', 'stablehlo']) == 2
   assert 'exists; pass --overwrite' in capsys.readouterr().err
