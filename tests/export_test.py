@@ -129,6 +129,29 @@ def test_preprocessing_with_symbolic_shapes_equals_the_evaluation_transform(pre,
     np.testing.assert_allclose(got, want, rtol=0, atol=2e-5 * np.abs(want).max())
 
 
+def test_heatmap_goes_back_through_shorter_side_resize_and_centre_crops():
+  # custom folders without masks: 300x256 -> shorter side 248 (290x248) -> centre crop 248 -> centre crop 224
+  pre = dict(channels=3, input_size=[224, 224], raw_size=[248, 248], kind='normalize', mean=[.5] * 3, std=[.2] * 3,
+             resize='shorter', test_center=True)
+  h, w = 300, 256
+  heat = np.random.default_rng(4).random((1, 224, 224)).astype(np.float32)
+  def fn(images, heat):
+    _, maps = export.make_preprocess(pre, 3)(images)
+    return export.heatmap_to_input(heat, images.shape[1:3], maps)
+  got = np.asarray(jax.jit(fn)(np.zeros((1, h, w, 3), np.uint8), heat))[0]
+  # NumPy reference: input pixel centre y + 0.5 -> resized (y + 0.5) * 290/300 -> minus the crop offsets
+  # (21 + 12 rows, 0 + 12 columns) -> linear interpolation between net-input pixel centres, 0 outside
+  def coords(n, resized, offset):
+    return (np.arange(n) + 0.5) * resized / n - offset - 0.5
+  cy, cx = coords(h, 290, 33), coords(w, 248, 12)
+  rows = np.stack([np.interp(cy, np.arange(224), heat[0][:, j]) for j in range(224)], 1)
+  want = np.stack([np.interp(cx, np.arange(224), r) for r in rows])
+  inside = ((cy >= -0.5) & (cy <= 223.5))[:, None] & ((cx >= -0.5) & (cx <= 223.5))[None, :]
+  want = np.where(inside, want, 0.0)
+  assert inside.sum() < h * w   # the crops leave a border
+  np.testing.assert_allclose(got, want, atol=5e-5)   # float32 coordinates in jax
+
+
 def test_pillow_nearest_emulation_on_index_images():
   # Pillow's own index map: a resized image of column indices shows which source pixel each output took
   # (ties such as 256 -> 224 fall on the side where Pillow's accumulated double lands).
