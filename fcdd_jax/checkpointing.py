@@ -14,9 +14,12 @@
 import contextlib
 import errno
 import gc
+import logging
 import os
 import shutil
 import sys
+import threading
+import traceback
 import weakref
 
 import jax
@@ -54,16 +57,57 @@ def _is_disk_full(e):
   return False
 
 
+def _is_debris(obj, exc):
+  """Orbax runs TensorStore reads/writes on short-lived asyncio loops: after a failure the dropped coroutines
+  are collected ('Exception ignored in: <coroutine ...>', thousands of lines) and TensorStore's completion
+  callbacks find their loop closed ('RuntimeError: Event loop is closed' tracebacks). Nothing to act on."""
+  return type(obj).__name__ == 'coroutine' or (isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc))
+
+
+_FILTERS = {'installed': False}
+
+
+def _install_debris_filters():
+  """Drops exactly `_is_debris` reports from sys.unraisablehook and sys.excepthook (TensorStore reports
+  callback errors through the latter); everything else still goes to the previous hooks. Idempotent."""
+  if _FILTERS['installed']:
+    return
+  _FILTERS['installed'] = True
+  old_unraisable, old_except = sys.unraisablehook, sys.excepthook
+  def unraisable(u):
+    if not _is_debris(u.object, u.exc_value):
+      old_unraisable(u)
+  def excepthook(tp, value, tb):
+    if not _is_debris(None, value):
+      old_except(tp, value, tb)
+  sys.unraisablehook, sys.excepthook = unraisable, excepthook
+  logging.getLogger('asyncio').addFilter(_not_orbax_never_retrieved)
+
+
+def _not_orbax_never_retrieved(record):
+  """asyncio logs 'Future/Task exception was never retrieved' (with a kilobyte TensorStore spec) for the other
+  writers of a failed orbax save when they are collected; the failure itself is reported once."""
+  msg = record.getMessage()
+  if 'never retrieved' not in msg:
+    return True
+  if 'orbax' in msg:
+    return False
+  exc = record.exc_info[1] if record.exc_info else None
+  while exc is not None:
+    if any('orbax' in f.filename for f in traceback.extract_tb(exc.__traceback__)):
+      return False
+    exc = exc.__context__
+  return True
+
+
 @contextlib.contextmanager
 def _quiet_unraisable():
-  """Orbax restores arrays with asyncio: when one read fails the others are dropped and Python prints an
-  'Exception ignored in: <coroutine ...>' traceback for each (thousands of lines), and their callbacks find the
-  event loop closed. Swallow exactly those."""
+  """A restore that may fail: debris is filtered (also when a test runner swapped the hooks) and collected
+  before returning."""
   old = sys.unraisablehook
   def hook(u):
-    if type(u.object).__name__ == 'coroutine' or 'Event loop is closed' in str(u.exc_value):
-      return
-    old(u)
+    if not _is_debris(u.object, u.exc_value):
+      old(u)
   sys.unraisablehook = hook
   try:
     yield
@@ -121,6 +165,14 @@ def remove_tmp_dirs(directory):
       shutil.rmtree(os.path.join(directory, n), ignore_errors=True)
 
 
+def _join_orbax_threads(timeout=60):
+  """Waits for orbax's background threads (a failed save stops waiting for its other writers, which go on and
+  may recreate the temporary directory)."""
+  for t in threading.enumerate():
+    if t is not threading.current_thread() and type(t).__module__.startswith('orbax'):
+      threading.Thread.join(t, timeout)   # (orbax threads re-raise their error from join())
+
+
 _OPEN = weakref.WeakSet()
 
 
@@ -150,6 +202,7 @@ class Checkpointer:
       raise CheckpointWriteError(f'cannot use the checkpoint directory {self.directory}: '
                                  f'{e.strerror or _short(e)}') from None
     _OPEN.add(self)
+    _install_debris_filters()
 
   def all_steps(self):
     return sorted(self.manager.all_steps())
@@ -165,8 +218,7 @@ class Checkpointer:
     self._pending = None
     self._failed = True   # reported once: later waits (close, finish_pending) stay quiet about it
     why = 'no space left on the device' if _is_disk_full(e) else _short(e)
-    return CheckpointWriteError(f'cannot write checkpoint step {step} to {self.directory}: {why}'
-                                + (f' ({_short(e, 100)})' if _is_disk_full(e) else ''))
+    return CheckpointWriteError(f'cannot write checkpoint step {step} to {self.directory}: {why}')
 
   def save(self, step, state, meta, *, force=False):
     """Saves asynchronously (every process must call this). An earlier async save that failed raises here."""
@@ -206,6 +258,9 @@ class Checkpointer:
         self.manager.close()
       except Exception:  # pylint: disable=broad-except  (already reported by wait)
         pass
+      if self._failed:   # writers of the failed save run on after orbax reports it: wait, then clean up again
+        _join_orbax_threads()
+        remove_tmp_dirs(self.directory)
       if self._on_close is not None:
         self._on_close()
 
@@ -232,7 +287,7 @@ class Checkpointer:
     existed (now or in an earlier attempt) and none is readable.
     """
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    notes, moved = [], []
+    notes = []
     for step in reversed(self.all_steps()):
       restored, err = None, None
       try:
@@ -246,10 +301,9 @@ class Checkpointer:
           print(n, flush=True)
         return restored['state'], restored['meta'], step
       dest = self._quarantine(step)
-      moved.append(os.path.basename(dest))
       notes.append(f'warning: checkpoint step {step} is unreadable ({_short(err) if err else "on another process"}); '
                    f'moved it to {dest} and resuming from an earlier one')
-    moved += [d for d in damaged_dirs(self.directory) if d not in moved]
+    moved = damaged_dirs(self.directory)
     if moved:
       raise NoUsableCheckpointError(
           f'no readable checkpoint left in {self.directory} (damaged: {", ".join(moved)}); add --restart to move '
@@ -282,6 +336,7 @@ def newest_readable(ckdir, *, on_unreadable=None):
 
   Read-only. `on_unreadable(step, error)` is called for each step that fails. Raises FileNotFoundError without
   checkpoints and NoUsableCheckpointError when none is readable."""
+  _install_debris_filters()
   steps = step_dirs(ckdir)
   if not steps:
     extra = f' (damaged: {", ".join(damaged_dirs(ckdir))})' if damaged_dirs(ckdir) else ''

@@ -28,3 +28,28 @@ def test_aggregate_and_markdown(tmp_path):
 def test_empty_dir_is_an_error(tmp_path, capsys):
   assert summarize.main([str(tmp_path)]) == 2
   assert 'no runs in' in capsys.readouterr().err
+
+
+def test_checkpoint_behind_each_run_is_named_and_mismatches_warned(tmp_path, capsys):
+  """Each run's newest readable checkpoint is reported; a run whose results describe a step that is no longer
+  readable gets one warning line."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from tests import checkpointing_test  # pylint: disable=g-import-not-at-top
+  for s in (0, 1):
+    d = tmp_path / 'normal_0' / f'seed_{s}'
+    os.makedirs(d)
+    (d / 'results.json').write_text(json.dumps({'image_auc': 0.5 + s / 10, 'pixel_auc': None, 'steps': 6}))
+    ck = checkpointing.Checkpointer(str(d / 'checkpoints'), asynchronous=False)
+    for step in (3, 6):
+      ck.save(step, {'w': np.full(3, step, np.float32)}, {'step': step})
+    ck.close()
+  checkpointing_test.damage(str(tmp_path / 'normal_0' / 'seed_1' / 'checkpoints' / '6'))
+  assert summarize.main([str(tmp_path)]) == 0
+  err = capsys.readouterr().err
+  assert [r['checkpoint_step'] for r in json.loads((tmp_path / 'summary.json').read_text())['runs']] == [6, 3]
+  warnings = [l for l in err.splitlines() if l.startswith('warning:')]
+  assert warnings == ['warning: normal_0/seed_1: results.json describes step 6 but the newest readable checkpoint '
+                      'is step 3; rerun its training to repair it']
+  assert '2 of 2 runs have a readable checkpoint (steps 3, 6)' in err
+  assert os.path.isdir(tmp_path / 'normal_0' / 'seed_1' / 'checkpoints' / '6')   # summarize changes nothing
