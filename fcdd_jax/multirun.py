@@ -24,7 +24,6 @@ import numpy as np
 
 from fcdd_jax import checkpointing
 from fcdd_jax import input_pipeline
-from fcdd_jax import models
 from fcdd_jax import progress
 from fcdd_jax import train
 
@@ -85,7 +84,6 @@ def train_and_evaluate_runs(config, workdir):
   cfgs = [_run_config(config, c, s) for c, s in runs]
   pipes = [input_pipeline.create(cf, jax.process_index(), n_proc) for cf in cfgs]
   info0 = pipes[0].info
-  model = train.create_model(config, info0)
   spes = [p.info.steps_per_epoch for p in pipes]
   if min(spes) <= 0:
     raise train.ConfigError(f'a run has fewer training examples than config.batch_size={config.batch_size}')
@@ -95,12 +93,8 @@ def train_and_evaluate_runs(config, workdir):
         f"{config.optim.schedule!r} schedule cannot be shared; use optim.schedule='constant' or separate runs")
   totals = [cf.num_train_steps if cf.num_train_steps > 0 else cf.num_epochs * spe for cf, spe in zip(cfgs, spes)]
   T = max(totals)
-  objective = train.objective_for(config)
-  gauss_std = config.loss.gauss_std if config.loss.gauss_std > 0 else None
-  scfg = train.StepConfig(objective=objective, gtmaps=bool(info0.train_gtmaps and objective == 'fcdd'),
-                          reception=getattr(model, 'reception', None), gauss_std=gauss_std,
-                          image_size=tuple(info0.image_shape[:2]), stable=config.loss.stable,
-                          single_label_parity=config.loss.single_label_parity)
+  built = train.build_run(config, info0, spes[0])   # the same model, step settings and weights as one run
+  model, scfg, frozen = built.model, built.step_config, built.frozen
   mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
   repl = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(None, 'data'))
@@ -110,11 +104,8 @@ def train_and_evaluate_runs(config, workdir):
     a, b = jax.random.split(jax.random.PRNGKey(cf.seed))
     init_rngs.append(a)
     step_rngs.append(b)
-  make = functools.partial(train.create_train_state, config, model, info0.image_shape, steps_per_epoch=spes[0])
-  states = [jax.jit(make)(r) for r in init_rngs]
+  states = [built.init_state(r, repl) for r in init_rngs]
   stacked = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), repl)
-  frozen = models.frozen_mask(config.model.name, states[0].params)
-  frozen = frozen if any(jax.tree.leaves(frozen)) else None
   del states
   step_rngs = jax.device_put(jnp.stack(step_rngs), repl)
 
@@ -174,14 +165,11 @@ def train_and_evaluate_runs(config, workdir):
            'steps': int(totals[r]), 'train_seconds_all_runs': round(train_seconds, 2)}
     if is_main:
       os.makedirs(rd, exist_ok=True)
-      try:
-        res.update(train.thresholds_and_aupro(cf, outputs))
-      except Exception:  # pylint: disable=broad-except
-        pass
+      res.update(train.thresholds_and_aupro(cf, outputs))
       with open(os.path.join(rd, 'config.json'), 'w') as f:
         f.write(cf.to_json_best_effort(indent=2, sort_keys=True))
       with open(os.path.join(rd, 'preprocessing.json'), 'w') as f:
-        json.dump(train._jsonable(pipe.info.preprocessing), f, indent=2)
+        json.dump(train.jsonable(pipe.info.preprocessing), f, indent=2)
       with open(os.path.join(rd, 'results.json'), 'w') as f:
         json.dump(res, f, indent=2)
     ck = checkpointing.Checkpointer(os.path.join(rd, 'checkpoints'), max_to_keep=1, asynchronous=False)
@@ -191,7 +179,9 @@ def train_and_evaluate_runs(config, workdir):
       try:
         from fcdd_jax import figures  # pylint: disable=g-import-not-at-top
         figures.write_run_figures(rd, cf, pipe, outputs)
-      except Exception as e:  # pylint: disable=broad-except
+      except Exception as e:  # pylint: disable=broad-except  (figures never lose the trained runs)
+        if os.environ.get('FCDD_STRICT_FIGURES'):
+          raise
         print(f'warning: figures of {rd} could not be written: {e}', flush=True)
       print(f'fcdd_jax: normal_{c}/seed_{s}: image AUC {image_auc}  pixel AUC {pixel_auc}', flush=True)
     results.append(res)
