@@ -183,6 +183,48 @@ def create_train_state(config, model, image_shape, rng, steps_per_epoch, pretrai
                            batch_stats=variables.get('batch_stats', {}))
 
 
+@dataclasses.dataclass
+class Run:
+  """What every entry point (one run, many runs, benchmarks) builds from a config and the data's Info."""
+  model: Any
+  objective: str
+  step_config: StepConfig
+  make_state: Callable[[Any], TrainState]   # rng -> TrainState (pretrained weights applied)
+  pretrained: bool
+  frozen: Any                               # mask of frozen params, or None
+
+  def init_state(self, rng, sharding):
+    """The initial TrainState placed with `sharding` (jitted; read on the host when weights come from a file)."""
+    if not self.pretrained:
+      return jax.jit(self.make_state, out_shardings=sharding)(rng)
+    return jax.device_put(self.make_state(rng), sharding)
+
+
+def build_run(config, info, steps_per_epoch, model=None):
+  """Model, objective, static step settings and the state factory of a run: the single source for `train`,
+  `multirun` and the benchmarks, so that pretrained weights, blur and loss options cannot drift apart."""
+  model = model or create_model(config, info)
+  objective = objective_for(config)
+  counterpart = getattr(model, 'fcdd_counterpart', None)
+  cfg = StepConfig(
+      objective=objective, gtmaps=bool(info.train_gtmaps and objective == 'fcdd'),
+      reception=getattr(model, 'reception', None),
+      gauss_std=config.loss.gauss_std if config.loss.gauss_std > 0 else None,
+      image_size=tuple(info.image_shape[:2]), stable=config.loss.stable,
+      single_label_parity=config.loss.single_label_parity, blur=config.loss.blur_heatmaps,
+      blur_r=models.reception(counterpart).r if counterpart else None)
+  pretrained = None
+  if config.model.pretrained_path:
+    from fcdd_jax import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
+    pretrained = lambda v: pretrained_lib.apply_pretrained(config.model.name, v, config.model.pretrained_path)
+  make_state = functools.partial(create_train_state, config, model, info.image_shape,
+                                 steps_per_epoch=steps_per_epoch, pretrained=pretrained)
+  shapes = jax.eval_shape(lambda: init_variables(model, info.image_shape, jax.random.PRNGKey(0)))['params']
+  frozen = models.frozen_mask(config.model.name, shapes)
+  return Run(model=model, objective=objective, step_config=cfg, make_state=make_state,
+             pretrained=pretrained is not None, frozen=frozen if any(jax.tree.leaves(frozen)) else None)
+
+
 # ----------------------------------------------------------------------------------------------------
 # Steps (pure)
 
@@ -447,7 +489,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   if is_main:
     with open(os.path.join(workdir, 'preprocessing.json'), 'w') as f:
-      json.dump(_jsonable(getattr(info, 'preprocessing', None) or {}), f, indent=2)
+      json.dump(jsonable(getattr(info, 'preprocessing', None) or {}), f, indent=2)
     print(f'fcdd_jax: workdir {os.path.abspath(workdir)}', flush=True)
     print(f'fcdd_jax: {info.name} class {info.normal_class} ({info.class_names[info.normal_class] if info.class_names else ""}), '
           f'{info.num_train} train / {info.num_test} test images {info.image_shape}, net {config.model.name}, '
@@ -460,29 +502,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   repl = NamedSharding(mesh, P())
   data_sharding = NamedSharding(mesh, P('data'))
 
-  reception = getattr(model, 'reception', None)
-  gauss_std = config.loss.gauss_std if config.loss.gauss_std > 0 else None
-  cfg = StepConfig(
-      objective=objective, gtmaps=bool(info.train_gtmaps and objective == 'fcdd'), reception=reception,
-      gauss_std=gauss_std, image_size=tuple(info.image_shape[:2]), stable=config.loss.stable,
-      single_label_parity=config.loss.single_label_parity, blur=config.loss.blur_heatmaps,
-      blur_r=(models.reception(model.fcdd_counterpart).r if getattr(model, 'fcdd_counterpart', None) else None))
-
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  pretrained = None
-  if config.model.pretrained_path:
-    from fcdd_jax import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top
-    pretrained = lambda v: pretrained_lib.apply_pretrained(config.model.name, v, config.model.pretrained_path)
-
-  make_state = functools.partial(create_train_state, config, model, info.image_shape,
-                                 steps_per_epoch=steps_per_epoch, pretrained=pretrained)
-  if pretrained is None:
-    state = jax.jit(make_state, out_shardings=repl)(init_rng)
-  else:  # the weight file is read on the host, then the state is replicated
-    state = jax.device_put(make_state(init_rng), repl)
-  frozen = models.frozen_mask(config.model.name, state.params)
-  frozen = frozen if any(jax.tree.leaves(frozen)) else None
+  built = build_run(config, info, steps_per_epoch, model=model)
+  cfg = built.step_config
+  init_rng, step_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  state = built.init_state(init_rng, repl)
+  frozen = built.frozen
 
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints,
                                     on_close=run_lock.release if run_lock else None)
@@ -660,11 +684,11 @@ def _write_results(workdir, results):
     json.dump(results, f, indent=2)
 
 
-def _jsonable(x):
+def jsonable(x):
   if isinstance(x, dict):
-    return {str(k): _jsonable(v) for k, v in x.items()}
+    return {str(k): jsonable(v) for k, v in x.items()}
   if isinstance(x, (list, tuple)):
-    return [_jsonable(v) for v in x]
+    return [jsonable(v) for v in x]
   if isinstance(x, np.ndarray):
     return x.tolist()
   if isinstance(x, np.generic):
