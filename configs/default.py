@@ -19,7 +19,7 @@ def get_config():
   c.runs = ''                     # many runs in one program: 'CLASSESxSEEDS', e.g. '0-9x0-4' (see multirun.py)
 
   c.data = d = ml_collections.ConfigDict()
-  d.name = 'demo'                 # demo | synthetic | fmnist | cifar10 | mvtec | custom | imagenet | pascal_voc
+  d.name = 'demo'                 # demo | fmnist | cifar10 | mvtec | custom | imagenet | pascal_voc
   d.root = ''                     # directory with the data ('' = dataset default / tfds)
   d.tfds_data_dir = ''            # tensorflow-datasets data_dir ('' = tfds default)
   d.normal_class = 0              # index of the nominal class
