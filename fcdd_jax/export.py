@@ -17,12 +17,14 @@ Written to DIR:
   DIR/metadata.json       thresholds, preprocessing, net, checkpoint step, input/output spec (also copied
                           to DIR/<version>/assets.extra/fcdd_metadata.json)
 
-Preprocessing is reproduced in jnp, bit-exactly where it is integer arithmetic: Pillow's 8-bit bilinear
-resize (fixed-point coefficients, horizontal then vertical pass, rounding after each) and Pillow's nearest
-resize (double-accumulated source positions) run in float64 inside the function. At the run's raw image
-size every resize is the identity and outputs equal `fcdd_jax.predict` to float rounding. The heatmap goes
-back to the input grid by the inverse of the geometry (bilinear, antialiased when shrinking); input pixels
-outside the scored area (centre crops) get heatmap 0.
+Preprocessing is `input_pipeline.make_test_transform` (the evaluation transform, predict --mode crop)
+reproduced in jnp, bit-exactly where it is integer arithmetic: Pillow's 8-bit bilinear resize (22-bit
+fixed-point coefficients, two passes in Pillow 13's order, rounding to 8 bits after each) and Pillow's
+nearest resize (double-accumulated source positions) run in float64 inside the function, so `score` equals
+`fcdd_jax.predict.Predictor(mode='crop')` for images of any size, to float rounding. The heatmap goes back to
+the input grid by the inverse of the geometry (bilinear, antialiased when shrinking); input pixels outside
+the scored area (centre crops) get heatmap 0. The net runs in the run's dtype (config.model.dtype), as in
+predict.
 """
 import argparse
 import json
