@@ -31,6 +31,7 @@ from fcdd_jax import memory
 from fcdd_jax import models
 from fcdd_jax import progress
 from fcdd_jax import receptive
+from fcdd_jax import workdir as workdir_lib
 
 
 class ConfigError(ValueError):
@@ -467,7 +468,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   check_config(config)
   is_main = jax.process_index() == 0
-  from fcdd_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   run_lock = workdir_lib.prepare(config, workdir, is_main=is_main)  # lock, config check, config.json
   n_proc, n_dev = jax.process_count(), jax.device_count()
   t_begin = time.time()
@@ -525,7 +525,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
   writer = metric_writers.create_default_writer(workdir, just_logging=not is_main, asynchronous=True)
   if start_step == 0 and is_main:
-    writer.write_hparams({k: v for k, v in _flatten(config.to_dict()).items()
+    writer.write_hparams({k: v for k, v in workdir_lib.flatten(config.to_dict()).items()
                           if isinstance(v, (int, float, str, bool))})
     try:
       pipeline.write_preview(os.path.join(workdir, 'ds_preview.png'))
@@ -695,16 +695,6 @@ def jsonable(x):
   if isinstance(x, np.generic):
     return x.item()
   return x
-
-
-def _flatten(d, prefix=''):
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
-    else:
-      out[f'{prefix}{k}'] = v
-  return out
 
 
 def _append_history(workdir, history):

@@ -246,11 +246,12 @@ def release_all():
 # ----------------------------------------------------------------------------------------------------
 # Configuration compatibility
 
-def _flatten(d, prefix=''):
+def flatten(d, prefix=''):
+  """{'a': {'b': 1}} -> {'a.b': 1} (config field paths)."""
   out = {}
   for k, v in d.items():
     if isinstance(v, dict):
-      out.update(_flatten(v, f'{prefix}{k}.'))
+      out.update(flatten(v, f'{prefix}{k}.'))
     else:
       out[f'{prefix}{k}'] = v
   return out
@@ -270,7 +271,7 @@ def compare(old, new):
 
   `added` are fields missing from the old config.json (written by an older fcdd_jax); they are taken as their
   current value. Fields that disappeared are ignored."""
-  a, b = _flatten(old), _flatten(new)
+  a, b = flatten(old), flatten(new)
   refused, allowed, added = [], [], []
   for k in sorted(b):
     if k not in a:
