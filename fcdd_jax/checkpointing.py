@@ -20,6 +20,7 @@ import shutil
 import sys
 import threading
 import traceback
+import warnings
 import weakref
 
 import jax
@@ -81,6 +82,7 @@ def _install_debris_filters():
     if not _is_debris(None, value):
       old_except(tp, value, tb)
   sys.unraisablehook, sys.excepthook = unraisable, excepthook
+  warnings.filterwarnings('ignore', message="coroutine '_read_array.*' was never awaited", category=RuntimeWarning)
   logging.getLogger('asyncio').addFilter(_not_orbax_never_retrieved)
 
 
@@ -110,9 +112,13 @@ def _quiet_unraisable():
       old(u)
   sys.unraisablehook = hook
   try:
-    yield
+    with warnings.catch_warnings():
+      warnings.filterwarnings('ignore', message='coroutine .* was never awaited', category=RuntimeWarning)
+      try:
+        yield
+      finally:
+        gc.collect()
   finally:
-    gc.collect()
     sys.unraisablehook = old
 
 

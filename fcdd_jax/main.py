@@ -160,6 +160,9 @@ def main(argv):
       _error_exit(str(e))
   verbose = _verbose()
   _setup_logging(verbose)
+  if _DEFAULTED['config']:   # (here, after a possible re-exec, so that it is said once)
+    print('fcdd_jax: no --config given: the --config.* overrides apply to the demo config (configs/demo.py)',
+          flush=True)
   try:
     config, name = _load_config()
   except Exception as e:  # pylint: disable=broad-except  (the user's config file: any error)
@@ -259,11 +262,13 @@ def _with_default_config(argv):
   """`--config.x=...` without `--config`: the overrides apply to the demo config (as a bare run does)."""
   has_override = any(re.match(r'^--?(no)?config\.', a) for a in argv[1:])
   has_config = any(re.match(r'^--?config(=|$)', a) for a in argv[1:])
-  if has_override and not has_config:
-    print('fcdd_jax: no --config given: the --config.* overrides apply to the demo config (configs/demo.py)',
-          flush=True)
+  _DEFAULTED['config'] = has_override and not has_config
+  if _DEFAULTED['config']:
     return argv[:1] + [f'--config={DEMO_CONFIG}'] + argv[1:]
   return argv
+
+
+_DEFAULTED = {'config': False}
 
 
 def parse_flags(argv):

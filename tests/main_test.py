@@ -300,11 +300,15 @@ def test_disk_full_while_saving_is_one_line(trained, tmp_path, capfd, monkeypatc
     subprocess.run(['umount', '-l', str(mnt)], check=False)   # lazy: this process may still hold the event file
 
 
-def test_config_overrides_without_config_apply_to_the_demo_config(capsys):
+def test_config_overrides_without_config_apply_to_the_demo_config(tmp_path, capfd):
   from fcdd_jax import main  # pylint: disable=g-import-not-at-top
   main.parse_flags(['fcdd_jax', '--config.seed=5', '--workdir', '/nonexistent'])
   assert main.FLAGS.config.seed == 5 and main.FLAGS['config'].config_filename.endswith(os.path.join('configs', 'demo.py'))
-  assert 'overrides apply to the demo config' in capsys.readouterr().out
+  f = tmp_path / 'file'
+  f.write_text('x')
+  code, out, err = run_main(['--config.seed=5', '--workdir', str(f)], capfd)   # stops at the workdir check
+  assert out.count('overrides apply to the demo config') == 1
+  _the_error(err, code, 2, 'is an existing file')
 
 
 def test_typo_in_a_field_is_quoted_plainly(capsys):
