@@ -269,6 +269,44 @@ def test_nan_with_a_checkpoint_every_step_stops_without_temporary_directories(tr
     assert code == 0 and 'training had not finished' in out
 
 
+_KILL_DURING_SAVE = """
+import os, signal, sys, threading
+sys.path.insert(0, {root!r})
+import tests.conftest
+from fcdd_jax import checkpointing, main
+real_save = checkpointing.Checkpointer.save
+def save(self, step, *a, **k):
+  if step == 6:   # SIGKILL as soon as orbax's temporary directory of step 6 exists: mid-way through the save
+    def killer():
+      while not any('6.orbax-checkpoint-tmp' in n for n in os.listdir(self.directory)):
+        pass
+      os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=killer, daemon=True).start()
+  return real_save(self, step, *a, **k)
+checkpointing.Checkpointer.save = save
+main.main(main.parse_flags(['fcdd_jax', '--allocator=glibc', '--config', 'configs/test.py', '--workdir', {wd!r}]))
+"""
+
+
+def test_kill_during_the_async_save_resumes_from_the_previous_checkpoint(trained, tmp_path, capfd):  # pylint: disable=unused-argument
+  import jax  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path / 'run')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  proc = subprocess.run([sys.executable, '-c', _KILL_DURING_SAVE.format(root=ROOT, wd=wd)], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == -9, proc.stderr[-3000:]
+  assert sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ['3', '6.orbax-checkpoint-tmp']
+  assert os.path.exists(os.path.join(wd, 'fcdd_jax.lock'))          # left by the killed run: stale now
+  code, out, err = run_main(['--config', 'configs/test.py', '--workdir', wd], capfd)
+  assert code == 0, err[-3000:]
+  assert 'taking over the stale lock' in out and 'resumed from checkpoint step 3' in out
+  assert sorted(os.listdir(os.path.join(wd, 'checkpoints'))) == ['3', '6']
+  assert json.load(open(os.path.join(wd, 'results.json')))['steps'] == 6
+  code, out, _ = _predict(wd, tmp_path, capfd)
+  assert code == 0 and 'using checkpoint step 6 ' in out
+
+
 def test_disk_full_while_saving_is_one_line(trained, tmp_path, capfd, monkeypatch):
   """A real ENOSPC: the run's workdir on a small tmpfs that a filler file fills up just before step 6 is saved."""
   mnt = tmp_path / 'mnt'
