@@ -32,7 +32,7 @@ HEARTBEAT_SECONDS = 60
 # it logs and saves, and how it is evaluated, not the model already in the checkpoints. Everything else
 # (model.*, data.*, loss.*, optim.*, seed, batch_size, objective) is fixed for the life of a workdir.
 MAY_CHANGE = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-              'runs', 'data.cache_dir', 'data.tfds_data_dir')
+              'data.cache_dir', 'data.tfds_data_dir')
 MAY_CHANGE_PREFIXES = ('eval.',)
 
 
