@@ -6,6 +6,7 @@
 Flags only; everything else happens in `train.train_and_evaluate`.
 """
 import contextlib
+import errno
 import logging as logging_std
 import os
 import re
@@ -217,6 +218,8 @@ def _describe(e):
   if isinstance(e, OSError):
     if e.strerror and e.filename:   # a plain OSError from open()/makedirs(): say which file and why
       return f'cannot write or read {e.filename}: {e.strerror}', 4
+    if e.errno == errno.ENOSPC:     # a write into an already open file
+      return f'no space left on the device while writing into {FLAGS.workdir or "the workdir"}', 4
     return _first_line(e), 4
   if isinstance(e, KeyError):
     return f'missing key {e.args[0]!r}' if e.args else 'KeyError', 2

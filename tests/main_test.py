@@ -371,3 +371,19 @@ def test_folder_where_every_image_is_corrupt_with_skip(tmp_path, capfd):
                           capfd)
   _the_error(err, code, 2, rf'none of the 3 images in {root}/train/good can be read')
   assert sorted(os.listdir(root)) == ['test', 'train']     # nothing written into the data folder
+
+
+def test_every_failure_becomes_one_line_with_its_exit_code():
+  import errno  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import checkpointing, main, train, workdir  # pylint: disable=g-import-not-at-top
+  main.parse_flags(['fcdd_jax', '--workdir', '/w'])
+  d = main._describe  # pylint: disable=protected-access
+  assert d(OSError(errno.ENOSPC, 'No space left on device')) == (
+      'no space left on the device while writing into /w', 4)
+  assert d(OSError(errno.EACCES, 'Permission denied', '/w/results.json')) == (
+      'cannot write or read /w/results.json: Permission denied', 4)
+  assert d(checkpointing.CheckpointWriteError('cannot write checkpoint step 3 to /w: x')) == (
+      'cannot write checkpoint step 3 to /w: x', 4)
+  assert d(workdir.WorkdirError('in use\nsecond line'))[1] == 2 and d(workdir.WorkdirError('a\nb'))[0] == 'a'
+  assert d(train.NonFiniteError('non-finite loss'))[1] == 3
+  assert d(RuntimeError('boom')) == ('unexpected RuntimeError: boom (rerun with --verbose for the traceback)', 1)
