@@ -34,7 +34,7 @@ def get_config():
   d.enlarge = 1                   # passes over the training set per epoch (MVTec: 10)
   d.on_bad_image = 'error'        # error | skip (skip: warn and leave the file out)
   d.remove_oe_from_test = False   # mvtec_gt: drop the labelled anomalies from the test set (spec §11.8)
-  d.cache_dir = ''                # decoded/resized arrays cache ('' = <root>/.fcdd_cache or none)
+  d.cache_dir = ''                # decoded/resized arrays cache ('' = $XDG_CACHE_HOME/fcdd_jax; never under root)
   d.demo_num_train = 512
   d.demo_num_test = 256
   d.demo_image_size = 32

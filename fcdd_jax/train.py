@@ -394,8 +394,6 @@ def compute_metrics(config, pipeline, outputs):
       pixel_auc = float(evaluation.pixel_auc(masks, maps))
     elif 'gtmap' in outputs:
       pixel_auc = float(evaluation.pixel_auc(list(outputs['gtmap'] > 0.5), list(outputs['heatmap'])))
-  elif config.eval.pixel_auc and pipeline.info.test_gtmaps is False and pipeline.info.name in ('custom',):
-    logging.warning('no ground-truth masks in data.root: pixel_auc is null')
   return image_auc, pixel_auc
 
 
@@ -661,8 +659,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     except Exception as e:  # pylint: disable=broad-except  (figures never lose a finished run)
       if os.environ.get('FCDD_STRICT_FIGURES'):   # tests: a figure that cannot be written is an error
         raise
-      logging.exception('figures failed: %s', e)
-      print(f'warning: figures could not be written: {e}', flush=True)
+      print(f'warning: figures could not be written: {type(e).__name__}: {e} (--verbose for the traceback)',
+            flush=True)
+      logging.debug('figures failed', exc_info=True)
     results['figures_seconds'] = round(time.time() - t_fig, 2)
     results['peak_rss_bytes'] = memory.peak_rss_bytes()
     _write_results(workdir, results)
