@@ -5,8 +5,12 @@ function of (seed, step): epoch = step // steps_per_epoch picks a permutation of
 set from (seed, epoch); global row i of step t draws every random choice (online anomaly replacement,
 the anomaly, augmentation) from `np.random.default_rng([seed, t, i])`. Each process builds only its rows
 [p*b, (p+1)*b) of every global batch, so the stream is the same for any number of devices or hosts and a
-resumed run sees exactly the batches of an uninterrupted one. Batches are built by a thread pool ahead of
-time. Evaluation pads the last batch and marks rows with `valid` instead of dropping examples.
+resumed run sees exactly the batches of an uninterrupted one. Every epoch sees every (enlarged) training
+example once: steps_per_epoch = ceil(n / batch) and the last batch of an epoch, when partial, is padded to the
+static batch shape with zero rows and carries `valid` (1 real, 0 padding; only such batches have the key),
+which the losses and the BatchNorm statistics honour, as the reference keeps its last partial batch (spec
+§7.1, §11.11). Batches are built by a thread pool ahead of time. Evaluation pads the last batch and marks
+rows with `valid` instead of dropping examples.
 
 Labels in batches: 0 = nominal ("concentrate"), 1 = anomalous ("push away"), spec §3.6.
 """
@@ -136,9 +140,12 @@ class Transform:
   """Geometry, augmentation and value normalisation of one dataset/preproc (spec §5.3-§5.9).
 
   kind='normalize': (x - mean) / std per channel; kind='lcn': LCN then (x - lcn_min) / (lcn_max - lcn_min).
-  train_geom: 'none' | 'crop_pad' (RandomCrop(input, padding=crop_pad)) | 'mvtec' (random choice of a
-  random crop or a nearest resize from the raw size, joint with the mask). Colour jitter of the reference
-  is not applied (its strengths are 0.01-0.04; a documented approximation).
+  train_geom: 'none' | 'crop' (RandomCrop(input) from the raw image) | 'crop_pad' (RandomCrop(input,
+  padding=crop_pad)) | 'mvtec' (random choice of a random crop or a nearest resize from the raw size, joint
+  with the mask). Then the horizontal flip, the reference's ColorJitter (`jitter`, `color_jitter`: torchvision
+  semantics, NumPy arithmetic), the MVTec noise, the +noise_std·N(0,1) noise and the value normalisation.
+  The jitter runs after the crop (the reference jitters the whole image before RandomCrop: the contrast
+  factor blends towards the mean of the crop instead of the whole image).
   """
   mean: Any = None
   std: Any = None
@@ -187,9 +194,12 @@ class Transform:
   def test_mask(self, mask):
     return self._test_geom(np.zeros(tuple(mask.shape) + (1,), np.uint8), mask)[1].astype(np.float32)
 
-  def train(self, img, mask, rng):
+  def train(self, img, mask, rng, geom=None):
+    """Augmented float32 net input and mask for one uint8 image at raw size. `geom` overrides train_geom
+    (the pipeline picks the branch of the 'mvtec' choice itself when it holds a separate input-size copy)."""
     h, w = self.input_size
-    if self.train_geom == 'mvtec':
+    train_geom = geom or self.train_geom
+    if train_geom == 'mvtec':
       if rng.random() < 0.5 and img.shape[0] >= h and img.shape[1] >= w:
         y0 = rng.integers(0, img.shape[0] - h + 1)
         x0 = rng.integers(0, img.shape[1] - w + 1)
@@ -197,11 +207,11 @@ class Transform:
         mask = None if mask is None else mask[y0:y0 + h, x0:x0 + w]
       else:
         img, mask = self._test_geom(img, mask)
-    elif self.train_geom == 'crop':  # RandomCrop(input) from the raw image, no padding
+    elif train_geom == 'crop':  # RandomCrop(input) from the raw image, no padding
       y0, x0 = rng.integers(0, img.shape[0] - h + 1), rng.integers(0, img.shape[1] - w + 1)
       img = img[y0:y0 + h, x0:x0 + w]
       mask = None if mask is None else mask[y0:y0 + h, x0:x0 + w]
-    elif self.train_geom == 'crop_pad':
+    elif train_geom == 'crop_pad':
       p = self.crop_pad
       img = np.pad(img, ((p, p), (p, p), (0, 0)))
       mask = None if mask is None else np.pad(mask, ((p, p), (p, p)))
@@ -295,9 +305,19 @@ class Pipeline:
 
   def __init__(self, config, info, train_images, test_images, test_labels, test_masks, transform,
                process_index=0, process_count=1, test_masks_original=None, size_scale=1.0, oe_images=None,
-               oe_masks=None, train_labels=None):
+               oe_masks=None, train_labels=None, train_images_input=None, train_original_sizes=None,
+               train_resize=''):
+    """train_images_input: optional copies of the training images resized straight to the input size (the
+    'resize' branch of the 'mvtec' geometry then takes them instead of resizing the raw copy a second time,
+    spec §5.9). train_original_sizes [N,2] and train_resize ('shorter' | 'nearest' | 'bilinear', how the
+    stored images were made from the originals): malformed_normal(_gt) then draws synthetic noise at the
+    original resolution (anomalies.Resampling), as the reference's custom runner does."""
     self.config = config
     self.train_images = train_images
+    self.train_images_input = train_images_input
+    self.train_original_sizes = (None if train_original_sizes is None
+                                 else np.asarray(train_original_sizes, np.int64).reshape(-1, 2))
+    self.train_resize = train_resize
     # Fixed training labels (0 nominal, 1 anomalous; before nominal_label) and maps: labelled anomalies
     # (`other`) or offline supervision; None = nominal-only images with online replacement (spec §6.3).
     self.train_labels = None if train_labels is None else np.asarray(train_labels, np.int32)
@@ -349,6 +369,14 @@ class Pipeline:
     """Global row `row` of global step `step` (0-based): (image, label, gtmap)."""
     rng = np.random.default_rng([self.seed, step, row])
     img = self.train_images[src_index]
+    geom = None
+    if self.train_images_input is not None and self.transform.train_geom == 'mvtec':
+      # spec §5.9 (maps): RandomChoice{Resize(raw, NEAREST) -> RandomCrop(input), Resize(input, NEAREST)}, both
+      # from the original; the branch is chosen first so that an anomaly is made on the copy it uses
+      if rng.random() < 0.5:
+        geom = 'crop'
+      else:
+        img, geom = self.train_images_input[src_index], 'none'
     h, w = img.shape[:2]
     gt = np.zeros((h, w), np.float32)
     label = 0
@@ -368,12 +396,16 @@ class Pipeline:
           oe = self.oe_images[k]
           if self.oe_masks is not None and self.noise_mode == 'mvtec_gt':
             oe_mask = self.oe_masks[k]
+        res = None
+        if (self.train_original_sizes is not None and oe is None and mode != 'noise'
+            and self.noise_mode in anomalies.NOISE_MODES):
+          res = anomalies.resampling(tuple(self.train_original_sizes[src_index]), self.train_resize, (h, w))
         img, gt = anomalies.make_anomaly(mode, self.noise_mode, rng, img, oe_image=oe, oe_mask=oe_mask,
-                                         size_scale=self.size_scale)
+                                         size_scale=self.size_scale, resampling=res)
         label = 1
     if self.flip_labels:
       label = 1 - label
-    x, gt = self.transform.train(img, gt, rng)
+    x, gt = self.transform.train(img, gt, rng, geom)
     return x, label, np.ascontiguousarray(gt, np.float32)
 
   def _build_train_batch(self, step):
@@ -381,15 +413,23 @@ class Pipeline:
     epoch, k = divmod(step, spe)
     order = self._epoch_order(epoch)
     rows = range(self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch)
-    xs, ys, gs = [], [], []
+    xs, ys, gs, valid = [], [], [], []
     for row in rows:
-      x, y, g = self._example(step, row, order[k * self.batch_size + row])
+      i = k * self.batch_size + row
+      if i < len(order):
+        x, y, g = self._example(step, row, order[i])
+      else:   # padding of the epoch's last, partial batch: zeros, ignored by the loss and BatchNorm
+        x = np.zeros(tuple(self.info.image_shape), np.float32)
+        y, g = 0, np.zeros(tuple(self.info.image_shape[:2]), np.float32)
       xs.append(x)
       ys.append(y)
       gs.append(g)
+      valid.append(i < len(order))
     batch = {'image': np.stack(xs), 'label': np.asarray(ys, np.int32)}
     if self.info.train_gtmaps:
       batch['gtmap'] = np.stack(gs)
+    if (k + 1) * self.batch_size > len(order):   # decided globally: every process adds the key
+      batch['valid'] = np.asarray(valid, np.float32)
     return batch
 
   def global_train_batch(self, step):
@@ -471,9 +511,10 @@ class Pipeline:
     from PIL import Image  # pylint: disable=g-import-not-at-top
     batch = self.global_train_batch(0)
     x, y = batch['image'], batch['label']
+    real = batch['valid'] > 0 if 'valid' in batch else np.ones(len(y), bool)
     rows = []
     for lab in (0, 1):
-      sel = np.flatnonzero(y == lab)[:per_label]
+      sel = np.flatnonzero((y == lab) & real)[:per_label]
       if not len(sel):
         continue
       ims = []
@@ -523,11 +564,13 @@ def _check_common(config):
 
 
 def _steps_per_epoch(num_train, enlarge, batch_size):
-  return (num_train * max(1, enlarge)) // batch_size
+  """ceil(n * enlarge / batch): the last partial batch of an epoch is kept (padded, spec §7.1, §11.11)."""
+  return -(-(num_train * max(1, enlarge)) // batch_size)
 
 
 def _train_gtmaps(config, has_test_masks):
-  """GT-map loss (spec §3.2) for malformed_normal(_gt) with online supervision on mask datasets."""
+  """GT-map loss (spec §3.2) on the demo: malformed_normal(_gt) with its generated maps (the demo has masks).
+  Reference datasets decide in their own source: MVTec and custom data with maps always, others never."""
   return config.data.supervise_mode in ('malformed_normal', 'malformed_normal_gt') and has_test_masks
 
 

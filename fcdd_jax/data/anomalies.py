@@ -1,20 +1,36 @@
 """Synthetic anomalies (spec §6): confetti and the other noise modes, malformed_normal(_gt).
 
-Pure NumPy on ONE uint8 [H,W,C] image at raw resolution with an explicit np.random.Generator, so the
-input pipeline can seed every example statelessly. Sizes are in pixels at the raw resolution (spec);
-`size_scale` shrinks them for small images (e.g. the 32x32 demo: 32/240).
+Pure NumPy on ONE uint8 [H,W,C] image with an explicit np.random.Generator, so the input pipeline can seed
+every example statelessly. Sizes are in pixels at the resolution the noise is drawn at (spec); `size_scale`
+shrinks them for small images (e.g. the 32x32 demo: 32/240).
+
+Noise at the original resolution (the reference's custom runner, spec §5.9/§6.4): for malformed_normal the
+reference adds the noise to the ORIGINAL image and resizes afterwards, so on large originals confetti is many
+small, sharp specks. Images here are stored resized; `Resampling` draws the noise at the original size and
+maps it to the stored grid with the very weights of the resize that made the stored image (PIL's own,
+read off by resizing identity matrices), the confetti blur folded into the same separable matrices. Resizing
+is linear, so stored image + resampled noise equals the resize of (original + noise) up to the clamp to
+[0, 255] and uint8 rounding; for nearest resizes it is exact.
 """
+import functools
+
 import numpy as np
 from scipy import ndimage
+from scipy import sparse
 
 NOISE_MODES = ('confetti', 'gaussian', 'uniform', 'solid', 'blob', 'mixed_blob')
 
 
 def _centres(rng, h, w, p, at_least_one=True):
-  n = rng.binomial(h * w, p)
-  if n == 0 and at_least_one:
-    n = 1
-  return rng.integers(0, h, n), rng.integers(0, w, n)
+  """Blob centres as the reference draws them: every pixel independently with probability p (a Bernoulli
+  mask, so no pixel is a centre twice); with at_least_one a draw without any centre is redrawn as a whole
+  (the reference's `ensureblob`). The count is Binomial(h*w, p) and, given the count, the centres are
+  distinct pixels uniformly at random: the same law as the mask, without drawing h*w numbers."""
+  n = int(rng.binomial(h * w, p))
+  while n == 0 and at_least_one:
+    n = int(rng.binomial(h * w, p))
+  flat = rng.choice(h * w, size=n, replace=False) if n else np.zeros(0, np.int64)
+  return flat // w, flat % w
 
 
 def _stamp(h, w, cy, cx, side, angle_deg):
@@ -66,13 +82,18 @@ def _blur(x, size_scale):
   return out
 
 
-def confetti(rng, shape_hwc, *, size_scale=1.0):
-  """Confetti noise (spec §6.2; MVTec default): coloured + gray rotated squares, blurred; values <= 0."""
+def _confetti_layer(rng, shape_hwc, size_scale=1.0):
+  """The unblurred confetti map (coloured + gray rotated squares), int32, values <= 0."""
   h, w, c = shape_hwc
   sides = _scaled_sides(8, 54, size_scale)
   coloured = _blob_map(rng, (h, w, c), 0.000018, sides, lambda ch: rng.integers(-256, 0, ch))
   gray = _blob_map(rng, (h, w, c), 0.000012, sides, lambda ch: np.full(ch, -255))
-  return _blur(coloured + gray, size_scale).astype(np.int32)
+  return coloured + gray
+
+
+def confetti(rng, shape_hwc, *, size_scale=1.0):
+  """Confetti noise (spec §6.2; MVTec default): coloured + gray rotated squares, blurred; values <= 0."""
+  return _blur(_confetti_layer(rng, shape_hwc, size_scale), size_scale).astype(np.int32)
 
 
 def noise(mode, rng, shape_hwc, *, size_scale=1.0):
@@ -97,6 +118,106 @@ def noise(mode, rng, shape_hwc, *, size_scale=1.0):
   raise ValueError(f'noise_mode={mode!r} is unknown; synthetic modes: {", ".join(NOISE_MODES)}')
 
 
+# ----------------------------------------------------------------------------------------------------
+# Noise drawn at the original resolution, resampled to the stored grid
+
+RESIZES = ('shorter', 'nearest', 'bilinear')   # how stored images were made (input_pipeline.resize_*)
+
+
+def _pil_matrix(n_in, n_out, nearest):
+  """[n_out, n_in] matrix of PIL's 1-D resize n_in -> n_out (bilinear with antialiasing, or nearest): the
+  vertical-only resize of identity columns (PIL skips the pass of an unchanged axis), in chunks."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = np.empty((n_out, n_in), np.float32)
+  for a in range(0, n_in, 512):
+    k = min(512, n_in - a)
+    eye = np.zeros((n_in, k), np.float32)
+    eye[a + np.arange(k), np.arange(k)] = 1.0
+    out[:, a:a + k] = np.asarray(Image.fromarray(eye, 'F').resize((k, n_out), Image.NEAREST if nearest
+                                                                  else Image.BILINEAR))
+  return out
+
+
+def _gauss_matrix(n, sigma, radius):
+  """[n, n] sparse matrix of the normalised 1-D Gaussian filter (2*radius+1 taps) with mirror borders
+  (kornia's 'reflect' = scipy's 'mirror': index -1 reads 1)."""
+  taps = np.arange(-radius, radius + 1)
+  k = np.exp(-0.5 * (taps / sigma) ** 2)
+  k /= k.sum()
+  rows = np.repeat(np.arange(n), len(taps))
+  cols = rows + np.tile(taps, n)
+  if n == 1:
+    cols = np.zeros_like(cols)
+  else:
+    period = 2 * (n - 1)
+    cols = np.abs(cols) % period
+    cols = np.where(cols >= n, period - cols, cols)
+  return sparse.csr_matrix((np.tile(k, n), (rows, cols)), shape=(n, n))
+
+
+def _axes(orig_hw, how, size):
+  """Per axis (n_resized, crop offset) of the stored geometry, and whether the resize is nearest."""
+  (h0, w0), (h, w) = orig_hw, size
+  if how == 'shorter':   # input_pipeline.resize_shorter_crop: shorter side to h (= w), then centre crop
+    if (h0, w0) == (h, h):
+      nh, nw = h, h
+    else:
+      nh, nw = (h, max(h, int(h * w0 / h0))) if h0 <= w0 else (max(h, int(h * h0 / w0)), h)
+    return (nh, (nh - h) // 2), (nw, (nw - h) // 2), False
+  if how not in RESIZES:
+    raise ValueError(f'resize {how!r} is unknown; allowed: {", ".join(RESIZES)}')
+  return (h, 0), (w, 0), how == 'nearest'
+
+
+class Resampling:
+  """Maps layers drawn at an original size [H0,W0] to the stored grid [h,w] of images made from such
+  originals by `how` ('shorter': shorter side + centre crop, 'nearest' / 'bilinear': squash to the size),
+  as separable sparse matrices rows [h,H0], cols [w,W0] (see the module docstring)."""
+
+  def __init__(self, orig_hw, how, size):
+    self.orig_hw, self.how, self.size = tuple(int(v) for v in orig_hw), how, tuple(int(v) for v in size)
+    (nh, y0), (nw, x0), self.nearest = _axes(self.orig_hw, how, self.size)
+    h, w = self.size
+    self._rows = _pil_matrix(self.orig_hw[0], nh, self.nearest)[y0:y0 + h]
+    self._cols = _pil_matrix(self.orig_hw[1], nw, self.nearest)[x0:x0 + w]
+    self._blurred = {}
+
+  def _mats(self, size_scale):
+    if size_scale is None:
+      return sparse.csr_matrix(self._rows), sparse.csr_matrix(self._cols)
+    if size_scale not in self._blurred:   # the confetti blur of `_blur`, folded into the resize
+      sigma, radius = 5.0 * size_scale, max(1, int(round(12 * size_scale)))
+      self._blurred[size_scale] = tuple(sparse.csr_matrix(m) @ _gauss_matrix(m.shape[1], sigma, radius)
+                                        for m in (self._rows, self._cols))
+    return self._blurred[size_scale]
+
+  def apply(self, layer, blur_scale=None):
+    """float64 [h,w,C] = resize(blur(layer)) for a layer [H0,W0,C] (blur only when blur_scale is given)."""
+    layer = np.asarray(layer, np.float64)
+    h0, w0, c = layer.shape
+    rows, cols = self._mats(blur_scale)
+    t = rows @ layer.reshape(h0, w0 * c)                              # [h, W0*C]
+    t = t.reshape(-1, w0, c).transpose(1, 0, 2).reshape(w0, -1)       # [W0, h*C]
+    out = (cols @ t).reshape(self.size[1], self.size[0], c).transpose(1, 0, 2)
+    if self.nearest:   # exact: the reference truncates the blurred map (`.int()`) before nearest sampling
+      near = np.rint(out)
+      out = np.trunc(np.where(np.abs(out - near) < 1e-4, near, out))   # float noise at integers
+    return out
+
+  def noise(self, mode, rng, channels, size_scale=1.0):
+    """Noise of `mode` drawn at the original size, on the stored grid (float64 [h,w,C])."""
+    shape = self.orig_hw + (int(channels),)
+    if mode == 'confetti':
+      return self.apply(_confetti_layer(rng, shape, size_scale), blur_scale=size_scale)
+    return self.apply(np.rint(noise(mode, rng, shape, size_scale=size_scale)))
+
+
+@functools.lru_cache(maxsize=64)
+def resampling(orig_hw, how, size):
+  """A cached `Resampling` (datasets usually have few distinct original sizes)."""
+  return Resampling(tuple(orig_hw), how, tuple(size))
+
+
 def _to_u8(x):
   x = np.asarray(x)
   if x.dtype.kind == 'f':  # float noise: min-max rescaled per image to 0..255 (spec §6.4)
@@ -106,8 +227,11 @@ def _to_u8(x):
 
 
 def make_anomaly(supervise_mode, noise_mode, rng, nominal, *, oe_image=None, oe_mask=None, offline=False,
-                 size_scale=1.0):
-  """Returns (anomaly uint8 [H,W,C], gtmap float32 [H,W]) for one nominal uint8 image (spec §6)."""
+                 size_scale=1.0, resampling=None):
+  """Returns (anomaly uint8 [H,W,C], gtmap float32 [H,W]) for one nominal uint8 image (spec §6).
+
+  resampling: a `Resampling` from the image's original size to its stored size; malformed_normal(_gt) then
+  draws synthetic noise at the original resolution, as the reference's custom runner does (spec §5.9)."""
   x = np.asarray(nominal)
   h, w, c = x.shape
   if supervise_mode == 'noise':
@@ -121,9 +245,13 @@ def make_anomaly(supervise_mode, noise_mode, rng, nominal, *, oe_image=None, oe_
                      'malformed_normal or malformed_normal_gt')
   if oe_image is not None:   # an Outlier-Exposure image used as the noise added to the nominal image
     n = np.asarray(oe_image, np.int32)
+  elif resampling is not None:
+    if tuple(resampling.size) != (h, w):
+      raise ValueError(f'resampling to {resampling.size} does not fit the {h}x{w} image')
+    n = resampling.noise(noise_mode, rng, c, size_scale)
   else:
     n = np.rint(noise(noise_mode, rng, x.shape, size_scale=size_scale)).astype(np.int32)
-  xi = x.astype(np.int32)
+  xi = x.astype(np.int32) if n.dtype.kind == 'i' else x.astype(np.float64)
   if offline:  # spec §6.3: flip the noise sign on bright pixels
     bright = xi.sum(-1, keepdims=True) > 0.11 * 255 * c
     n = np.where(bright, -n, n)
@@ -132,7 +260,7 @@ def make_anomaly(supervise_mode, noise_mode, rng, nominal, *, oe_image=None, oe_
     d_inv = abs(float(np.mean(np.clip(xi - n, 0, 255) - xi)))
     if d < 0.025 and d_inv > d:
       n = -n
-  out = np.clip(xi + n, 0, 255).astype(np.uint8)
+  out = np.clip(np.rint(xi + n), 0, 255).astype(np.uint8)
   if supervise_mode == 'malformed_normal_gt':
     gt = np.any(out != x, axis=-1).astype(np.float32)
   else:

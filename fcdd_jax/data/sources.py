@@ -260,7 +260,7 @@ def mvtec_layout(root, channels, raw_size, on_bad, cache, torch_nearest=False, k
     kinds += [dname] * len(ps)
   kw = dict(torch_nearest=torch_nearest, nearest=image_resize == 'nearest', shorter=image_resize == 'shorter',
             on_bad=on_bad, cache=cache)
-  train, _ = read_images(train_paths, channels, raw_size, **kw)
+  train, train_kept = read_images(train_paths, channels, raw_size, **kw)
   test, kept = read_images(test_paths, channels, raw_size, **kw)
   keep = [test_paths.index(p) for p in kept]
   labels = np.asarray(labels)[keep]
@@ -294,10 +294,9 @@ def mvtec_layout(root, channels, raw_size, on_bad, cache, torch_nearest=False, k
         raise ValueError(f'mask {mp} has no test image (expected test/<defect>/<name>.png for <name>_mask.png)')
     masks = np.stack(masks)
   else:
-    logging.warning('no ground_truth/ in %s: pixel AUC is unavailable (null)', root)
     print(f'warning: no ground_truth/ folder in {root}: training and image AUC work; pixel_auc is null', flush=True)
   return dict(train=train, test=test, labels=labels, masks=masks,
-              masks_orig=masks_orig if keep_original_masks else None, defects=kinds)
+              masks_orig=masks_orig if keep_original_masks else None, defects=kinds, train_paths=train_kept)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -342,16 +341,49 @@ def _reference_maps(root, maps_root, test_paths, labels):
   return out
 
 
+CUSTOM_PREPROC = ('aug1', 'none')   # the reference's custom runner (spec §5.9); '' and 'default' mean none
+
+
+def _original_sizes(paths):
+  """(h, w) of each image file, from the headers (no decoding)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = []
+  for p in paths:
+    with Image.open(p) as im:
+      out.append((im.size[1], im.size[0]))
+  return np.asarray(out, np.int64).reshape(-1, 2)
+
+
 def _custom(config, pi, pc):
+  """Custom folders (spec §5.9), stored as the reference's transforms see them.
+
+  preproc aug1 without maps: shorter side to 248 (bilinear, antialiased) + centre crop, train RandomCrop(224),
+  test CenterCrop(224). aug1 with maps (ground_truth/ or test_maps/, the reference's -gtms): images and maps
+  squashed with nearest; training keeps a 248 copy (random 224 crop) AND a copy resized straight to 224 (the
+  other branch of the reference's RandomChoice), test images and maps go straight to 224. none: squashed to
+  224 (bilinear; nearest with maps), no augmentation. Normalisation: mean/std of the nominal training images
+  squashed to 224 (bilinear) from the originals. The GT-map loss (spec §3.2) is used with maps only (the
+  reference's -gtms datasets yield maps for every supervise mode); without maps the label loss (§3.1).
+  malformed_normal draws its noise at each training image's original resolution (anomalies.Resampling).
+  """
   d = config.data
   root = d.root
+  pre = 'none' if d.preproc in ('', 'default') else d.preproc
+  if pre not in CUSTOM_PREPROC:
+    raise ValueError(f'config.data.preproc={d.preproc!r} is not available for custom data; allowed: '
+                     f'{", ".join(CUSTOM_PREPROC)} (spec §5.9; lcn/lcnaug1 need per-class constants)')
   layout = detect_layout(root)
-  raw, inp = (248, 248), (224, 224)
+  inp = (224, 224)
   cache = _cache_dir(config, root)
-  # spec §5.9: with maps everything is squashed with nearest (joint transforms); without maps images are
-  # resized on the shorter side to 248 and centre-cropped (train: random 224 crop, test: centre 224 crop)
   has_maps = os.path.isdir(os.path.join(root, 'ground_truth' if layout == 'mvtec' else 'test_maps'))
-  how = 'nearest' if has_maps else 'shorter'
+  # how originals reach the stored arrays (the geometry of the reference's Resize), train and test
+  if pre == 'aug1':
+    how = 'nearest' if has_maps else 'shorter'
+    train_size, test_size = (248, 248), (inp if has_maps else (248, 248))
+  else:
+    how = 'nearest' if has_maps else 'bilinear'
+    train_size = test_size = inp
+  read_kw = dict(nearest=how == 'nearest', shorter=how == 'shorter', on_bad=d.on_bad_image, cache=cache)
   train_labels = None
   if layout == 'mvtec':
     names = (os.path.basename(os.path.normpath(root)),)
@@ -359,7 +391,10 @@ def _custom(config, pi, pc):
     if d.supervise_mode == 'other':
       raise ValueError(f'config.data.supervise_mode=other needs labelled training anomalies, but {root} has the '
                        'MVTec layout (train/good only); use train/<class>/{normal,anomalous} or one-vs-rest folders')
-    data = mvtec_layout(root, 3, raw, d.on_bad_image, cache, image_resize=how)
+    data = mvtec_layout(root, 3, test_size, d.on_bad_image, cache, image_resize=how)
+    train_paths = data['train_paths']
+    if train_size != test_size:
+      data['train'], _ = read_images(train_paths, 3, train_size, **read_kw)
   else:
     names = _subdirs(os.path.join(root, 'train'))
     c = _check_class(config, len(names), names)
@@ -380,49 +415,68 @@ def _custom(config, pi, pc):
         test_paths += ps
         labels += [lab] * len(ps)
       _nonempty(test_paths, os.path.join(root, 'test', names[c]))
-    train, _ = read_images(train_paths, 3, raw, nearest=has_maps, shorter=not has_maps, on_bad=d.on_bad_image,
-                           cache=cache)
-    if d.supervise_mode == 'other':   # spec §5.9: nominal + as many labelled anomalies, drawn with replacement
-      if layout == 'ovr':
-        anom_paths = [p for k, nm in enumerate(names) if k != c
-                      for p in list_images(os.path.join(root, 'train', nm))]
-      else:
-        folder = os.path.join(root, 'train', names[c], 'anomalous')
-        anom_paths = list_images(folder) if os.path.isdir(folder) else []
-      if not anom_paths:
-        raise ValueError(f'config.data.supervise_mode=other needs labelled training anomalies: '
-                         + ('images of other classes in train/' if layout == 'ovr' else
-                            f'{os.path.join(root, "train", names[c], "anomalous")}/ holds none'))
-      anom, _ = read_images(anom_paths, 3, raw, nearest=has_maps, shorter=not has_maps, on_bad=d.on_bad_image,
-                            cache=cache)
-      pick = np.random.default_rng([config.seed, 0x07E]).integers(0, len(anom), len(train))
-      train_labels = np.concatenate([np.zeros(len(train), np.int32), np.ones(len(train), np.int32)])
-      train = np.concatenate([train, anom[pick]])
-    test, kept = read_images(test_paths, 3, raw, nearest=has_maps, shorter=not has_maps, on_bad=d.on_bad_image,
-                             cache=cache)
+    train, train_paths = read_images(train_paths, 3, train_size, **read_kw)
+    test, kept = read_images(test_paths, 3, test_size, **read_kw)
     idx = {p: i for i, p in enumerate(test_paths)}
     labels = np.asarray(labels)[[idx[p] for p in kept]]
     data = dict(train=train, test=test, labels=labels, masks=None, masks_orig=None)
     maps_root = os.path.join(root, 'test_maps')
-    if os.path.isdir(maps_root):  # the reference's -gtms trees (spec §5.9)
+    if has_maps:  # the reference's -gtms trees (spec §5.9)
       data['masks_orig'] = _reference_maps(root, maps_root, kept, labels)
-      data['masks'] = np.stack([ip.resize_u8(m[..., None], raw, nearest=True)[..., 0] for m in data['masks_orig']])
-  nominal = data['train'] if train_labels is None else data['train'][train_labels == 0]
-  small = np.stack([ip.resize_u8(im, inp) for im in nominal])
-  mean, std = ip.channel_stats(small)  # spec §5.9: nominal training images of the class at 224
+      data['masks'] = np.stack([ip.resize_u8(m[..., None], test_size, nearest=True)[..., 0]
+                                for m in data['masks_orig']])
+  nominal_paths = list(train_paths)
+  # the second copy of the 'mvtec' geometry's resize branch: originals straight to the input size
+  train_input = None
+  if pre == 'aug1' and has_maps:
+    train_input, _ = read_images(nominal_paths, 3, inp, **read_kw)
+  # spec §5.9: mean/std over the nominal training images of the class squashed to 224 (bilinear)
+  if how == 'bilinear':
+    small = data['train']
+  else:
+    small, _ = read_images(nominal_paths, 3, inp, nearest=False, shorter=False, on_bad=d.on_bad_image, cache=cache)
+  mean, std = ip.channel_stats(small)
+  del small
+  sizes = _original_sizes(nominal_paths)
+  if d.supervise_mode == 'other':   # spec §5.9: nominal + as many labelled anomalies, drawn with replacement
+    if layout == 'ovr':
+      anom_paths = [p for k, nm in enumerate(names) if k != c
+                    for p in list_images(os.path.join(root, 'train', nm))]
+    else:
+      folder = os.path.join(root, 'train', names[c], 'anomalous')
+      anom_paths = list_images(folder) if os.path.isdir(folder) else []
+    if not anom_paths:
+      raise ValueError(f'config.data.supervise_mode=other needs labelled training anomalies: '
+                       + ('images of other classes in train/' if layout == 'ovr' else
+                          f'{os.path.join(root, "train", names[c], "anomalous")}/ holds none'))
+    anom, anom_paths = read_images(anom_paths, 3, train_size, **read_kw)
+    n = len(data['train'])
+    pick = np.random.default_rng([config.seed, 0x07E]).integers(0, len(anom), n)
+    train_labels = np.concatenate([np.zeros(n, np.int32), np.ones(n, np.int32)])
+    data['train'] = np.concatenate([data['train'], anom[pick]])
+    if train_input is not None:
+      anom_input, _ = read_images(anom_paths, 3, inp, **read_kw)
+      train_input = np.concatenate([train_input, anom_input[pick]])
+    sizes = None   # fixed labels: nothing is generated
   has_masks = data['masks'] is not None
-  t = ip.Transform(mean=mean, std=std, input_size=inp, raw_size=raw, channels=3,
-                   train_geom='mvtec' if has_maps else 'crop', test_center=not has_maps, hflip=True,
-                   noise_std=0.001, jitter=(0.01, 0.01, 0.01, 0.01), resize='nearest' if has_maps else 'shorter')
-  info = _info(config, 'custom', inp + (3,), names, c, len(data['train']),
-               ip._train_gtmaps(config, True), has_masks, len(data['test']), t)  # pylint: disable=protected-access
+  if pre == 'aug1':
+    t = ip.Transform(mean=mean, std=std, input_size=inp, raw_size=test_size, channels=3,
+                     train_geom='mvtec' if has_maps else 'crop', test_center=not has_maps, hflip=True,
+                     noise_std=0.001, jitter=(0.01, 0.01, 0.01, 0.01), resize=how)
+  else:
+    t = ip.Transform(mean=mean, std=std, input_size=inp, raw_size=inp, channels=3, train_geom='none',
+                     hflip=False, noise_std=0.0, resize=how)
+  info = _info(config, 'custom', inp + (3,), names, c, len(data['train']), has_maps, has_masks, len(data['test']), t)
   masks_orig = None
   if has_masks:  # spec §5.9: each map nearest-resized to the smallest side among them
     side = min(min(m.shape) for m in data['masks_orig'])
     masks_orig = [evaluation.resize_nearest(m, (side, side)) for m in data['masks_orig']]
+  # size_scale 1: the reference's confetti sizes are pixels at the resolution it draws at (the original for
+  # malformed_normal, the 248 raw size for pure noise images)
   return ip.Pipeline(config, info, data['train'], data['test'], data['labels'], data['masks'], t, pi, pc,
-                     test_masks_original=masks_orig, size_scale=raw[0] / 240.0,
-                     oe_images=_oe_images(config, 3, raw, cache), train_labels=train_labels)
+                     test_masks_original=masks_orig, size_scale=1.0,
+                     oe_images=_oe_images(config, 3, train_size, cache), train_labels=train_labels,
+                     train_images_input=train_input, train_original_sizes=sizes, train_resize=how)
 
 
 def _mvtec(config, pi, pc):
