@@ -572,8 +572,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         timings['compile_seconds'] = round(t_first - t_start, 2)
         progress.say(f'step {step} done in {progress.fmt_time(t_first - t_start)} (compile + first step)', is_main)
         t_log, step_log = t_first, step
+        t_step = t_first
       is_log = step % config.log_every_steps == 0 or step == total_steps
-      is_line = is_log or time.time() - t_log >= progress.EVERY_SECONDS
+      # a line whenever waiting for the next step would pass EVERY_SECONDS since the last one
+      now = time.time()
+      step_seconds, t_step = now - t_step, now
+      is_line = is_log or now - t_log + step_seconds >= progress.EVERY_SECONDS
       is_save = step % config.checkpoint_every_steps == 0 or step == total_steps
       preempt = checkpointing.reached_preemption(step)
       if is_line and step > step_log:
