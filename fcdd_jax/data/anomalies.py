@@ -52,7 +52,7 @@ def _stamp(h, w, cy, cx, side, angle_deg):
 
 def _blob_map(rng, shape_hwc, p, sides, value_fn, rotate=True):
   h, w, c = shape_hwc
-  out = np.zeros((h, w, c), np.int32)
+  out = np.zeros((h, w, c), np.int16)   # values within +-256: int16 keeps large originals small
   cys, cxs = _centres(rng, h, w, p)
   side_of = rng.choice(sides, size=len(cys))
   colours = {}
@@ -87,8 +87,8 @@ def _confetti_layer(rng, shape_hwc, size_scale=1.0):
   h, w, c = shape_hwc
   sides = _scaled_sides(8, 54, size_scale)
   coloured = _blob_map(rng, (h, w, c), 0.000018, sides, lambda ch: rng.integers(-256, 0, ch))
-  gray = _blob_map(rng, (h, w, c), 0.000012, sides, lambda ch: np.full(ch, -255))
-  return coloured + gray
+  coloured += _blob_map(rng, (h, w, c), 0.000012, sides, lambda ch: np.full(ch, -255))   # gray; >= -511
+  return coloured
 
 
 def confetti(rng, shape_hwc, *, size_scale=1.0):
@@ -193,10 +193,13 @@ class Resampling:
 
   def apply(self, layer, blur_scale=None):
     """float64 [h,w,C] = resize(blur(layer)) for a layer [H0,W0,C] (blur only when blur_scale is given)."""
-    layer = np.asarray(layer, np.float64)
+    layer = np.asarray(layer)
     h0, w0, c = layer.shape
     rows, cols = self._mats(blur_scale)
-    t = rows @ layer.reshape(h0, w0 * c)                              # [h, W0*C]
+    flat = layer.reshape(h0, w0 * c)
+    t = np.empty((rows.shape[0], w0 * c), np.float64)
+    for a in range(0, w0 * c, 3072):   # column chunks: no float copy of a large original
+      t[:, a:a + 3072] = rows @ flat[:, a:a + 3072].astype(np.float64)   # [h, W0*C]
     t = t.reshape(-1, w0, c).transpose(1, 0, 2).reshape(w0, -1)       # [W0, h*C]
     out = (cols @ t).reshape(self.size[1], self.size[0], c).transpose(1, 0, 2)
     if self.nearest:   # exact: the reference truncates the blurred map (`.int()`) before nearest sampling
