@@ -8,7 +8,8 @@
    bottle, 256² images: confetti anomalies, colour jitter, crops/flips, ground-truth maps when the config
    uses them) for `--steps + 1` steps; its own `train_images_per_second` (compile step excluded) is read from
    results.json.
-Prints one JSON line per measurement and a `ratio` line: loop img/s / bare step img/s (target >= 0.9: the
+Both run on the allocator `fcdd_jax.main` uses (mimalloc on CPU hosts). Prints one JSON line per
+measurement and a `ratio` line: loop img/s / bare step img/s (target >= 0.9: the
 pipeline, host transfers and logging must cost <= 10 %).
 """
 import argparse
@@ -44,6 +45,8 @@ def main():
   p.add_argument('--steps', type=int, default=6)
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   a = p.parse_args()
+  from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+  memory.exec_with_allocator('auto')   # as fcdd_jax.main runs: mimalloc on CPU hosts (both measurements)
   from bench import train_step  # pylint: disable=g-import-not-at-top
   bare = train_step.measure(a.net, a.batch, a.steps, a.dtype)
   with tempfile.TemporaryDirectory() as d:
