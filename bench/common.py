@@ -10,7 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
 
-NETS = {'FCDD_CNN28_W': 128, 'FCDD_CNN32_LW3K': 128, 'FCDD_CNN224_VGG_F': 16}
+NETS = {'FCDD_CNN28_W': 128, 'FCDD_CNN32_LW3K': 128, 'FCDD_CNN224_VGG_F': 16, 'FCDD_CNN224_VGG_NOPT': 32}
 
 
 def emit(**kw):
@@ -45,3 +45,56 @@ def load_avg():
     return os.getloadavg()[0]
   except OSError:
     return None
+
+
+def train_gflop_per_image(net_name):
+  """GFLOP of one train step per image of an FCDD net, convolutions only (2 per multiply-add): forward, weight
+  gradient of every trainable conv, input gradient of every conv above the first trainable one (frozen `_F`
+  layers and the image need none). Pools, BN and activations are not counted."""
+  from fcdd_jax import models  # pylint: disable=g-import-not-at-top
+  (h, w, cin), layers = models.FCDD_ARCHS[net_name]
+  frozen = set(models.VGG_FROZEN_INDICES) if net_name.endswith('_F') else set()
+  convs = []  # (flop of one pass, trainable)
+  for l in layers:
+    if l[0] == 'conv':
+      _, cout, k, s, p = l[:5]
+      h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+      convs.append((2.0 * h * w * k * k * cin * cout, (l[7] if len(l) > 7 else None) not in frozen))
+      cin = cout
+    else:
+      _, k, s, p = l[:4]
+      h, w = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+  convs.append((2.0 * h * w * cin, True))  # final 1x1 conv to one channel
+  total, grad_below = 0.0, False
+  for f, trainable in convs:
+    total += f + (f if trainable else 0.0) + (f if grad_below else 0.0)
+    grad_below = grad_below or trainable
+  return total / 1e9
+
+
+def _status_kb(key):
+  with open('/proc/self/status') as f:
+    for line in f:
+      if line.startswith(key + ':'):
+        return int(line.split()[1])
+  return 0
+
+
+def step_peak_rss(fn):
+  """Runs fn() and returns (peak resident set during it) - (resident set before it), in bytes: the memory the
+  call itself takes at its peak (Linux: resets VmHWM through /proc/self/clear_refs; None elsewhere). Memory an
+  allocator kept mapped from an earlier call is already resident before it and does not count."""
+  try:
+    with open('/proc/self/clear_refs', 'w') as f:
+      f.write('5')
+  except OSError:
+    fn()
+    return None
+  before = _status_kb('VmRSS')
+  fn()
+  return (_status_kb('VmHWM') - before) * 1024
+
+
+def peak_rss():
+  """Peak resident set of this process so far, bytes (VmHWM; it is reset by step_peak_rss)."""
+  return _status_kb('VmHWM') * 1024

@@ -20,6 +20,13 @@ LAYERS = [  # (name, N, H, W, Cin, Cout, k, pad)
     ('vgg_256_512', 16, 28, 28, 256, 512, 3, 1),
     ('vgg_512_512', 16, 28, 28, 512, 512, 3, 1),
     ('vgg_128_256', 16, 56, 56, 128, 256, 3, 1),
+    # FCDD_CNN224_VGG_NOPT's layers at batch 8 (a quarter of its training batch)
+    ('nopt_3_64', 8, 224, 224, 3, 64, 3, 1),
+    ('nopt_64_128', 8, 112, 112, 64, 128, 3, 1),
+    ('nopt_128_256', 8, 56, 56, 128, 256, 3, 1),
+    ('nopt_256_256', 8, 56, 56, 256, 256, 3, 1),
+    ('nopt_256_512', 8, 28, 28, 256, 512, 3, 1),
+    ('nopt_512_512', 8, 28, 28, 512, 512, 3, 1),
 ]
 
 
@@ -27,12 +34,13 @@ def main():
   p = argparse.ArgumentParser()
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--layers', default=None)
-  p.add_argument('--impls', default='xla_f32,xla_bf16,gemm_bf16,torch_nchw,torch_cl')
+  p.add_argument('--impls', default='xla_f32,xla_bf16,gemm_bf16,torch_nchw,torch_cl',
+                 help='xla_f32, xla_bf16, model_f32, gemm_bf16, gemm_f32, torch_nchw, torch_cl')
   a = p.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import cpu_conv, models  # pylint: disable=g-import-not-at-top
 
   def lax_conv(x, w, pad, dt):
     return jax.lax.conv_general_dilated(x.astype(dt), w.astype(dt), (1, 1), [(pad, pad)] * 2,
@@ -48,9 +56,11 @@ def main():
     wn = (rng.normal(size=(k, k, ci, co)) / np.sqrt(k * k * ci)).astype(np.float32)
     fns = {}
     for impl in impls:
-      if impl.startswith('xla') or impl.startswith('gemm'):
+      if impl.startswith(('xla', 'gemm', 'model')):
         dt = jnp.bfloat16 if impl.endswith('bf16') else jnp.float32
-        if impl.startswith('xla'):
+        if impl == 'model_f32':  # the float32 path of models.Conv: XLA conv, weight gradient as k*k GEMMs
+          conv = lambda x, w, pad=pad: models.conv_s1(x, w, pad)
+        elif impl.startswith('xla'):
           conv = functools_partial(lax_conv, pad=pad, dt=dt)
         else:
           conv = lambda x, w, pad=pad, dt=dt: cpu_conv.gemm_conv(x, w, pad, dt)

@@ -4,6 +4,7 @@ shape. Prints one JSON line per group and per top op (ms per step and share of t
 independent ops on several threads at once, so shares can add up to more than 1).
 
   python -m bench.profile_step [--net FCDD_CNN28_W] [--batch 128] [--dtype bfloat16] [--steps 3] [--top 12]
+                               [--keep_freed_memory] [--remat auto|on|off]
 """
 import argparse
 import collections
@@ -46,12 +47,13 @@ def main():
   p.add_argument('--steps', type=int, default=3)
   p.add_argument('--top', type=int, default=12)
   p.add_argument('--keep_freed_memory', action='store_true')
+  p.add_argument('--remat', default='auto', choices=['auto', 'on', 'off'])
   a = p.parse_args()
   if a.keep_freed_memory:
     from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
     memory.keep_freed_memory()
   import jax  # pylint: disable=g-import-not-at-top
-  run, _, hlo = train_step.build(a.net, a.batch, a.dtype, with_hlo=True)
+  run, _, hlo = train_step.build(a.net, a.batch, a.dtype, with_hlo=True, remat=train_step.remat_option(a.remat))
   for _ in range(3):
     run()
   logdir = tempfile.mkdtemp(prefix='fcdd_profile_')

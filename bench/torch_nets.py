@@ -1,4 +1,4 @@
-"""PyTorch versions of FCDD_CNN28_W, FCDD_CNN32_LW3K and FCDD_CNN224_VGG_F (spec §1.3), the FCDD loss
+"""PyTorch versions of FCDD_CNN28_W, FCDD_CNN32_LW3K, FCDD_CNN224_VGG_F and FCDD_CNN224_VGG_NOPT (spec §1.3), the FCDD loss
 (spec §3.1) and the reference's transposed-convolution Gaussian upsampler (spec §4), for benchmarks."""
 import math
 
@@ -23,7 +23,7 @@ def fcdd_cnn32_lw3k():
                        nn.Conv2d(256, 128, 3, 1, 1), nn.Conv2d(128, 1, 1))
 
 
-def fcdd_cnn224_vgg_f():
+def fcdd_cnn224_vgg_f(frozen=True):
   layers = []
   cin = 3
   for i, v in enumerate([64, 'M', 128, 'M', 256, 256, 'M', 512, 512]):
@@ -33,13 +33,20 @@ def fcdd_cnn224_vgg_f():
       layers += [nn.Conv2d(cin, v, 3, 1, 1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
       cin = v
   features = nn.Sequential(*layers)
-  for p in list(features[:15].parameters()):  # torchvision features[0:15]: convs 1-4 and their BNs
-    p.requires_grad = False
+  if frozen:
+    for p in list(features[:15].parameters()):  # torchvision features[0:15]: convs 1-4 and their BNs
+      p.requires_grad = False
   return nn.Sequential(features, nn.Conv2d(512, 1, 1))
 
 
+def fcdd_cnn224_vgg_nopt():
+  """The same VGG11-BN features trained from scratch: every layer trains."""
+  return fcdd_cnn224_vgg_f(frozen=False)
+
+
 NETS = {'FCDD_CNN28_W': (fcdd_cnn28_w, (1, 28, 28)), 'FCDD_CNN32_LW3K': (fcdd_cnn32_lw3k, (3, 32, 32)),
-        'FCDD_CNN224_VGG_F': (fcdd_cnn224_vgg_f, (3, 224, 224))}
+        'FCDD_CNN224_VGG_F': (fcdd_cnn224_vgg_f, (3, 224, 224)),
+        'FCDD_CNN224_VGG_NOPT': (fcdd_cnn224_vgg_nopt, (3, 224, 224))}
 
 
 def fcdd_loss(out, labels):

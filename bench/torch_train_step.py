@@ -8,8 +8,9 @@ import argparse
 from bench import common
 
 
-def build(net_name, batch, layout, threads=None):
-  """Returns run(): one PyTorch train step (eager, float32) in `layout` ('nchw' | 'channels_last')."""
+def build(net_name, batch, layout, threads=None, autocast_bf16=False):
+  """Returns run(): one PyTorch train step (eager, float32) in `layout` ('nchw' | 'channels_last');
+  `autocast_bf16`: the forward pass under torch.autocast('cpu', bfloat16) (PyTorch's mixed precision)."""
   import torch  # pylint: disable=g-import-not-at-top
   from bench import torch_nets  # pylint: disable=g-import-not-at-top
   if threads:
@@ -26,7 +27,9 @@ def build(net_name, batch, layout, threads=None):
                         weight_decay=1e-6)
   def step():
     opt.zero_grad(set_to_none=True)
-    loss = torch_nets.fcdd_loss(net(x), y)
+    with torch.autocast('cpu', dtype=torch.bfloat16, enabled=autocast_bf16):
+      out = net(x)
+    loss = torch_nets.fcdd_loss(out.float(), y)
     loss.backward()
     opt.step()
   return step

@@ -2,6 +2,10 @@
 backward, SGD-Nesterov + coupled weight decay, BN statistics), compile time reported separately.
 
   python -m bench.train_step [--net NAME] [--batch B] [--steps S] [--dtype float32|bfloat16] [--keep_freed_memory]
+                             [--remat auto|on|off]
+
+Also reports the compiled step's XLA temporary space (`temp_mb`, compiled.memory_analysis()) and the peak
+resident set of the process (`peak_rss_mb`).
 """
 import argparse
 import functools
@@ -10,9 +14,15 @@ import time
 from bench import common
 
 
-def build(net_name, batch, dtype='float32', with_hlo=False):
+def remat_option(value):
+  """'auto' | 'on' | 'off' -> the `remat` option of models.create (None = the model's default)."""
+  return {'auto': None, 'on': True, 'off': False}[value]
+
+
+def build(net_name, batch, dtype='float32', with_hlo=False, remat=None):
   """Compiles the train step; returns (run, compile_s) where run() performs one step and blocks (and the
-  compiled HLO text with `with_hlo`)."""
+  compiled HLO text with `with_hlo`). run.temp_bytes: the compiled step's XLA temporary space. `remat`: the
+  model option (None = default)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
@@ -23,7 +33,8 @@ def build(net_name, batch, dtype='float32', with_hlo=False):
   cfg.model.dtype = dtype
   cfg.optim.name = 'sgd'
   shape = models.input_shape(net_name)
-  model = models.create(net_name, dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+  opts = {} if remat is None else {'remat': remat}
+  model = models.create(net_name, dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32, **opts)
   state = jax.jit(functools.partial(train.create_train_state, cfg, model, shape, steps_per_epoch=100))(
       jax.random.PRNGKey(0))
   frozen = models.frozen_mask(net_name, state.params)
@@ -42,6 +53,10 @@ def build(net_name, batch, dtype='float32', with_hlo=False):
   def run():
     holder['state'], m = compiled(holder['state'], batch_data, key)
     jax.block_until_ready(m['loss'])
+  try:
+    run.temp_bytes = int(compiled.memory_analysis().temp_size_in_bytes)
+  except (AttributeError, TypeError, NotImplementedError):
+    run.temp_bytes = None
   return (run, compile_s, compiled.as_text()) if with_hlo else (run, compile_s)
 
 
@@ -50,14 +65,15 @@ def device_kind():
   return f'{jax.devices()[0].device_kind} ({common.cpu_kind()})'
 
 
-def measure(net_name, batch, steps, dtype='float32'):
+def measure(net_name, batch, steps, dtype='float32', remat=None):
   import jax  # pylint: disable=g-import-not-at-top
-  run, compile_s = build(net_name, batch, dtype)
+  run, compile_s = build(net_name, batch, dtype, remat=remat)
   sec = common.median_time(run, steps, warmup=2)
   return common.emit(impl='jax', net=net_name, batch=batch, dtype=dtype, img_per_s=round(batch / sec, 2),
                      seconds=round(sec, 4), compile_s=round(compile_s, 2),
-                     device_kind=device_kind(),
-                     jax=jax.__version__, load=common.load_avg())
+                     temp_mb=round(run.temp_bytes / 2**20, 1) if run.temp_bytes is not None else None,
+                     peak_rss_mb=round(common.peak_rss() / 2**20, 1), remat=remat,
+                     device_kind=device_kind(), jax=jax.__version__, load=common.load_avg())
 
 
 def main():
@@ -68,12 +84,14 @@ def main():
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   p.add_argument('--keep_freed_memory', action='store_true',
                  help='glibc mallopt: keep freed memory mapped (fcdd_jax.memory.keep_freed_memory)')
+  p.add_argument('--remat', default='auto', choices=['auto', 'on', 'off'],
+                 help="models.create's remat option (fused conv-BN-activation-pool blocks; auto = the default)")
   a = p.parse_args()
   if a.keep_freed_memory:
     from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
     memory.keep_freed_memory()
   for n in [a.net] if a.net else list(common.NETS):
-    measure(n, a.batch or common.NETS[n], a.steps or (5 if '224' in n else 10), a.dtype)
+    measure(n, a.batch or common.NETS[n], a.steps or (5 if '224' in n else 10), a.dtype, remat_option(a.remat))
 
 
 if __name__ == '__main__':

@@ -154,6 +154,8 @@ class BatchNorm(nn.Module):
   Training normalises with the biased batch variance; the running variance is updated with the unbiased
   one when `unbiased_var` (PyTorch, spec §11.10). `use_running=True` always normalises with running
   statistics and never updates them (fully frozen BN, spec §11.1 option).
+  `mask` [N] (1 = real example, 0 = padding row of a partial last batch): the batch statistics and the
+  running-average update use the real rows only, as if the padding rows were not in the batch.
   """
   eps: float = 1e-4
   momentum: float = 0.1           # PyTorch convention (flax momentum = 1 - this)
@@ -162,17 +164,27 @@ class BatchNorm(nn.Module):
   use_running: bool = False
 
   @nn.compact
-  def __call__(self, x, train):
+  def __call__(self, x, train, mask=None):
     c = x.shape[-1]
     ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
     ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
     x32 = x.astype(jnp.float32)
     if train and not self.use_running:
       axes = tuple(range(x.ndim - 1))
+      if mask is not None:   # padded batch: statistics of the real rows (custom VJP, see masked_batch_norm)
+        scale = self.param('scale', nn.initializers.ones, (c,)) if self.affine else jnp.zeros((0,), jnp.float32)
+        bias = self.param('bias', nn.initializers.zeros, (c,)) if self.affine else jnp.zeros((0,), jnp.float32)
+        y, mean, var = masked_batch_norm(x, mask, scale, bias, self.eps, None, LEAKY, 0)
+        if not self.is_initializing():
+          n = _mask_count(x, mask)
+          upd_var = var * (n / jnp.maximum(n - 1, 1)) if self.unbiased_var else var
+          ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+          ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * upd_var
+        return y
+      n = int(np.prod([x.shape[a] for a in axes]))
       mean = jnp.mean(x32, axes)
       var = jnp.mean(jnp.square(x32 - mean), axes)
       if not self.is_initializing():
-        n = int(np.prod([x.shape[a] for a in axes]))
         upd_var = var * (n / max(n - 1, 1)) if self.unbiased_var else var
         ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
         ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * upd_var
@@ -182,6 +194,92 @@ class BatchNorm(nn.Module):
     if self.affine:
       y = y * self.param('scale', nn.initializers.ones, (c,)) + self.param('bias', nn.initializers.zeros, (c,))
     return y.astype(x.dtype)
+
+
+def _mask_count(x, mask):
+  """Number of real positions a masked BatchNorm averages over: real rows x the spatial positions."""
+  return jnp.sum(jnp.asarray(mask, jnp.float32)) * int(np.prod(x.shape[1:-1]))
+
+
+def _masked_bn_forward(z, mask, scale, bias, eps, act, slope, pool):
+  axes = tuple(range(z.ndim - 1))
+  zf = z.astype(jnp.float32)
+  m = jnp.asarray(mask, jnp.float32).reshape((-1,) + (1,) * (z.ndim - 1))
+  n = _mask_count(z, mask)
+  mean = jnp.sum(zf * m, axes) / n
+  var = jnp.sum(jnp.square(zf - mean) * m, axes) / n
+  inv = jax.lax.rsqrt(var + eps)
+  xhat = (zf - mean) * inv
+  a = (xhat * scale + bias if scale.shape[0] else xhat).astype(z.dtype)
+  if act == 'relu':
+    y = jnp.maximum(a, jnp.zeros((), a.dtype))
+  elif act == 'leaky':
+    y = jnp.where(a > 0, a, a * jnp.asarray(slope, a.dtype))
+  else:
+    y = a
+  if pool:
+    n_, h, w, c = y.shape
+    y = jnp.max(y.reshape(n_, h // pool, pool, w // pool, pool, c), axis=(2, 4))
+  return y, mean, var
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
+def masked_batch_norm(z, mask, scale, bias, eps, act=None, slope=LEAKY, pool=0):
+  """Training BatchNorm (+ activation 'relu' | 'leaky' | None, + non-overlapping pool x pool max pool) whose
+  batch statistics count only the rows with mask 1 (the padding rows of a partial last batch are normalised
+  with them but do not shape them).
+
+  z [N,...,C] (compute dtype; [N,H,W,C] with pool), mask [N], scale/bias [C] or shape (0,) for none. Returns
+  (y in z's dtype, batch mean, biased batch variance) (float32; the statistics are for the running averages,
+  their cotangents are ignored). The VJP keeps only z and the statistics and recomputes the rest, like the
+  fused blocks (`cpu_conv.conv_block`), with their conventions: an activation at exactly 0 takes the negative
+  side's slope, the pool's gradient goes to the first maximum of its window (row-major). Gradient:
+  dz = gamma*inv*(g - m*sum(g)/n - m*xhat*sum(g*xhat)/n), sums over all rows."""
+  return _masked_bn_forward(z, mask, scale, bias, eps, act, slope, pool)
+
+
+def _masked_bn_fwd(z, mask, scale, bias, eps, act, slope, pool):
+  y, mean, var = _masked_bn_forward(z, mask, scale, bias, eps, act, slope, pool)
+  return (y, mean, var), (z, mask, scale, bias, mean, var)
+
+
+def _masked_bn_bwd(eps, act, slope, pool, res, cts):
+  z, mask, scale, bias, mean, var = res
+  axes = tuple(range(z.ndim - 1))
+  zf = z.astype(jnp.float32)
+  m = jnp.asarray(mask, jnp.float32).reshape((-1,) + (1,) * (z.ndim - 1))
+  n = _mask_count(z, mask)
+  inv = jax.lax.rsqrt(var + eps)
+  xhat = (zf - mean) * inv
+  a = (xhat * scale + bias if scale.shape[0] else xhat).astype(z.dtype)
+  g = cts[0].astype(jnp.float32)
+  if pool:   # route each window's cotangent to its first maximum (row-major)
+    r = a
+    if act == 'relu':
+      r = jnp.maximum(a, jnp.zeros((), a.dtype))
+    elif act == 'leaky':
+      r = jnp.where(a > 0, a, a * jnp.asarray(slope, a.dtype))
+    n_, h, w, c = z.shape
+    rw = r.reshape(n_, h // pool, pool, w // pool, pool, c)
+    pmax = jnp.max(rw, axis=(2, 4), keepdims=True)
+    pos = (jnp.arange(pool)[:, None] * pool + jnp.arange(pool)[None, :]).reshape(1, 1, pool, 1, pool, 1)
+    first = jnp.min(jnp.where(rw == pmax, pos, pool * pool), axis=(2, 4), keepdims=True)
+    g = jnp.where(pos == first, g[:, :, None, :, None, :], 0.0).reshape(z.shape)
+  if act == 'relu':
+    g = jnp.where(a > 0, g, 0.0)
+  elif act == 'leaky':
+    g = jnp.where(a > 0, g, g * slope)
+  dbeta = jnp.sum(g, axes)
+  dgamma = jnp.sum(g * xhat, axes)
+  gamma = scale if scale.shape[0] else jnp.ones_like(mean)
+  dz = (gamma * inv) * (g - m * (dbeta / n) - m * xhat * (dgamma / n))
+  affine = scale.shape[0] > 0
+  return (dz.astype(z.dtype), jnp.zeros_like(mask),
+          dgamma.astype(scale.dtype) if affine else jnp.zeros_like(scale),
+          dbeta.astype(bias.dtype) if affine else jnp.zeros_like(bias))
+
+
+masked_batch_norm.defvjp(_masked_bn_fwd, _masked_bn_bwd)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -295,6 +393,60 @@ class _Options:
   """Options shared by all nets (documented in `create`)."""
 
 
+class _ConvWeights(nn.Module):
+  """The variables of a `Conv` (same names, shapes, init and creation order) without computing it: the fused
+  blocks (`cpu_conv.conv_block`) take them as arrays."""
+  features: int
+  kernel: int
+  use_bias: bool = True
+  torch_init: bool = True
+
+  @nn.compact
+  def __call__(self, cin):
+    fan_in = cin * self.kernel * self.kernel
+    k_init = _torch_uniform(fan_in) if self.torch_init else nn.initializers.lecun_normal()
+    b_init = _torch_uniform(fan_in) if self.torch_init else nn.initializers.zeros
+    kernel = self.param('kernel', k_init, (self.kernel, self.kernel, cin, self.features))
+    bias = self.param('bias', b_init, (self.features,)) if self.use_bias else jnp.zeros((0,), jnp.float32)
+    return kernel, bias
+
+
+class _BatchNormVariables(nn.Module):
+  """The variables of a `BatchNorm` (same names); `__call__(stats_fn)` runs stats_fn(scale, bias, mean, var)
+  -> (y, batch_mean, batch_var) and updates the running statistics like `BatchNorm` does."""
+  features: int
+  momentum: float = 0.1
+  affine: bool = True
+  unbiased_var: bool = True
+  update: bool = True  # training with batch statistics
+
+  @nn.compact
+  def __call__(self, count, stats_fn):
+    c = self.features
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((c,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((c,), jnp.float32))
+    if self.affine:
+      scale = self.param('scale', nn.initializers.ones, (c,))
+      bias = self.param('bias', nn.initializers.zeros, (c,))
+    else:
+      scale = bias = jnp.zeros((0,), jnp.float32)
+    y, mean, var = stats_fn(scale, bias, ra_mean.value, ra_var.value)
+    if self.update and not self.is_initializing():
+      upd_var = var * (count / jnp.maximum(count - 1, 1)) if self.unbiased_var else var
+      ra_mean.value = (1 - self.momentum) * ra_mean.value + self.momentum * mean
+      ra_var.value = (1 - self.momentum) * ra_var.value + self.momentum * upd_var
+    return y
+
+
+def use_fused_blocks(option, backend=None):
+  """Whether feature stacks run as fused conv-BN-activation-pool blocks (`cpu_conv.conv_block`, a custom VJP
+  that keeps only each block's input and conv output for the backward pass). `option`: True, False or None
+  (auto: on XLA:CPU, where it cuts the train step's temporary memory ~2-3x and its time; bench/README.md)."""
+  if option is not None:
+    return bool(option)
+  return (backend or jax.default_backend()) == 'cpu'
+
+
 class FeatureStack(nn.Module):
   """A stack of conv/pool layers from a layer list (hand-written style or VGG style)."""
   layers: Sequence[tuple]
@@ -304,26 +456,65 @@ class FeatureStack(nn.Module):
   bn_unbiased_var: bool = True
   frozen_bn_indices: Sequence[int] = ()
   dtype: Any = jnp.float32
+  fused: bool = False
 
   @nn.compact
-  def __call__(self, x, train):
-    for i, l in enumerate(self.layers):
-      if l[0] == 'conv':
-        _, cout, k, s, p, bn, act = l[:7]
-        idx = l[7] if len(l) > 7 else None
-        cname = f'features_{idx}' if idx is not None else f'conv{i}'
-        bname = f'features_{idx + 1}' if idx is not None else f'bn{i}'
-        x = Conv(cout, k, s, p, use_bias=self.bias or self.vgg, torch_init=self.torch_init, dtype=self.dtype,
-                 name=cname)(x)
-        if bn:
-          x = BatchNorm(eps=1e-5 if self.vgg else 1e-4, affine=self.bias or self.vgg,
-                        unbiased_var=self.bn_unbiased_var,
-                        use_running=idx is not None and (idx + 1) in self.frozen_bn_indices, name=bname)(x, train)
-        if act:
-          x = nn.relu(x) if self.vgg else nn.leaky_relu(x, LEAKY)
-      else:
+  def __call__(self, x, train, mask=None):
+    i = 0
+    while i < len(self.layers):
+      l = self.layers[i]
+      if l[0] != 'conv':
         x = max_pool(x, l[1], l[2], l[3])
+        i += 1
+        continue
+      _, cout, k, s, p, bn, act = l[:7]
+      idx = l[7] if len(l) > 7 else None
+      cname = f'features_{idx}' if idx is not None else f'conv{i}'
+      bname = f'features_{idx + 1}' if idx is not None else f'bn{i}'
+      eps = 1e-5 if self.vgg else 1e-4
+      use_running = idx is not None and (idx + 1) in self.frozen_bn_indices
+      if self.fused and s == 1:
+        nxt = self.layers[i + 1] if i + 1 < len(self.layers) else None
+        pool = 0
+        if nxt is not None and nxt[0] == 'pool' and nxt[1] == nxt[2] and not nxt[3]:
+          pool = nxt[1] if (x.shape[1] + 2 * p - k + 1) % nxt[1] == 0 and (x.shape[2] + 2 * p - k + 1) % nxt[1] == 0 \
+              else 0
+        x = self._fused(x, cout, k, p, bn, act, pool, eps, use_running, train, cname, bname, mask)
+        i += 2 if pool else 1
+        continue
+      x = Conv(cout, k, s, p, use_bias=self.bias or self.vgg, torch_init=self.torch_init, dtype=self.dtype,
+               name=cname)(x)
+      if bn:
+        x = BatchNorm(eps=eps, affine=self.bias or self.vgg, unbiased_var=self.bn_unbiased_var,
+                      use_running=use_running, name=bname)(x, train, mask)
+      if act:
+        x = nn.relu(x) if self.vgg else nn.leaky_relu(x, LEAKY)
+      i += 1
     return x
+
+  def _fused(self, x, cout, k, p, bn, act, pool, eps, use_running, train, cname, bname, mask=None):
+    dtype = jnp.dtype(self.dtype)
+    w, b = _ConvWeights(cout, k, use_bias=self.bias or self.vgg, torch_init=self.torch_init, name=cname)(
+        x.shape[-1])
+    conv = 'gemm' if use_gemm_conv(dtype, 1, x.shape[-1]) else 'xla'
+    mode = None if not bn else ('batch' if train and not use_running else 'running')
+    spec = cpu_conv.BlockSpec(pad=p, bn=mode, eps=eps, act=(None if not act else 'relu' if self.vgg else 'leaky'),
+                              slope=LEAKY, pool=pool, dtype=dtype.name, conv=conv)
+    none = jnp.zeros((0,), jnp.float32)
+    if not bn:
+      return cpu_conv.conv_block(spec, x, w, b, none, none, none, none)[0]
+    if mask is not None and mode == 'batch':
+      # a padded batch: the fused block's statistics would count the padding rows, so the conv runs as a
+      # block of its own, then BatchNorm + activation + pool with the real rows' statistics
+      z = cpu_conv.conv_block(spec._replace(bn=None, act=None, pool=0), x, w, b, none, none, none, none)[0]
+      return _BatchNormVariables(cout, affine=self.bias or self.vgg, unbiased_var=self.bn_unbiased_var,
+                                 name=bname)(
+          _mask_count(z, mask), lambda scale, bias, mean, var: masked_batch_norm(z, mask, scale, bias, eps,
+                                                                                  spec.act, LEAKY, pool))
+    n = x.shape[0] * (x.shape[1] + 2 * p - k + 1) * (x.shape[2] + 2 * p - k + 1)
+    return _BatchNormVariables(cout, affine=self.bias or self.vgg, unbiased_var=self.bn_unbiased_var,
+                               update=mode == 'batch', name=bname)(
+        n, lambda scale, bias, mean, var: cpu_conv.conv_block(spec, x, w, b, scale, bias, mean, var))
 
 
 def _check_input(name, x, shape):
@@ -341,16 +532,17 @@ class FCDDNet(nn.Module):
   frozen_bn: str = 'parity'
   dtype: Any = jnp.float32
   in_channels: Optional[int] = None
+  remat: Optional[bool] = None
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, mask=None):
     shape, layers = FCDD_ARCHS[self.NAME]
     _check_input(self.NAME, x, shape)
     vgg = self.NAME in VGG_FCDD
     frozen_bn = VGG_FROZEN_INDICES if (self.NAME.endswith('_F') and self.frozen_bn == 'frozen') else ()
     x = FeatureStack(layers, vgg=vgg, bias=self.bias, torch_init=self.torch_init,
                      bn_unbiased_var=self.bn_unbiased_var, frozen_bn_indices=frozen_bn, dtype=self.dtype,
-                     name='features')(x, train)
+                     fused=use_fused_blocks(self.remat), name='features')(x, train, mask)
     x = Conv(1, 1, 1, 0, use_bias=self.bias or vgg, torch_init=self.torch_init, dtype=self.dtype,
              out_dtype=jnp.float32, name='final')(x)
     return x.astype(jnp.float32)
@@ -392,16 +584,17 @@ class HSCNet(nn.Module):
   frozen_bn: str = 'parity'
   dtype: Any = jnp.float32
   in_channels: Optional[int] = None
+  remat: Optional[bool] = None
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, mask=None):
     shape, layers, head, _ = HSC_ARCHS[self.NAME]
     _check_input(self.NAME, x, shape)
     vgg = head[0] == 'vgg'
     frozen_bn = VGG_FROZEN_INDICES if (self.NAME.endswith('_F') and self.frozen_bn == 'frozen') else ()
     x = FeatureStack(layers, vgg=vgg, bias=self.bias, torch_init=self.torch_init,
                      bn_unbiased_var=self.bn_unbiased_var, frozen_bn_indices=frozen_bn, dtype=self.dtype,
-                     name='features')(x, train)
+                     fused=use_fused_blocks(self.remat), name='features')(x, train, mask)
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # flatten in PyTorch (C,H,W) order
     kw = dict(torch_init=self.torch_init, dtype=self.dtype)
     if vgg:  # classifier: Linear ReLU Dropout Linear [ReLU Dropout Linear]
@@ -413,7 +606,7 @@ class HSCNet(nn.Module):
         x = Dense(head[3], name='classifier_6', **kw)(x)
     elif head[0] == 'bn':
       x = Dense(head[1], use_bias=self.bias, name='fc1', **kw)(x)
-      x = BatchNorm(eps=1e-4, affine=self.bias, unbiased_var=self.bn_unbiased_var, name='bn1d')(x, train)
+      x = BatchNorm(eps=1e-4, affine=self.bias, unbiased_var=self.bn_unbiased_var, name='bn1d')(x, train, mask)
       x = nn.leaky_relu(x, LEAKY)
       x = Dense(head[2], use_bias=self.bias, name='fc2', **kw)(x)
     else:
@@ -467,14 +660,16 @@ class AENet(nn.Module):
   frozen_bn: str = 'parity'
   dtype: Any = jnp.float32
   in_channels: Optional[int] = None
+  remat: Optional[bool] = None
 
   @nn.compact
-  def __call__(self, x, train=False):
+  def __call__(self, x, train=False, mask=None):
     enc_name, steps, gain = AE_ARCHS[self.NAME]
     channels = x.shape[-1]
     vgg = 'VGG' in self.NAME
     z = _HSC_CLASSES[enc_name](bias=self.bias, torch_init=self.torch_init, bn_unbiased_var=self.bn_unbiased_var,
-                               frozen_bn=self.frozen_bn, dtype=self.dtype, name='encoder')(x, train)
+                               frozen_bn=self.frozen_bn, dtype=self.dtype, remat=self.remat,
+                               name='encoder')(x, train, mask)
     h = z
     eps = 1e-5 if vgg else 1e-4
     for i, st in enumerate(steps):
@@ -483,10 +678,11 @@ class AENet(nn.Module):
         if kind == 'dense':
           h = Dense(st[1], torch_init=self.torch_init, dtype=self.dtype, name=f'dec{i}')(h)
           if st[2]:
-            h = BatchNorm(eps=eps, affine=True, unbiased_var=self.bn_unbiased_var, name=f'dec{i}_bn')(h, train)
+            h = BatchNorm(eps=eps, affine=True, unbiased_var=self.bn_unbiased_var, name=f'dec{i}_bn')(h, train,
+                                                                                                      mask)
         else:
           h = BatchNorm(eps=eps, affine=self.bias or vgg, unbiased_var=self.bn_unbiased_var,
-                        name=f'dec{i}')(h, train)
+                        name=f'dec{i}')(h, train, mask)
       elif kind == 'view':  # PyTorch view(C,H,W) then NCHW -> NHWC
         h = jnp.transpose(h.reshape(h.shape[0], st[1], st[2], st[3]), (0, 2, 3, 1))
       elif kind == 'lrelu':
@@ -504,7 +700,7 @@ class AENet(nn.Module):
                  xavier_gain=gain, dtype=self.dtype, name=f'dec{i}')(h)
         if bn:
           h = BatchNorm(eps=eps, affine=self.bias or vgg, unbiased_var=self.bn_unbiased_var,
-                        name=f'dec{i}_bn')(h, train)
+                        name=f'dec{i}_bn')(h, train, mask)
         if act == 'relu':
           h = nn.relu(h)
         elif act:
@@ -531,7 +727,9 @@ def _check_name(name):
 def create(name, **options):
   """Builds net `name`. Options: bias=True, torch_init=True (PyTorch default init, spec §1.1),
   bn_unbiased_var=True (spec §11.10), frozen_bn='parity'|'frozen' (spec §11.1), dtype (compute dtype;
-  params stay float32), in_channels (informational)."""
+  params stay float32), in_channels (informational), remat=None (feature stacks as fused conv-BN-activation-pool
+  blocks that keep only each block's input and conv output for the backward pass, `cpu_conv.conv_block`;
+  None = on XLA:CPU only, see `use_fused_blocks`)."""
   _check_name(name)
   if options.get('frozen_bn', 'parity') not in ('parity', 'frozen'):
     raise ValueError(f"frozen_bn={options['frozen_bn']!r}; allowed: parity, frozen")

@@ -290,3 +290,183 @@ def test_bfloat16_max_pool_gradient_goes_to_first_maximum(k):
   (dx32,) = vjp32(jnp.asarray(g))
   _, vjp_ref = jax.vjp(lambda a: jnp.max(a.reshape(2, 3, k, 2, k, 5), axis=(2, 4)), jnp.asarray(x))
   np.testing.assert_array_equal(np.asarray(dx32), np.asarray(vjp_ref(jnp.asarray(g))[0]))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fused conv-BN-activation-pool blocks (cpu_conv.conv_block, the `remat` option) against NumPy float64
+
+def _np_block(x, w, b, scale, bias, mean, var, pad, bn, eps, act, slope, pool, dy, rnd=lambda a: a):
+  """float64 forward and backward of conv(+b) -> BN -> activation -> k x k max pool, written out by hand:
+  returns (y, dx, dw, db, dscale, dbias). BN 'batch' uses the biased batch variance; the pool's gradient goes to
+  the first maximum of each window (row-major) and an activation at exactly 0 takes the negative slope
+  (PyTorch's conventions). `rnd` models a low-precision compute dtype: applied to the conv operands (x, w, and
+  the conv output's cotangent), the conv output and the BN output."""
+  x, w = rnd(x), rnd(w)
+  z = rnd(_np_conv(x, w, pad) + b)
+  if bn == 'batch':
+    mean, var = z.mean((0, 1, 2)), z.var((0, 1, 2))
+  inv = 1 / np.sqrt(var + eps) if bn else 1.0
+  xhat = (z - mean) * inv if bn else z
+  a = rnd(xhat * scale + bias if bn else xhat)
+  slope_of = {'relu': 0.0, 'leaky': slope, None: 1.0}[act]
+  r = rnd(np.where(a > 0, a, a * slope_of))
+  n, h, wd, c = r.shape
+  if pool:
+    rw = r.reshape(n, h // pool, pool, wd // pool, pool, c).transpose(0, 1, 3, 5, 2, 4).reshape(
+        n, h // pool, wd // pool, c, pool * pool)
+    first = np.argmax(rw, axis=-1)  # first maximum, row-major
+    y = np.take_along_axis(rw, first[..., None], -1)[..., 0]
+    gw = np.zeros_like(rw)
+    np.put_along_axis(gw, first[..., None], dy[..., None], -1)
+    g = gw.reshape(n, h // pool, wd // pool, c, pool, pool).transpose(0, 1, 4, 2, 5, 3).reshape(r.shape)
+  else:
+    y, g = r, dy
+  g = g * np.where(a > 0, 1.0, slope_of)
+  if bn:
+    dscale, dbias = (g * xhat).sum((0, 1, 2)), g.sum((0, 1, 2))
+    dxhat = g * scale
+    if bn == 'batch':
+      m = z.size // c
+      dz = inv / m * (m * dxhat - dxhat.sum((0, 1, 2)) - xhat * (dxhat * xhat).sum((0, 1, 2)))
+    else:
+      dz = dxhat * inv
+  else:
+    dscale = dbias = None
+    dz = g
+  dx, dw = _np_conv_grads(x, w, pad, rnd(dz))
+  return y, dx, dw, dz.sum((0, 1, 2)), dscale, dbias
+
+
+def _block_case(seed, k, pad, pool, c_in=6, c_out=8, n=3, hw=(8, 6)):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n,) + hw + (c_in,))
+  w = rng.normal(size=(k, k, c_in, c_out)) / (k * np.sqrt(c_in))
+  b = rng.normal(size=c_out) * 0.5 + 1.0   # offsets: the batch statistics must remove them
+  scale, bias = 1 + 0.3 * rng.normal(size=c_out), 0.3 * rng.normal(size=c_out)
+  mean, var = 0.2 * rng.normal(size=c_out), 0.5 + rng.uniform(size=c_out)
+  oh, ow = hw[0] + 2 * pad - k + 1, hw[1] + 2 * pad - k + 1
+  dy = rng.normal(size=(n, oh // (pool or 1), ow // (pool or 1), c_out))
+  return x, w, b, scale, bias, mean, var, dy
+
+
+@pytest.mark.parametrize('conv', ['xla', 'gemm'])
+@pytest.mark.parametrize('bn,act,pool,k,pad,cin', [
+    ('batch', 'relu', 2, 3, 1, 6), ('batch', 'leaky', 2, 5, 2, 6), ('batch', 'relu', 0, 3, 1, 6),
+    ('running', 'relu', 2, 3, 1, 6), ('running', 'leaky', 0, 3, 0, 6), (None, None, 2, 5, 2, 6),
+    (None, 'leaky', 0, 1, 0, 6), ('batch', 'relu', 2, 3, 1, 3), ('batch', 'leaky', 0, 5, 2, 1)])
+def test_conv_block_float32_forward_and_gradients_equal_numpy_float64(conv, bn, act, pool, k, pad, cin):
+  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  x, w, b, scale, bias, mean, var, dy = _block_case(k * 7 + pad + (pool or 0), k, pad, pool, c_in=cin)
+  spec = cpu_conv.BlockSpec(pad=pad, bn=bn, eps=1e-4, act=act, slope=0.01, pool=pool, dtype='float32', conv=conv)
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  none = jnp.zeros((0,), jnp.float32)
+  sc, bi = (f32(scale), f32(bias)) if bn else (none, none)
+  (y, bm, bv), vjp = jax.vjp(lambda *a: cpu_conv.conv_block(spec, *a, f32(mean), f32(var)),
+                             f32(x), f32(w), f32(b), sc, bi)
+  ct = (f32(dy), jnp.zeros_like(bm), jnp.zeros_like(bv))
+  got = (y,) + vjp(ct)
+  want = _np_block(x, w, b, scale, bias, mean, var, pad, bn, 1e-4, act, 0.01, pool, dy)
+  names = ('y', 'dx', 'dw', 'db', 'dscale', 'dbias')
+  for name, g, r in zip(names, got, want):
+    if r is None:
+      assert g.shape == (0,)
+      continue
+    assert g.dtype == jnp.float32 and g.shape == r.shape, name
+    tol = 1e-4 * max(np.abs(r).max(), 1e-3 if name != 'db' else np.abs(want[2]).max())
+    np.testing.assert_allclose(np.asarray(g, np.float64), r, rtol=0, atol=tol, err_msg=name)
+  if bn == 'batch':  # the statistics returned for the running averages: batch mean, biased variance
+    z = _np_conv(x, w, pad) + b
+    np.testing.assert_allclose(np.asarray(bm), z.mean((0, 1, 2)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bv), z.var((0, 1, 2)), rtol=1e-4)
+  else:
+    np.testing.assert_array_equal(np.asarray(bm), np.asarray(f32(mean)))
+
+
+@pytest.mark.parametrize('act,pool', [('relu', 2), ('leaky', 0)])
+def test_conv_block_bfloat16_close_to_numpy_float64(act, pool):
+  """bf16 compute (GEMMs on bf16 operands, f32 accumulation, z and the output rounded to bf16) equals the
+  float64 block with those roundings, and is within bf16 rounding of the unrounded one; parameter gradients
+  stay float32."""
+  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  x, w, b, scale, bias, mean, var, dy = _block_case(3, 3, 1, pool, c_in=16, c_out=16, n=4, hw=(8, 8))
+  spec = cpu_conv.BlockSpec(pad=1, bn='batch', eps=1e-5, act=act, slope=0.01, pool=pool, dtype='bfloat16',
+                            conv='gemm')
+  f32 = lambda a: jnp.asarray(a, jnp.float32)
+  (y, _, _), vjp = jax.vjp(lambda *a: cpu_conv.conv_block(spec, *a, f32(mean), f32(var)),
+                           f32(x), f32(w), f32(b), f32(scale), f32(bias))
+  assert y.dtype == jnp.bfloat16
+  got = (y,) + vjp((jnp.asarray(dy, jnp.bfloat16), jnp.zeros(16), jnp.zeros(16)))
+  args = (x, w, b, scale, bias, mean, var, 1, 'batch', 1e-5, act, 0.01, pool, _bf16_round(dy))
+  for rnd, tol in ((_bf16_round, 1e-2), (lambda a: a, 0.15)):
+    want = _np_block(*args, rnd=rnd)
+    for name, g, r in zip(('y', 'dx', 'dw', 'db', 'dscale', 'dbias'), got, want):
+      assert g.dtype == (jnp.bfloat16 if name == 'y' else jnp.float32), name
+      g = np.asarray(g, np.float64)
+      if name == 'db':  # exactly 0 in theory (the batch mean removes the bias)
+        assert np.abs(g).max() < 1e-6
+        continue
+      rel = np.sqrt(np.mean((g - r) ** 2) / np.mean(r ** 2))
+      # modelled roundings: f32 accumulation order only (and a rare BN output on a rounding boundary);
+      # unrounded: bf16 rounding, and ties in the rounded pool windows send gradients elsewhere
+      assert rel < tol, (name, rel)
+
+
+def test_conv_block_pool_ties_route_the_gradient_to_the_first_maximum():
+  """Equal values in a window (ReLU zeros aside, frequent with integer-valued or bf16 data): all of the window's
+  gradient goes to the first maximum in row-major order."""
+  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  x = rng.integers(-2, 3, size=(2, 6, 4, 3)).astype(np.float64)  # many ties
+  w = np.eye(3).reshape(1, 1, 3, 3)
+  dy = _bf16_round(rng.normal(size=(2, 3, 2, 3)))  # exact in both dtypes
+  for dtype in ('float32', 'bfloat16'):
+    spec = cpu_conv.BlockSpec(pad=0, bn=None, eps=0.0, act=None, slope=0.0, pool=2, dtype=dtype, conv='gemm')
+    none = jnp.zeros((0,), jnp.float32)
+    (y, _, _), vjp = jax.vjp(lambda a: cpu_conv.conv_block(spec, a, jnp.asarray(w, jnp.float32), none, none, none,
+                                                           none, none), jnp.asarray(x, jnp.float32))
+    (dx,) = vjp((jnp.asarray(dy, y.dtype), none, none))
+    want = _np_block(x, w, np.zeros(3), None, None, None, None, 0, None, 0.0, None, 0.0, 2, dy)
+    np.testing.assert_array_equal(np.asarray(y, np.float64), want[0])
+    np.testing.assert_allclose(np.asarray(dx, np.float64), want[1], rtol=1e-2 if dtype == 'bfloat16' else 1e-6)
+
+
+@pytest.mark.parametrize('name,size', [('FCDD_CNN28_W', None), ('FCDD_CNN32_LW3K', None), ('VGG', 16)])
+def test_remat_does_not_change_outputs_gradients_or_statistics(name, size):
+  """float32 nets with and without the fused blocks (remat=True/False): same init, outputs, parameter gradients
+  and BN running statistics to float32 rounding (the BN-cancelled conv biases: 0 vs ~1e-9)."""
+  if name == 'VGG':  # VGG_NOPT's feature stack on a small input (fully convolutional)
+    mk = lambda remat: models.FeatureStack(models.VGG11_FEATURES[:9], vgg=True, fused=remat)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, 3)), jnp.float32)
+  else:
+    mk = lambda remat: models.create(name, remat=remat)
+    h, w, c = models.input_shape(name)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, h, w, c)), jnp.float32)
+  res = {}
+  for remat in (False, True):
+    net = mk(remat)
+    v = net.init(jax.random.PRNGKey(0), x, True)
+
+    def loss(p, net=net, v=v):
+      out, upd = net.apply({'params': p, 'batch_stats': v['batch_stats']}, x, True, mutable=['batch_stats'])
+      return jnp.sum(out * jnp.cos(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))), (out, upd)
+
+    (_, (out, upd)), g = jax.value_and_grad(loss, has_aux=True)(v['params'])
+    res[remat] = (v, out, upd, g)
+  (v0, out0, upd0, g0), (v1, out1, upd1, g1) = res[False], res[True]
+  assert jax.tree.structure(v0) == jax.tree.structure(v1)
+  for a, b in zip(jax.tree.leaves(v0), jax.tree.leaves(v1)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # same variables, same init
+  np.testing.assert_allclose(np.asarray(out1), np.asarray(out0), rtol=0, atol=1e-5 * np.abs(out0).max())
+  for a, b in zip(jax.tree.leaves(upd0), jax.tree.leaves(upd1)):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-6)
+  scale = max(np.abs(np.asarray(a)).max() for a in jax.tree.leaves(g0))
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(g0)[0], jax.tree.leaves(g1)):
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(b, a, rtol=0, atol=max(2e-5 * np.abs(a).max(), 1e-6 * scale),
+                               err_msg=jax.tree_util.keystr(path))
+
+
+def test_fused_blocks_selection():
+  assert models.use_fused_blocks(None, backend='cpu')
+  assert not models.use_fused_blocks(None, backend='gpu') and not models.use_fused_blocks(None, backend='tpu')
+  assert models.use_fused_blocks(True, backend='gpu') and not models.use_fused_blocks(False, backend='cpu')
