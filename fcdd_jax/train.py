@@ -249,14 +249,19 @@ def _objective_loss(cfg, out, batch):
 
 
 def train_step(state, batch, rng, *, cfg, frozen=None):
-  """One optimiser step. Returns (new_state, metrics) with scalar metrics (no host sync)."""
+  """One optimiser step. Returns (new_state, metrics) with scalar metrics (no host sync).
+
+  A batch with `valid` (the padded last batch of an epoch) passes it to the net as the BatchNorm mask and
+  to the loss: padding rows change neither the statistics nor the loss. Batches without it (all others)
+  keep the unmasked program; jit compiles the masked one once, when the first padded batch comes."""
   rng = jax.random.fold_in(rng, state.step)
+  mask = {'mask': batch['valid']} if 'valid' in batch else {}
 
   def loss_fn(params):
     params = _stop_frozen(params, frozen)
     out, updates = state.apply_fn(
         {'params': params, 'batch_stats': state.batch_stats}, batch['image'], train=True,
-        mutable=['batch_stats'], rngs={'dropout': rng})
+        mutable=['batch_stats'], rngs={'dropout': rng}, **mask)
     res = _objective_loss(cfg, out, batch)
     return res['loss'], (res, updates)
 
