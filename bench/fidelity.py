@@ -84,6 +84,7 @@ def build_pasted(src, base, seed=0):
     raise ValueError(f'{src} needs >= 61 train/good and some test/good images for the masked set')
   key = hashlib.sha1(repr((PASTED_VERSION, seed, os.path.abspath(src), len(train), len(good))).encode()).hexdigest()
   root = os.path.join(base, f'{PASTED_VERSION}-{key[:10]}')
+  os.makedirs(base, exist_ok=True)
   if os.path.exists(os.path.join(root, 'DONE')):
     return root
   tmp = tempfile.mkdtemp(prefix='.building-', dir=base)
@@ -92,7 +93,7 @@ def build_pasted(src, base, seed=0):
   def save(arr, *parts):
     path = os.path.join(tmp, *parts)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(arr).save(path)
+    Image.fromarray(arr).save(path, compress_level=1)   # fast; lossless all the same
   for i, p in enumerate(keep):
     save(load(p), 'train', 'good', f'{i:03d}.png')
   for i, p in enumerate(good + held[:30]):
