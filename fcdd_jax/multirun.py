@@ -136,7 +136,10 @@ def train_and_evaluate_runs(config, workdir):
       if step <= totals[r] or last[r] is None:
         last[r] = next(it)
       local.append(last[r])
-    batch = {k: np.stack([b[k] for b in local]) for k in local[0]}
+    keys = set().union(*local)          # a run in its padded last batch carries 'valid'; full batches do not
+    if 'valid' in keys:
+      local = [b if 'valid' in b else {**b, 'valid': np.ones(len(b['image']), np.float32)} for b in local]
+    batch = {k: np.stack([b[k] for b in local]) for k in sorted(keys)}
     gbatch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
     active = jnp.asarray([step <= t for t in totals])
     stacked, metrics = p_step(stacked, gbatch, step_rngs, active)

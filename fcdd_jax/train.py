@@ -482,9 +482,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   steps_per_epoch = info.steps_per_epoch
   if steps_per_epoch <= 0:
     raise ConfigError(
-        f'the training set has {info.num_train} examples per epoch, fewer than config.batch_size='
-        f'{config.batch_size} (the last incomplete batch of an epoch is dropped); lower batch_size or raise '
-        'data.enlarge')
+        f'the training set of data.root={config.data.root!r} has no examples ({info.num_train} per epoch); '
+        'check the folder layout (README, "Running experiments")')
   total_steps = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * steps_per_epoch
   if total_steps <= 0:
     raise ConfigError(
