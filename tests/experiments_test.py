@@ -11,12 +11,7 @@ from tests import pretrained_test as prt
 
 
 def _set(c, **kv):
-  for k, v in kv.items():
-    node = c
-    *path, leaf = k.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(kv)   # 'data.root' style field paths
   return c
 
 

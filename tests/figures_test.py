@@ -30,12 +30,7 @@ def _cfg(module, **overrides):
   c.checkpoint_every_steps = 100
   c.eval.batch_size = 32
   c.eval.num_figure_samples = 6
-  for k, v in overrides.items():
-    node = c
-    *path, leaf = k.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(overrides)   # 'data.root' style field paths
   return c
 
 

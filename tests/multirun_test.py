@@ -12,12 +12,7 @@ from fcdd_jax import train
 
 def _cfg(**kv):
   c = test_config.get_config()
-  for k, v in kv.items():
-    node = c
-    *path, leaf = k.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(kv)   # 'data.root' style field paths
   return c
 
 

@@ -14,12 +14,7 @@ from fcdd_jax import train
 
 def _config(**overrides):
   c = test_config.get_config()
-  for k, v in overrides.items():
-    node = c
-    *path, leaf = k.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(overrides)   # 'data.root' style field paths
   return c
 
 

@@ -17,12 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def _config(**overrides):
   from configs import test as test_config  # pylint: disable=g-import-not-at-top
   c = test_config.get_config()
-  for k, v in overrides.items():
-    node = c
-    *path, leaf = k.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = v
+  c.update_from_flattened_dict(overrides)   # 'data.root' style field paths
   return c
 
 
