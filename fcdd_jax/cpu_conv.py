@@ -20,7 +20,7 @@ Products of bf16 numbers are exact in float32 and all sums accumulate in float32
 own dtype (float32 params) and its gradient is returned in float32, never rounded to bf16.
 """
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -120,8 +120,9 @@ class BlockSpec(NamedTuple):
   pad: symmetric zero padding of the stride-1 conv. bn: 'batch' (normalise with the batch statistics),
   'running' (with given statistics: eval mode or frozen BN) or None. eps: BN epsilon. act: 'relu', 'leaky'
   or None; slope: leaky slope. pool: k of a non-overlapping k x k max pool after the activation, or 0.
-  dtype: compute dtype ('float32' | 'bfloat16'); conv: 'gemm' (im2col GEMMs, `gemm_conv`'s formulation) or
-  'xla' (XLA's convolution forward and input gradient, weight gradient as k*k GEMMs)."""
+  dtype: compute dtype ('float32' | 'bfloat16'). conv: the conv family, 'gemm' (bf16 GEMMs on XLA:CPU where
+  they pay, `gemm_conv`'s formulation) or 'xla' (XLA's convolutions); plan: None (per layer, `conv_plan`) or
+  an explicit (forward, input gradient, weight gradient) plan."""
   pad: int
   bn: Optional[str]
   eps: float
@@ -130,6 +131,7 @@ class BlockSpec(NamedTuple):
   pool: int
   dtype: str
   conv: str
+  plan: Optional[Tuple[str, str, str]] = None
 
 
 def conv_block(spec, x, w, b, scale, bias, mean, var):
@@ -164,47 +166,89 @@ def _f32(a):
   return a.astype(jnp.float32)
 
 
-def _conv_forward(spec, xc, w):
-  """float32 [N,H',W',Cout] conv of xc (already in the compute dtype) with w."""
-  dtype = jnp.dtype(spec.dtype)
-  if spec.conv == 'gemm':
-    return _fwd_impl(xc, w, spec.pad, dtype)[0]
-  return jax.lax.conv_general_dilated(xc, w.astype(dtype), (1, 1), [(spec.pad, spec.pad)] * 2,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+def conv_plan(conv, k, ci, co, hw):
+  """How a block's stride-1 conv and its two gradients are computed: (forward, input gradient, weight
+  gradient), each one of
+    'xla'    XLA's convolution (on CPU: YNNPACK's, in float32 even for bf16 operands),
+    'gemm'   one GEMM over an im2col ([R, k*k*C] @ [k*k*C, C']; bf16 operands on CPU, float32 accumulation),
+    'taps'   weight gradient as k*k GEMMs dz^T @ x_tap over shifted copies of x (no k*k-wide im2col),
+    'cols_t' weight gradient colsT @ dz over a transposed im2col of x (first layers: x has 1-3 channels),
+    'filter' XLA's backward-filter convolution.
+  `conv` is the block's family ('gemm': bf16 GEMMs on XLA:CPU; 'xla': XLA convolutions), hw the output's
+  H*W. Measured per layer of FCDD_CNN224_VGG_NOPT at batch 32 (bench/README.md): an im2col costs about as
+  much as its GEMM when the GEMM's output has <= 128 channels at >= 56x56 pixels, where YNNPACK's float32
+  convolution is the faster one; the k*k tap GEMMs beat one GEMM over the k*k-wide im2col (half the copies)."""
+  if conv == 'gemm':
+    fwd = 'xla' if co <= 128 and ci >= 8 and hw >= 56 * 56 else 'gemm'
+    dx = 'xla' if ci <= 128 and co >= 8 and hw >= 56 * 56 else 'gemm'
+    dw = 'cols_t' if ci <= 4 else ('taps' if k == 3 and ci >= 32 else 'gemm')
+    return fwd, dx, dw
+  return 'xla', 'xla', 'cols_t' if ci <= 4 else ('taps' if k == 3 and ci >= 32 else 'filter')
+
+
+def _lax_conv(x, w, pad):
+  return jax.lax.conv_general_dilated(x, w, (1, 1), [(pad, pad)] * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
                                       preferred_element_type=jnp.float32)
 
 
+def _plan(spec, w, z_shape):
+  if spec.plan is not None:
+    return spec.plan
+  k, _, ci, co = w.shape
+  return conv_plan(spec.conv, k, ci, co, z_shape[1] * z_shape[2])
+
+
+def _conv_forward(spec, xc, w):
+  """float32 [N,H',W',Cout] conv of xc (already in the compute dtype) with w."""
+  dtype = jnp.dtype(spec.dtype)
+  k = w.shape[0]
+  oh, ow = xc.shape[1] + 2 * spec.pad - k + 1, xc.shape[2] + 2 * spec.pad - k + 1
+  if _plan(spec, w, (0, oh, ow))[0] == 'gemm':
+    return _fwd_impl(xc, w, spec.pad, dtype)[0]
+  return _lax_conv(xc, w.astype(dtype), spec.pad)
+
+
 def _conv_backward(spec, xc, w, dz):
-  """(dx in the compute dtype, dw float32) of the conv for cotangent dz (float32 [N,H',W',Cout])."""
+  """(dx in the compute dtype, dw float32) of the conv for cotangent dz (float32 [N,H',W',Cout]).
+  xc arrives tied to the cotangent (`_after`): what is recomputed from it here (im2col, shifted copies)
+  is neither merged with the forward pass's (CSE) nor scheduled early and kept alive in between. The input
+  gradient of a first layer is the image's and never needed in training: XLA drops it."""
   dtype = jnp.dtype(spec.dtype)
   k, _, ci, co = w.shape
-  if spec.conv == 'gemm':
-    if ci <= 4:
-      # First layers (cin 1 or 3): the weight gradient as colsT @ dz with a transposed im2col built from
-      # x^T (cheap: x has 1-3 channels). dz is then used in its own layout; the usual dz^T @ cols makes XLA
-      # fuse the whole dz computation into a transposing copy with strided reads (0.6 s of a 7.6 s
-      # FCDD_CNN224_VGG_NOPT bf16 step). The input gradient of such a layer is the image's: never needed.
-      return _conv_input_grad(dz, w, spec.pad, dtype, xc.shape), _wgrad_transposed(xc, dz, k, spec.pad, dtype)
-    # The im2col of x is recomputed here instead of being kept from the forward pass (k*k times the size
-    # of x; xc arrives tied to the cotangent, so XLA neither merges the two nor hoists this one).
-    cols = im2col(xc, k, spec.pad)
-    return _bwd_impl(cols, w, dtype, dz, spec.pad, dtype)
+  _, dx_how, dw_how = _plan(spec, w, dz.shape)
   dzc = dz.astype(dtype)
-  conv = lambda a, ww: jax.lax.conv_general_dilated(a, ww, (1, 1), [(spec.pad, spec.pad)] * 2,
-                                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  _, vjp = jax.vjp(conv, xc, w.astype(dtype))
-  if not (k == 3 and ci >= 32):  # XLA's backward-filter conv (faster than k*k GEMMs for 5x5 and cin 1/3)
-    dx, dw = vjp(dzc)
-    return dx, _f32(dw)
-  (dx, _) = vjp(dzc)
-  p = spec.pad
-  xp = jnp.pad(xc, ((0, 0), (p, p), (p, p), (0, 0)))
-  oh, ow = dz.shape[1], dz.shape[2]
-  dzf = dzc.reshape(-1, co)
-  taps = [jnp.dot(xp[:, i:i + oh, j:j + ow, :].reshape(-1, ci).T, dzf, preferred_element_type=jnp.float32)
-          for i in range(k) for j in range(k)]
-  dw = jnp.stack(taps).reshape(k, k, ci, co)
-  return dx, dw
+  if dx_how == 'gemm':
+    dx = _conv_input_grad(dz, w, spec.pad, dtype, xc.shape)
+  else:  # a forward conv of dz with the flipped, transposed kernel (padding k-1-pad; crop when negative)
+    bp = k - 1 - spec.pad
+    dx = _lax_conv(dzc, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2).astype(dtype), max(bp, 0))
+    if bp < 0:
+      dx = dx[:, -bp:-bp + xc.shape[1], -bp:-bp + xc.shape[2], :]
+  if dw_how == 'cols_t':
+    # colsT @ dz: dz is used in its own layout. (dz^T @ cols makes XLA fuse the whole dz computation into a
+    # transposing copy with strided reads: 0.6 s of a 7.6 s FCDD_CNN224_VGG_NOPT bf16 step.)
+    dw = _wgrad_transposed(xc, dz, k, spec.pad, dtype)
+  elif dw_how == 'gemm':  # dz^T @ im2col(x), as gemm_conv
+    dw = _bwd_impl(im2col(xc, k, spec.pad), w, dtype, dz, spec.pad, dtype)[1]
+  elif dw_how == 'taps':
+    p = spec.pad
+    xp = _as_bits(jnp.pad(_as_bits(xc), ((0, 0), (p, p), (p, p), (0, 0))))
+    oh, ow = dz.shape[1], dz.shape[2]
+    if dtype == jnp.dtype(jnp.bfloat16):
+      # canonical [Cout, R] @ [R, Cin] dots (the bf16 GEMM takes no transposed operand; a transpose next to
+      # a dot is folded into it): the [k*k, Cout, Cin] stack is transposed as a whole afterwards
+      dzt = jnp.transpose(dzc, (3, 0, 1, 2)).reshape(co, -1)
+      taps = [_mm(dzt, _from_bits(xp[:, i:i + oh, j:j + ow, :], dtype).reshape(-1, ci))
+              for i in range(k) for j in range(k)]
+      dw = jnp.stack(taps).reshape(k, k, co, ci).transpose(0, 1, 3, 2)
+    else:
+      dzf = dzc.reshape(-1, co)
+      taps = [_mm(_from_bits(xp[:, i:i + oh, j:j + ow, :], dtype).reshape(-1, ci).T, dzf)
+              for i in range(k) for j in range(k)]
+      dw = jnp.stack(taps).reshape(k, k, ci, co)
+  else:  # 'filter'
+    dw = _f32(jax.vjp(lambda ww: _lax_conv(xc, ww, spec.pad).astype(dtype), w.astype(dtype))[1](dzc)[0])
+  return dx.astype(dtype), dw
 
 
 def _wgrad_transposed(x, dz, k, pad, dtype):

@@ -349,7 +349,7 @@ def _block_case(seed, k, pad, pool, c_in=6, c_out=8, n=3, hw=(8, 6)):
   return x, w, b, scale, bias, mean, var, dy
 
 
-@pytest.mark.parametrize('conv', ['xla', 'gemm'])
+@pytest.mark.parametrize('conv', ['xla', 'gemm', 'xla/gemm/taps', 'gemm/xla/cols_t', 'xla/xla/gemm', 'gemm/gemm/filter'])
 @pytest.mark.parametrize('bn,act,pool,k,pad,cin', [
     ('batch', 'relu', 2, 3, 1, 6), ('batch', 'leaky', 2, 5, 2, 6), ('batch', 'relu', 0, 3, 1, 6),
     ('running', 'relu', 2, 3, 1, 6), ('running', 'leaky', 0, 3, 0, 6), (None, None, 2, 5, 2, 6),
@@ -357,7 +357,9 @@ def _block_case(seed, k, pad, pool, c_in=6, c_out=8, n=3, hw=(8, 6)):
 def test_conv_block_float32_forward_and_gradients_equal_numpy_float64(conv, bn, act, pool, k, pad, cin):
   from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
   x, w, b, scale, bias, mean, var, dy = _block_case(k * 7 + pad + (pool or 0), k, pad, pool, c_in=cin)
-  spec = cpu_conv.BlockSpec(pad=pad, bn=bn, eps=1e-4, act=act, slope=0.01, pool=pool, dtype='float32', conv=conv)
+  plan = tuple(conv.split('/')) if '/' in conv else None  # every way of computing the conv and its gradients
+  spec = cpu_conv.BlockSpec(pad=pad, bn=bn, eps=1e-4, act=act, slope=0.01, pool=pool, dtype='float32',
+                            conv=conv if plan is None else 'gemm', plan=plan)
   f32 = lambda a: jnp.asarray(a, jnp.float32)
   none = jnp.zeros((0,), jnp.float32)
   sc, bi = (f32(scale), f32(bias)) if bn else (none, none)
@@ -382,15 +384,16 @@ def test_conv_block_float32_forward_and_gradients_equal_numpy_float64(conv, bn, 
     np.testing.assert_array_equal(np.asarray(bm), np.asarray(f32(mean)))
 
 
-@pytest.mark.parametrize('act,pool', [('relu', 2), ('leaky', 0)])
-def test_conv_block_bfloat16_close_to_numpy_float64(act, pool):
+@pytest.mark.parametrize('act,pool,plan', [('relu', 2, None), ('leaky', 0, None), ('relu', 2, ('xla', 'xla', 'taps')),
+                                           ('leaky', 2, ('gemm', 'gemm', 'cols_t'))])
+def test_conv_block_bfloat16_close_to_numpy_float64(act, pool, plan):
   """bf16 compute (GEMMs on bf16 operands, f32 accumulation, z and the output rounded to bf16) equals the
   float64 block with those roundings, and is within bf16 rounding of the unrounded one; parameter gradients
   stay float32."""
   from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
   x, w, b, scale, bias, mean, var, dy = _block_case(3, 3, 1, pool, c_in=16, c_out=16, n=4, hw=(8, 8))
   spec = cpu_conv.BlockSpec(pad=1, bn='batch', eps=1e-5, act=act, slope=0.01, pool=pool, dtype='bfloat16',
-                            conv='gemm')
+                            conv='gemm', plan=plan)
   f32 = lambda a: jnp.asarray(a, jnp.float32)
   (y, _, _), vjp = jax.vjp(lambda *a: cpu_conv.conv_block(spec, *a, f32(mean), f32(var)),
                            f32(x), f32(w), f32(b), f32(scale), f32(bias))
