@@ -112,8 +112,15 @@ def keep_freed_memory():
 
 
 def peak_rss_bytes():
-  """Peak resident set size of this process so far (bytes; Linux ru_maxrss is in KiB)."""
+  """Peak resident set size of this process image so far, in bytes: VmHWM of /proc/self/status (Linux; reset
+  by exec, unlike ru_maxrss, which a child forked from a large parent inherits), else ru_maxrss."""
+  try:
+    with open('/proc/self/status') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) * 1024
+  except OSError:
+    pass
   import resource  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
   r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   return int(r if sys.platform == 'darwin' else r * 1024)
