@@ -1,4 +1,5 @@
-"""Stride-1 NHWC convolutions as bfloat16 GEMMs with float32 accumulation (for XLA:CPU).
+"""Convolutions for XLA:CPU: stride-1 NHWC convs as bfloat16 GEMMs (`gemm_conv`), and fused
+conv-BN-activation-pool blocks with a hand-written backward pass (`conv_block`, below).
 
 On this CPU (AMD EPYC, AVX512-BF16) XLA:CPU runs a bf16 x bf16 -> f32 matmul ~2x faster than a float32
 one (its YNNPACK GEMM: ~360 GFLOP/s on 2 cores), but its convolutions get no bf16 speed-up: a bf16 conv is

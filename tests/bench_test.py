@@ -53,14 +53,44 @@ def test_models_axis_bench():
 def test_compare_bench_same_process_ratio():
   pytest.importorskip('torch', reason='torch not installed')
   rs = _run(['bench.compare', '--net', 'FCDD_CNN28_W', '--batch', '8', '--steps', '2',
-             '--dtypes', 'float32,bfloat16'])
+             '--dtypes', 'float32,bfloat16', '--torch_bf16_steps', '1'])
   steps = {(r['impl'], r.get('dtype') or r.get('layout')) for r in rs if r['impl'] != 'ratio'}
-  assert steps == {('jax', 'float32'), ('jax', 'bfloat16'), ('torch', 'nchw'), ('torch', 'channels_last')}
+  assert steps == {('jax', 'float32'), ('jax', 'bfloat16'), ('torch', 'nchw'), ('torch', 'channels_last'),
+                   ('torch', 'channels_last-autocast-bf16')}
+  gflop = 0.491762432  # FCDD_CNN28_W per image: 2*f1 (no input gradient) + 3*f2 + 3*f3, see below
+  for r in rs:
+    if r['impl'] in ('jax', 'torch'):
+      assert r['gflop_per_s'] == pytest.approx(r['img_per_s'] * gflop, rel=0.01, abs=0.1)
+      assert r['step_mem_mb_per_img'] is None or r['step_mem_mb_per_img'] >= 0
+      assert (r['temp_mb_per_img'] is not None and r['temp_mb_per_img'] > 0) == (r['impl'] == 'jax')
   (ratio,) = [r for r in rs if r['impl'] == 'ratio']
-  best = max(r['img_per_s'] for r in rs if r['impl'] == 'torch')
-  assert ratio['best_torch_img_per_s'] == best
+  best = max(r['img_per_s'] for r in rs if r['impl'] == 'torch' and 'autocast' not in r['layout'])
+  assert ratio['best_torch_img_per_s'] == best  # float32 PyTorch only: autocast-bf16 is reported, not a ratio
   jax_bf16 = [r['img_per_s'] for r in rs if r.get('dtype') == 'bfloat16'][0]
   assert ratio['jax_bfloat16_vs_best_torch'] == pytest.approx(jax_bf16 / best, abs=2e-3)
+
+
+def test_train_gflop_per_image_counts_conv_passes():
+  from bench import common  # pylint: disable=g-import-not-at-top
+  f1 = 2 * 28 * 28 * 25 * 1 * 128       # FCDD_CNN28_W conv 1->128 5x5 at 28x28: forward + weight gradient only
+  f2 = 2 * 14 * 14 * 25 * 128 * 128     # conv 128->128 5x5 at 14x14: forward, input and weight gradients
+  f3 = 2 * 7 * 7 * 128                  # final 1x1 conv to one channel
+  assert common.train_gflop_per_image('FCDD_CNN28_W') == pytest.approx((2 * f1 + 3 * f2 + 3 * f3) / 1e9)
+  nopt, vgg_f = common.train_gflop_per_image('FCDD_CNN224_VGG_NOPT'), common.train_gflop_per_image('FCDD_CNN224_VGG_F')
+  assert 39 < nopt < 39.5 and vgg_f < 0.6 * nopt   # _F: no gradients below its first trainable conv
+
+
+def test_gemm_peak_bench():
+  pytest.importorskip('torch', reason='torch not installed')
+  (r,) = _run(['bench.gemm_peak', '--shapes', '256,128,64', '--steps', '1'])
+  assert all(r[f'{i}_gflops'] > 0 for i in ('jax_f32', 'jax_bf16', 'torch_f32', 'torch_bf16'))
+
+
+def test_jax_train_step_bench_reports_memory_and_remat_option():
+  r_on, r_off = (_run(['bench.train_step', '--net', 'FCDD_CNN28_W', '--batch', '8', '--steps', '1', '--remat', v])[0]
+                 for v in ('on', 'off'))
+  assert r_on['remat'] is True and r_off['remat'] is False
+  assert 0 < r_on['temp_mb'] < r_off['temp_mb'] and r_on['peak_rss_mb'] > 0
 
 
 def test_profile_step_groups_the_step_time():
