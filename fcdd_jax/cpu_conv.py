@@ -199,17 +199,25 @@ def _plan(spec, w, z_shape):
   return conv_plan(spec.conv, k, ci, co, z_shape[1] * z_shape[2])
 
 
+KEEP_COLS_BYTES = 192 * 2 ** 20  # a forward im2col up to this size is kept for the weight gradient
+
+
 def _conv_forward(spec, xc, w):
-  """float32 [N,H',W',Cout] conv of xc (already in the compute dtype) with w."""
+  """(float32 [N,H',W',Cout] conv of xc (already in the compute dtype) with w, im2col kept for the backward
+  pass or None). An im2col is kept when the weight gradient is its GEMM too and it is small
+  (KEEP_COLS_BYTES): recomputing it costs more than it saves on small nets (FCDD_CNN28_W's 5x5 layer: 160 MB
+  at batch 128); the large ones of the 224^2 nets are recomputed."""
   dtype = jnp.dtype(spec.dtype)
   k = w.shape[0]
   oh, ow = xc.shape[1] + 2 * spec.pad - k + 1, xc.shape[2] + 2 * spec.pad - k + 1
-  if _plan(spec, w, (0, oh, ow))[0] == 'gemm':
-    return _fwd_impl(xc, w, spec.pad, dtype)[0]
-  return _lax_conv(xc, w.astype(dtype), spec.pad)
+  fwd, _, dw = _plan(spec, w, (0, oh, ow))
+  if fwd == 'gemm':
+    y, cols = _fwd_impl(xc, w, spec.pad, dtype)
+    return y, (cols if dw == 'gemm' and cols.size * cols.dtype.itemsize <= KEEP_COLS_BYTES else None)
+  return _lax_conv(xc, w.astype(dtype), spec.pad), None
 
 
-def _conv_backward(spec, xc, w, dz):
+def _conv_backward(spec, xc, w, dz, cols=None):
   """(dx in the compute dtype, dw float32) of the conv for cotangent dz (float32 [N,H',W',Cout]).
   xc arrives tied to the cotangent (`_after`): what is recomputed from it here (im2col, shifted copies)
   is neither merged with the forward pass's (CSE) nor scheduled early and kept alive in between. The input
@@ -229,8 +237,8 @@ def _conv_backward(spec, xc, w, dz):
     # colsT @ dz: dz is used in its own layout. (dz^T @ cols makes XLA fuse the whole dz computation into a
     # transposing copy with strided reads: 0.6 s of a 7.6 s FCDD_CNN224_VGG_NOPT bf16 step.)
     dw = _wgrad_transposed(xc, dz, k, spec.pad, dtype)
-  elif dw_how == 'gemm':  # dz^T @ im2col(x), as gemm_conv
-    dw = _bwd_impl(im2col(xc, k, spec.pad), w, dtype, dz, spec.pad, dtype)[1]
+  elif dw_how == 'gemm':  # dz^T @ im2col(x), as gemm_conv (the forward's im2col when kept)
+    dw = _bwd_impl(im2col(xc, k, spec.pad) if cols is None else cols, w, dtype, dz, spec.pad, dtype)[1]
   elif dw_how == 'taps':
     p = spec.pad
     xp = _as_bits(jnp.pad(_as_bits(xc), ((0, 0), (p, p), (p, p), (0, 0))))
@@ -366,7 +374,7 @@ def _block_forward(spec, x, w, b, scale, bias, mean, var):
   """Returns (y, batch_mean, batch_var, residuals)."""
   dtype = jnp.dtype(spec.dtype)
   xc = x.astype(dtype)
-  z = _conv_forward(spec, xc, w)
+  z, cols = _conv_forward(spec, xc, w)
   if b.shape[0]:
     z = z + _f32(b)
   z = z.astype(dtype)  # the unfused Conv's output dtype; kept for the backward pass
@@ -378,7 +386,7 @@ def _block_forward(spec, x, w, b, scale, bias, mean, var):
   else:
     y = _bn_act(spec, z, mean, inv, scale, bias)
   y = y.astype(dtype)  # exact: the values are already rounded to dtype
-  return y, mean, var, (xc, z, y)
+  return y, mean, var, (xc, z, y, cols)
 
 
 @functools.lru_cache(maxsize=None)
@@ -389,12 +397,12 @@ def _block_vjp(spec):
     return _block_forward(spec, x, w, b, scale, bias, mean, var)[:3]
 
   def fwd(x, w, b, scale, bias, mean, var):
-    y, bm, bv, (xc, z, yk) = _block_forward(spec, x, w, b, scale, bias, mean, var)
+    y, bm, bv, (xc, z, yk, cols) = _block_forward(spec, x, w, b, scale, bias, mean, var)
     zero = jnp.zeros((0,), x.dtype)  # carries x's dtype only
-    return (y, bm, bv), (xc, z, yk, w, b, scale, bias, mean, var, bm, bv, zero)
+    return (y, bm, bv), (xc, z, yk, cols, w, b, scale, bias, mean, var, bm, bv, zero)
 
   def bwd(res, cts):
-    xc, z, y, w, b, scale, bias, mean_in, var_in, bm, bv, x_dtype = res
+    xc, z, y, cols, w, b, scale, bias, mean_in, var_in, bm, bv, x_dtype = res
     mean, var = (bm, bv) if spec.bn == 'batch' else (mean_in, var_in)
     inv = jax.lax.rsqrt(var + spec.eps) if spec.bn else None
     gy = _f32(cts[0])
@@ -444,7 +452,7 @@ def _block_vjp(spec):
     else:
       dz = g
       db = _channel_sums(ga)[0]
-    dx, dw = _conv_backward(spec, _after(xc, gy), w, dz)
+    dx, dw = _conv_backward(spec, _after(xc, gy), w, dz, cols)
     grads = (dx.astype(x_dtype.dtype), dw.astype(w.dtype), db.astype(b.dtype) if b.shape[0] else b,
              dscale if scale.shape[0] else scale, dbias if bias.shape[0] else bias,
              jnp.zeros_like(mean_in), jnp.zeros_like(var_in))
