@@ -15,7 +15,28 @@ if ROOT not in sys.path:
 SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
 
 
+import importlib  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def config_for(module='test', **overrides):
+  """A config from `configs/<module>.py` (a name or the module itself) with field overrides applied.
+
+  Overrides use dotted field paths as keyword names, e.g. `config_for('custom', **{'data.root': d})`;
+  ml_collections checks that each field exists and keeps its type, so a typo fails the test.
+  """
+  if isinstance(module, str):
+    module = importlib.import_module(f'configs.{module}')
+  c = module.get_config()
+  c.update_from_flattened_dict(overrides)
+  return c
+
+
+@pytest.fixture(scope='session')
+def make_config():
+  """The fixture form of `config_for`: `make_config('mvtec', batch_size=8, **{'data.root': d})`."""
+  return config_for
 
 
 @pytest.fixture(scope='session')

@@ -9,8 +9,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import custom as custom_config
-from configs import mvtec as mvtec_config
 from fcdd_jax import figures
 from fcdd_jax import input_pipeline
 from fcdd_jax import train
@@ -21,17 +19,9 @@ BOTTLE = os.path.join(SHARED, 'mvtec_bottle_256', 'bottle')
 PANEL = 224
 
 
-def _cfg(module, **overrides):
-  c = module.get_config()
-  c.model.name = 'FCDD_CNN224'      # a 224² from-scratch net, small enough for the suite
-  c.batch_size = 8
-  c.num_train_steps = 2
-  c.log_every_steps = 1
-  c.checkpoint_every_steps = 100
-  c.eval.batch_size = 32
-  c.eval.num_figure_samples = 6
-  c.update_from_flattened_dict(overrides)   # 'data.root' style field paths
-  return c
+# a 224² from-scratch net and a short run, small enough for the suite
+SMALL = {'model.name': 'FCDD_CNN224', 'batch_size': 8, 'num_train_steps': 2, 'log_every_steps': 1,
+         'checkpoint_every_steps': 100, 'eval.batch_size': 32, 'eval.num_figure_samples': 6}
 
 
 def _write_tree(root, h, w, n_train=8, n_test=4):
@@ -86,16 +76,16 @@ def _check_run(workdir, config, with_masks):
 
 
 @pytest.mark.skipif(not os.path.isdir(BOTTLE), reason=f'{BOTTLE} not available')
-def test_real_bottle_figures_at_224(tmp_path):
-  cfg = _cfg(custom_config, **{'data.root': BOTTLE, 'data.cache_dir': str(tmp_path / 'cache')})
+def test_real_bottle_figures_at_224(make_config, tmp_path):
+  cfg = make_config('custom', **SMALL, **{'data.root': BOTTLE, 'data.cache_dir': str(tmp_path / 'cache')})
   res = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
   assert res['peak_rss_bytes'] > 0 and res['compile_seconds'] > 0
   _check_run(str(tmp_path / 'run'), cfg, with_masks=False)
 
 
-@pytest.mark.parametrize('module,size', [(custom_config, (300, 260)), (mvtec_config, (256, 256))])
-def test_generated_masked_tree_figures(module, size, tmp_path):
-  if module is mvtec_config:
+@pytest.mark.parametrize('module,size', [('custom', (300, 260)), ('mvtec', (256, 256))])
+def test_generated_masked_tree_figures(make_config, module, size, tmp_path):
+  if module == 'mvtec':
     root = str(tmp_path / 'mvtec')
     _write_tree(os.path.join(root, 'bottle'), *size)      # normal_class 0 = bottle
     overrides = {'data.root': root}
@@ -103,7 +93,7 @@ def test_generated_masked_tree_figures(module, size, tmp_path):
     root = str(tmp_path / 'parts')
     _write_tree(root, *size)
     overrides = {'data.root': root}
-  cfg = _cfg(module, **overrides, **{'data.cache_dir': str(tmp_path / 'cache')})
+  cfg = make_config(module, **SMALL, **overrides, **{'data.cache_dir': str(tmp_path / 'cache')})
   res = train.train_and_evaluate(cfg, str(tmp_path / 'run'))
   assert res['pixel_auc'] is not None
   _check_run(str(tmp_path / 'run'), cfg, with_masks=True)

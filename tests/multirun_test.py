@@ -4,16 +4,9 @@ import os
 
 import pytest
 
-from configs import test as test_config
 from fcdd_jax import models
 from fcdd_jax import multirun
 from fcdd_jax import train
-
-
-def _cfg(**kv):
-  c = test_config.get_config()
-  c.update_from_flattened_dict(kv)   # 'data.root' style field paths
-  return c
 
 
 def test_parse_runs():
@@ -22,11 +15,11 @@ def test_parse_runs():
     multirun.parse_runs('oops')
 
 
-def test_vmapped_runs_equal_separate_runs(tmp_path):
-  res = multirun.train_and_evaluate_runs(_cfg(runs='0x0-1', num_train_steps=6), str(tmp_path / 'multi'))
+def test_vmapped_runs_equal_separate_runs(make_config, tmp_path):
+  res = multirun.train_and_evaluate_runs(make_config(runs='0x0-1', num_train_steps=6), str(tmp_path / 'multi'))
   assert len(res) == 2
   for s in (0, 1):
-    sep = train.train_and_evaluate(_cfg(seed=s, num_train_steps=6), str(tmp_path / f'sep{s}'))
+    sep = train.train_and_evaluate(make_config(seed=s, num_train_steps=6), str(tmp_path / f'sep{s}'))
     with open(tmp_path / 'multi' / 'normal_0' / f'seed_{s}' / 'results.json') as f:
       mr = json.load(f)
     assert mr['image_auc'] == pytest.approx(sep['image_auc'], abs=1e-4)
@@ -34,7 +27,7 @@ def test_vmapped_runs_equal_separate_runs(tmp_path):
   assert os.path.exists(tmp_path / 'multi' / 'summary.md')
 
 
-def test_many_runs_share_the_run_builder_with_blur(tmp_path, monkeypatch):
+def test_many_runs_share_the_run_builder_with_blur(make_config, tmp_path, monkeypatch):
   """Many-runs mode builds model, step settings and initial states with `train.build_run`, as a single run:
   blurred HSC heatmaps (spec §8.3) reach its step settings, failures are not hidden."""
   built = []
@@ -44,7 +37,7 @@ def test_many_runs_share_the_run_builder_with_blur(tmp_path, monkeypatch):
     return built[-1]
   monkeypatch.setattr(train, 'build_run', spy)
   res = multirun.train_and_evaluate_runs(
-      _cfg(runs='0x0', num_train_steps=2, **{'model.name': 'CNN32', 'loss.blur_heatmaps': True,
+      make_config(runs='0x0', num_train_steps=2, **{'model.name': 'CNN32', 'loss.blur_heatmaps': True,
                                               'data.supervise_mode': 'malformed_normal'}),
       str(tmp_path / 'multi'))
   assert len(built) == 1 and built[0].step_config.blur and built[0].step_config.objective == 'hsc'
@@ -52,7 +45,7 @@ def test_many_runs_share_the_run_builder_with_blur(tmp_path, monkeypatch):
   assert res[0]['image_auc'] is not None
 
 
-def test_run_builder_applies_pretrained_weights(tmp_path):
+def test_run_builder_applies_pretrained_weights(make_config, tmp_path):
   """Both entry points start VGG nets from the weight file (many-runs mode used to start from random)."""
   import types  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
@@ -64,7 +57,7 @@ def test_run_builder_applies_pretrained_weights(tmp_path):
   w = {k: (np.abs(v) + 0.5 if k.endswith('running_var') else v) for k, v in w.items()}
   path = str(tmp_path / 'vgg11_bn.npz')
   np.savez(path, **w)
-  c = _cfg(**{'model.name': 'FCDD_CNN224_VGG_F', 'model.pretrained_path': path})
+  c = make_config(**{'model.name': 'FCDD_CNN224_VGG_F', 'model.pretrained_path': path})
   info = types.SimpleNamespace(name='custom', image_shape=(224, 224, 3), train_gtmaps=False)
   built = train.build_run(c, info, steps_per_epoch=1)
   assert built.pretrained and built.frozen is not None

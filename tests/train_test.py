@@ -7,15 +7,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from configs import test as test_config
 from fcdd_jax import checkpointing
 from fcdd_jax import train
-
-
-def _config(**overrides):
-  c = test_config.get_config()
-  c.update_from_flattened_dict(overrides)   # 'data.root' style field paths
-  return c
 
 
 def _final_params(workdir):
@@ -28,10 +21,10 @@ def _final_params(workdir):
 
 
 @pytest.fixture(scope='module')
-def full_run(tmp_path_factory):
+def full_run(make_config, tmp_path_factory):
   assert jax.device_count() == 8
   workdir = str(tmp_path_factory.mktemp('full'))
-  results = train.train_and_evaluate(_config(), workdir)
+  results = train.train_and_evaluate(make_config(), workdir)
   return workdir, results
 
 
@@ -55,24 +48,24 @@ def test_end_to_end_outputs(full_run):
   assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
 
 
-def test_rerun_of_finished_run_only_evaluates(full_run, capsys):
+def test_rerun_of_finished_run_only_evaluates(make_config, full_run, capsys):
   workdir, results = full_run
-  again = train.train_and_evaluate(_config(), workdir)
+  again = train.train_and_evaluate(make_config(), workdir)
   out = capsys.readouterr().out
   assert 'evaluating only' in out
   assert again['image_auc'] == pytest.approx(results['image_auc'], abs=1e-6)
 
 
-def test_interrupted_and_resumed_run_is_bit_identical(full_run, tmp_path, monkeypatch):
+def test_interrupted_and_resumed_run_is_bit_identical(make_config, full_run, tmp_path, monkeypatch):
   workdir_full, results_full = full_run
   workdir = str(tmp_path / 'resumed')
   monkeypatch.setattr(checkpointing, 'reached_preemption', lambda step: step == 4)
   with pytest.raises(SystemExit):
-    train.train_and_evaluate(_config(), workdir)
+    train.train_and_evaluate(make_config(), workdir)
   step, _, meta = _final_params(workdir)
   assert step == 4 and meta['finished'] is False
   monkeypatch.setattr(checkpointing, 'reached_preemption', lambda step: False)
-  results = train.train_and_evaluate(_config(), workdir)
+  results = train.train_and_evaluate(make_config(), workdir)
   _, state_a, _ = _final_params(workdir_full)
   _, state_b, _ = _final_params(workdir)
   for a, b in zip(jax.tree.leaves(state_a), jax.tree.leaves(state_b)):
@@ -81,10 +74,10 @@ def test_interrupted_and_resumed_run_is_bit_identical(full_run, tmp_path, monkey
   assert results['pixel_auc'] == results_full['pixel_auc']
 
 
-def test_nan_loss_stops_before_saving(tmp_path):
+def test_nan_loss_stops_before_saving(make_config, tmp_path):
   workdir = str(tmp_path / 'nan')
   with pytest.raises(train.NonFiniteError, match='non-finite'):
-    train.train_and_evaluate(_config(**{'optim.lr': float('nan'), 'checkpoint_every_steps': 2}), workdir)
+    train.train_and_evaluate(make_config(**{'optim.lr': float('nan'), 'checkpoint_every_steps': 2}), workdir)
   ckdir = os.path.join(workdir, 'checkpoints')
   assert not os.path.isdir(ckdir) or not [d for d in os.listdir(ckdir) if d.isdigit()]
 
@@ -119,22 +112,22 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path):
     ({'optim.name': 'rmsprop'}, "optim.name='rmsprop' is unknown; allowed: sgd, adam"),
     ({'objective': 'ae'}, "objective='ae' does not fit net"),
 ])
-def test_config_errors_name_value_and_allowed(overrides, match):
+def test_config_errors_name_value_and_allowed(make_config, overrides, match):
   with pytest.raises(train.ConfigError, match=match):
-    train.check_config(_config(**overrides))
+    train.check_config(make_config(**overrides))
 
 
-def test_image_size_that_does_not_fit_the_net(tmp_path):
+def test_image_size_that_does_not_fit_the_net(make_config, tmp_path):
   with pytest.raises(train.ConfigError, match=r'32x32 but net .FCDD_CNN28_W. takes 28x28'):
-    train.train_and_evaluate(_config(**{'model.name': 'FCDD_CNN28_W'}), str(tmp_path))
+    train.train_and_evaluate(make_config(**{'model.name': 'FCDD_CNN28_W'}), str(tmp_path))
 
 
-def test_learning_rate_schedules_are_per_epoch():
-  c = _config(**{'optim.schedule': 'lambda', 'optim.lr': 0.1, 'optim.gamma': 0.5})
+def test_learning_rate_schedules_are_per_epoch(make_config):
+  c = make_config(**{'optim.schedule': 'lambda', 'optim.lr': 0.1, 'optim.gamma': 0.5})
   fn = train.learning_rate_fn(c, steps_per_epoch=4)
   np.testing.assert_allclose([float(fn(np.int32(s))) for s in (0, 3, 4, 8)], [0.1, 0.1, 0.05, 0.025],
                              rtol=1e-6)
-  c = _config(**{'optim.schedule': 'milestones', 'optim.lr': 1.0, 'optim.milestones': (1, 2),
+  c = make_config(**{'optim.schedule': 'milestones', 'optim.lr': 1.0, 'optim.milestones': (1, 2),
                  'optim.milestone_factor': 0.1})
   fn = train.learning_rate_fn(c, steps_per_epoch=2)
   np.testing.assert_allclose([float(fn(np.int32(s))) for s in (0, 1, 2, 4)], [1, 1, 0.1, 0.01], rtol=1e-6)
@@ -152,17 +145,17 @@ def test_other_device_count_gives_the_same_aucs(full_run, tmp_path):
   assert results2['pixel_auc'] == pytest.approx(results8['pixel_auc'], abs=1e-4)
 
 
-def test_training_set_smaller_than_the_batch(tmp_path):
+def test_training_set_smaller_than_the_batch(make_config, tmp_path):
   """40 images at batch 64: one padded step per epoch (the reference keeps the partial batch, spec §11.11)."""
-  res = train.train_and_evaluate(_config(**{'batch_size': 64, 'data.demo_num_train': 40, 'num_train_steps': 2}),
+  res = train.train_and_evaluate(make_config(**{'batch_size': 64, 'data.demo_num_train': 40, 'num_train_steps': 2}),
                                  str(tmp_path))
   assert res['steps'] == 2
   assert 0 <= res['image_auc'] <= 1
 
 
 @pytest.mark.parametrize('net,extra', [('CNN32', {'loss.blur_heatmaps': True}), ('AE32', {'data.supervise_mode': 'unsupervised'})])
-def test_baselines_train_and_evaluate_end_to_end(net, extra, tmp_path):
+def test_baselines_train_and_evaluate_end_to_end(make_config, net, extra, tmp_path):
   """HSC (gradient heatmaps, optional blur) and AE baselines through the same engine (spec §10.6)."""
-  res = train.train_and_evaluate(_config(**{'model.name': net, 'num_train_steps': 2, **extra}), str(tmp_path))
+  res = train.train_and_evaluate(make_config(**{'model.name': net, 'num_train_steps': 2, **extra}), str(tmp_path))
   assert 0 <= res['image_auc'] <= 1 and 0 <= res['pixel_auc'] <= 1
   assert os.path.exists(os.path.join(str(tmp_path), 'heatmaps_global.png'))

@@ -14,13 +14,6 @@ from fcdd_jax import workdir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _config(**overrides):
-  from configs import test as test_config  # pylint: disable=g-import-not-at-top
-  c = test_config.get_config()
-  c.update_from_flattened_dict(overrides)   # 'data.root' style field paths
-  return c
-
-
 def _write_lock(wd, **holder):
   os.makedirs(wd, exist_ok=True)
   with open(os.path.join(wd, workdir.LOCK_NAME), 'w') as f:
@@ -101,9 +94,9 @@ def test_stale_locks_are_taken_over_with_a_note(tmp_path, capsys):
   lock.release()
 
 
-def test_compare_allows_schedule_logging_and_eval_fields_only():
-  old = json.loads(workdir.config_json(_config()))
-  new = json.loads(workdir.config_json(_config(**{'num_train_steps': 9, 'eval.num_figure_samples': 4,
+def test_compare_allows_schedule_logging_and_eval_fields_only(make_config):
+  old = json.loads(workdir.config_json(make_config()))
+  new = json.loads(workdir.config_json(make_config(**{'num_train_steps': 9, 'eval.num_figure_samples': 4,
                                                   'model.name': 'FCDD_CNN32_LW3K', 'optim.lr': 0.5})))
   refused, allowed, added = workdir.compare(old, new)
   assert [f for f, _, _ in refused] == ['model.name', 'optim.lr']
@@ -119,19 +112,19 @@ def _trained_workdir(path, config):
     f.write(workdir.config_json(config))
 
 
-def test_prepare_refuses_a_changed_model_and_records_allowed_changes(tmp_path, capsys):
+def test_prepare_refuses_a_changed_model_and_records_allowed_changes(make_config, tmp_path, capsys):
   wd = str(tmp_path / 'w')
-  _trained_workdir(wd, _config())
+  _trained_workdir(wd, make_config())
   before = open(os.path.join(wd, 'config.json')).read()
   with pytest.raises(workdir.WorkdirError) as e:
-    workdir.prepare(_config(**{'model.name': 'FCDD_CNN32_LW3K', 'data.normal_class': 1}), wd)
+    workdir.prepare(make_config(**{'model.name': 'FCDD_CNN32_LW3K', 'data.normal_class': 1}), wd)
   msg = str(e.value)
   assert '\n' not in msg
   assert "model.name 'FCDD_CNN32_S' -> 'FCDD_CNN32_LW3K'" in msg and 'data.normal_class 0 -> 1' in msg
   assert 'new --workdir' in msg and '--restart' in msg
   assert open(os.path.join(wd, 'config.json')).read() == before           # config.json still the trained run's
   assert not os.path.exists(os.path.join(wd, workdir.LOCK_NAME))            # lock given back
-  lock = workdir.prepare(_config(num_train_steps=9), wd)
+  lock = workdir.prepare(make_config(num_train_steps=9), wd)
   lock.release()
   assert 'num_train_steps 6 -> 9' in capsys.readouterr().out
   changes = json.load(open(os.path.join(wd, workdir.CHANGES_NAME)))
@@ -139,12 +132,12 @@ def test_prepare_refuses_a_changed_model_and_records_allowed_changes(tmp_path, c
   assert json.load(open(os.path.join(wd, 'config.json')))['num_train_steps'] == 9
 
 
-def test_prepare_without_a_trained_model_takes_any_config(tmp_path):
+def test_prepare_without_a_trained_model_takes_any_config(make_config, tmp_path):
   wd = str(tmp_path / 'w')
   os.makedirs(wd)
   with open(os.path.join(wd, 'config.json'), 'w') as f:
-    f.write(workdir.config_json(_config()))    # a run that failed before its first checkpoint
-  workdir.prepare(_config(**{'model.name': 'FCDD_CNN32_LW3K'}), wd).release()
+    f.write(workdir.config_json(make_config()))    # a run that failed before its first checkpoint
+  workdir.prepare(make_config(**{'model.name': 'FCDD_CNN32_LW3K'}), wd).release()
   assert json.load(open(os.path.join(wd, 'config.json')))['model']['name'] == 'FCDD_CNN32_LW3K'
 
 
@@ -165,26 +158,26 @@ def test_workdir_that_is_a_file_or_unwritable(tmp_path, monkeypatch):
     workdir.check_path(str(tmp_path / 'ro'))
 
 
-def test_move_aside_keeps_everything_and_respects_the_lock(tmp_path, sleeper):
+def test_move_aside_keeps_everything_and_respects_the_lock(make_config, tmp_path, sleeper):
   wd = str(tmp_path / 'w')
-  _trained_workdir(wd, _config())
+  _trained_workdir(wd, make_config())
   dest = workdir.move_aside(wd)
   assert dest.startswith(wd + '.old-') and not os.path.exists(wd)
   assert os.path.isdir(os.path.join(dest, 'checkpoints', '3'))
   assert not os.path.exists(os.path.join(dest, workdir.LOCK_NAME))
   assert workdir.move_aside(wd) is None                # nothing to move
-  _trained_workdir(wd, _config())
+  _trained_workdir(wd, make_config())
   dest2 = workdir.move_aside(wd)
   assert dest2 != dest and os.path.isdir(dest)          # a second restart never overwrites the first
-  _trained_workdir(wd, _config())
+  _trained_workdir(wd, make_config())
   _write_lock(wd, pid=sleeper.pid, pid_start=workdir._proc_start(sleeper.pid))  # pylint: disable=protected-access
   with pytest.raises(workdir.WorkdirError, match='in use'):
     workdir.move_aside(wd)
   assert os.path.isdir(os.path.join(wd, 'checkpoints', '3'))
 
 
-def test_config_json_round_trip_keeps_tuples_comparable():
-  c = _config()
+def test_config_json_round_trip_keeps_tuples_comparable(make_config):
+  c = make_config()
   assert isinstance(c.optim.milestones, tuple)
   refused, allowed, _ = workdir.compare(json.loads(workdir.config_json(c)), json.loads(workdir.config_json(c)))
   assert not refused and not allowed
