@@ -23,7 +23,6 @@ from fcdd_jax import input_pipeline
 from fcdd_jax import models
 from fcdd_jax import train
 from fcdd_jax.data import anomalies
-from tests import input_pipeline_test as ipt
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -159,9 +158,9 @@ def _tree(root, layout, size=(60, 80), n_train=4, maps=False, value=None):
         save(os.path.join(root, 'test', c, f'{i}.png'))
 
 
-def _custom_cfg(root, tmp_path, **kv):
-  return ipt._cfg(**{'batch_size': 4, 'data.name': 'custom', 'data.root': str(root),  # pylint: disable=protected-access
-                     'data.cache_dir': str(tmp_path / 'cache'), **kv})
+def _custom_cfg(make_config, root, tmp_path, **kv):
+  return make_config(**{'batch_size': 4, 'data.name': 'custom', 'data.root': str(root),
+                        'data.cache_dir': str(tmp_path / 'cache'), **kv})
 
 
 # The reference (spec §3.1/§3.2, §5.9): the GT-map loss iff the dataset yields maps: MVTec always, custom
@@ -171,23 +170,23 @@ REFERENCE_LOSS = {('custom', False): 'label', ('custom', True): 'gtmap', ('mvtec
 
 @pytest.mark.parametrize('maps', [False, True])
 @pytest.mark.parametrize('mode', ['malformed_normal', 'noise'])
-def test_which_loss_a_layout_gets(maps, mode, tmp_path):
+def test_which_loss_a_layout_gets(maps, mode, tmp_path, make_config):
   _tree(str(tmp_path / 'd'), 'mvtec', maps=maps)
   extra = {'data.noise_mode': 'confetti'}
-  p = input_pipeline.create(_custom_cfg(tmp_path / 'd', tmp_path, **{'data.supervise_mode': mode, **extra}))
+  p = input_pipeline.create(_custom_cfg(make_config, tmp_path / 'd', tmp_path, **{'data.supervise_mode': mode, **extra}))
   assert ('gtmap' if p.info.train_gtmaps else 'label') == REFERENCE_LOSS[('custom', maps)]
   assert ('gtmap' in p.global_train_batch(0)) == p.info.train_gtmaps
 
 
-def test_custom_preproc_none_and_unknown(tmp_path):
+def test_custom_preproc_none_and_unknown(tmp_path, make_config):
   root = tmp_path / 'd'
   _tree(str(root), 'ovr', size=(50, 90))
   for bad in ('lcnaug1', 'lcn', 'aug2'):
     with pytest.raises(ValueError, match=f"preproc='{bad}' is not available for custom data; allowed: aug1, none"):
-      input_pipeline.create(_custom_cfg(root, tmp_path, **{'data.preproc': bad}))
+      input_pipeline.create(_custom_cfg(make_config, root, tmp_path, **{'data.preproc': bad}))
   # none (reference): Resize((224, 224)) bilinear -> ToTensor -> Normalize for train and test, no augmentation;
   # mean/std over the nominal training images squashed to 224
-  p = input_pipeline.create(_custom_cfg(root, tmp_path, **{'data.preproc': 'none',
+  p = input_pipeline.create(_custom_cfg(make_config, root, tmp_path, **{'data.preproc': 'none',
                                                            'data.supervise_mode': 'unsupervised'}))
   orig = np.asarray(Image.open(root / 'train' / 'a' / '0.png'))
   squashed = np.asarray(Image.fromarray(orig).resize((224, 224), Image.BILINEAR)).astype(np.float64) / 255
@@ -198,16 +197,16 @@ def test_custom_preproc_none_and_unknown(tmp_path):
   x, _ = p.transform.train(p.train_images[0], None, np.random.default_rng(0))
   np.testing.assert_allclose(x, (squashed - mean) / std, atol=1e-5)
   # aug1 (default) stores the shorter side at 248 + centre crop and keeps the augmentation
-  q = input_pipeline.create(_custom_cfg(root, tmp_path))
+  q = input_pipeline.create(_custom_cfg(make_config, root, tmp_path))
   assert q.train_images.shape[1:] == (248, 248, 3) and q.transform.jitter and q.transform.hflip
 
 
-def test_with_maps_one_nearest_resize_from_the_original(tmp_path):
+def test_with_maps_one_nearest_resize_from_the_original(tmp_path, make_config):
   """Reference -gtms aug1: train RandomChoice{Resize((248,248), NEAREST) -> RandomCrop(224), Resize((224,224),
   NEAREST)}, test Resize((224,224), NEAREST), all from the original (not 248 -> 224)."""
   root = str(tmp_path / 'd')
   _tree(root, 'mvtec', size=(301, 257), maps=True)
-  p = input_pipeline.create(_custom_cfg(root, tmp_path))
+  p = input_pipeline.create(_custom_cfg(make_config, root, tmp_path))
   near = lambda path, s: np.asarray(Image.open(path).convert('RGB').resize(s, Image.NEAREST))
   np.testing.assert_array_equal(p.train_images[1], near(os.path.join(root, 'train', 'good', '1.png'), (248, 248)))
   np.testing.assert_array_equal(p.train_images_input[1], near(os.path.join(root, 'train', 'good', '1.png'),
@@ -225,17 +224,17 @@ def test_with_maps_one_nearest_resize_from_the_original(tmp_path):
   assert b['image'].shape == (4, 224, 224, 3) and b['gtmap'].shape == (4, 224, 224)
 
 
-def test_malformed_normal_on_large_originals_gives_many_small_specks(tmp_path):
+def test_malformed_normal_on_large_originals_gives_many_small_specks(tmp_path, make_config):
   """Nearly flat 1024² originals: the anomalies the pipeline makes carry many small dark specks (reference), not a
   few large blobs (noise drawn at the stored 248²)."""
   root = str(tmp_path / 'd')
   _tree(root, 'mvtec', size=(1024, 1024), n_train=2, value=150)
-  p = input_pipeline.create(_custom_cfg(root, tmp_path, **{'data.supervise_mode': 'malformed_normal',
+  p = input_pipeline.create(_custom_cfg(make_config, root, tmp_path, **{'data.supervise_mode': 'malformed_normal',
                                                            'data.noise_mode': 'confetti'}))
   assert p.train_original_sizes.tolist() == [[1024, 1024]] * 2 and not p.info.train_gtmaps
   spots = []
   for row in range(12):
-    x, label, _ = p._example(0, row, 0)  # pylint: disable=protected-access
+    x, label, _ = p.example(0, row, 0)
     if label == 1:
       v = x.mean(-1)
       dark = v < np.median(v) - 5 * p.transform.std.mean() ** -1 / 255   # darkened by > 5 grey levels
@@ -249,11 +248,11 @@ def test_malformed_normal_on_large_originals_gives_many_small_specks(tmp_path):
 @pytest.mark.parametrize('n,steps', [(1, 1), (100, 1), (150, 2), (257, 3)])
 def test_steps_per_epoch(n, steps):
   # reference: a DataLoader without drop_last over n images yields ceil(n / batch) batches per epoch
-  assert input_pipeline._steps_per_epoch(n, 1, 128) == steps == -(-n // 128)  # pylint: disable=protected-access
+  assert input_pipeline.steps_per_epoch(n, 1, 128) == steps == -(-n // 128)
 
 
-def test_every_epoch_sees_every_image_once_with_a_padded_last_batch():
-  c = ipt._cfg(**{'batch_size': 128, 'data.demo_num_train': 150, 'data.supervise_mode': 'unsupervised'})  # pylint: disable=protected-access
+def test_every_epoch_sees_every_image_once_with_a_padded_last_batch(make_config):
+  c = make_config(**{'batch_size': 128, 'data.demo_num_train': 150, 'data.supervise_mode': 'unsupervised'})
   p = input_pipeline.create(c)
   assert p.info.steps_per_epoch == 2 and p.info.num_train == 150
   p.transform.hflip, p.transform.noise_std = False, 0.0            # rows then identify their source image

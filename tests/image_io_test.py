@@ -1,4 +1,4 @@
-"""Decoding of the image files users have (sources.load_image / list_images): each format is written to
+"""Decoding of the image files users have (image_io.load_image / list_images): each format is written to
 tmp with PIL, tifffile or a minimal PNG encoder below, and the decoded pixels are compared with NumPy
 expectations computed here from the written values."""
 import logging
@@ -10,7 +10,7 @@ import pytest
 import tifffile
 from PIL import Image
 
-from fcdd_jax.data import sources
+from fcdd_jax.data import image_io
 
 
 def write_png(path, arr, palette=None):
@@ -58,7 +58,7 @@ def test_8bit_gray_rgb_rgba_la_png(tmp_path):
            'rgba.png': (rgba, rgba[..., :3]), 'la.png': (rgba[..., :2], rgba[..., :1])}
   for name, (arr, want) in cases.items():
     write_png(tmp_path / name, arr)
-    got = sources.load_image(str(tmp_path / name))
+    got = image_io.load_image(str(tmp_path / name))
     assert got.dtype == np.uint8 and got.shape == want.shape, name
     np.testing.assert_array_equal(got, want, err_msg=name)
 
@@ -66,7 +66,7 @@ def test_8bit_gray_rgb_rgba_la_png(tmp_path):
 def test_bilevel_bmp(tmp_path):
   bits = (np.arange(40).reshape(5, 8) % 3 == 0)
   Image.fromarray(bits).convert('1').save(tmp_path / 'b.bmp')
-  got = sources.load_image(str(tmp_path / 'b.bmp'))
+  got = image_io.load_image(str(tmp_path / 'b.bmp'))
   np.testing.assert_array_equal(got[..., 0], np.where(bits, 255, 0))
 
 
@@ -76,7 +76,7 @@ def test_bilevel_bmp(tmp_path):
 def test_16bit_gray_png_ramp_spans_full_range(tmp_path):
   v = ramp16((64, 100))
   write_png(tmp_path / 'g16.png', v)
-  got = sources.load_image(str(tmp_path / 'g16.png'))
+  got = image_io.load_image(str(tmp_path / 'g16.png'))
   assert got.shape == (64, 100, 1) and got.dtype == np.uint8
   np.testing.assert_array_equal(got[..., 0], rule16(v))
   assert got.min() == 0 and got.max() == 255 and got.std() > 50   # not clipped to 255, not constant
@@ -89,14 +89,14 @@ def test_16bit_gray_tiff_both_byte_orders(tmp_path, byteorder):
   tifffile.imwrite(tmp_path / 'g16.tif', v, byteorder=byteorder)
   with Image.open(tmp_path / 'g16.tif') as im:     # the file really is a 16-bit mode for Pillow
     assert im.mode.startswith('I;16')
-  got = sources.load_image(str(tmp_path / 'g16.tif'))
+  got = image_io.load_image(str(tmp_path / 'g16.tif'))
   np.testing.assert_array_equal(got[..., 0], rule16(v))
 
 
 def test_16bit_gray_png_written_by_pillow(tmp_path):
   v = ramp16((20, 30))
   Image.fromarray(v).save(tmp_path / 'g.png')
-  np.testing.assert_array_equal(sources.load_image(str(tmp_path / 'g.png'))[..., 0], rule16(v))
+  np.testing.assert_array_equal(image_io.load_image(str(tmp_path / 'g.png'))[..., 0], rule16(v))
 
 
 @pytest.mark.parametrize('channels', [3, 4])
@@ -106,7 +106,7 @@ def test_16bit_rgb_and_rgba_png_and_tiff_keep_the_high_byte(tmp_path, channels):
   tifffile.imwrite(tmp_path / 'c16.tif', v, photometric='rgb')
   want = (v[..., :3] >> 8).astype(np.uint8)   # Pillow's 16 -> 8 bit decoding of colour images
   for name in ('c16.png', 'c16.tif'):
-    got = sources.load_image(str(tmp_path / name))
+    got = image_io.load_image(str(tmp_path / name))
     assert got.shape == (30, 40, 3), name
     np.testing.assert_array_equal(got, want, err_msg=name)
     assert np.abs(got.astype(int) - rule16(v[..., :3]).astype(int)).max() <= 1   # documented: at most 1 level
@@ -116,7 +116,7 @@ def test_16bit_rgb_and_rgba_png_and_tiff_keep_the_high_byte(tmp_path, channels):
 def test_16bit_gray_alpha_png(tmp_path):
   v = ramp16((10, 12, 2))
   write_png(tmp_path / 'la16.png', v)
-  got = sources.load_image(str(tmp_path / 'la16.png'))
+  got = image_io.load_image(str(tmp_path / 'la16.png'))
   want = (v[..., 0] >> 8).astype(np.uint8)
   assert got.shape[-1] in (1, 3)
   for c in range(got.shape[-1]):
@@ -129,19 +129,19 @@ def test_16bit_gray_alpha_png(tmp_path):
 def test_32bit_integer_tiff_is_read_as_16bit_samples(tmp_path):
   v = np.array([[0, 257, 65535, 70000], [-5, 128 * 257, 1000, 65534]], np.int32)
   tifffile.imwrite(tmp_path / 'i32.tif', v)
-  got = sources.load_image(str(tmp_path / 'i32.tif'))[..., 0]
+  got = image_io.load_image(str(tmp_path / 'i32.tif'))[..., 0]
   np.testing.assert_array_equal(got, rule16(np.clip(v, 0, 65535)))
 
 
 def test_float_tiff_unit_range_is_scaled_and_other_ranges_clipped(tmp_path):
   unit = np.linspace(0, 1, 24, dtype=np.float32).reshape(4, 6)
   tifffile.imwrite(tmp_path / 'f01.tif', unit)
-  got = sources.load_image(str(tmp_path / 'f01.tif'))[..., 0]
+  got = image_io.load_image(str(tmp_path / 'f01.tif'))[..., 0]
   np.testing.assert_array_equal(got, np.floor(unit.astype(np.float64) * 255 + 0.5).astype(np.uint8))
   assert got.max() == 255
   wide = np.array([[-3.0, 0.4, 2.6, 254.5], [300.0, np.nan, 17.0, 1.0]], np.float32)
   tifffile.imwrite(tmp_path / 'fwide.tif', wide)
-  got = sources.load_image(str(tmp_path / 'fwide.tif'))[..., 0]
+  got = image_io.load_image(str(tmp_path / 'fwide.tif'))[..., 0]
   np.testing.assert_array_equal(got, [[0, 0, 3, 254], [255, 0, 17, 1]])
 
 
@@ -152,13 +152,13 @@ def test_palette_png_maps_indices_to_palette_colours(tmp_path):
   pal = np.array([[255, 0, 0], [0, 128, 255], [10, 20, 30], [200, 200, 0]], np.uint8)
   idx = (np.arange(35).reshape(5, 7) % 4).astype(np.uint8)
   write_png(tmp_path / 'p.png', idx, palette=pal)
-  got = sources.load_image(str(tmp_path / 'p.png'))
+  got = image_io.load_image(str(tmp_path / 'p.png'))
   np.testing.assert_array_equal(got, pal[idx])
   # Pillow's own palette writer, with a transparent entry (alpha dropped: the colour is kept)
   im = Image.fromarray(idx, 'P')
   im.putpalette(pal.reshape(-1).tolist())
   im.save(tmp_path / 'pt.png', transparency=1)
-  np.testing.assert_array_equal(sources.load_image(str(tmp_path / 'pt.png')), pal[idx])
+  np.testing.assert_array_equal(image_io.load_image(str(tmp_path / 'pt.png')), pal[idx])
 
 
 def test_palette_with_alpha_pa(tmp_path):
@@ -169,7 +169,7 @@ def test_palette_with_alpha_pa(tmp_path):
   im.convert('PA').save(tmp_path / 'pa.tif')
   with Image.open(tmp_path / 'pa.tif') as back:
     assert back.mode == 'PA'
-  np.testing.assert_array_equal(sources.load_image(str(tmp_path / 'pa.tif')), pal[idx])
+  np.testing.assert_array_equal(image_io.load_image(str(tmp_path / 'pa.tif')), pal[idx])
 
 
 def test_cmyk_jpeg_gives_plausible_rgb(tmp_path):
@@ -179,7 +179,7 @@ def test_cmyk_jpeg_gives_plausible_rgb(tmp_path):
   Image.fromarray(cmyk, 'CMYK').save(tmp_path / 'c.jpg', quality=95)
   with Image.open(tmp_path / 'c.jpg') as im:
     assert im.mode == 'CMYK'
-  got = sources.load_image(str(tmp_path / 'c.jpg')).astype(int)
+  got = image_io.load_image(str(tmp_path / 'c.jpg')).astype(int)
   assert got.shape == (16, 64, 3)
   centres = [got[8, 8 + 16 * k] for k in range(4)]
   want = [(0, 255, 255), (255, 0, 255), (255, 255, 0), (0, 0, 0)]   # RGB = 255 - ink, black -> 0
@@ -192,19 +192,19 @@ def test_webp_lossless_and_ppm(tmp_path):
   Image.fromarray(rgb).save(tmp_path / 'x.webp', lossless=True)
   Image.fromarray(rgb).save(tmp_path / 'x.ppm')
   for name in ('x.webp', 'x.ppm'):
-    np.testing.assert_array_equal(sources.load_image(str(tmp_path / name)), rgb, err_msg=name)
+    np.testing.assert_array_equal(image_io.load_image(str(tmp_path / name)), rgb, err_msg=name)
 
 
 def test_unreadable_file_is_named(tmp_path):
   (tmp_path / 'bad.png').write_bytes(b'not a png')
   with pytest.raises(ValueError, match='bad.png'):
-    sources.load_image(str(tmp_path / 'bad.png'))
+    image_io.load_image(str(tmp_path / 'bad.png'))
 
 
 def test_read_images_of_a_16bit_folder_is_not_constant(tmp_path):
   for k in range(3):
     write_png(tmp_path / f'{k}.png', ramp16((16, 16)) // (k + 1))
-  arr, kept = sources.read_images(sources.list_images(str(tmp_path)), 3, (16, 16))
+  arr, kept = image_io.read_images(image_io.list_images(str(tmp_path)), 3, (16, 16))
   assert arr.shape == (3, 16, 16, 3) and len(kept) == 3
   assert all(a.std() > 10 for a in arr)
 
@@ -221,7 +221,7 @@ def test_list_images_names_unsupported_files_in_one_line(tmp_path, caplog):
   Image.fromarray(rgb).save(tmp_path / 'anim.gif')
   (tmp_path / 'notes.txt').write_text('x')
   with caplog.at_level(logging.WARNING):
-    got = sources.list_images(str(tmp_path))
+    got = image_io.list_images(str(tmp_path))
   assert [p[len(str(tmp_path)) + 1:] for p in got] == ['B.JPG', 'a.png', 'sub/c.tif']
   lines = [r.getMessage() for r in caplog.records]
   assert len(lines) == 1 and '\n' not in lines[0]
@@ -232,7 +232,7 @@ def test_list_images_names_unsupported_files_in_one_line(tmp_path, caplog):
 def test_list_images_quiet_when_everything_is_an_image(tmp_path, caplog):
   Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / 'a.png')
   with caplog.at_level(logging.WARNING):
-    assert len(sources.list_images(str(tmp_path))) == 1
+    assert len(image_io.list_images(str(tmp_path))) == 1
   assert not caplog.records
 
 
@@ -240,6 +240,6 @@ def test_list_images_shortens_long_lists(tmp_path, caplog):
   for k in range(8):
     (tmp_path / f'f{k}.gif').write_bytes(b'GIF89a')
   with caplog.at_level(logging.WARNING):
-    assert sources.list_images(str(tmp_path)) == []
+    assert image_io.list_images(str(tmp_path)) == []
   (msg,) = [r.getMessage() for r in caplog.records]
   assert 'skipped 8 files' in msg and 'f4.gif' in msg and 'f5.gif' not in msg and msg.endswith('...')

@@ -7,31 +7,22 @@ import pytest
 
 from fcdd_jax import input_pipeline
 from fcdd_jax import train
-from fcdd_jax.data import imagenet
-from tests import oe_test
-
-
-def _imagenet_folders(root, n_train=10, n_val=2, classes=range(30)):
-  rng = np.random.default_rng(0)
-  for k in classes:
-    wnid = imagenet.IMAGENET30_WNIDS[k]
-    oe_test.write_images(os.path.join(root, 'train', wnid), rng.integers(0, 256, (n_train, 40, 60, 3), dtype=np.uint8),
-                         '.JPEG')
-    oe_test.write_images(os.path.join(root, 'val', wnid), rng.integers(0, 256, (n_val, 60, 40, 3), dtype=np.uint8),
-                         '.JPEG')
+from fcdd_jax.data import constants
+from fcdd_jax.data import tfds_io
+from tests import testdata
 
 
 def test_imagenet30_constants_match_tfds_labels():
-  wnids = imagenet.imagenet1k_wnids()
-  idx = [wnids.index(w) for w in imagenet.IMAGENET30_WNIDS]
+  wnids = tfds_io.imagenet1k_wnids()
+  idx = [wnids.index(w) for w in constants.IMAGENET30_WNIDS]
   # acorn 988, airliner 404, ..., stingray 6, volcano 980 (torchvision/tfds class indices)
   assert idx[0] == 988 and idx[1] == 404 and idx[25] == 6 and idx[29] == 980
-  assert len(set(imagenet.IMAGENET30_WNIDS)) == 30 == len(imagenet.IMAGENET30_CLASSES)
+  assert len(set(constants.IMAGENET30_WNIDS)) == 30 == len(constants.IMAGENET30_CLASSES)
 
 
-def test_imagenet30_from_folders(tmp_path):
-  _imagenet_folders(str(tmp_path / 'in'))
-  c = oe_test.cfg(batch_size=8, **{'data.name': 'imagenet', 'data.root': str(tmp_path / 'in'),
+def test_imagenet30_from_folders(tmp_path, make_config):
+  testdata.imagenet_folders(str(tmp_path / 'in'))
+  c = make_config(batch_size=8, **{'data.name': 'imagenet', 'data.root': str(tmp_path / 'in'),
                                    'data.preproc': 'aug1', 'data.supervise_mode': 'noise',
                                    'data.noise_mode': 'uniform', 'data.normal_class': 3,
                                    'data.cache_dir': str(tmp_path / 'cache')})
@@ -45,12 +36,12 @@ def test_imagenet30_from_folders(tmp_path):
   assert e['image'].shape == (8, 224, 224, 3)
   # test geometry: centre 224 crop of the stored 256², ImageNet normalisation
   x = p.test_images[0][16:240, 16:240].astype(np.float32) / 255
-  ref = (x - np.array(imagenet.IMAGENET_MEAN)) / np.array(imagenet.IMAGENET_STD)
+  ref = (x - np.array(constants.IMAGENET_MEAN)) / np.array(constants.IMAGENET_STD)
   np.testing.assert_allclose(e['image'][0], ref, atol=1e-5)
 
 
-def test_imagenet30_errors(tmp_path):
-  c = oe_test.cfg(**{'data.name': 'imagenet', 'data.root': str(tmp_path / 'nope'), 'data.preproc': 'aug1',
+def test_imagenet30_errors(tmp_path, make_config):
+  c = make_config(**{'data.name': 'imagenet', 'data.root': str(tmp_path / 'nope'), 'data.preproc': 'aug1',
                      'data.supervise_mode': 'noise', 'data.noise_mode': 'uniform'})
   with pytest.raises(FileNotFoundError, match='ImageNet-1k'):
     input_pipeline.create(c)
@@ -63,17 +54,17 @@ def test_imagenet30_errors(tmp_path):
     input_pipeline.create(c)
 
 
-def test_imagenet30_from_mocked_tfds(tmp_path):
-  wnids = imagenet.imagenet1k_wnids()
-  idx = [wnids.index(w) for w in imagenet.IMAGENET30_WNIDS]
+def test_imagenet30_from_mocked_tfds(tmp_path, make_config):
+  wnids = tfds_io.imagenet1k_wnids()
+  idx = [wnids.index(w) for w in constants.IMAGENET30_WNIDS]
   rng = np.random.default_rng(0)
-  img = lambda: oe_test.png(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
+  img = lambda: testdata.png(rng.integers(0, 256, (30, 50, 3), dtype=np.uint8))
   train = [{'image': img(), 'label': np.int64(lab)} for lab in [idx[0]] * 6 + [idx[1]] * 3 + [0] * 3]
   val = [{'image': img(), 'label': np.int64(lab)} for lab in [idx[0]] * 2 + [idx[5]] * 2 + [idx[29]] * 2 + [7] * 4]
-  c = oe_test.cfg(batch_size=4, **{'data.name': 'imagenet', 'data.root': '', 'data.preproc': 'aug1',
+  c = make_config(batch_size=4, **{'data.name': 'imagenet', 'data.root': '', 'data.preproc': 'aug1',
                                    'data.supervise_mode': 'unsupervised', 'data.normal_class': 0,
                                    'data.cache_dir': str(tmp_path / 'cache')})
-  with oe_test.mock_tfds({('imagenet2012', 'train'): train, ('imagenet2012', 'validation'): val}):
+  with testdata.mock_tfds({('imagenet2012', 'train'): train, ('imagenet2012', 'validation'): val}):
     p = input_pipeline.create(c)
   assert p.train_images.shape == (6, 256, 256, 3)             # only the nominal class (acorn)
   np.testing.assert_array_equal(p.test_labels, [0, 0, 1, 1, 1, 1])   # the 30 classes only
@@ -83,13 +74,12 @@ def test_imagenet30_from_mocked_tfds(tmp_path):
 
 def test_imagenet_config_end_to_end_with_22k_oe(tmp_path):
   from configs import imagenet as imagenet_config  # pylint: disable=g-import-not-at-top
-  from tests import experiments_test  # pylint: disable=g-import-not-at-top
-  _imagenet_folders(str(tmp_path / 'in'), n_train=8, n_val=1, classes=range(30))
+  testdata.imagenet_folders(str(tmp_path / 'in'), n_train=8, n_val=1, classes=range(30))
   oe_root = tmp_path / 'fall11'
-  oe_test.write_images(str(oe_root / 'n09999999'), np.random.default_rng(2).integers(0, 256, (4, 50, 70, 3),
+  testdata.write_images(str(oe_root / 'n09999999'), np.random.default_rng(2).integers(0, 256, (4, 50, 70, 3),
                                                                                   dtype=np.uint8), '.JPEG')
-  c = experiments_test._tiny(imagenet_config.get_config(), tmp_path, batch_size=8, num_train_steps=1,  # pylint: disable=protected-access
-                             checkpoint_every_steps=1, **{'data.root': str(tmp_path / 'in'),
-                                                          'data.oe_root': str(oe_root), 'eval.batch_size': 8})
+  c = testdata.tiny(imagenet_config.get_config(), tmp_path, batch_size=8, num_train_steps=1,
+                    checkpoint_every_steps=1, **{'data.root': str(tmp_path / 'in'),
+                                                 'data.oe_root': str(oe_root), 'eval.batch_size': 8})
   r = train.train_and_evaluate(c, str(tmp_path / 'run'))
   assert 0 <= r['image_auc'] <= 1 and r['pixel_auc'] is None

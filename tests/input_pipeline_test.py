@@ -1,34 +1,27 @@
-"""Input pipelines: determinism across processes and resumes, padding, real and generated folders, errors."""
-import gzip
+"""Input pipelines: determinism across processes and resumes, padding, real and generated folders, errors,
+and local batches -> global device arrays (`start_global`)."""
 import os
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from configs import default
-from configs import test as test_config
 from fcdd_jax import input_pipeline
 from fcdd_jax.data import anomalies
-from fcdd_jax.data import sources
+from fcdd_jax.data import custom
+from fcdd_jax.data import one_vs_rest
+from fcdd_jax.data import transforms
+from tests import testdata
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared', 'data')
-FMNIST_DEBIAN = '/usr/share/datasets/fashion-mnist'
-
-
-def _cfg(**kv):
-  c = test_config.get_config()
-  for k, v in kv.items():
-    node = c
-    *path, leaf = k.split('.')
-    for p in path:
-      node = node[p]
-    node[leaf] = v
-  return c
+SHARED = testdata.SHARED
+FMNIST_DEBIAN = testdata.FMNIST_DEBIAN
+# Compatibility names for tests/experiments_test.py (not a data test) until it imports tests.testdata.
+_write_idx = testdata.write_idx
+_write_mvtec_tree = testdata.write_mvtec_tree
 
 
-def test_global_stream_is_independent_of_process_count_and_resumable():
-  cfg = _cfg(batch_size=16)
+def test_global_stream_is_independent_of_process_count_and_resumable(make_config):
+  cfg = make_config(batch_size=16)
   p1 = input_pipeline.create(cfg)
   it = p1.train_batches(0)
   batches = [next(it) for _ in range(6)]  # crosses an epoch boundary (4 steps/epoch)
@@ -48,13 +41,13 @@ def test_global_stream_is_independent_of_process_count_and_resumable():
   assert batches[0]['image'].dtype == np.float32 and batches[0]['image'].shape == (16, 32, 32, 3)
 
 
-def test_exact_half_option():
-  b = next(input_pipeline.create(_cfg(batch_size=16, **{'data.exact_half': True})).train_batches(0))
+def test_exact_half_option(make_config):
+  b = next(input_pipeline.create(make_config(batch_size=16, **{'data.exact_half': True})).train_batches(0))
   assert b['label'].sum() == 8
 
 
-def test_eval_batches_pad_and_mark_valid():
-  cfg = _cfg(batch_size=16, **{'data.demo_num_test': 37})
+def test_eval_batches_pad_and_mark_valid(make_config):
+  cfg = make_config(batch_size=16, **{'data.demo_num_test': 37})
   p = input_pipeline.create(cfg)
   bs = list(p.eval_batches('test', batch_size=16))
   assert len(bs) == 3
@@ -66,35 +59,13 @@ def test_eval_batches_pad_and_mark_valid():
                                 index)
 
 
-def _write_mvtec_tree(root, size=40, n_train=6, with_masks=True, gray=False):
-  rng = np.random.default_rng(0)
-  def img():
-    a = rng.integers(60, 120, (size, size) if gray else (size, size, 3), dtype=np.uint8)
-    return a
-  os.makedirs(os.path.join(root, 'train', 'good'))
-  for i in range(n_train):
-    Image.fromarray(img()).save(os.path.join(root, 'train', 'good', f'{i:03d}.png'))
-  for d in ('good', 'crack'):
-    os.makedirs(os.path.join(root, 'test', d))
-    for i in range(3):
-      a = img()
-      if d == 'crack':
-        a[10:20, 5:15] = 255
-        if with_masks:
-          os.makedirs(os.path.join(root, 'ground_truth', d), exist_ok=True)
-          m = np.zeros((size, size), np.uint8)
-          m[10:20, 5:15] = 255
-          Image.fromarray(m).save(os.path.join(root, 'ground_truth', d, f'{i:03d}_mask.png'))
-      Image.fromarray(a).save(os.path.join(root, 'test', d, f'{i:03d}.png'))
-
-
-def test_custom_mvtec_layout_with_masks_and_joint_augmentation(tmp_path):
+def test_custom_mvtec_layout_with_masks_and_joint_augmentation(tmp_path, make_config):
   root = str(tmp_path / 'parts')
-  _write_mvtec_tree(root)
-  cfg = _cfg(batch_size=4, **{'data.name': 'custom', 'data.root': root, 'model.name': 'FCDD_CNN224_VGG_NOPT',
-                              'data.cache_dir': str(tmp_path / 'cache')})
+  testdata.write_mvtec_tree(root)
+  cfg = make_config(batch_size=4, **{'data.name': 'custom', 'data.root': root, 'model.name': 'FCDD_CNN224_VGG_NOPT',
+                                     'data.cache_dir': str(tmp_path / 'cache')})
   p = input_pipeline.create(cfg)
-  assert sources.detect_layout(root) == 'mvtec'
+  assert custom.detect_layout(root) == 'mvtec'
   assert p.info.image_shape == (224, 224, 3) and p.info.test_gtmaps and p.info.num_test == 6
   ev = next(p.eval_batches('test', batch_size=8))
   assert ev['gtmap'].shape == (8, 224, 224)
@@ -116,43 +87,43 @@ def test_custom_mvtec_layout_with_masks_and_joint_augmentation(tmp_path):
     assert (mm[bright] == 1).mean() > 0.95
 
 
-def test_custom_layout_errors(tmp_path):
+def test_custom_layout_errors(tmp_path, make_config):
   root = str(tmp_path / 'p')
-  _write_mvtec_tree(root)
+  testdata.write_mvtec_tree(root)
   base = dict(batch_size=4, **{'data.name': 'custom', 'data.root': root, 'data.cache_dir': str(tmp_path / 'c')})
   with pytest.raises(ValueError, match='normal_class=3 is out of range'):
-    input_pipeline.create(_cfg(**base, **{'data.normal_class': 3}))
+    input_pipeline.create(make_config(**base, **{'data.normal_class': 3}))
   with pytest.raises(FileNotFoundError, match='is not a directory'):
-    input_pipeline.create(_cfg(**{**base, 'data.root': str(tmp_path / 'nope')}))
+    input_pipeline.create(make_config(**{**base, 'data.root': str(tmp_path / 'nope')}))
   # a corrupt image: error naming the file, or skip on request
   bad = os.path.join(root, 'train', 'good', 'zzz.png')
   with open(bad, 'wb') as f:
     f.write(b'not a png')
   with pytest.raises(ValueError, match='cannot read image .*zzz.png'):
-    input_pipeline.create(_cfg(**base))
-  p = input_pipeline.create(_cfg(**base, **{'data.on_bad_image': 'skip'}))
+    input_pipeline.create(make_config(**base))
+  p = input_pipeline.create(make_config(**base, **{'data.on_bad_image': 'skip'}))
   assert len(p.train_images) == 6
   os.remove(bad)
   # a mask of the wrong size
   mpath = os.path.join(root, 'ground_truth', 'crack', '000_mask.png')
   Image.fromarray(np.zeros((20, 20), np.uint8)).save(mpath)
   with pytest.raises(ValueError, match='000_mask.png is 20x20 but its image .* is 40x40'):
-    input_pipeline.create(_cfg(**base))
+    input_pipeline.create(make_config(**base))
   os.remove(mpath)
   with pytest.raises(ValueError, match='missing mask .*000_mask.png'):
-    input_pipeline.create(_cfg(**base))
+    input_pipeline.create(make_config(**base))
   Image.fromarray(np.zeros((40, 40), np.uint8)).save(mpath)
   Image.fromarray(np.zeros((40, 40), np.uint8)).save(os.path.join(root, 'ground_truth', 'crack', '999_mask.png'))
   with pytest.raises(ValueError, match='999_mask.png has no test image'):
-    input_pipeline.create(_cfg(**base))
+    input_pipeline.create(make_config(**base))
   os.makedirs(os.path.join(root, 'test', 'empty'))
   with pytest.raises(ValueError, match='empty test folder'):
-    input_pipeline.create(_cfg(**base))
+    input_pipeline.create(make_config(**base))
   with pytest.raises(ValueError, match="data.name='nope' is unknown"):
-    input_pipeline.create(_cfg(**{'data.name': 'nope'}))
+    input_pipeline.create(make_config(**{'data.name': 'nope'}))
 
 
-def test_reference_one_vs_rest_layout_gray_and_rgba(tmp_path):
+def test_reference_one_vs_rest_layout_gray_and_rgba(tmp_path, make_config):
   root = tmp_path / 'ovr'
   rng = np.random.default_rng(0)
   for split in ('train', 'test'):
@@ -162,40 +133,25 @@ def test_reference_one_vs_rest_layout_gray_and_rgba(tmp_path):
         mode = ['L', 'RGB', 'RGBA'][i]
         a = rng.integers(0, 255, (30 + i, 50, {'L': 1, 'RGB': 3, 'RGBA': 4}[mode]), dtype=np.uint8)
         Image.fromarray(a[..., 0] if mode == 'L' else a, mode).save(root / split / c / f'{i}.png')
-  cfg = _cfg(batch_size=2, **{'data.name': 'custom', 'data.root': str(root), 'data.normal_class': 1,
-                              'data.cache_dir': str(tmp_path / 'c')})
+  cfg = make_config(batch_size=2, **{'data.name': 'custom', 'data.root': str(root), 'data.normal_class': 1,
+                                     'data.cache_dir': str(tmp_path / 'c')})
   p = input_pipeline.create(cfg)
   assert p.info.class_names == ('cats', 'dogs') and not p.info.test_gtmaps
   assert p.train_images.shape == (3, 248, 248, 3)
   assert p.test_labels.tolist() == [1, 1, 1, 0, 0, 0]
 
 
-def _write_idx(path, arr):
-  header = bytes([0, 0, 8, arr.ndim]) + b''.join(int(s).to_bytes(4, 'big') for s in arr.shape)
-  with gzip.open(path, 'wb') as f:
-    f.write(header + arr.astype(np.uint8).tobytes())
-
-
-def write_fmnist_files(root, n_per_class=16, lo=0, hi=255):
-  """The four Fashion-MNIST idx files with random images: n_per_class train and 2 test images per class."""
-  rng = np.random.default_rng(0)
-  _write_idx(root / 'train-images-idx3-ubyte.gz', rng.integers(lo, hi, (10 * n_per_class, 28, 28)))
-  _write_idx(root / 'train-labels-idx1-ubyte.gz', np.repeat(np.arange(10), n_per_class))
-  _write_idx(root / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (20, 28, 28)))
-  _write_idx(root / 't10k-labels-idx1-ubyte.gz', np.repeat(np.arange(10), 2))
-
-
-def test_fmnist_from_generated_idx_files(tmp_path):
+def test_fmnist_from_generated_idx_files(tmp_path, make_config):
   rng = np.random.default_rng(0)
   tr_y = np.repeat(np.arange(10), 4)
   te_y = np.repeat(np.arange(10), 2)
-  _write_idx(tmp_path / 'train-images-idx3-ubyte.gz', rng.integers(0, 255, (40, 28, 28)))
-  _write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', tr_y)
-  _write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (20, 28, 28)))
-  _write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', te_y)
-  cfg = _cfg(batch_size=2, **{'data.name': 'fmnist', 'data.root': str(tmp_path), 'data.normal_class': 3,
-                              'data.preproc': 'lcnaug1', 'data.supervise_mode': 'noise',
-                              'data.noise_mode': 'gaussian'})
+  testdata.write_idx(tmp_path / 'train-images-idx3-ubyte.gz', rng.integers(0, 255, (40, 28, 28)))
+  testdata.write_idx(tmp_path / 'train-labels-idx1-ubyte.gz', tr_y)
+  testdata.write_idx(tmp_path / 't10k-images-idx3-ubyte.gz', rng.integers(0, 255, (20, 28, 28)))
+  testdata.write_idx(tmp_path / 't10k-labels-idx1-ubyte.gz', te_y)
+  cfg = make_config(batch_size=2, **{'data.name': 'fmnist', 'data.root': str(tmp_path), 'data.normal_class': 3,
+                                     'data.preproc': 'lcnaug1', 'data.supervise_mode': 'noise',
+                                     'data.noise_mode': 'gaussian'})
   p = input_pipeline.create(cfg)
   assert p.info.image_shape == (28, 28, 1) and p.info.num_train == 4
   assert p.test_labels.sum() == 18  # one-vs-rest: 2 nominal, 18 anomalous
@@ -209,18 +165,18 @@ def test_fmnist_from_generated_idx_files(tmp_path):
   xi = xi / np.abs(xi).mean()
   np.testing.assert_allclose(x[0, ..., 0], (xi - mn) / (mx - mn), rtol=1e-4, atol=1e-5)
   with pytest.raises(ValueError, match='normal_class=10 is out of range'):
-    input_pipeline.create(_cfg(**{'data.name': 'fmnist', 'data.root': str(tmp_path), 'data.normal_class': 10}))
+    input_pipeline.create(make_config(**{'data.name': 'fmnist', 'data.root': str(tmp_path), 'data.normal_class': 10}))
 
 
 @pytest.mark.skipif(not os.path.isdir(FMNIST_DEBIAN), reason='Debian package dataset-fashion-mnist not installed')
-def test_fmnist_real_debian_files_with_cifar_like_oe(tmp_path):
+def test_fmnist_real_debian_files_with_cifar_like_oe(tmp_path, make_config):
   oe = tmp_path / 'oe'
   os.makedirs(oe)
   for i in range(5):
     Image.fromarray(np.random.default_rng(i).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(oe / f'{i}.png')
-  cfg = _cfg(batch_size=8, **{'data.name': 'fmnist', 'data.root': '', 'data.normal_class': 0,
-                              'data.preproc': 'lcnaug1', 'data.supervise_mode': 'noise', 'data.noise_mode': 'folder',
-                              'data.oe_root': str(oe), 'data.cache_dir': str(tmp_path / 'c')})
+  cfg = make_config(batch_size=8, **{'data.name': 'fmnist', 'data.root': '', 'data.normal_class': 0,
+                                     'data.preproc': 'lcnaug1', 'data.supervise_mode': 'noise', 'data.noise_mode': 'folder',
+                                     'data.oe_root': str(oe), 'data.cache_dir': str(tmp_path / 'c')})
   p = input_pipeline.create(cfg)
   assert p.info.num_train == 6000 and p.info.num_test == 10000 and p.test_labels.sum() == 9000
   assert p.oe_images.shape == (5, 28, 28, 1)
@@ -228,11 +184,11 @@ def test_fmnist_real_debian_files_with_cifar_like_oe(tmp_path):
   assert b['image'].shape == (8, 28, 28, 1) and set(b['label'].tolist()) <= {0, 1}
 
 
-def test_cifar10_real_jpeg_folders(cifar_small, tmp_path):
-  cfg = _cfg(batch_size=4, **{'data.name': 'cifar10', 'data.root': cifar_small, 'data.normal_class': 7,
-                              'data.preproc': 'aug1', 'data.supervise_mode': 'noise', 'data.noise_mode': 'folder',
-                              'data.oe_root': os.path.join(cifar_small, 'train', 'dog'),
-                              'data.cache_dir': str(tmp_path / 'c'), 'model.name': 'FCDD_CNN32_LW3K'})
+def test_cifar10_real_jpeg_folders(cifar_small, tmp_path, make_config):
+  cfg = make_config(batch_size=4, **{'data.name': 'cifar10', 'data.root': cifar_small, 'data.normal_class': 7,
+                                     'data.preproc': 'aug1', 'data.supervise_mode': 'noise', 'data.noise_mode': 'folder',
+                                     'data.oe_root': os.path.join(cifar_small, 'train', 'dog'),
+                                     'data.cache_dir': str(tmp_path / 'c'), 'model.name': 'FCDD_CNN32_LW3K'})
   p = input_pipeline.create(cfg)
   assert p.info.class_names[7] == 'horse' and p.info.num_train == 12 and p.info.num_test == 50
   assert p.test_labels.sum() == 45
@@ -242,9 +198,9 @@ def test_cifar10_real_jpeg_folders(cifar_small, tmp_path):
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, 'mvtec_bottle_256', 'bottle')),
                     reason='shared MVTec bottle data not available')
-def test_real_mvtec_bottle_without_masks(tmp_path, capsys):
-  cfg = _cfg(batch_size=4, **{'data.name': 'custom', 'data.root': os.path.join(SHARED, 'mvtec_bottle_256', 'bottle'),
-                              'data.cache_dir': str(tmp_path / 'c')})
+def test_real_mvtec_bottle_without_masks(tmp_path, capsys, make_config):
+  cfg = make_config(batch_size=4, **{'data.name': 'custom', 'data.root': os.path.join(SHARED, 'mvtec_bottle_256', 'bottle'),
+                                     'data.cache_dir': str(tmp_path / 'c')})
   p = input_pipeline.create(cfg)
   assert 'pixel_auc is null' in capsys.readouterr().out
   assert p.info.num_train == 209 and p.info.num_test == 83 and not p.info.test_gtmaps
@@ -269,12 +225,12 @@ def test_confetti_statistics_and_malformed_normal():
 
 
 @pytest.mark.parametrize('name,shape', [('fmnist', (28, 28, 1)), ('cifar10', (32, 32, 3))])
-def test_tfds_path_with_mock_data(name, shape, monkeypatch, tmp_path):
+def test_tfds_path_with_mock_data(name, shape, monkeypatch, tmp_path, make_config):
   """Users with internet get the datasets through tfds (mocked here: a real tfds.load cannot download)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  monkeypatch.setattr(sources, 'FMNIST_DEFAULT_ROOT', str(tmp_path / 'absent'))
-  cfg = _cfg(batch_size=4, **{'data.name': name, 'data.root': '', 'data.supervise_mode': 'noise',
-                              'data.noise_mode': 'uniform', 'data.preproc': 'lcn', 'data.normal_class': 1})
+  monkeypatch.setattr(one_vs_rest, 'FMNIST_DEFAULT_ROOT', str(tmp_path / 'absent'))
+  cfg = make_config(batch_size=4, **{'data.name': name, 'data.root': '', 'data.supervise_mode': 'noise',
+                                     'data.noise_mode': 'uniform', 'data.preproc': 'lcn', 'data.normal_class': 1})
   with tfds.testing.mock_data(num_examples=40):
     p = input_pipeline.create(cfg)
   assert p.info.image_shape == shape and p.info.num_test == 40
@@ -287,30 +243,30 @@ def test_tfds_path_with_mock_data(name, shape, monkeypatch, tmp_path):
 def test_color_jitter_semantics():
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-  np.testing.assert_array_equal(input_pipeline.color_jitter(img, 0, 0, 0, 0, rng), img)
+  np.testing.assert_array_equal(transforms.color_jitter(img, 0, 0, 0, 0, rng), img)
   # brightness only: img * f with f in [0.5, 1.5], rounded and clipped
   r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
-  out = input_pipeline.color_jitter(img, 0.5, 0, 0, 0, r1)
+  out = transforms.color_jitter(img, 0.5, 0, 0, 0, r1)
   f = r2.uniform(0.5, 1.5)
   np.testing.assert_array_equal(out, np.clip(np.rint(img.astype(np.float64) * f), 0, 255).astype(np.uint8))
   # saturation: blend with the ITU-R 601-2 luma image by factor f
-  out = input_pipeline.color_jitter(img, 0, 0, 1.0, 0, np.random.default_rng(1))
+  out = transforms.color_jitter(img, 0, 0, 1.0, 0, np.random.default_rng(1))
   f = np.random.default_rng(1).uniform(0.0, 2.0)
   x = img.astype(np.float64)
   luma = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
   np.testing.assert_allclose(out, np.clip(np.rint(luma * (1 - f) + x * f), 0, 255), atol=1)
   # hue shift keeps gray pixels gray
   g = np.full((4, 4, 3), 100, np.uint8)
-  np.testing.assert_array_equal(input_pipeline.color_jitter(g, 0, 0, 0, 0.5, rng), g)
+  np.testing.assert_array_equal(transforms.color_jitter(g, 0, 0, 0, 0.5, rng), g)
 
 
-def test_mvtec_through_the_tfds_builder_equals_the_directory_reader(tmp_path):
+def test_mvtec_through_the_tfds_builder_equals_the_directory_reader(tmp_path, make_config):
   root = tmp_path / 'mvtec'
-  _write_mvtec_tree(str(root / 'bottle'), size=40, n_train=3)
+  testdata.write_mvtec_tree(str(root / 'bottle'), size=40, n_train=3)
   base = dict(batch_size=2, **{'data.name': 'mvtec', 'data.root': str(root), 'data.cache_dir': str(tmp_path / 'c'),
                                'model.name': 'FCDD_CNN224_VGG_NOPT'})
-  direct = input_pipeline.create(_cfg(**base))
-  via_tfds = input_pipeline.create(_cfg(**base, **{'data.tfds_data_dir': str(tmp_path / 'tfds')}))
+  direct = input_pipeline.create(make_config(**base))
+  via_tfds = input_pipeline.create(make_config(**base, **{'data.tfds_data_dir': str(tmp_path / 'tfds')}))
   np.testing.assert_array_equal(direct.train_images, via_tfds.train_images)
   np.testing.assert_array_equal(direct.test_images, via_tfds.test_images)
   np.testing.assert_array_equal(direct.test_labels, via_tfds.test_labels)
@@ -320,7 +276,7 @@ def test_mvtec_through_the_tfds_builder_equals_the_directory_reader(tmp_path):
   assert direct.train_images.shape == (3, 240, 240, 3) and direct.test_masks_original()[0].shape == (40, 40)
 
 
-def test_reference_layout_with_test_maps(tmp_path):
+def test_reference_layout_with_test_maps(tmp_path, make_config):
   root = tmp_path / 'ref'
   rng = np.random.default_rng(0)
   for sub in ('normal', 'anomalous'):
@@ -334,8 +290,33 @@ def test_reference_layout_with_test_maps(tmp_path):
   m = np.zeros((30, 30), np.uint8)
   m[5:10, 5:10] = 255
   Image.fromarray(m).save(root / 'test_maps' / 'parts' / 'anomalous' / '0.png')   # 1.png: missing -> all ones
-  p = input_pipeline.create(_cfg(batch_size=2, **{'data.name': 'custom', 'data.root': str(root),
-                                                  'data.cache_dir': str(tmp_path / 'c')}))
+  p = input_pipeline.create(make_config(batch_size=2, **{'data.name': 'custom', 'data.root': str(root),
+                                                         'data.cache_dir': str(tmp_path / 'c')}))
   assert p.info.test_gtmaps
   masks = p.test_masks_original()
   assert [int(x.sum()) for x in masks] == [0, 0, 25, 900]  # test/normal first, then test/anomalous
+
+
+def test_start_global_gives_the_global_batches_sharded_over_the_devices(make_config):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import NamedSharding, PartitionSpec  # pylint: disable=g-import-not-at-top
+  n = jax.device_count()
+  assert n == 8                                                 # conftest: 8 simulated CPU devices
+  mesh = jax.make_mesh((n,), ('data',))
+  sharding = NamedSharding(mesh, PartitionSpec('data'))
+  p = input_pipeline.create(make_config(batch_size=16, **{'data.demo_num_train': 40}))   # 3 steps/epoch, padded
+  it = input_pipeline.start_global(p, sharding, start_step=2, prefetch=2)
+  for step in (2, 3, 4):
+    got = next(it)
+    want = p.global_train_batch(step)
+    assert set(got) == set(want) and ('valid' in got) == (step == 2)   # the epoch's last batch is padded
+    for k, v in want.items():
+      assert got[k].sharding == sharding and got[k].shape == v.shape
+      np.testing.assert_array_equal(np.asarray(got[k]), v)
+      assert {s.data.shape[0] for s in got[k].addressable_shards} == {16 // n}
+  # any finite iterable of local batches (evaluation): all of them, in order, then the end
+  evals = list(p.eval_batches('test', batch_size=16))
+  out = list(input_pipeline.prefetch_to_device(iter(evals), sharding, size=2))
+  assert len(out) == len(evals)
+  for g, e in zip(out, evals):
+    np.testing.assert_array_equal(np.asarray(g['index']), e['index'])

@@ -1,4 +1,5 @@
-"""Data folders are read-only to us: decoded-image caches live in the user's cache directory; unreadable files."""
+"""Data folders are read-only to us: decoded-image caches (data/image_io.py) live in the user's cache directory;
+unreadable files."""
 import os
 import stat
 
@@ -6,14 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import test as test_config
-from fcdd_jax.data import sources
-
-
-def _config(cache_dir=''):
-  c = test_config.get_config()
-  c.data.cache_dir = cache_dir
-  return c
+from fcdd_jax.data import image_io
 
 
 def _tree(root, n=3, corrupt=()):
@@ -37,17 +31,17 @@ def _all_files(root):
 def test_cache_defaults_to_xdg_cache_home_keyed_by_absolute_root(tmp_path, monkeypatch):
   monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'xdg'))
   root = str(tmp_path / 'data' / 'parts')
-  d = sources._cache_dir(_config(), root)  # pylint: disable=protected-access
+  d = image_io.cache_dir(root)
   assert os.path.dirname(d) == str(tmp_path / 'xdg' / 'fcdd_jax') and os.path.basename(d).startswith('parts-')
-  other = sources._cache_dir(_config(), str(tmp_path / 'elsewhere' / 'parts'))  # pylint: disable=protected-access
+  other = image_io.cache_dir(str(tmp_path / 'elsewhere' / 'parts'))
   assert other != d                                   # same folder name, other absolute path: another cache
   os.makedirs(tmp_path / 'data')
   monkeypatch.chdir(tmp_path / 'data')
-  assert sources._cache_dir(_config(), 'parts') == d  # pylint: disable=protected-access  (relative = absolute)
+  assert image_io.cache_dir('parts') == d            # relative = absolute
   monkeypatch.delenv('XDG_CACHE_HOME')
   monkeypatch.setenv('HOME', str(tmp_path / 'home'))
-  assert sources._cache_dir(_config(), root).startswith(str(tmp_path / 'home' / '.cache' / 'fcdd_jax'))  # pylint: disable=protected-access
-  assert sources._cache_dir(_config(str(tmp_path / 'mine')), root).startswith(str(tmp_path / 'mine'))  # pylint: disable=protected-access
+  assert image_io.cache_dir(root).startswith(str(tmp_path / 'home' / '.cache' / 'fcdd_jax'))
+  assert image_io.cache_dir(root, str(tmp_path / 'mine')).startswith(str(tmp_path / 'mine'))
 
 
 def test_reading_a_read_only_data_folder_writes_nothing_into_it(tmp_path, monkeypatch):
@@ -58,9 +52,9 @@ def test_reading_a_read_only_data_folder_writes_nothing_into_it(tmp_path, monkey
   for p in [root] + paths:
     os.chmod(p, stat.S_IREAD | stat.S_IEXEC)
   try:
-    cache = sources._cache_dir(_config(), root)  # pylint: disable=protected-access
-    arr, kept = sources.read_images(paths, 3, (4, 4), cache=cache)
-    again, _ = sources.read_images(paths, 3, (4, 4), cache=cache)       # from the cache
+    cache = image_io.cache_dir(root)
+    arr, kept = image_io.read_images(paths, 3, (4, 4), cache=cache)
+    again, _ = image_io.read_images(paths, 3, (4, 4), cache=cache)       # from the cache
   finally:
     for p in [root] + paths:
       os.chmod(p, stat.S_IRWXU)
@@ -71,7 +65,7 @@ def test_reading_a_read_only_data_folder_writes_nothing_into_it(tmp_path, monkey
   # a changed file (size/mtime) is a new cache entry, not a stale hit
   Image.fromarray(np.full((8, 8, 3), 200, np.uint8)).save(paths[0])
   os.utime(paths[0], ns=(1, 1))
-  fresh, _ = sources.read_images(paths, 3, (4, 4), cache=cache)
+  fresh, _ = image_io.read_images(paths, 3, (4, 4), cache=cache)
   assert fresh[0].mean() == 200
 
 
@@ -79,7 +73,7 @@ def test_every_image_unreadable_with_skip_is_one_error_naming_the_folder(tmp_pat
   folder = str(tmp_path / 'train' / 'good')
   paths = _tree(folder, n=4, corrupt=range(4))
   with pytest.raises(ValueError) as e:
-    sources.read_images(paths, 3, (4, 4), on_bad='skip')
+    image_io.read_images(paths, 3, (4, 4), on_bad='skip')
   msg = str(e.value)
   assert msg.startswith(f'none of the 4 images in {folder} can be read') and '\n' not in msg and '0.png' in msg
   assert capsys.readouterr().out.count('warning:') == 4               # each file named once
@@ -87,7 +81,7 @@ def test_every_image_unreadable_with_skip_is_one_error_naming_the_folder(tmp_pat
 
 def test_skip_names_a_few_files_then_counts(tmp_path, capsys):
   paths = _tree(str(tmp_path / 'd'), n=9, corrupt=range(8))
-  arr, kept = sources.read_images(paths, 3, (4, 4), on_bad='skip')
+  arr, kept = image_io.read_images(paths, 3, (4, 4), on_bad='skip')
   assert len(arr) == 1 and kept == paths[8:]
   out = capsys.readouterr().out.splitlines()
-  assert len(out) == sources._SKIP_SHOWN + 1 and out[-1].startswith('warning: 8 unreadable images were skipped')  # pylint: disable=protected-access
+  assert len(out) == image_io.SKIP_SHOWN + 1 and out[-1].startswith('warning: 8 unreadable images were skipped')

@@ -10,7 +10,8 @@ from PIL import Image
 from fcdd_jax import input_pipeline
 from fcdd_jax import train
 from fcdd_jax.data import anomalies
-from tests import input_pipeline_test as ipt
+from fcdd_jax.data import image_io
+from tests import testdata
 
 SHAPE = (240, 240, 3)
 
@@ -57,30 +58,30 @@ def test_mixed_blob_noise_statistics():
     assert n.max() <= 510 and len(np.unique(n)) > 20                 # recoloured pixels vary
 
 
-def _fm_cfg(tmp_path, **kv):
+def _fm_cfg(make_config, tmp_path, **kv):
   base = {'data.name': 'fmnist', 'data.root': str(tmp_path), 'data.normal_class': 2, 'data.preproc': 'lcnaug1',
           'data.online_supervision': False}
-  return ipt._cfg(batch_size=8, **{**base, **kv})  # pylint: disable=protected-access
+  return make_config(batch_size=8, **{**base, **kv})
 
 
-def test_offline_noise_is_a_fixed_balanced_set(tmp_path):
-  ipt.write_fmnist_files(tmp_path)
-  p = input_pipeline.create(_fm_cfg(tmp_path, **{'data.supervise_mode': 'noise', 'data.noise_mode': 'uniform'}))
+def test_offline_noise_is_a_fixed_balanced_set(tmp_path, make_config):
+  testdata.write_fmnist_files(tmp_path)
+  p = input_pipeline.create(_fm_cfg(make_config, tmp_path, **{'data.supervise_mode': 'noise', 'data.noise_mode': 'uniform'}))
   assert p.info.num_train == 32 and p.info.steps_per_epoch == 4     # 16 nominal + 16 generated, fixed
   assert p.train_labels.tolist() == [0] * 16 + [1] * 16
-  np.testing.assert_array_equal(p.train_images[:16], ipt.sources.read_idx(
+  np.testing.assert_array_equal(p.train_images[:16], image_io.read_idx(
       str(tmp_path / 'train-images-idx3-ubyte.gz'))[32:48, ..., None])
   labels = np.concatenate([p.global_train_batch(s)['label'] for s in range(4)])
   assert labels.sum() == 16                                          # exactly half per epoch, every epoch
   labels2 = np.concatenate([p.global_train_batch(s)['label'] for s in range(4, 8)])
   assert labels2.sum() == 16
-  again = input_pipeline.create(_fm_cfg(tmp_path, **{'data.supervise_mode': 'noise', 'data.noise_mode': 'uniform'}))
+  again = input_pipeline.create(_fm_cfg(make_config, tmp_path, **{'data.supervise_mode': 'noise', 'data.noise_mode': 'uniform'}))
   np.testing.assert_array_equal(again.train_images, p.train_images)  # seeded: same set in every process
 
 
-def test_offline_malformed_normal_uses_the_brightness_inversion_rule(tmp_path):
-  ipt.write_fmnist_files(tmp_path, lo=200, hi=255)                            # bright images
-  p = input_pipeline.create(_fm_cfg(tmp_path, **{'data.supervise_mode': 'malformed_normal',
+def test_offline_malformed_normal_uses_the_brightness_inversion_rule(tmp_path, make_config):
+  testdata.write_fmnist_files(tmp_path, lo=200, hi=255)                            # bright images
+  p = input_pipeline.create(_fm_cfg(make_config, tmp_path, **{'data.supervise_mode': 'malformed_normal',
                                                  'data.noise_mode': 'blob'}))
   nom, anom = p.train_images[:16].astype(int), p.train_images[16:].astype(int)
   # blob noise is +255; on bright pixels (> 0.11·255) the offline rule subtracts it: anomalies only darken
@@ -88,9 +89,9 @@ def test_offline_malformed_normal_uses_the_brightness_inversion_rule(tmp_path):
   assert not p.info.train_gtmaps                                     # label loss for malformed_normal offline
 
 
-def test_offline_malformed_normal_gt_maps_reach_the_loss_aligned(tmp_path):
-  ipt.write_fmnist_files(tmp_path, lo=0, hi=1)                                # black images: blobs only brighten
-  c = _fm_cfg(tmp_path, **{'data.supervise_mode': 'malformed_normal_gt', 'data.noise_mode': 'blob'})
+def test_offline_malformed_normal_gt_maps_reach_the_loss_aligned(tmp_path, make_config):
+  testdata.write_fmnist_files(tmp_path, lo=0, hi=1)                                # black images: blobs only brighten
+  c = _fm_cfg(make_config, tmp_path, **{'data.supervise_mode': 'malformed_normal_gt', 'data.noise_mode': 'blob'})
   p = input_pipeline.create(c)
   assert p.info.train_gtmaps
   np.testing.assert_array_equal(p.train_maps[16:], np.any(p.train_images[16:] > 0, -1))
@@ -109,13 +110,13 @@ def test_offline_malformed_normal_gt_maps_reach_the_loss_aligned(tmp_path):
   assert 0 <= r['image_auc'] <= 1
 
 
-def test_offline_other_keeps_the_whole_training_set_and_online_other_only_nominal(tmp_path):
-  ipt.write_fmnist_files(tmp_path)
-  p = input_pipeline.create(_fm_cfg(tmp_path, **{'data.supervise_mode': 'other'}))
+def test_offline_other_keeps_the_whole_training_set_and_online_other_only_nominal(tmp_path, make_config):
+  testdata.write_fmnist_files(tmp_path)
+  p = input_pipeline.create(_fm_cfg(make_config, tmp_path, **{'data.supervise_mode': 'other'}))
   assert p.info.num_train == 160 and p.train_labels.sum() == 144     # ~9:1 imbalanced (spec §6.1)
   b = p.global_train_batch(0)
-  assert b['label'].tolist() == [int(p.train_labels[i]) for i in p._epoch_order(0)[:8]]  # pylint: disable=protected-access
-  q = input_pipeline.create(_fm_cfg(tmp_path, **{'data.supervise_mode': 'other', 'data.online_supervision': True}))
+  assert b['label'].tolist() == [int(p.train_labels[i]) for i in p.epoch_order(0)[:8]]
+  q = input_pipeline.create(_fm_cfg(make_config, tmp_path, **{'data.supervise_mode': 'other', 'data.online_supervision': True}))
   assert q.info.num_train == 16 and q.train_labels is None and q.global_train_batch(0)['label'].sum() == 0
 
 
@@ -131,10 +132,10 @@ def _normal_anomalous_tree(root, with_anomalous=True):
         Image.fromarray(rng.integers(v - 20, v + 20, (30, 30, 3), dtype=np.uint8)).save(d / f'{i}.png')
 
 
-def test_custom_other_builds_a_balanced_set_with_replacement(tmp_path):
+def test_custom_other_builds_a_balanced_set_with_replacement(tmp_path, make_config):
   _normal_anomalous_tree(tmp_path / 'd')
-  c = ipt._cfg(batch_size=4, **{'data.name': 'custom', 'data.root': str(tmp_path / 'd'),  # pylint: disable=protected-access
-                                'data.supervise_mode': 'other', 'data.cache_dir': str(tmp_path / 'c')})
+  c = make_config(batch_size=4, **{'data.name': 'custom', 'data.root': str(tmp_path / 'd'),
+                                   'data.supervise_mode': 'other', 'data.cache_dir': str(tmp_path / 'c')})
   p = input_pipeline.create(c)
   assert p.info.num_train == 12 and p.train_labels.tolist() == [0] * 6 + [1] * 6
   assert p.train_images[6:].mean() > 150 > p.train_images[:6].mean()  # the labelled (bright) anomalies
@@ -146,22 +147,22 @@ def test_custom_other_builds_a_balanced_set_with_replacement(tmp_path):
     input_pipeline.create(c)
 
 
-def test_offline_supervision_not_available_where_the_reference_refuses(tmp_path):
+def test_offline_supervision_not_available_where_the_reference_refuses(tmp_path, make_config):
   _normal_anomalous_tree(tmp_path / 'd')
-  c = ipt._cfg(**{'data.name': 'custom', 'data.root': str(tmp_path / 'd'), 'data.online_supervision': False})  # pylint: disable=protected-access
+  c = make_config(**{'data.name': 'custom', 'data.root': str(tmp_path / 'd'), 'data.online_supervision': False})
   with pytest.raises(ValueError, match='not available for custom'):
     input_pipeline.create(c)
-  c = ipt._cfg(**{'data.name': 'mvtec', 'data.supervise_mode': 'noise', 'data.noise_mode': 'mvtec_gt',  # pylint: disable=protected-access
-                  'data.online_supervision': False})
+  c = make_config(**{'data.name': 'mvtec', 'data.supervise_mode': 'noise', 'data.noise_mode': 'mvtec_gt',
+                     'data.online_supervision': False})
   with pytest.raises(ValueError, match="noise_mode='mvtec_gt'"):
     input_pipeline.create(c)
-  c = ipt._cfg(**{'data.name': 'fmnist', 'data.supervise_mode': 'noise', 'data.noise_mode': 'mvtec'})  # pylint: disable=protected-access
+  c = make_config(**{'data.name': 'fmnist', 'data.supervise_mode': 'noise', 'data.noise_mode': 'mvtec'})
   with pytest.raises(ValueError, match='not available for fmnist'):
     input_pipeline.create(c)
 
 
-def test_offline_confetti_on_the_demo_trains(tmp_path):
-  c = ipt._cfg(**{'data.online_supervision': False, 'num_train_steps': 2, 'eval.num_figure_samples': 4})  # pylint: disable=protected-access
+def test_offline_confetti_on_the_demo_trains(tmp_path, make_config):
+  c = make_config(**{'data.online_supervision': False, 'num_train_steps': 2, 'eval.num_figure_samples': 4})
   p = input_pipeline.create(c)
   assert p.info.num_train == 128 and p.info.train_gtmaps
   b = p.global_train_batch(0)

@@ -8,8 +8,9 @@ from PIL import Image
 
 from fcdd_jax import input_pipeline
 from fcdd_jax import train
-from fcdd_jax.data import imagenet
-from tests import oe_test
+from fcdd_jax.data import constants
+from fcdd_jax.data import tfds_io
+from tests import testdata
 
 
 def _xml(names):
@@ -41,9 +42,9 @@ SPLITS = {'train': [['horse'], ['person', 'horse'], ['dog'], ['horse'], ['car'],
           'val': [['horse'], ['cat'], ['person'], ['horse', 'person'], ['bus']]}
 
 
-def test_voc_folder_horse_vs_rest_with_nominal_label_1(tmp_path):
+def test_voc_folder_horse_vs_rest_with_nominal_label_1(tmp_path, make_config):
   root = _voc_tree(str(tmp_path), SPLITS)
-  c = oe_test.cfg(batch_size=8, **{'data.name': 'pascal_voc', 'data.root': root, 'data.preproc': 'aug1',
+  c = make_config(batch_size=8, **{'data.name': 'pascal_voc', 'data.root': root, 'data.preproc': 'aug1',
                                    'data.nominal_label': 1, 'data.supervise_mode': 'noise',
                                    'data.noise_mode': 'uniform', 'data.cache_dir': str(tmp_path / 'cache')})
   p = input_pipeline.create(c)
@@ -59,8 +60,8 @@ def test_voc_folder_horse_vs_rest_with_nominal_label_1(tmp_path):
   assert (b['label'][horse_rows] == 1).all() and (b['label'][~horse_rows] == 0).all()
 
 
-def test_voc_errors(tmp_path):
-  c = oe_test.cfg(**{'data.name': 'pascal_voc', 'data.root': str(tmp_path), 'data.preproc': 'aug1',
+def test_voc_errors(tmp_path, make_config):
+  c = make_config(**{'data.name': 'pascal_voc', 'data.root': str(tmp_path), 'data.preproc': 'aug1',
                      'data.supervise_mode': 'noise', 'data.noise_mode': 'uniform'})
   with pytest.raises(FileNotFoundError, match='no VOC 2007 tree'):
     input_pipeline.create(c)
@@ -69,15 +70,15 @@ def test_voc_errors(tmp_path):
     input_pipeline.create(c)
 
 
-def test_voc_from_mocked_tfds(tmp_path):
+def test_voc_from_mocked_tfds(tmp_path, make_config):
   horse = 12                                                  # tfds VOC label index of 'horse'
-  mk = lambda v, labels: {'image': oe_test.png(np.full((40, 60, 3), v, np.uint8)),
+  mk = lambda v, labels: {'image': testdata.png(np.full((40, 60, 3), v, np.uint8)),
                           'objects': {'label': np.asarray(labels, np.int64)}}
   train_ex = [mk(10, [horse]), mk(20, [14]), mk(30, [14, horse]), mk(40, [7])]
   val_ex = [mk(50, [horse]), mk(60, [3]), mk(70, [horse, 1])]
-  c = oe_test.cfg(batch_size=2, **{'data.name': 'pascal_voc', 'data.root': '', 'data.preproc': 'aug1',
+  c = make_config(batch_size=2, **{'data.name': 'pascal_voc', 'data.root': '', 'data.preproc': 'aug1',
                                    'data.nominal_label': 1, 'data.supervise_mode': 'unsupervised'})
-  with oe_test.mock_tfds({('voc', 'train'): train_ex, ('voc', 'validation'): val_ex}):
+  with testdata.mock_tfds({('voc', 'train'): train_ex, ('voc', 'validation'): val_ex}):
     p = input_pipeline.create(c)
   assert [int(x[0, 0, 0]) for x in p.train_images] == [10, 30]
   np.testing.assert_array_equal(p.test_labels, [1, 0, 1])
@@ -85,15 +86,14 @@ def test_voc_from_mocked_tfds(tmp_path):
 
 def test_pascal_voc_config_end_to_end_with_imagenet_oe(tmp_path):
   from configs import pascal_voc  # pylint: disable=g-import-not-at-top
-  from tests import experiments_test  # pylint: disable=g-import-not-at-top
   root = _voc_tree(str(tmp_path), SPLITS)
-  wnids = imagenet.imagenet1k_wnids()
+  wnids = tfds_io.imagenet1k_wnids()
   rng = np.random.default_rng(3)
   for k in (15, 344):                                          # 344 (hippopotamus, "river horse") is excluded
-    oe_test.write_images(str(tmp_path / 'inval' / wnids[k]), rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8))
-  c = experiments_test._tiny(pascal_voc.get_config(), tmp_path, batch_size=8, num_train_steps=1,  # pylint: disable=protected-access
-                             checkpoint_every_steps=1, **{'data.root': root, 'data.oe_root': str(tmp_path / 'inval'),
-                                                          'eval.batch_size': 8})
+    testdata.write_images(str(tmp_path / 'inval' / wnids[k]), rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8))
+  c = testdata.tiny(pascal_voc.get_config(), tmp_path, batch_size=8, num_train_steps=1,
+                    checkpoint_every_steps=1, **{'data.root': root, 'data.oe_root': str(tmp_path / 'inval'),
+                                                 'eval.batch_size': 8})
   p = input_pipeline.create(c)
   assert len(p.oe_images) == 3 and all(wnids[15] in f for f in p.oe_images.paths)
   r = train.train_and_evaluate(c, str(tmp_path / 'run'))

@@ -54,3 +54,33 @@ FMNIST_CLASSES = ('t-shirt/top', 'trouser', 'pullover', 'dress', 'coat', 'sandal
 CIFAR10_CLASSES = ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck')
 MVTEC_CLASSES = ('bottle', 'cable', 'capsule', 'carpet', 'grid', 'hazelnut', 'leather', 'metal_nut', 'pill',
                  'screw', 'tile', 'toothbrush', 'transistor', 'wood', 'zipper')
+
+# ImageNet-30 (spec §5.6): class names and ImageNet-1k synset ids, in the reference's order.
+IMAGENET30_CLASSES = (
+    'acorn', 'airliner', 'ambulance', 'American alligator', 'banjo', 'barn', 'bikini', 'digital clock',
+    'dragonfly', 'dumbbell', 'forklift', 'goblet', 'grand piano', 'hotdog', 'hourglass', 'manhole cover',
+    'mosque', 'nail', 'parking meter', 'pillow', 'revolver', 'dial telephone', 'schooner', 'snowmobile',
+    'soccer ball', 'stingray', 'strawberry', 'tank', 'toaster', 'volcano')
+IMAGENET30_WNIDS = (
+    'n12267677', 'n02690373', 'n02701002', 'n01698640', 'n02787622', 'n02793495', 'n02837789', 'n03196217',
+    'n02268443', 'n03255030', 'n03384352', 'n03443371', 'n03452741', 'n07697537', 'n03544143', 'n03717622',
+    'n03788195', 'n03804744', 'n03891332', 'n03938244', 'n04086273', 'n03187595', 'n04147183', 'n04252077',
+    'n04254680', 'n01498041', 'n07745940', 'n04389033', 'n04442312', 'n09472597')
+
+# ImageNet-1k class indices (sorted-wnid order, as tfds/torchvision) excluded from ImageNet OE for Pascal
+# VOC (spec §5.8): the reference splits each class-name string at spaces and commas and drops a class when
+# a token equals one of its VOC words (person, bird, cat, cow, dog, horse, sheep, aeroplane, bicycle, boat,
+# bus, car, motorbike, train, bottle, chair, table, plant, sofa, tv, monitor). Computed from the names:
+# 14 indigo bird; 153 Maltese dog; 200 chrysanthemum dog; 230 Shetland sheep dog; 235 German shepherd dog;
+# 238 Greater Swiss Mountain dog; 239 Bernese mountain dog; 248 Eskimo dog; 251 coach dog; 252 monkey dog;
+# 256 Newfoundland dog; 275 hunting dog; 281-285 tabby/tiger/Persian/Siamese/Egyptian cat; 344 river horse;
+# 349 bighorn sheep; 383 Madagascar cat; 387 bear cat; 423 barber chair; 436 estate car; 440 beer bottle;
+# 444 tandem bicycle; 466 bullet train; 475 car mirror; 479 car wheel; 512 bottle screw; 532 dining table;
+# 537 dog sled; 559 folding chair; 565 freight car; 603 horse cart; 664 monitor; 693 boat paddle;
+# 705 passenger car; 720 pill bottle; 736 pool table; 737 soda bottle; 751 race car; 765 rocking chair;
+# 779 school bus; 817 sport car; 829 trolley car; 846 table lamp; 864 tow car; 898 water bottle;
+# 907 wine bottle; 934 hot dog; 990 horse chestnut.
+VOC_EXCLUDED_IMAGENET1K = (
+    14, 153, 200, 230, 235, 238, 239, 248, 251, 252, 256, 275, 281, 282, 283, 284, 285, 344, 349, 383, 387,
+    423, 436, 440, 444, 466, 475, 479, 512, 532, 537, 559, 565, 603, 664, 693, 705, 720, 736, 737, 751, 765,
+    779, 817, 829, 846, 864, 898, 907, 934, 990)

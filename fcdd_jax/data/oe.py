@@ -20,10 +20,13 @@ import time
 
 import numpy as np
 
-from fcdd_jax import input_pipeline as ip
-from fcdd_jax.data import sources
+from fcdd_jax.data import checks
+from fcdd_jax.data import constants
+from fcdd_jax.data import image_io
+from fcdd_jax.data import tfds_io
+from fcdd_jax.data import transforms
 
-OE_MODES = ip.OE_MODES  # ('folder', 'cifar100', 'emnist', 'imagenet', 'imagenet22k')
+OE_MODES = checks.OE_MODES  # ('folder', 'cifar100', 'emnist', 'imagenet', 'imagenet22k')
 
 
 def _say(msg):
@@ -60,13 +63,13 @@ class LazyImages:
   def __getitem__(self, k):
     p = self.paths[int(k)]
     try:
-      img = ip.to_rgb_or_gray(sources.load_image(p), self.channels)
+      img = transforms.to_rgb_or_gray(image_io.load_image(p), self.channels)
     except ValueError as e:
       logging.warning('%s (OE image replaced by a black image)', e)
       return np.zeros(self.size + (self.channels,), np.uint8)
     if self.how == 'shorter':
-      return ip.resize_shorter_crop(img, self.size[0])
-    return ip.resize_u8(img, self.size)
+      return transforms.resize_shorter_crop(img, self.size[0])
+    return transforms.resize_u8(img, self.size)
 
 
 def _cache_file(cache_dir, *key):
@@ -75,33 +78,8 @@ def _cache_file(cache_dir, *key):
   return os.path.join(cache_dir, f'oe_{h}.npy')
 
 
-def filter_labels(ds, labels, keep=True):
-  """tf.data filter on the integer 'label' of encoded examples: keep (or drop) the given labels. Runs in the
-  tf.data graph, so records that are dropped are never decoded or copied to Python."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  labels = tf.constant(sorted(int(x) for x in labels) or [-1], tf.int64)
-  def pred(ex):
-    hit = tf.reduce_any(tf.equal(tf.cast(ex['label'], tf.int64), labels))
-    return hit if keep else tf.logical_not(hit)
-  return ds.filter(pred)
-
-
-def load_tfds(name, split, config, *, manual_dir='', hint=''):
-  """tf.data of a tfds split with encoded images (SkipDecoding: decode only what is kept, with `decode`);
-  `data.tfds_data_dir` as data_dir and `manual_dir` for manual downloads. A dataset that cannot be loaded
-  (not prepared, manual files missing, no network) is a FileNotFoundError ending with `hint`."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  kw = {'data_dir': config.data.tfds_data_dir} if config.data.tfds_data_dir else {}
-  if manual_dir:
-    kw['download_and_prepare_kwargs'] = {'download_config': tfds.download.DownloadConfig(manual_dir=manual_dir)}
-  try:
-    return tfds.load(name, split=split, decoders={'image': tfds.decode.SkipDecoding()}, **kw)
-  except Exception as e:  # pylint: disable=broad-except  (tfds raises many kinds; say what to do)
-    first = str(e).splitlines()[0] if str(e) else ''
-    raise FileNotFoundError(f'cannot load tfds {name!r} split {split!r} ({type(e).__name__}: {first}). {hint}') from None
-
-
-def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=None, manual_dir='', cache_dir=''):
+def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=None, manual_dir='',
+                 cache_dir=''):
   """uint8 [N,h,w,C] of a tfds split resized to `size` (squash), without the labels in `exclude` and limited to
   the run's fixed `oe_limit` subset (chosen before decoding: only kept images are decoded).
 
@@ -114,11 +92,11 @@ def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=N
   path = _cache_file(cache_dir, *key)
   if os.path.exists(path):
     return np.load(path, mmap_mode='r')
-  ds = load_tfds(name, split, config, manual_dir=manual_dir,
+  ds = tfds_io.load_tfds(name, split, config, manual_dir=manual_dir,
                  hint=f'Prepare it once with internet access (`tfds build {name}` / --config.data.tfds_data_dir), '
                       'or use a local folder: --config.data.oe_root=DIR')
   if exclude:
-    ds = filter_labels(ds, exclude, keep=False)
+    ds = tfds_io.filter_labels(ds, exclude, keep=False)
   n = int(ds.reduce(np.int64(0), lambda count, _: count + 1))   # graph-only pass: no decoding
   if n == 0:
     raise ValueError(f'tfds {name!r} split {split!r} holds no usable OE image')
@@ -131,27 +109,16 @@ def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=N
     j = pos.get(i)
     if j is None:
       continue
-    img = decode(ex['image'])
+    img = tfds_io.decode(ex['image'])
     if transform is not None:
       img = transform(img)
-    arr[j] = ip.resize_u8(ip.to_rgb_or_gray(img, channels), size)
+    arr[j] = transforms.resize_u8(transforms.to_rgb_or_gray(img, channels), size)
     if j and j % 10000 == 0:
       _say(f'OE {name}/{split}: decoded {j}/{len(keep)} images ({time.time() - t0:.0f} s)')
   arr.flush()
   del arr
   os.replace(tmp, path)
   return np.load(path, mmap_mode='r')
-
-
-def decode(data):
-  """Encoded image bytes (tfds SkipDecoding) or an already decoded array -> uint8 [H,W,C]."""
-  if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim >= 2:
-    return data if data.ndim == 3 else data[..., None]
-  import io  # pylint: disable=g-import-not-at-top
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  with Image.open(io.BytesIO(bytes(data))) as im:
-    arr = np.asarray(im.convert('L') if im.mode in ('1', 'I', 'I;16', 'F', 'L') else im.convert('RGB'))
-  return arr[..., None] if arr.ndim == 2 else arr
 
 
 def _wnid_folders(root):
@@ -171,7 +138,7 @@ def _list_cached(root, cache_dir, what):
     with open(path, encoding='utf-8') as f:
       return f.read().splitlines()
   _say(f'listing {what} files under {root} (cached afterwards in {path}) ...')
-  paths = sources.list_images(root)
+  paths = image_io.list_images(root)
   tmp = path + '.tmp'
   with open(tmp, 'w', encoding='utf-8') as f:
     f.write('\n'.join(paths))
@@ -183,19 +150,19 @@ def load(config, channels, raw_size, *, exclude_1k=(), cache_dir=''):
   """The OE images of `config.data.noise_mode` at `raw_size`, or None when the mode uses no OE source."""
   d = config.data
   mode = d.noise_mode
-  if d.supervise_mode not in ('noise', 'malformed_normal', 'malformed_normal_gt') or mode not in OE_MODES:
+  if d.supervise_mode not in checks.GENERATING_MODES or mode not in OE_MODES:
     return None
   size = tuple(raw_size)
   root = d.oe_root
-  cache_dir = cache_dir or sources._cache_dir(config, '')  # pylint: disable=protected-access
+  cache_dir = cache_dir or image_io.cache_dir('', d.cache_dir)
   if mode == 'folder' or (mode == 'cifar100' and root):
     if not root or not os.path.isdir(root):
       raise FileNotFoundError(f'config.data.oe_root={root!r} is not a directory (needed for noise_mode={mode})')
-    paths = sources.list_images(root)
+    paths = image_io.list_images(root)
     if not paths:
-      raise ValueError(f'no images in config.data.oe_root={root!r} (extensions: {", ".join(sources.IMG_EXT)})')
+      raise ValueError(f'no images in config.data.oe_root={root!r} (extensions: {", ".join(image_io.IMG_EXT)})')
     paths = [paths[i] for i in _limit_indices(len(paths), d.oe_limit, config.seed)]
-    imgs, _ = sources.read_images(paths, channels, size, on_bad='skip', cache=cache_dir)
+    imgs, _ = image_io.read_images(paths, channels, size, on_bad='skip', cache=cache_dir)
     return imgs
   if mode == 'cifar100':
     imgs = _tfds_images('cifar100', 'train', config, channels, size, cache_dir=cache_dir)
@@ -212,12 +179,11 @@ def load(config, channels, raw_size, *, exclude_1k=(), cache_dir=''):
 
 
 def _imagenet_val(config, channels, size, exclude_1k, cache_dir):
-  from fcdd_jax.data import imagenet  # pylint: disable=g-import-not-at-top
   root = config.data.oe_root
   excluded = frozenset(int(i) for i in exclude_1k)
   folders = _wnid_folders(root) if root else ''
   if folders:
-    wnids = {w: i for i, w in enumerate(imagenet.imagenet1k_wnids())}
+    wnids = {w: i for i, w in enumerate(tfds_io.imagenet1k_wnids())}
     paths = [p for p in _list_cached(folders, cache_dir, 'ImageNet-1k val')
              if wnids.get(os.path.basename(os.path.dirname(p)), -1) not in excluded]
     return LazyImages([paths[i] for i in _limit_indices(len(paths), config.data.oe_limit, config.seed)], channels,
@@ -227,7 +193,6 @@ def _imagenet_val(config, channels, size, exclude_1k, cache_dir):
 
 
 def _imagenet22k(config, channels, size, cache_dir):
-  from fcdd_jax.data import imagenet  # pylint: disable=g-import-not-at-top
   root = config.data.oe_root
   if not root or not os.path.isdir(root):
     raise FileNotFoundError(
@@ -235,7 +200,7 @@ def _imagenet22k(config, channels, size, cache_dir):
         '(fall 2011) class folders extracted locally, e.g. --config.data.oe_root=/data/imagenet22k/'
         'fall11_whole_extracted (one folder per synset, n*/...JPEG); it cannot be downloaded automatically')
   paths = _list_cached(root, cache_dir, 'ImageNet-22k')
-  paths = [p for p in paths if not any(w in p for w in imagenet.IMAGENET30_WNIDS)]  # spec §6.2: by substring
+  paths = [p for p in paths if not any(w in p for w in constants.IMAGENET30_WNIDS)]  # spec §6.2: by substring
   if not paths:
     raise ValueError(f'no images in config.data.oe_root={root!r} outside the 30 ImageNet-30 synsets')
   return LazyImages([paths[i] for i in _limit_indices(len(paths), config.data.oe_limit, config.seed)], channels,

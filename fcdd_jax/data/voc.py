@@ -13,13 +13,14 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from fcdd_jax import input_pipeline as ip
-from fcdd_jax.data import imagenet
+from fcdd_jax.data import checks
+from fcdd_jax.data import constants
+from fcdd_jax.data import image_io
 from fcdd_jax.data import oe
-from fcdd_jax.data import sources
+from fcdd_jax.data import source
+from fcdd_jax.data import tfds_io
+from fcdd_jax.data import transforms
 
-VOC_MEAN = (0.4469, 0.4227, 0.3906)
-VOC_STD = (0.2691, 0.2659, 0.2789)
 HORSE = 'horse'
 
 
@@ -52,7 +53,7 @@ def _from_folder(config, vdir, cache):
     if split == 'train':
       paths = [p for p, h in zip(paths, horse) if h]
       horse = horse[horse]
-    imgs, kept = sources.read_images(paths, 3, (224, 224), on_bad=config.data.on_bad_image, cache=cache)
+    imgs, kept = image_io.read_images(paths, 3, (224, 224), on_bad=config.data.on_bad_image, cache=cache)
     pos = {p: k for k, p in enumerate(paths)}
     out[split] = (imgs, horse[[pos[p] for p in kept]])
   return out
@@ -66,7 +67,7 @@ def _from_tfds(config):
   horse_id = builder.info.features['objects']['label'].names.index(HORSE)
   out = {}
   for split, name in (('train', 'train'), ('val', 'validation')):
-    ds = oe.load_tfds('voc/2007', name, config, hint=(
+    ds = tfds_io.load_tfds('voc/2007', name, config, hint=(
         'Prepare it once with internet access (`tfds build voc/2007`, --config.data.tfds_data_dir) or pass a '
         'local VOCdevkit/VOC2007 tree as --config.data.root'))
     imgs, horse = [], []
@@ -74,17 +75,17 @@ def _from_tfds(config):
       h = bool(np.any(np.asarray(ex['objects']['label']) == horse_id))
       if split == 'train' and not h:
         continue
-      img = ip.to_rgb_or_gray(oe.decode(ex['image']), 3)
-      imgs.append(ip.resize_u8(img, (224, 224)))
+      img = transforms.to_rgb_or_gray(tfds_io.decode(ex['image']), 3)
+      imgs.append(transforms.resize_u8(img, (224, 224)))
       horse.append(h)
     out[split] = (np.stack(imgs) if imgs else np.zeros((0, 224, 224, 3), np.uint8), np.asarray(horse, bool))
   return out
 
 
-def create(config, pi, pc):
-  """Pascal VOC 2007 pipeline (spec §5.8)."""
+def load(config):
+  """Pascal VOC 2007 source (spec §5.8)."""
   d = config.data
-  c = sources._check_class(config, 1, (HORSE,))  # pylint: disable=protected-access
+  c = checks.check_class(config, 1, (HORSE,))
   if d.preproc != 'aug1':
     raise ValueError(f'config.data.preproc={d.preproc!r} is not available for pascal_voc; allowed: aug1')
   if d.supervise_mode in ('malformed_normal', 'malformed_normal_gt'):
@@ -94,16 +95,17 @@ def create(config, pi, pc):
   if d.root and not vdir:
     raise FileNotFoundError(f'config.data.root={d.root!r} holds no VOC 2007 tree (expected VOCdevkit/VOC2007 with '
                             'Annotations/, JPEGImages/, ImageSets/Main/); leave it empty to use tfds voc/2007')
-  cache = sources._cache_dir(config, d.root)  # pylint: disable=protected-access
+  cache = image_io.cache_dir(d.root, d.cache_dir)
   data = _from_folder(config, vdir, cache) if vdir else _from_tfds(config)
   train = data['train'][0]
   test, horse = data['val']
   if not len(train):
     raise ValueError('Pascal VOC 2007 train split holds no horse image')
   labels = (~horse).astype(np.int32)   # 0 = the declared normal class (horse); Pipeline applies nominal_label
-  t = ip.Transform(mean=VOC_MEAN, std=VOC_STD, input_size=(224, 224), raw_size=(224, 224), channels=3,
-                   train_geom='none', hflip=False, noise_std=0.001, jitter=(0.01,) * 4, resize='bilinear')
-  info = sources._info(config, 'pascal_voc', (224, 224, 3), (HORSE,), c, len(train), False, False, len(test), t)  # pylint: disable=protected-access
-  oe_images = oe.load(config, 3, (224, 224), exclude_1k=imagenet.VOC_EXCLUDED_IMAGENET1K, cache_dir=cache)
-  return ip.Pipeline(config, info, train, test, labels, None, t, pi, pc, size_scale=224 / 240.0,
-                     oe_images=oe_images)
+  t = transforms.Transform(mean=constants.VOC_MEAN, std=constants.VOC_STD, input_size=(224, 224),
+                           raw_size=(224, 224), channels=3, train_geom='none', hflip=False, noise_std=0.001,
+                           jitter=(0.01,) * 4, resize='bilinear')
+  return source.Source(
+      name='pascal_voc', class_names=(HORSE,), normal_class=c, transform=t, train_images=train, test_images=test,
+      test_labels=labels, size_scale=224 / 240.0,
+      oe_images=oe.load(config, 3, (224, 224), exclude_1k=constants.VOC_EXCLUDED_IMAGENET1K, cache_dir=cache))
