@@ -62,11 +62,13 @@ def check_settings(rounds, subsets, drop, num_train=None):
 
 def split_subsets(n, k, seed, round_index=0):
   """int32 [n]: the subset (0..k-1) of every training sample; disjoint, sizes differ by at most one, a
-  seeded permutation per (seed, round) so each round splits differently."""
+  seeded permutation per (seed, round) so each round splits differently. seed: an int or a sequence of ints,
+  or a np.random.Generator used as is (round_index is then the caller's business)."""
   n, k = int(n), int(k)
   if k < 2 or n < k:
     raise ValueError(f'refine.subsets={k}: need 2 <= subsets <= number of training samples ({n})')
-  rng = np.random.default_rng(np.random.SeedSequence(np.atleast_1d(seed).tolist() + [0x5EF1, int(round_index)]))
+  rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(
+      np.random.SeedSequence(np.atleast_1d(seed).tolist() + [0x5EF1, int(round_index)]))
   out = np.empty(n, np.int32)
   out[rng.permutation(n)] = np.arange(n) % k
   return out

@@ -99,3 +99,11 @@ def test_pollute_from_test_moves_anomalies_out_of_the_test_set():
     pollution.pollute_from_test(_tagged(30, 0), test, labels, 0.5, seed=1)   # needs all 30
   zero = pollution.pollute_from_test(nominal, test, labels, 0.0, seed=1)
   assert len(zero.kept_test) == 60 and zero.polluted.num_anomalies == 0
+
+
+def test_a_generator_can_be_the_seed():
+  nominal, pool = _tagged(40, 0), _tagged(20, 1000)
+  a = pollution.pollute(nominal, pool, 0.2, seed=np.random.default_rng([5, 77]))
+  b = pollution.pollute(nominal, pool, 0.2, seed=np.random.default_rng([5, 77]))
+  np.testing.assert_array_equal(a.origin, b.origin)
+  assert a.num_anomalies == 10

@@ -164,3 +164,9 @@ def test_settings_and_score_errors_are_one_line():
     refine.out_of_subset_scores(np.ones((1, 4)), np.zeros(4, int))
   with pytest.raises(ValueError, match=r'\[models, samples\]'):
     refine.out_of_subset_scores(np.ones((2, 5)), a)
+
+
+def test_split_subsets_takes_a_generator():
+  a = refine.split_subsets(50, 5, np.random.default_rng([1, 2]))
+  np.testing.assert_array_equal(a, refine.split_subsets(50, 5, np.random.default_rng([1, 2])))
+  assert np.bincount(a).tolist() == [10] * 5

@@ -74,8 +74,9 @@ def _shape_check(nominal, pool, what):
 def pollute(nominal, pool, ratio, *, seed, pool_masks=None, what='anomalies'):
   """Mixes round(r·n/(1−r)) images drawn without replacement from `pool` into the n `nominal` images.
 
-  nominal [n, ...], pool [m, ...] (same image shape), pool_masks [m, H, W] or None; seed: int or a sequence
-  of ints (np.random.default_rng). `what` names the pool in the error raised when it is too small."""
+  nominal [n, ...], pool [m, ...] (same image shape), pool_masks [m, H, W] or None; seed: an int or a
+  sequence of ints (entropy, extended by this module's tag), or a np.random.Generator used as is (e.g. the
+  data layer's named stream). `what` names the pool in the error raised when it is too small."""
   nominal, pool = np.asarray(nominal), np.asarray(pool)
   n, m = len(nominal), len(pool)
   k = num_anomalies(n, ratio)
@@ -91,7 +92,8 @@ def pollute(nominal, pool, ratio, *, seed, pool_masks=None, what='anomalies'):
   if k == 0:
     masks = None if pool_masks is None else np.zeros((n,) + nominal.shape[1:3], pool_masks.dtype)
     return Polluted(nominal, masks, np.zeros(n, bool), np.arange(n), np.zeros(0, np.int64))
-  rng = np.random.default_rng(np.random.SeedSequence(np.atleast_1d(seed).tolist() + [0x9011]))
+  rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(
+      np.random.SeedSequence(np.atleast_1d(seed).tolist() + [0x9011]))
   chosen = rng.choice(m, size=k, replace=False)
   order = rng.permutation(n + k)
   origin = np.concatenate([np.arange(n), -1 - chosen])[order]
