@@ -27,6 +27,8 @@ from typing import Optional
 
 import numpy as np
 
+from fcdd_jax import evaluation
+
 AUTO_Z = 2.5
 MAD_TO_STD = 1.4826   # MAD of a normal distribution times this = its standard deviation
 
@@ -170,13 +172,15 @@ class Round:
   dropped_true_anomalies: Optional[int] = None
   precision: Optional[float] = None
   recall: Optional[float] = None
+  score_auc: Optional[float] = None   # ROC AUC of the out-of-subset scores for the true anomalies of the set
 
   def record(self):
     """The results.json entry of this round: refinement.rounds[i]."""
     r = {'train_size': int(len(self.indices)), 'dropped': int(len(self.dropped)), 'kept': int(len(self.kept)),
          'threshold': self.threshold if np.isfinite(self.threshold) else None}
     if self.dropped_true_anomalies is not None:
-      r.update(dropped_true_anomalies=self.dropped_true_anomalies, precision=self.precision, recall=self.recall)
+      r.update(dropped_true_anomalies=self.dropped_true_anomalies, precision=self.precision, recall=self.recall,
+               score_auc=self.score_auc)
     return r
 
 
@@ -185,7 +189,8 @@ def refine_round(scores, assignment, drop, *, indices=None, is_anomaly=None):
   samples, assignment [N] their subsets) -> the samples kept. indices [N]: the current samples' indices in the
   original training set (default 0..N-1); is_anomaly: bool over the ORIGINAL set when the pollution is known
   (then precision = true anomalies among the dropped / dropped, recall = dropped true anomalies / true
-  anomalies in this round's set; None where a denominator is 0)."""
+  anomalies in this round's set; None where a denominator is 0; score_auc: how well the out-of-subset scores
+  rank the true anomalies above the rest, whatever the threshold, None without both kinds)."""
   oos = out_of_subset_scores(scores, assignment)
   idx = np.arange(len(oos)) if indices is None else np.asarray(indices, np.int64)
   if idx.shape != oos.shape:
@@ -197,6 +202,7 @@ def refine_round(scores, assignment, drop, *, indices=None, is_anomaly=None):
     hit = int((dropped & truth).sum())
     extra = dict(dropped_true_anomalies=hit,
                  precision=hit / int(dropped.sum()) if dropped.any() else None,
-                 recall=hit / int(truth.sum()) if truth.any() else None)
+                 recall=hit / int(truth.sum()) if truth.any() else None,
+                 score_auc=evaluation.roc_auc(truth, oos) if 0 < truth.sum() < len(truth) else None)
   return Round(indices=idx, kept=np.sort(idx[~dropped]), dropped=np.sort(idx[dropped]), scores=oos,
                threshold=thr, **extra)

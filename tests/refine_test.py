@@ -116,9 +116,13 @@ def test_refine_round_indices_precision_recall():
   assert r.dropped_true_anomalies == hit and r.precision == hit / 20
   assert r.recall == hit / int(truth[current].sum())
   assert hit >= 15                                                   # the scores do separate them
+  t = truth[current]
+  pairs = [(oos[i] > oos[j]) + 0.5 * (oos[i] == oos[j]) for i in np.flatnonzero(t) for j in np.flatnonzero(~t)]
+  assert r.score_auc == pytest.approx(np.mean(pairs))                # Mann-Whitney by pairs
   rec = r.record()
   assert rec['dropped'] == 20 and rec['kept'] == 180 and rec['train_size'] == 200
   assert rec['dropped_true_anomalies'] == hit and rec['precision'] == r.precision and rec['recall'] == r.recall
+  assert rec['score_auc'] == r.score_auc
   # unknown pollution: no precision/recall keys
   plain = refine.refine_round(scores, a, 0.1, indices=current).record()
   assert 'precision' not in plain and plain['dropped'] == 20
@@ -126,7 +130,7 @@ def test_refine_round_indices_precision_recall():
   none = refine.refine_round(scores, a, 0.001, indices=current, is_anomaly=truth)
   assert none.precision is None and none.dropped_true_anomalies == 0
   clean = refine.refine_round(scores, a, 0.1, indices=current, is_anomaly=np.zeros(n_all, bool))
-  assert clean.recall is None and clean.precision == 0.0
+  assert clean.recall is None and clean.precision == 0.0 and clean.score_auc is None
 
 
 def test_srr_consensus_reference():
