@@ -252,7 +252,7 @@ CUTPASTE_JITTER = 0.1                        # [reimpl] ColorJitter(0.1, 0.1, 0.
                                              # jitters the patch's colours; strengths from [reimpl])
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class PasteGeometry:
   """Where a CutPaste patch comes from and where it lands (all in pixels of the [H,W] image).
 
@@ -330,8 +330,9 @@ def cutpaste_geometry(rng, hw, variant='normal'):
     angle = 0.0
   elif variant == 'scar':
     scale = np.sqrt(h * w) / SCAR_REFERENCE_SIDE
-    pw = min(w, int(rng.integers(_scar_range(*SCAR_WIDTH, scale)[0], _scar_range(*SCAR_WIDTH, scale)[1] + 1)))
-    ph = min(h, int(rng.integers(_scar_range(*SCAR_LENGTH, scale)[0], _scar_range(*SCAR_LENGTH, scale)[1] + 1)))
+    (w_lo, w_hi), (l_lo, l_hi) = _scar_range(*SCAR_WIDTH, scale), _scar_range(*SCAR_LENGTH, scale)
+    pw = min(w, int(rng.integers(w_lo, w_hi + 1)))
+    ph = min(h, int(rng.integers(l_lo, l_hi + 1)))
     angle = float(rng.uniform(*SCAR_ANGLE))
   else:
     raise ValueError(f"CutPaste variant={variant!r} is unknown; allowed: 'normal', 'scar', 'mixed'")
