@@ -6,8 +6,9 @@ it into K disjoint subsets, train one one-class model per subset, score every tr
 samples that score as anomalous, train again on the refined set; repeat. SRR thresholds each model k at the
 (100 − γ) percentile of its scores on the training data and keeps a sample only if every model calls it
 normal (a consensus of the K models); γ is a hyper-parameter (the paper studies it against the true
-anomaly ratio). This module does the same with two deliberate changes, both because a model scores the
-samples it was trained on too low (it has fitted them), which makes its verdict on them worthless:
+anomaly ratio). (Summarised from the paper; its text was not available offline to re-check details.)
+This module does the same with two deliberate changes, both because a model scores the samples it was
+trained on too low (it has fitted them), which makes its verdict on them worthless:
 
 * each sample is judged only by the K − 1 models that did NOT train on it (out-of-subset scores);
 * the judges' scores are put on one scale, a robust z-score per model (median and MAD over the samples that
@@ -19,7 +20,7 @@ Which samples go (`choose_dropped`): `refine.drop = p` drops the round(p·N) hig
 more than AUTO_Z robust standard deviations above the median of the scores (median + 2.5·1.4826·MAD, the
 moderately conservative outlier rule recommended by Leys et al., "Detecting outliers: Do not use standard
 deviation around the mean, use absolute deviation around the median", J. Exp. Soc. Psych. 2013); at most
-half the set can go, by construction. SRR has no automatic rule. Everything here is pure NumPy and
+half the set can go, by construction. SRR has no automatic rule (as far as summarised above). Everything here is pure NumPy and
 deterministic given the seed; training and scoring the models is the caller's job (train/multirun).
 """
 import dataclasses
