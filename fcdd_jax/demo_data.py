@@ -8,6 +8,8 @@ test defects.
 """
 import numpy as np
 
+from fcdd_jax.data import streams
+
 DEFECT_TYPES = ('spot', 'scratch', 'stain', 'hole')
 
 
@@ -65,7 +67,7 @@ def make_demo(seed=0, num_train=512, num_test=256, size=32):
   """
   if size < 16:
     raise ValueError(f'demo image size must be >= 16, got {size}')
-  rng = np.random.default_rng(np.random.SeedSequence([seed, 0xFCDD]))
+  rng = streams.rng(seed, 'demo_data')
   train = np.stack([_texture(rng, size) for _ in range(num_train)]) if num_train else np.zeros((0, size, size, 3))
   test, labels, masks, kinds = [], [], [], []
   num_anomalous = num_test // 2

@@ -35,6 +35,7 @@ from fcdd_jax.data import imagenet
 from fcdd_jax.data import mvtec
 from fcdd_jax.data import one_vs_rest
 from fcdd_jax.data import preview
+from fcdd_jax.data import streams
 from fcdd_jax.data import supervision
 from fcdd_jax.data import transforms
 from fcdd_jax.data import voc
@@ -146,12 +147,12 @@ class Pipeline:
     """Source indices of the (enlarged) training set in the order epoch `epoch` visits them."""
     n = len(self.train_images)
     idx = np.tile(np.arange(n), self.enlarge)
-    rng = np.random.default_rng([self.seed, 0x5EED, epoch])
+    rng = streams.rng(self.seed, 'epoch', epoch)
     return idx[rng.permutation(len(idx))]
 
   def example(self, step, row, src_index):
     """Global row `row` of global step `step` (0-based): (image, label, gtmap)."""
-    rng = np.random.default_rng([self.seed, step, row])
+    rng = streams.rng(self.seed, 'example', step, row)
     img = self.train_images[src_index]
     geom = None
     if self.train_images_input is not None and self.transform.train_geom == 'mvtec':

@@ -75,7 +75,8 @@ def _realistic_indices():
       'epoch': sorted({(e,) for e in range(0, 30001, 3)} | {(255,), (24301,)}),
       'offline': sorted({(i,) for i in range(0, 60000, 7)} | {(255,), (24301,)}),
       'paste_set': [(i,) for i in range(0, 60000, 11)],
-      'labelled_pick': [()], 'true_anomalies': [()], 'oe_subset': [()], 'demo_data': [()],
+      'refine_subsets': [(k,) for k in range(100)],
+      'labelled_pick': [()], 'pollution': [()], 'true_anomalies': [()], 'oe_subset': [()], 'demo_data': [()],
   }
 
 

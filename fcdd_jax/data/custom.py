@@ -15,6 +15,7 @@ from fcdd_jax.data import checks
 from fcdd_jax.data import image_io
 from fcdd_jax.data import oe
 from fcdd_jax.data import source
+from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
 
 CUSTOM_PREPROC = ('aug1', 'none')   # the reference's custom runner (spec §5.9); '' and 'default' mean none
@@ -220,7 +221,7 @@ def load(config):
                           f'{os.path.join(root, "train", names[c], "anomalous")}/ holds none'))
     anom, anom_paths = image_io.read_images(anom_paths, 3, train_size, **read_kw)
     n = len(data['train'])
-    pick = np.random.default_rng([config.seed, 0x07E]).integers(0, len(anom), n)
+    pick = streams.rng(config.seed, 'labelled_pick').integers(0, len(anom), n)
     train_labels = np.concatenate([np.zeros(n, np.int32), np.ones(n, np.int32)])
     data['train'] = np.concatenate([data['train'], anom[pick]])
     if train_input is not None:

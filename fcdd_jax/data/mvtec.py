@@ -11,6 +11,7 @@ from fcdd_jax.data import custom
 from fcdd_jax.data import image_io
 from fcdd_jax.data import oe
 from fcdd_jax.data import source
+from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
 
 MVTEC_JITTER = ((0.04, 0.04, 0.04, 0.04), (0.005, 0.0005, 0.0005, 0.0005))  # spec §5.7: random choice
@@ -73,7 +74,7 @@ def _true_anomalies(config, data):
   if d.noise_mode == 'mvtec_gt' and data['masks'] is None:
     raise ValueError('noise_mode=mvtec_gt needs ground_truth/ masks in data.root')
   limit = d.oe_limit if d.oe_limit and d.oe_limit > 0 else 1 << 30
-  rng = np.random.default_rng([config.seed, 0x6E7])
+  rng = streams.rng(config.seed, 'true_anomalies')
   kinds = np.asarray(data['defects'])
   chosen = []
   for kind in sorted(set(kinds.tolist()) - {'good'}):

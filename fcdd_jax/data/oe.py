@@ -23,6 +23,7 @@ import numpy as np
 from fcdd_jax.data import checks
 from fcdd_jax.data import constants
 from fcdd_jax.data import image_io
+from fcdd_jax.data import streams
 from fcdd_jax.data import tfds_io
 from fcdd_jax.data import transforms
 
@@ -38,7 +39,7 @@ def _limit_indices(n, limit, seed):
   """Sorted indices of the fixed per-run OE subset (all when limit <= 0 or >= n)."""
   if not limit or limit <= 0 or limit >= n:
     return np.arange(n)
-  return np.sort(np.random.default_rng([int(seed), 0x0E]).choice(n, int(limit), replace=False))
+  return np.sort(streams.rng(seed, 'oe_subset').choice(n, int(limit), replace=False))
 
 
 class LazyImages:

@@ -39,6 +39,8 @@ STREAMS = {
     'demo_data': Stream(0xFCDD0007, (), 'the generated demo textures and defects'),
     'paste_set': Stream(0xFCDD0008, ('example',),
                         'pasted anomalies (CutPaste): the source patch set built once per run, by example'),
+    'pollution': Stream(0xFCDD0009, (), 'data.pollution: the true anomalies mixed into the training set'),
+    'refine_subsets': Stream(0xFCDD000A, ('round',), 'refinement: the disjoint subsets of one round'),
 }
 
 _WORD = 1 << 32

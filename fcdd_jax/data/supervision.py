@@ -2,6 +2,7 @@
 import numpy as np
 
 from fcdd_jax.data import anomalies
+from fcdd_jax.data import streams
 
 
 def offline_supervise(config, nominal, oe_images=None, size_scale=1.0):
@@ -15,7 +16,7 @@ def offline_supervise(config, nominal, oe_images=None, size_scale=1.0):
   n = len(nominal)
   anoms, maps = [], []
   for i in range(n):
-    rng = np.random.default_rng([int(config.seed), 0x0FF, i])
+    rng = streams.rng(config.seed, 'offline', i)
     oe = None if oe_images is None else oe_images[int(rng.integers(len(oe_images)))]
     img, gt = anomalies.make_anomaly(d.supervise_mode, d.noise_mode, rng, nominal[i], oe_image=oe, offline=True,
                                      size_scale=size_scale)
