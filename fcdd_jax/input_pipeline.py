@@ -193,7 +193,8 @@ class Pipeline:
     x, gt = self.transform.train(img, gt, rng, geom)
     return x, label, np.ascontiguousarray(gt, np.float32)
 
-  def _build_train_batch(self, step):
+  def train_batch(self, step):
+    """This process's rows of the global batch of `step` (0-based), as NumPy arrays."""
     spe = self.info.steps_per_epoch
     epoch, k = divmod(step, spe)
     order = self.epoch_order(epoch)
@@ -217,12 +218,14 @@ class Pipeline:
       batch['valid'] = np.asarray(valid, np.float32)
     return batch
 
+  _build_train_batch = train_batch   # compatibility name for bench/pipeline.py; remove when it calls train_batch
+
   def global_train_batch(self, step):
     """The whole global batch of `step` (testing aid; each process normally builds only its slice)."""
     saved = self.process_index, self.local_batch
     self.process_index, self.local_batch = 0, self.batch_size
     try:
-      return self._build_train_batch(step)
+      return self.train_batch(step)
     finally:
       self.process_index, self.local_batch = saved
 
@@ -232,7 +235,7 @@ class Pipeline:
     step = int(start_step)
     while True:
       while len(futures) < prefetch:
-        futures.append(self._pool.submit(self._build_train_batch, step))
+        futures.append(self._pool.submit(self.train_batch, step))
         step += 1
       yield futures.pop(0).result()
 

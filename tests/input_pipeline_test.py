@@ -121,6 +121,9 @@ def test_custom_layout_errors(tmp_path, make_config):
     input_pipeline.create(make_config(**base))
   with pytest.raises(ValueError, match="data.name='nope' is unknown"):
     input_pipeline.create(make_config(**{'data.name': 'nope'}))
+  for seed in (-1, 2**32):
+    with pytest.raises(ValueError, match=f'config.seed={seed} is out of range'):
+      input_pipeline.create(make_config(seed=seed))
 
 
 def test_reference_one_vs_rest_layout_gray_and_rgba(tmp_path, make_config):
@@ -320,3 +323,19 @@ def test_start_global_gives_the_global_batches_sharded_over_the_devices(make_con
   assert len(out) == len(evals)
   for g, e in zip(out, evals):
     np.testing.assert_array_equal(np.asarray(g['index']), e['index'])
+
+
+def test_preview_shows_each_label_with_its_maps(make_config, tmp_path):
+  p = input_pipeline.create(make_config(batch_size=16))                    # demo 32², malformed_normal, maps
+  b = p.global_train_batch(0)
+  n = [int((b['label'] == lab).sum()) for lab in (0, 1)]
+  assert min(n) > 0
+  p.write_preview(str(tmp_path / 'ds_preview.png'))
+  img = np.asarray(Image.open(tmp_path / 'ds_preview.png'))
+  assert img.shape == (256, 2 * 32 * max(n), 3)                            # 4 rows of 32 px, scaled x2
+  small = img[::2, ::2]
+  first = b['image'][b['label'] == 0][0]
+  want = ((first - first.min()) / (first.max() - first.min()) * 255).astype(np.uint8)
+  np.testing.assert_array_equal(small[:32, :32], want)                     # nominal row, min-max per image
+  np.testing.assert_array_equal(small[32:64, :32 * n[0]], 0)               # nominal maps are empty
+  assert (small[96:128, :32 * n[1]] == 255).all()                          # malformed_normal: all-ones maps

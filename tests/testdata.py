@@ -104,3 +104,14 @@ def tiny(c, tmp_path, **kv):
               **{'eval.num_figure_samples': 4, 'data.cache_dir': str(tmp_path / 'cache')})
   c.update_from_flattened_dict({**base, **kv})
   return c
+
+
+def roc_area(workdir):
+  """Trapezoid area under the image-level ROC a run wrote to roc.json (from (0, 0) to (1, 1)): a NumPy
+  reference for results['image_auc'] on tiny runs whose AUC itself is arbitrary."""
+  import json  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(workdir, 'roc.json')) as f:
+    roc = json.load(f)
+  fpr, tpr = np.asarray(roc['fpr'], np.float64), np.asarray(roc['tpr'], np.float64)
+  assert fpr[0] == tpr[0] == 0 and fpr[-1] == tpr[-1] == 1 and (np.diff(fpr) >= 0).all()
+  return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))

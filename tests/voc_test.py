@@ -97,4 +97,4 @@ def test_pascal_voc_config_end_to_end_with_imagenet_oe(tmp_path):
   p = input_pipeline.create(c)
   assert len(p.oe_images) == 3 and all(wnids[15] in f for f in p.oe_images.paths)
   r = train.train_and_evaluate(c, str(tmp_path / 'run'))
-  assert 0 <= r['image_auc'] <= 1
+  assert r['image_auc'] == pytest.approx(testdata.roc_area(tmp_path / 'run'), abs=1e-9)

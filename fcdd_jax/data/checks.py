@@ -12,8 +12,11 @@ TRUE_ANOMALY_MODES = ('mvtec', 'mvtec_gt')                                 # dat
 
 
 def check_common(config, datasets):
-  """Dataset name in `datasets`, supervise_mode, noise_mode and online/offline supervision of config.data."""
+  """config.seed range; dataset name in `datasets`, supervise_mode, noise_mode and online/offline supervision of config.data."""
   d = config.data
+  if not 0 <= int(config.seed) < 2**32:
+    raise ValueError(f'config.seed={config.seed} is out of range: expected 0 <= seed < 2**32 (the random streams of '
+                     'the data, data/streams.py, take it as one 32-bit word)')
   if d.name not in datasets:
     raise ValueError(f'config.data.name={d.name!r} is unknown; known datasets: {", ".join(datasets)}')
   if d.supervise_mode not in SUPERVISE_MODES:
