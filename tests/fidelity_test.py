@@ -18,7 +18,6 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
-from configs import default
 from fcdd_jax import input_pipeline
 from fcdd_jax import models
 from fcdd_jax import train
@@ -274,8 +273,8 @@ def test_every_epoch_sees_every_image_once_with_a_padded_last_batch(make_config)
   assert [float(fn(jnp.int32(s))) for s in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
 
 
-def _step_setup(name='FCDD_CNN32_S', remat=None, gtmaps=False):
-  cfg = default.get_config()
+def _step_setup(make_config, name='FCDD_CNN32_S', remat=None, gtmaps=False):
+  cfg = make_config('default')
   cfg.model.name = name
   cfg.optim.name, cfg.optim.lr = 'sgd', 0.1
   model = models.create(name, remat=remat)
@@ -288,10 +287,10 @@ def _step_setup(name='FCDD_CNN32_S', remat=None, gtmaps=False):
 
 
 @pytest.mark.parametrize('remat,gtmaps', [(True, False), (False, True)])
-def test_padded_rows_change_neither_loss_nor_batchnorm(remat, gtmaps):
+def test_padded_rows_change_neither_loss_nor_batchnorm(remat, gtmaps, make_config):
   """One step on 5 real rows padded to 8 = one step on the 5 rows alone (loss, gradient, params, running
   statistics), with the fused blocks (remat) and without."""
-  state, scfg, shape = _step_setup(remat=remat, gtmaps=gtmaps)
+  state, scfg, shape = _step_setup(make_config, remat=remat, gtmaps=gtmaps)
   rng = np.random.default_rng(0)
   real = {'image': rng.normal(size=(5,) + shape).astype(np.float32), 'label': np.array([0, 1, 0, 1, 1], np.int32)}
   if gtmaps:
@@ -311,8 +310,8 @@ def test_padded_rows_change_neither_loss_nor_batchnorm(remat, gtmaps):
   assert abs(float(m3['loss']) - float(m1['loss'])) > 1e-3
 
 
-def test_padded_step_is_the_same_on_1_and_8_devices():
-  state, scfg, shape = _step_setup()
+def test_padded_step_is_the_same_on_1_and_8_devices(make_config):
+  state, scfg, shape = _step_setup(make_config)
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(16,) + shape).astype(np.float32), 'label': np.arange(16, dtype=np.int32) % 2,
            'valid': (np.arange(16) < 11).astype(np.float32)}

@@ -72,13 +72,12 @@ def test_imagenet30_from_mocked_tfds(tmp_path, make_config):
   np.testing.assert_array_equal(p2.test_images, p.test_images)
 
 
-def test_imagenet_config_end_to_end_with_22k_oe(tmp_path):
-  from configs import imagenet as imagenet_config  # pylint: disable=g-import-not-at-top
+def test_imagenet_config_end_to_end_with_22k_oe(tmp_path, make_config):
   testdata.imagenet_folders(str(tmp_path / 'in'), n_train=8, n_val=1, classes=range(30))
   oe_root = tmp_path / 'fall11'
   testdata.write_images(str(oe_root / 'n09999999'), np.random.default_rng(2).integers(0, 256, (4, 50, 70, 3),
                                                                                   dtype=np.uint8), '.JPEG')
-  c = testdata.tiny(imagenet_config.get_config(), tmp_path, batch_size=8, num_train_steps=1,
+  c = testdata.tiny(make_config('imagenet'), tmp_path, batch_size=8, num_train_steps=1,
                     checkpoint_every_steps=1, **{'data.root': str(tmp_path / 'in'),
                                                  'data.oe_root': str(oe_root), 'eval.batch_size': 8})
   r = train.train_and_evaluate(c, str(tmp_path / 'run'))

@@ -84,14 +84,13 @@ def test_voc_from_mocked_tfds(tmp_path, make_config):
   np.testing.assert_array_equal(p.test_labels, [1, 0, 1])
 
 
-def test_pascal_voc_config_end_to_end_with_imagenet_oe(tmp_path):
-  from configs import pascal_voc  # pylint: disable=g-import-not-at-top
+def test_pascal_voc_config_end_to_end_with_imagenet_oe(tmp_path, make_config):
   root = _voc_tree(str(tmp_path), SPLITS)
   wnids = tfds_io.imagenet1k_wnids()
   rng = np.random.default_rng(3)
   for k in (15, 344):                                          # 344 (hippopotamus, "river horse") is excluded
     testdata.write_images(str(tmp_path / 'inval' / wnids[k]), rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8))
-  c = testdata.tiny(pascal_voc.get_config(), tmp_path, batch_size=8, num_train_steps=1,
+  c = testdata.tiny(make_config('pascal_voc'), tmp_path, batch_size=8, num_train_steps=1,
                     checkpoint_every_steps=1, **{'data.root': root, 'data.oe_root': str(tmp_path / 'inval'),
                                                  'eval.batch_size': 8})
   p = input_pipeline.create(c)
