@@ -99,10 +99,15 @@ def test_no_import_cycle_inside_the_package():
 
 
 def _protected_accesses():
-  """`alias._name` where alias is another fcdd_jax module imported in that file (dunder names excepted)."""
+  """`alias._name` where alias is another fcdd_jax module imported in that file, and `from fcdd_jax.x import
+  _name` (dunder names excepted)."""
   out = []
   for name, (_, aliases, tree) in GRAPH.items():
     for node in ast.walk(tree):
+      if isinstance(node, ast.ImportFrom) and (node.level or (node.module or '').startswith('fcdd_jax')):
+        for a in node.names:
+          if a.name.startswith('_') and not a.name.startswith('__'):
+            out.append(f'{MODULES[name]}:{node.lineno}: from {"." * node.level}{node.module or ""} import {a.name}')
       if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases
           and node.attr.startswith('_') and not node.attr.startswith('__')):
         out.append(f'{MODULES[name]}:{node.lineno}: {node.value.id}.{node.attr} ({aliases[node.value.id]})')
@@ -117,7 +122,7 @@ def test_no_protected_access_across_modules():
 def test_the_checks_can_fail(tmp_path, monkeypatch):
   """The detectors find a planted cycle and a planted protected access (so a passing test means something)."""
   a = tmp_path / 'a.py'
-  a.write_text('from fcdd_jax import b_mod\n\ndef f():\n  return b_mod._hidden\n')
+  a.write_text('from fcdd_jax import b_mod\nfrom fcdd_jax.b_mod import _other\n\ndef f():\n  return b_mod._hidden\n')
   b = tmp_path / 'b_mod.py'
   b.write_text('def g():\n  from fcdd_jax import a  # function-local\n')
   monkeypatch.setitem(MODULES, 'fcdd_jax.a', str(a))
@@ -125,4 +130,5 @@ def test_the_checks_can_fail(tmp_path, monkeypatch):
   monkeypatch.setitem(GRAPH, 'fcdd_jax.a', _imports('fcdd_jax.a', str(a)))
   monkeypatch.setitem(GRAPH, 'fcdd_jax.b_mod', _imports('fcdd_jax.b_mod', str(b)))
   assert ['fcdd_jax.a', 'fcdd_jax.b_mod', 'fcdd_jax.a'] in _cycles()
-  assert any('b_mod._hidden' in f for f in _protected_accesses())
+  found = _protected_accesses()
+  assert any('b_mod._hidden' in f for f in found) and any('import _other' in f for f in found)
