@@ -1,7 +1,8 @@
 """Fidelity benchmark (issue 13): detection quality on real and masked defect data, trained from scratch.
 
   python -m bench.fidelity [--seeds 0,1,2] [--epochs 5] [--batch 32] [--net FCDD_CNN224_VGG_NOPT]
-                           [--sets bottle,bottle_pasted] [--workdir DIR] [--steps N] [--set FIELD=VALUE ...]
+                           [--dtype float32|bfloat16] [--sets bottle,bottle_pasted] [--bottle DIR]
+                           [--workdir DIR] [--steps N] [--set FIELD=VALUE ...]
 
 `configs/custom.py` (malformed_normal + confetti, aug1, SGD-Nesterov lr 1e-3, lambda 0.985, sigma 10) with
 FCDD_CNN224_VGG_NOPT from scratch, global batch 32, on
@@ -11,7 +12,11 @@ FCDD_CNN224_VGG_NOPT from scratch, global batch 32, on
   nominal (test/good + 30 held-out) and 30 held-out images with one synthetic defect pasted in (a patch of
   another bottle, a stain or a scratch; masks kept in ground_truth/) -> image and pixel AUC (GT-map loss).
   Written once to <workdir or $XDG_CACHE_HOME/fcdd_jax>/bench_fidelity/, never into the data folder.
-Prints one JSON line per run and one per set with image/pixel AUC mean ± std over the seeds. `--set` passes
+--bottle defaults to ../shared/data/mvtec_bottle_256/bottle next to the repository (or $FCDD_SHARED_DATA/
+mvtec_bottle_256/bottle); pass it when running from a copy. Run from the command line, the process uses the
+allocator `fcdd_jax.main` uses (mimalloc on CPU hosts); all runs share one process, so a run's `peak_rss_gb`
+is the process's peak so far (the first run's is its own).
+Prints one JSON line per run (AUCs, training img/s, peak RSS) and one per set with image/pixel AUC mean ± std over the seeds. `--set` passes
 config overrides (e.g. `--set data.exact_half=True`) to compare variants; `--steps` replaces --epochs (smoke
 tests).
 """
@@ -27,7 +32,9 @@ import numpy as np
 
 from bench import common
 
-BOTTLE = os.path.join(os.path.dirname(common.ROOT), 'shared', 'data', 'mvtec_bottle_256', 'bottle')
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BOTTLE = os.path.join(os.environ.get('FCDD_SHARED_DATA', os.path.join(os.path.dirname(_REPO), 'shared', 'data')),
+                      'mvtec_bottle_256', 'bottle')
 PASTED_VERSION = 'bottle_pasted-v2'
 
 
@@ -130,9 +137,9 @@ def _override(c, item):
 
 
 def run_one(root, seed, a, workdir):
-  from configs import custom  # pylint: disable=g-import-not-at-top
+  from bench import train_loop  # pylint: disable=g-import-not-at-top
   from fcdd_jax import train  # pylint: disable=g-import-not-at-top
-  c = custom.get_config()
+  c = train_loop.custom_config()
   c.data.root = root
   c.data.cache_dir = os.path.join(workdir, 'cache')
   c.model.name = a.net
@@ -195,11 +202,13 @@ def main(argv=None):
         r = run_one(roots[name], seed, a, workdir)
         res.append(r)
         common.emit(impl='fidelity', set=name, seed=seed, net=a.net, batch=a.batch, **budget,
-                    image_auc=r['image_auc'], pixel_auc=r['pixel_auc'], train_seconds=r.get('train_seconds'),
-                    overrides=a.set, device_kind=common.cpu_kind())
+                    dtype=a.dtype, image_auc=r['image_auc'], pixel_auc=r['pixel_auc'],
+                    train_seconds=r.get('train_seconds'), img_per_s=r.get('train_images_per_second'),
+                    peak_rss_gb=(round(r['peak_rss_bytes'] / 2**30, 2) if r.get('peak_rss_bytes') else None),
+                    overrides=a.set, device_kind=common.cpu_kind(), load=common.load_avg())
       img, pix = _mean_std([r['image_auc'] for r in res]), _mean_std([r['pixel_auc'] for r in res])
       summary.append(common.emit(impl='fidelity_summary', set=name, seeds=seeds, net=a.net, batch=a.batch,
-                                 **budget, image_auc_mean=img[0], image_auc_std=img[1], pixel_auc_mean=pix[0],
+                                 dtype=a.dtype, **budget, image_auc_mean=img[0], image_auc_std=img[1], pixel_auc_mean=pix[0],
                                  pixel_auc_std=pix[1], overrides=a.set, device_kind=common.cpu_kind()))
   finally:
     if not a.workdir:
@@ -212,4 +221,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+  from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+  memory.exec_with_allocator('auto')   # as fcdd_jax.main runs (re-executes this command once)
   main()
