@@ -29,6 +29,7 @@ from typing import Optional
 import numpy as np
 
 from fcdd_jax import evaluation
+from fcdd_jax.data import streams
 
 AUTO_Z = 2.5
 MAD_TO_STD = 1.4826   # MAD of a normal distribution times this = its standard deviation
@@ -65,13 +66,14 @@ def check_settings(rounds, subsets, drop, num_train=None):
 
 def split_subsets(n, k, seed, round_index=0):
   """int32 [n]: the subset (0..k-1) of every training sample; disjoint, sizes differ by at most one, a
-  seeded permutation per (seed, round) so each round splits differently. seed: an int or a sequence of ints,
-  or a np.random.Generator used as is (round_index is then the caller's business)."""
+  seeded permutation per (seed, round) so each round splits differently. seed: the run seed (an int; the draw
+  comes from the data layer's reserved stream `streams.rng(seed, 'refine_subsets', round_index)`) or a
+  np.random.Generator used as is (round_index is then the caller's business)."""
   n, k = int(n), int(k)
   if k < 2 or n < k:
     raise ValueError(f'refine.subsets={k}: need 2 <= subsets <= number of training samples ({n})')
-  rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(
-      np.random.SeedSequence(np.atleast_1d(seed).tolist() + [0x5EF1, int(round_index)]))
+  rng = (seed if isinstance(seed, np.random.Generator)
+         else streams.rng(int(seed), 'refine_subsets', int(round_index)))
   out = np.empty(n, np.int32)
   out[rng.permutation(n)] = np.arange(n) % k
   return out

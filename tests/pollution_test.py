@@ -48,9 +48,9 @@ def test_pollute_mixes_in_exactly_k_pool_images_unlabelled_in_a_seeded_order():
 
 def test_pollute_is_deterministic_given_the_seed():
   nominal, pool = _tagged(50, 0), _tagged(40, 1000)
-  a = pollution.pollute(nominal, pool, 0.2, seed=[7, 1])
-  b = pollution.pollute(nominal, pool, 0.2, seed=[7, 1])
-  c = pollution.pollute(nominal, pool, 0.2, seed=[8, 1])
+  a = pollution.pollute(nominal, pool, 0.2, seed=7)
+  b = pollution.pollute(nominal, pool, 0.2, seed=7)
+  c = pollution.pollute(nominal, pool, 0.2, seed=8)
   np.testing.assert_array_equal(a.images, b.images)
   np.testing.assert_array_equal(a.origin, b.origin)
   assert not np.array_equal(a.origin, c.origin)
@@ -107,3 +107,23 @@ def test_a_generator_can_be_the_seed():
   b = pollution.pollute(nominal, pool, 0.2, seed=np.random.default_rng([5, 77]))
   np.testing.assert_array_equal(a.origin, b.origin)
   assert a.num_anomalies == 10
+
+
+def test_an_int_seed_draws_from_the_reserved_pollution_stream():
+  from fcdd_jax.data import streams  # pylint: disable=g-import-not-at-top
+  nominal, pool = _tagged(50, 0), _tagged(40, 1000)
+  a = pollution.pollute(nominal, pool, 0.2, seed=11)
+  b = pollution.pollute(nominal, pool, 0.2, seed=streams.rng(11, 'pollution'))
+  np.testing.assert_array_equal(a.origin, b.origin)
+
+
+def test_gather_builds_parallel_arrays_in_the_polluted_row_order():
+  nominal, pool = _tagged(40, 0), _tagged(30, 1000)
+  p = pollution.pollute(nominal, pool, 0.25, seed=2)
+  # a parallel array (the tags as ints, another dtype and shape): row i must be the tag of image i
+  nom_tags, pool_tags = np.arange(40) * 10, 7000 + np.arange(30) * 10
+  got = p.gather(nom_tags, pool_tags)
+  want = np.where(p.images[:, 0, 0, 0] >= 1000, 7000 + (p.images[:, 0, 0, 0].astype(int) - 1000) * 10,
+                  p.images[:, 0, 0, 0].astype(int) * 10)
+  np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(p.gather(nominal, pool), p.images)

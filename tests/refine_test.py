@@ -174,3 +174,9 @@ def test_split_subsets_takes_a_generator():
   a = refine.split_subsets(50, 5, np.random.default_rng([1, 2]))
   np.testing.assert_array_equal(a, refine.split_subsets(50, 5, np.random.default_rng([1, 2])))
   assert np.bincount(a).tolist() == [10] * 5
+
+
+def test_an_int_seed_splits_with_the_reserved_refine_subsets_stream():
+  from fcdd_jax.data import streams  # pylint: disable=g-import-not-at-top
+  a = refine.split_subsets(23, 4, seed=9, round_index=2)
+  np.testing.assert_array_equal(a, refine.split_subsets(23, 4, seed=streams.rng(9, 'refine_subsets', 2)))

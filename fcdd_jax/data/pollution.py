@@ -16,6 +16,8 @@ from typing import Optional
 
 import numpy as np
 
+from fcdd_jax.data import streams
+
 FIELD = 'data.pollution'
 
 
@@ -47,7 +49,8 @@ class Polluted:
   images [n+k, ...]: the training images; masks [n+k, H, W] or None: the anomalies' masks (zeros on nominal
   rows), when the pool had masks; is_anomaly bool [n+k]: true anomalies (never a training label);
   origin int [n+k]: the row's index in the nominal array (>= 0) or -1 − its index in the pool (< 0);
-  pool_indices int [k]: the pool rows used, in the order they were drawn."""
+  pool_indices int [k]: the pool rows used, in the order they were drawn. `gather` builds any array parallel
+  to the images (a second resolution, original sizes) in the same row order."""
   images: np.ndarray
   masks: Optional[np.ndarray]
   is_anomaly: np.ndarray
@@ -57,6 +60,17 @@ class Polluted:
   @property
   def num_anomalies(self):
     return int(self.is_anomaly.sum())
+
+  def gather(self, nominal, pool):
+    """[n+k, ...]: row i is nominal[origin[i]] or pool[-1 - origin[i]], for arrays parallel to the nominal
+    images and the pool (e.g. the same images at another size)."""
+    nominal = np.asarray(nominal)
+    out = np.empty((len(self.origin),) + nominal.shape[1:], nominal.dtype)
+    nom = self.origin >= 0
+    out[nom] = nominal[self.origin[nom]]
+    if (~nom).any():
+      out[~nom] = np.asarray(pool)[-1 - self.origin[~nom]]
+    return out
 
   def record(self, ratio):
     """The facts results.json keeps: requested and actual share, counts."""
@@ -74,9 +88,9 @@ def _shape_check(nominal, pool, what):
 def pollute(nominal, pool, ratio, *, seed, pool_masks=None, what='anomalies'):
   """Mixes round(r·n/(1−r)) images drawn without replacement from `pool` into the n `nominal` images.
 
-  nominal [n, ...], pool [m, ...] (same image shape), pool_masks [m, H, W] or None; seed: an int or a
-  sequence of ints (entropy, extended by this module's tag), or a np.random.Generator used as is (e.g. the
-  data layer's named stream). `what` names the pool in the error raised when it is too small."""
+  nominal [n, ...], pool [m, ...] (same image shape), pool_masks [m, H, W] or None; seed: the run seed (an
+  int; the draw comes from the data layer's reserved stream `streams.rng(seed, 'pollution')`) or a
+  np.random.Generator used as is. `what` names the pool in the error raised when it is too small."""
   nominal, pool = np.asarray(nominal), np.asarray(pool)
   n, m = len(nominal), len(pool)
   k = num_anomalies(n, ratio)
@@ -92,8 +106,7 @@ def pollute(nominal, pool, ratio, *, seed, pool_masks=None, what='anomalies'):
   if k == 0:
     masks = None if pool_masks is None else np.zeros((n,) + nominal.shape[1:3], pool_masks.dtype)
     return Polluted(nominal, masks, np.zeros(n, bool), np.arange(n), np.zeros(0, np.int64))
-  rng = seed if isinstance(seed, np.random.Generator) else np.random.default_rng(
-      np.random.SeedSequence(np.atleast_1d(seed).tolist() + [0x9011]))
+  rng = seed if isinstance(seed, np.random.Generator) else streams.rng(int(seed), 'pollution')
   chosen = rng.choice(m, size=k, replace=False)
   order = rng.permutation(n + k)
   origin = np.concatenate([np.arange(n), -1 - chosen])[order]
