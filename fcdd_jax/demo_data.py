@@ -59,6 +59,25 @@ def _defect(rng, img, kind):
   return mask
 
 
+def make_defective(rng, num, size=32):
+  """`num` defective textures (the kinds of the test anomalies, cycling through DEFECT_TYPES) drawn from the
+  np.random.Generator `rng`: (images uint8 [num,S,S,3], masks uint8 [num,S,S] in {0,1}, kinds [num] str).
+  Used as the true anomalies of a polluted demo training set (data.pollution)."""
+  if size < 16:
+    raise ValueError(f'demo image size must be >= 16, got {size}')
+  imgs, masks, kinds = [], [], []
+  for i in range(int(num)):
+    img = _texture(rng, size)
+    kind = DEFECT_TYPES[i % len(DEFECT_TYPES)]
+    masks.append(_defect(rng, img, kind))
+    imgs.append(img)
+    kinds.append(kind)
+  if not imgs:
+    return np.zeros((0, size, size, 3), np.uint8), np.zeros((0, size, size), np.uint8), np.asarray([], str)
+  return (np.clip(np.rint(np.stack(imgs)), 0, 255).astype(np.uint8), np.stack(masks).astype(np.uint8),
+          np.asarray(kinds))
+
+
 def make_demo(seed=0, num_train=512, num_test=256, size=32):
   """Returns dict(train_images [N,S,S,3] uint8, test_images [M,S,S,3] uint8, test_labels [M] int32
   (1 = defect), test_masks [M,S,S] uint8 in {0,1}, test_defects [M] str ('good' or the defect type)).

@@ -82,22 +82,50 @@ def steps_per_epoch(num_train, enlarge, batch_size):
   return -(-(num_train * max(1, enlarge)) // batch_size)
 
 
+def load_source(config):
+  """The checked `Source` of config.data.name (see LOADERS): read once, it can feed several pipelines (e.g.
+  the refinement's models on disjoint subsets of the training set, `Pipeline(train_indices=...)`)."""
+  checks.check_common(config, DATASETS)
+  return LOADERS[config.data.name](config)
+
+
 def create(config, process_index=0, process_count=1):
   """The pipeline of config.data.name (see LOADERS) for process `process_index` of `process_count`."""
-  checks.check_common(config, DATASETS)
-  return Pipeline(config, LOADERS[config.data.name](config), process_index, process_count)
+  return Pipeline(config, load_source(config), process_index, process_count)
+
+
+def restrict(src, indices):
+  """`src` with only the training rows `indices` (into src.train_images; every per-row training array
+  follows); the test split is unchanged."""
+  idx = np.asarray(indices, np.int64)
+  n = len(src.train_images)
+  if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= n)):
+    raise ValueError(f'training indices must be a 1-D array in 0..{n - 1}; got shape {idx.shape}')
+  take = lambda a: None if a is None else np.asarray(a)[idx]
+  return dataclasses.replace(
+      src, train_images=np.asarray(src.train_images)[idx], train_images_input=take(src.train_images_input),
+      train_original_sizes=take(src.train_original_sizes), train_labels=take(src.train_labels),
+      train_is_anomaly=take(src.train_is_anomaly))
 
 
 class Pipeline:
   """Training stream and evaluation batches over the decoded uint8 arrays of a `Source`."""
 
-  def __init__(self, config, src, process_index=0, process_count=1):
-    """Offline supervision (spec §6.3) replaces the training set by nominal + generated anomalies here; the
+  def __init__(self, config, src, process_index=0, process_count=1, train_indices=None):
+    """train_indices: train on these rows of src's training set only (`restrict`; None = all).
+
+    Offline supervision (spec §6.3) replaces the training set by nominal + generated anomalies here; the
     'mvtec' geometry's resize branch takes `src.train_images_input` (spec §5.9); malformed_normal(_gt) draws
     synthetic noise at `src.train_original_sizes` (anomalies.Resampling), as the reference's custom runner."""
     d = config.data
+    if train_indices is not None:
+      src = restrict(src, train_indices)
     self.config = config
     self.train_images = src.train_images
+    # data.pollution: which training rows are true anomalies (never a label; for the refinement's precision)
+    self.train_is_anomaly = (np.zeros(len(src.train_images), bool) if src.train_is_anomaly is None
+                             else np.asarray(src.train_is_anomaly, bool))
+    self.pollution = src.pollution
     self.train_images_input = src.train_images_input
     self.train_original_sizes = (None if src.train_original_sizes is None
                                  else np.asarray(src.train_original_sizes, np.int64).reshape(-1, 2))
@@ -111,12 +139,16 @@ class Pipeline:
       self.train_images, self.train_labels, self.train_maps = supervision.offline_supervise(
           config, src.train_images, oe_images, src.size_scale)
       oe_images = None
+      extra = len(self.train_images) - len(self.train_is_anomaly)   # the generated (labelled) anomalies
+      self.train_is_anomaly = np.concatenate([self.train_is_anomaly, np.zeros(extra, bool)])
     n = len(self.train_images)
+    # CutPaste knows the pasted region exactly: malformed_normal_gt trains with the GT-map loss on any dataset
+    cutpaste_maps = d.supervise_mode == 'malformed_normal_gt' and d.noise_mode in anomalies.CUTPASTE_MODES
     self.info = Info(
         name=src.name, image_shape=src.image_shape, num_classes=len(src.class_names),
         class_names=tuple(src.class_names), normal_class=int(src.normal_class), nominal_label=d.nominal_label,
         num_train=n * max(1, int(d.enlarge)), steps_per_epoch=steps_per_epoch(n, d.enlarge, config.batch_size),
-        train_gtmaps=bool(src.train_gtmaps or self.train_maps is not None), test_gtmaps=src.test_gtmaps,
+        train_gtmaps=bool(src.train_gtmaps or self.train_maps is not None or cutpaste_maps), test_gtmaps=src.test_gtmaps,
         num_test=len(src.test_images), preprocessing=src.transform.describe(src.name, src.normal_class))
     self.test_images = src.test_images
     self.test_labels = np.asarray(src.test_labels, np.int32)

@@ -339,3 +339,160 @@ def test_preview_shows_each_label_with_its_maps(make_config, tmp_path):
   np.testing.assert_array_equal(small[:32, :32], want)                     # nominal row, min-max per image
   np.testing.assert_array_equal(small[32:64, :32 * n[0]], 0)               # nominal maps are empty
   assert (small[96:128, :32 * n[1]] == 255).all()                          # malformed_normal: all-ones maps
+
+
+# ----------------------------------------------------------------------------------------------------
+# CutPaste through the pipeline and polluted training sets (issue 16)
+
+def _with(cfg, **fields):
+  """cfg with data fields set even where the config file has no such field yet (data.pollution)."""
+  with cfg.unlocked():
+    for k, v in fields.items():
+      setattr(cfg.data, k, v)
+  return cfg
+
+
+def _position_source(train_geom, raw, inp):
+  """A Source whose images encode each pixel's (row, col) in R and G (4 levels per pixel, B = 200), with a
+  crop + flip augmentation, so the geometry of an augmented (and pasted) image can be read off its values."""
+  from fcdd_jax.data import source  # pylint: disable=g-import-not-at-top
+  yy, xx = np.mgrid[0:raw, 0:raw]
+  img = np.stack([yy * 4, xx * 4, np.full_like(yy, 200)], -1).astype(np.uint8)
+  t = transforms.Transform(mean=np.zeros(3, np.float32), std=np.ones(3, np.float32), input_size=(inp, inp),
+                           raw_size=(raw, raw), channels=3, train_geom=train_geom, crop_pad=4, hflip=True,
+                           noise_std=0.0)
+  imgs = np.repeat(img[None], 64, 0)
+  return source.Source(name='demo', class_names=('x',), normal_class=0, transform=t, train_images=imgs,
+                       test_images=imgs[:2], test_labels=np.zeros(2, np.int32))
+
+
+@pytest.mark.parametrize('train_geom,raw', [('crop_pad', 48), ('crop', 60)])
+def test_cutpaste_gt_maps_are_the_pasted_region_after_crops_and_flips(train_geom, raw, make_config):
+  cfg = make_config('demo', batch_size=32, **{'data.supervise_mode': 'malformed_normal_gt',
+                                              'data.noise_mode': 'cutpaste'})
+  p = input_pipeline.Pipeline(cfg, _position_source(train_geom, raw, 48))
+  assert p.info.train_gtmaps
+  b = p.global_train_batch(3)
+  assert 'gtmap' in b and (b['label'] == 1).sum() >= 8
+  flips = 0
+  for x, y, g in zip(b['image'], b['label'], b['gtmap']):
+    v = np.rint(x * 255).astype(int)
+    real = v[..., 2] > 0                        # not the zero padding of crop_pad
+    rows, cols = v[..., 0] // 4, v[..., 1] // 4
+    ii, jj = np.mgrid[0:48, 0:48]
+    # the crop offset and the flip are those that most pixels agree with (the nominal part)
+    dy = np.bincount((rows - ii)[real] + 100).argmax() - 100
+    unflipped = ((cols - jj)[real] == np.median((cols - jj)[real])).mean()
+    flipped = unflipped < 0.5
+    flips += flipped
+    want_c = (np.bincount((cols + jj)[real]).argmax() - jj) if flipped else (jj + np.median((cols - jj)[real]))
+    moved = real & ((rows != ii + dy) | (cols != want_c) | (v[..., 2] != 200))
+    if y == 0:
+      assert not g.any() and not moved.any()
+      continue
+    region = g > 0
+    inter, union = (region & moved).sum(), (region | moved).sum()
+    assert region.sum() > 0 and inter / union > 0.9, (inter, union)
+  assert 0 < flips < 32   # both orientations were exercised
+
+
+def test_cutpaste_names_are_accepted_and_other_supervisions_keep_their_maps(make_config):
+  for mode in anomalies.CUTPASTE_MODES:
+    cfg = make_config(batch_size=8, **{'data.supervise_mode': 'malformed_normal', 'data.noise_mode': mode})
+    b = input_pipeline.create(cfg).global_train_batch(0)
+    # the demo trains with maps for malformed_normal: anomalies carry all-ones maps (not the region)
+    assert all(g.all() for g, y in zip(b['gtmap'], b['label']) if y == 1)
+  with pytest.raises(ValueError, match="noise_mode='cutpast' is not available"):
+    input_pipeline.create(make_config(**{'data.noise_mode': 'cutpast'}))
+
+
+def test_preview_outlines_partial_anomaly_maps(tmp_path):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.data import preview  # pylint: disable=g-import-not-at-top
+  x = np.full((2, 32, 32, 3), 0.5, np.float32)
+  x[:, 0, 0] = 0.0   # min-max scaling: background 127
+  g = np.zeros((2, 32, 32), np.float32)
+  g[1, 10:20, 12:16] = 1
+  preview.write_preview({'image': x, 'label': np.array([0, 1]), 'gtmap': g}, str(tmp_path / 'p.png'))
+  im = np.asarray(Image.open(tmp_path / 'p.png'))
+  s = im.shape[0] // 96                    # rows: nominal, its maps, anomalous, its maps; 32 px each, scaled
+  anomalous = im[64 * s:96 * s:s, ::s][:, :32]
+  red = (anomalous == (255, 0, 0)).all(-1)
+  ref = np.zeros((32, 32), bool)
+  ref[9:21, 11:17] = True
+  ref[10:20, 12:16] = False                # the ring just outside the region
+  np.testing.assert_array_equal(red, ref)
+  assert not (im[:32 * s:s, ::s][:, :32] == (255, 0, 0)).all(-1).any()   # nominal: no outline
+
+
+def test_demo_pollution_mixes_in_generated_defects_unlabelled(make_config):
+  base = dict(batch_size=8, **{'data.demo_num_train': 90})
+  clean = input_pipeline.create(make_config(**base))
+  p = input_pipeline.create(_with(make_config(**base), pollution=0.1))
+  assert len(p.train_images) == 100 and p.train_is_anomaly.sum() == 10   # round(0.1 * 90 / 0.9)
+  assert p.pollution['num_anomalies'] == 10 and p.pollution['ratio'] == 0.1
+  clean_set = {a.tobytes() for a in clean.train_images}
+  in_clean = np.array([a.tobytes() in clean_set for a in p.train_images])
+  np.testing.assert_array_equal(~in_clean, p.train_is_anomaly)
+  assert len(clean_set & {a.tobytes() for a in p.train_images}) == 90
+  # unlabelled: the anomalies are nominal training rows (no fixed labels)
+  assert p.train_labels is None
+  again = input_pipeline.create(_with(make_config(**base), pollution=0.1))
+  np.testing.assert_array_equal(again.train_images, p.train_images)
+
+
+def test_mvtec_layout_pollution_moves_test_anomalies_into_training(tmp_path, make_config):
+  root = str(tmp_path / 'parts')
+  testdata.write_mvtec_tree(root, n_train=6)
+  base = dict(batch_size=4, **{'data.name': 'custom', 'data.root': root, 'model.name': 'FCDD_CNN224_VGG_NOPT',
+                               'data.cache_dir': str(tmp_path / 'cache'), 'data.preproc': 'aug1'})
+  clean = input_pipeline.create(make_config(**base))
+  p = input_pipeline.create(_with(make_config(**base), pollution=0.2))
+  k = 2                                                # round(0.2 * 6 / 0.8) = 2 of the 3 crack images
+  assert p.train_is_anomaly.sum() == k and len(p.train_images) == 6 + k
+  assert p.info.num_test == 6 - k and p.test_labels.sum() == 1 and len(p.test_masks_original()) == 6 - k
+  assert p.pollution['test_removed'] == k
+  # the removed test images are in training (the 224 copies, as the test set stores them) and not in the test
+  moved = {a.tobytes() for a in clean.test_images} - {a.tobytes() for a in p.test_images}
+  assert len(moved) == k
+  assert {a.tobytes() for a in p.train_images_input[p.train_is_anomaly]} == moved
+  assert p.train_images.shape[1:] == (248, 248, 3) and p.train_original_sizes.shape == (6 + k, 2)
+
+
+def test_one_vs_rest_pollution_from_the_other_classes(tmp_path, make_config):
+  testdata.write_fmnist_files(tmp_path, n_per_class=8)
+  cfg = make_config(batch_size=2, **{'data.name': 'fmnist', 'data.root': str(tmp_path), 'data.normal_class': 3,
+                                     'data.preproc': 'lcnaug1', 'data.supervise_mode': 'noise',
+                                     'data.noise_mode': 'gaussian'})
+  p = input_pipeline.create(_with(cfg, pollution=0.5))
+  from fcdd_jax.data import image_io  # pylint: disable=g-import-not-at-top
+  tr = image_io.read_idx(str(tmp_path / 'train-images-idx3-ubyte.gz'))
+  lab = image_io.read_idx(str(tmp_path / 'train-labels-idx1-ubyte.gz'))
+  own = {a.tobytes() for a in tr[lab == 3]}
+  others = {a.tobytes() for a in tr[lab != 3]}
+  rows = [a[..., 0].tobytes() for a in p.train_images]
+  assert len(rows) == 16 and p.train_is_anomaly.sum() == 8
+  assert [r in others for r in rows] == p.train_is_anomaly.tolist()
+  assert {r for r in rows if r in own} == own
+
+
+def test_pollution_errors(make_config):
+  with pytest.raises(ValueError, match='data.pollution=1.0 is out of range'):
+    input_pipeline.create(_with(make_config(), pollution=1.0))
+  with pytest.raises(ValueError, match='pollution=0.1 is not available for imagenet'):
+    input_pipeline.create(_with(make_config(**{'data.name': 'imagenet'}), pollution=0.1))
+  with pytest.raises(ValueError, match='pollution=0.1 needs an unlabelled'):
+    input_pipeline.create(_with(make_config(**{'data.supervise_mode': 'other'}), pollution=0.1))
+
+
+def test_training_subsets_share_one_source(make_config):
+  cfg = _with(make_config(batch_size=8), pollution=0.1)
+  src = input_pipeline.load_source(cfg)
+  full = input_pipeline.Pipeline(cfg, src)
+  idx = np.array([3, 5, 8, 13, 21, 34])
+  sub = input_pipeline.Pipeline(cfg, src, train_indices=idx)
+  np.testing.assert_array_equal(sub.train_images, full.train_images[idx])
+  np.testing.assert_array_equal(sub.train_is_anomaly, full.train_is_anomaly[idx])
+  assert sub.info.num_train == 6 and sub.info.steps_per_epoch == 1
+  with pytest.raises(ValueError, match='training indices'):
+    input_pipeline.Pipeline(cfg, src, train_indices=[len(full.train_images)])

@@ -127,3 +127,9 @@ def test_gather_builds_parallel_arrays_in_the_polluted_row_order():
                   p.images[:, 0, 0, 0].astype(int) * 10)
   np.testing.assert_array_equal(got, want)
   np.testing.assert_array_equal(p.gather(nominal, pool), p.images)
+
+
+def test_gather_from_the_drawn_rows_only_equals_gather_from_the_pool():
+  nominal, pool = _tagged(40, 0), _tagged(30, 1000)
+  p = pollution.pollute(nominal, pool, 0.25, seed=4)
+  np.testing.assert_array_equal(p.gather(nominal, drawn=pool[p.pool_indices]), p.images)

@@ -4,11 +4,13 @@ Datasets check their own preprocessing and class range with `check_class`; `chec
 `input_pipeline.create` before any file is read, so a wrong mode fails in a second with a one-line message.
 """
 from fcdd_jax.data import anomalies
+from fcdd_jax.data import pollution
 
 SUPERVISE_MODES = ('unsupervised', 'other', 'noise', 'malformed_normal', 'malformed_normal_gt')
 GENERATING_MODES = ('noise', 'malformed_normal', 'malformed_normal_gt')   # modes that make training anomalies
 OE_MODES = ('folder', 'cifar100', 'emnist', 'imagenet', 'imagenet22k')     # data/oe.py
 TRUE_ANOMALY_MODES = ('mvtec', 'mvtec_gt')                                 # data/mvtec.py, custom MVTec layout
+POLLUTION_DATASETS = ('demo', 'custom', 'mvtec', 'fmnist', 'cifar10')     # data.pollution > 0 (data/pollution.py)
 
 
 def check_common(config, datasets):
@@ -23,12 +25,19 @@ def check_common(config, datasets):
     raise ValueError(f'config.data.supervise_mode={d.supervise_mode!r} is unknown; allowed: '
                      + ', '.join(SUPERVISE_MODES))
   generates = d.supervise_mode in GENERATING_MODES
-  modes = anomalies.NOISE_MODES + OE_MODES + (TRUE_ANOMALY_MODES if d.name in ('mvtec', 'custom') else ())
+  modes = anomalies.SYNTHETIC_MODES + OE_MODES + (TRUE_ANOMALY_MODES if d.name in ('mvtec', 'custom') else ())
   if generates and d.noise_mode not in modes:
     raise ValueError(f'config.data.noise_mode={d.noise_mode!r} is not available for {d.name}; allowed: '
                      + ', '.join(modes))
   if generates and d.noise_mode == 'folder' and not d.oe_root:
     raise ValueError('config.data.noise_mode=folder needs --config.data.oe_root=<image folder>')
+  if pollution.ratio_of(config) > 0:
+    if d.name not in POLLUTION_DATASETS:
+      raise ValueError(f'config.data.pollution={d.pollution} is not available for {d.name}; datasets with known '
+                       'anomalies to mix in: ' + ', '.join(POLLUTION_DATASETS))
+    if d.supervise_mode == 'other':
+      raise ValueError(f'config.data.pollution={d.pollution} needs an unlabelled (nominal-only) training set; '
+                       "supervise_mode='other' trains on labelled anomalies")
   if not d.online_supervision:  # spec §6.3: where the reference supports offline supervision
     if d.name in ('imagenet', 'pascal_voc') and d.supervise_mode != 'unsupervised':
       raise ValueError(f'config.data.online_supervision=False is not available for {d.name} with supervise_mode='

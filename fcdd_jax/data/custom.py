@@ -14,6 +14,7 @@ from fcdd_jax import evaluation
 from fcdd_jax.data import checks
 from fcdd_jax.data import image_io
 from fcdd_jax.data import oe
+from fcdd_jax.data import pollution
 from fcdd_jax.data import source
 from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
@@ -95,7 +96,47 @@ def read_mvtec_layout(root, channels, raw_size, on_bad, cache, torch_nearest=Fal
   else:
     print(f'warning: no ground_truth/ folder in {root}: training and image AUC work; pixel_auc is null', flush=True)
   return dict(train=train, test=test, labels=labels, masks=masks,
-              masks_orig=masks_orig if keep_original_masks else None, defects=kinds, train_paths=train_kept)
+              masks_orig=masks_orig if keep_original_masks else None, defects=kinds, train_paths=train_kept,
+              test_paths=list(kept))
+
+
+TEST_POOL = 'anomalous test images (removed from the test set)'
+
+
+def drop_test_rows(data, keep):
+  """Keeps the test rows `keep` (ascending indices) of a `read_mvtec_layout` dict, in place: every test array."""
+  data['test'], data['labels'] = data['test'][keep], np.asarray(data['labels'])[keep]
+  for key in ('defects', 'test_paths', 'masks_orig'):
+    if data.get(key) is not None:
+      data[key] = [data[key][i] for i in keep]
+  if data.get('masks') is not None:
+    data['masks'] = data['masks'][keep]
+
+
+def pollution_plan(config, num_train, data, pool_paths=None):
+  """data.pollution for a training set of `num_train` nominal images: (Polluted plan, drawn, record) or
+  (None, None, None) when clean. With pool_paths=None the pool is the anomalous test images of `data` (MVTec
+  layout), which leave the test set (`drop_test_rows`, in place); `drawn` is then dict(images=the drawn test
+  images at the test size, paths=their paths or None); otherwise dict(paths=the drawn `pool_paths`). The
+  plan's images are placeholders: `Polluted.gather(..., drawn=...)` builds the real arrays."""
+  r = pollution.ratio_of(config)
+  if r == 0:
+    return None, None, None
+  n = int(num_train)
+  if pool_paths is None:
+    labels = np.asarray(data['labels'])
+    out = pollution.pollute_from_test(np.zeros((n, 1)), np.zeros((len(labels), 1)), labels, r, seed=config.seed)
+    plan, rows = out.polluted, out.removed_test
+    paths = data.get('test_paths')
+    drawn = dict(images=data['test'][rows], paths=None if paths is None else [paths[i] for i in rows])
+    drop_test_rows(data, out.kept_test)
+    record = dict(plan.record(r), source=TEST_POOL, test_removed=len(rows))
+  else:
+    plan = pollution.pollute(np.zeros((n, 1)), np.zeros((len(pool_paths), 1)), r, seed=config.seed,
+                             what='pool images')
+    drawn = dict(paths=[pool_paths[j] for j in plan.pool_indices])
+    record = dict(plan.record(r), source='training images of the other classes / anomalous folder')
+  return plan, drawn, record
 
 
 def read_reference_maps(root, maps_root, test_paths, labels):
@@ -228,6 +269,9 @@ def load(config):
       anom_input, _ = image_io.read_images(anom_paths, 3, inp, **read_kw)
       train_input = np.concatenate([train_input, anom_input[pick]])
     sizes = None   # fixed labels: nothing is generated
+  polluted, record = _pollute(config, layout, root, names, c, data, train_input, sizes, train_size, inp, read_kw)
+  if polluted is not None:
+    data['train'], train_input, sizes, polluted = polluted
   if pre == 'aug1':
     t = transforms.Transform(mean=mean, std=std, input_size=inp, raw_size=test_size, channels=3,
                              train_geom='mvtec' if has_maps else 'crop', test_center=not has_maps, hflip=True,
@@ -246,4 +290,35 @@ def load(config):
       test_images=data['test'], test_labels=data['labels'], test_masks=data['masks'],
       test_masks_original=masks_orig, train_labels=train_labels, train_gtmaps=has_maps,
       train_images_input=train_input, train_original_sizes=sizes, train_resize=how, size_scale=1.0,
-      oe_images=oe.load(config, 3, train_size, cache_dir=cache))
+      oe_images=oe.load(config, 3, train_size, cache_dir=cache),
+      train_is_anomaly=None if polluted is None else polluted.is_anomaly, pollution=record)
+
+
+def _pollute(config, layout, root, names, c, data, train_input, sizes, train_size, inp, read_kw):
+  """data.pollution for custom folders: the drawn anomalies read like the training images (both copies and
+  their original sizes). Pools: the MVTec layout's anomalous test images (they leave the test set), the
+  other classes' training images (one-vs-rest), train/<class>/anomalous (normal/anomalous layout).
+  Returns ((train, train_input, sizes, plan), record) or (None, None)."""
+  if pollution.ratio_of(config) == 0:
+    return None, None
+  pool_paths = None
+  if layout == 'ovr':
+    pool_paths = [p for k, nm in enumerate(names) if k != c
+                  for p in image_io.list_images(os.path.join(root, 'train', nm))]
+  elif layout == 'normal_anomalous':
+    folder = os.path.join(root, 'train', names[c], 'anomalous')
+    pool_paths = image_io.list_images(folder) if os.path.isdir(folder) else []
+  if pool_paths is not None and not pool_paths:
+    raise ValueError(f'config.data.pollution={config.data.pollution}: {root} has no images to mix in (other '
+                     'classes in train/, or train/<class>/anomalous/)')
+  plan, drawn, record = pollution_plan(config, len(data['train']), data, pool_paths)
+  drawn = drawn['paths']
+  drawn_imgs, kept = image_io.read_images(drawn, 3, train_size, **read_kw)
+  if len(kept) != len(drawn):
+    raise ValueError(f'config.data.pollution: {len(drawn) - len(kept)} of the drawn anomalies are unreadable')
+  train = plan.gather(data['train'], drawn=drawn_imgs)
+  if train_input is not None:
+    train_input = plan.gather(train_input, drawn=image_io.read_images(drawn, 3, inp, **read_kw)[0])
+  if sizes is not None:
+    sizes = plan.gather(np.asarray(sizes).reshape(-1, 2), drawn=image_io.original_sizes(drawn))
+  return (train, train_input, sizes, plan), record

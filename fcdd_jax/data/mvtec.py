@@ -20,7 +20,8 @@ MVTEC_JITTER = ((0.04, 0.04, 0.04, 0.04), (0.005, 0.0005, 0.0005, 0.0005))  # sp
 def load(config):
   """MVTec-AD category config.data.normal_class (spec §5.7): 240² nearest storage, 224 input, LCN or mean/std
   values, original-resolution masks for the pixel AUC; real test anomalies as training anomalies for
-  noise_mode=mvtec(_gt)."""
+  noise_mode=mvtec(_gt); data.pollution: anomalous test images mixed into the training set, unlabelled (they
+  leave the test set; `custom.pollution_plan`)."""
   d = config.data
   names = constants.MVTEC_CLASSES
   c = checks.check_class(config, len(names), names)
@@ -44,6 +45,9 @@ def load(config):
   else:
     data = custom.read_mvtec_layout(root, 3, raw, d.on_bad_image, image_io.cache_dir(d.root, d.cache_dir),
                                      torch_nearest=True)
+  plan, drawn, record = custom.pollution_plan(config, len(data['train']), data)   # data.pollution
+  if plan is not None:   # training and test images share the 240 raw size
+    data['train'] = plan.gather(data['train'], drawn=drawn['images'])
   mn, mx, mean, std = constants.MVTEC[c]
   if d.preproc in ('lcnaug1',):
     t = transforms.Transform(kind='lcn', lcn_min=mn, lcn_max=mx, input_size=inp, raw_size=raw, channels=3,
@@ -61,7 +65,7 @@ def load(config):
       name='mvtec', class_names=tuple(names), normal_class=c, transform=t, train_images=data['train'],
       test_images=data['test'], test_labels=data['labels'], test_masks=data['masks'],
       test_masks_original=data['masks_orig'], train_gtmaps=True, size_scale=1.0, oe_images=oe_images,
-      oe_masks=oe_masks)
+      oe_masks=oe_masks, train_is_anomaly=None if plan is None else plan.is_anomaly, pollution=record)
 
 
 def _true_anomalies(config, data):

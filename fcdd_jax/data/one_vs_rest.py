@@ -9,6 +9,7 @@ from fcdd_jax.data import checks
 from fcdd_jax.data import constants
 from fcdd_jax.data import image_io
 from fcdd_jax.data import oe
+from fcdd_jax.data import pollution
 from fcdd_jax.data import source
 from fcdd_jax.data import tfds_io
 from fcdd_jax.data import transforms
@@ -32,6 +33,13 @@ def _one_vs_rest(config, name, tr_x, tr_y, te_x, te_y, names, table, channels, s
   if d.supervise_mode == 'other' and not d.online_supervision:  # spec §6.1: the whole (imbalanced) train set
     train, train_labels = tr_x, (tr_y != c).astype(np.int32)
   labels = (te_y != c).astype(np.int32)
+  polluted, record = None, None
+  r = pollution.ratio_of(config)
+  if r > 0 and train_labels is None:   # data.pollution: the other classes' training images, unlabelled
+    polluted = pollution.pollute(train, tr_x[tr_y != c], r, seed=config.seed,
+                                 what=f'training images of the other {name} classes')
+    train = polluted.images
+    record = dict(polluted.record(r), source='training images of the other classes')
   mn, mx, mean, std = table[c]
   pre = d.preproc
   geo = dict(input_size=size, raw_size=size, channels=channels)
@@ -58,6 +66,7 @@ def _one_vs_rest(config, name, tr_x, tr_y, te_x, te_y, names, table, channels, s
   return source.Source(
       name=name, class_names=tuple(names), normal_class=c, transform=t, train_images=train, test_images=te_x,
       test_labels=labels, train_labels=train_labels, size_scale=size[0] / 240.0,
+      train_is_anomaly=None if polluted is None else polluted.is_anomaly, pollution=record,
       oe_images=oe.load(config, channels, size, cache_dir=image_io.cache_dir('', d.cache_dir)))
 
 

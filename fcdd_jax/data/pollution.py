@@ -21,6 +21,11 @@ from fcdd_jax.data import streams
 FIELD = 'data.pollution'
 
 
+def ratio_of(config):
+  """config.data.pollution (0.0 when the field is absent), checked."""
+  return check_ratio(config.data.get('pollution', 0.0))
+
+
 def check_ratio(ratio):
   """The ratio as a float in [0, 1), or a one-line error naming data.pollution."""
   try:
@@ -61,15 +66,21 @@ class Polluted:
   def num_anomalies(self):
     return int(self.is_anomaly.sum())
 
-  def gather(self, nominal, pool):
+  def gather(self, nominal, pool=None, drawn=None):
     """[n+k, ...]: row i is nominal[origin[i]] or pool[-1 - origin[i]], for arrays parallel to the nominal
-    images and the pool (e.g. the same images at another size)."""
+    images and the pool (e.g. the same images at another size). Instead of the whole pool, `drawn` may hold
+    only the drawn pool rows, in `pool_indices` order (so a large pool need not be read)."""
     nominal = np.asarray(nominal)
     out = np.empty((len(self.origin),) + nominal.shape[1:], nominal.dtype)
     nom = self.origin >= 0
     out[nom] = nominal[self.origin[nom]]
     if (~nom).any():
-      out[~nom] = np.asarray(pool)[-1 - self.origin[~nom]]
+      rows = -1 - self.origin[~nom]
+      if drawn is not None:
+        pos = {int(v): i for i, v in enumerate(self.pool_indices)}
+        out[~nom] = np.asarray(drawn)[[pos[int(r)] for r in rows]]
+      else:
+        out[~nom] = np.asarray(pool)[rows]
     return out
 
   def record(self, ratio):

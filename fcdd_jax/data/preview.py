@@ -1,10 +1,27 @@
-"""ds_preview.png (spec §8.3): augmented training samples per label, with their maps."""
+"""ds_preview.png (spec §8.3): augmented training samples per label, with their maps; partial anomaly maps
+(e.g. CutPaste's exact pasted region) outlined on the anomalous images."""
 import numpy as np
+
+OUTLINE_RGB = (255, 0, 0)
+
+
+def outline(mask):
+  """bool [H,W]: the pixels just outside a bool region (8-neighbour dilation minus the region), so the
+  outline frames the region without covering it."""
+  m = np.asarray(mask, bool)
+  p = np.pad(m, 1)
+  h, w = m.shape
+  grown = np.zeros_like(m)
+  for dy in (0, 1, 2):
+    for dx in (0, 1, 2):
+      grown |= p[dy:dy + h, dx:dx + w]
+  return grown & ~m
 
 
 def write_preview(batch, path, per_label=20):
   """Writes up to `per_label` real rows of each label of a training batch (min-max scaled per image), each
-  followed by a row of their ground-truth maps when the batch has them, as one PNG at `path`."""
+  followed by a row of their ground-truth maps when the batch has them, as one PNG at `path`. An anomalous
+  (label 1) image whose map marks only part of it has that region outlined in OUTLINE_RGB."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   x, y = batch['image'], batch['label']
   real = batch['valid'] > 0 if 'valid' in batch else np.ones(len(y), bool)
@@ -18,7 +35,12 @@ def write_preview(batch, path, per_label=20):
       im = x[i]
       im = (im - im.min()) / max(float(im.max() - im.min()), 1e-8)
       im = np.repeat(im, 3, -1) if im.shape[-1] == 1 else im
-      ims.append((im * 255).astype(np.uint8))
+      im = (im * 255).astype(np.uint8)
+      if lab == 1 and 'gtmap' in batch:
+        region = batch['gtmap'][i] > 0.5
+        if 0 < region.sum() < region.size:
+          im[outline(region)] = OUTLINE_RGB
+      ims.append(im)
     rows.append(np.concatenate(ims, 1))
     if 'gtmap' in batch:
       rows.append(np.concatenate([np.repeat((batch['gtmap'][i][..., None] * 255).astype(np.uint8), 3, -1)

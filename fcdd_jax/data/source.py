@@ -29,6 +29,8 @@ class Source:
   size_scale: float = 1.0         # anomaly sizes relative to the reference's resolution
   oe_images: Any = None           # indexable of uint8 OE / true-anomaly images at raw size, or None
   oe_masks: Any = None            # masks of true anomalies (noise_mode=mvtec_gt), or None
+  train_is_anomaly: Any = None    # bool [N]: true anomalies mixed in unlabelled (data.pollution), or None (clean)
+  pollution: Optional[dict] = None  # the pollution record for results.json (data/pollution.py), or None
 
   @property
   def image_shape(self):
