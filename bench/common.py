@@ -1,16 +1,29 @@
-"""Shared helpers: JSON lines, device kind, median timing."""
+"""Shared helpers: JSON lines, device kind, median timing, the engine's run on synthetic batches."""
 import json
 import os
 import platform
 import statistics
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
-
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))   # the checkout (benchmarks run from it)
 NETS = {'FCDD_CNN28_W': 128, 'FCDD_CNN32_LW3K': 128, 'FCDD_CNN224_VGG_F': 16, 'FCDD_CNN224_VGG_NOPT': 32}
+
+
+def build_run(net_name, dtype='float32', steps_per_epoch=100, **model_options):
+  """The engine's run builder (`fcdd_jax.run.build_run`) for `net_name` at its nominal input size, with the
+  default config and SGD: (built, state, input shape). The state is created unsharded (one device), as the
+  benchmarks time the compiled step itself. `model_options` override the config's (e.g. remat)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import models, run  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.configs import default  # pylint: disable=g-import-not-at-top
+  cfg = default.get_config()
+  cfg.model.name = net_name
+  cfg.model.dtype = dtype
+  cfg.optim.name = 'sgd'
+  shape = models.input_shape(net_name)
+  data = run.DataShape(shape)
+  built = run.build_run(cfg, data, steps_per_epoch, model=run.create_model(cfg, data, **model_options))
+  return built, jax.jit(built.make_state)(jax.random.PRNGKey(0)), shape
 
 
 def emit(**kw):

@@ -13,16 +13,9 @@ def measure(net_name, batch, steps):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import models, train  # pylint: disable=g-import-not-at-top
-  cfg = default.get_config()
-  cfg.model.name = net_name
-  shape = models.input_shape(net_name)
-  model = models.create(net_name)
-  state = jax.jit(functools.partial(train.create_train_state, cfg, model, shape, steps_per_epoch=1))(
-      jax.random.PRNGKey(0))
-  scfg = train.StepConfig(objective='fcdd', gtmaps=False, reception=model.reception, gauss_std=None,
-                          image_size=shape[:2])
+  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  built, state, shape = common.build_run(net_name, steps_per_epoch=1)
+  scfg = built.step_config
   fn = jax.jit(functools.partial(train.eval_step, cfg=scfg))
   b = {'image': jnp.asarray(np.random.default_rng(0).normal(size=(batch,) + shape), jnp.float32)}
   jax.block_until_ready(fn(state, b))

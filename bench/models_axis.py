@@ -19,17 +19,10 @@ def main():
   p.add_argument('--mode', default='both', choices=['both', 'vmap', 'map', 'unroll'])
   a = p.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import models, train  # pylint: disable=g-import-not-at-top
-  cfg = default.get_config()
-  cfg.model.name = a.net
-  shape = models.input_shape(a.net)
-  model = models.create(a.net)
-  scfg = train.StepConfig(objective='fcdd', gtmaps=False, reception=model.reception, gauss_std=None,
-                          image_size=shape[:2])
-  make = jax.jit(functools.partial(train.create_train_state, cfg, model, shape, steps_per_epoch=100))
+  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  built, _, shape = common.build_run(a.net)
+  scfg = built.step_config
+  make = jax.jit(built.make_state)
   for mode in (['vmap', 'unroll'] if a.mode == 'both' else [a.mode]):
     _measure(a, mode, make, scfg, shape, train)
 

@@ -22,25 +22,19 @@ def main():
   p.add_argument('--batch', type=int, default=200)
   a = p.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
-  from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
-  from configs import cifar10  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import input_pipeline, models, train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import input_pipeline, run, train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.configs import cifar10  # pylint: disable=g-import-not-at-top
   cfg = cifar10.get_config()
   cfg.data.root = a.root
   cfg.data.noise_mode = 'folder'
   cfg.data.oe_root = a.oe_root or os.path.join(a.root, 'train', 'dog')
   cfg.batch_size = a.batch
   pipe = input_pipeline.create(cfg)
-  model = train.create_model(cfg, pipe.info)
-  state = jax.jit(functools.partial(train.create_train_state, cfg, model, pipe.info.image_shape,
-                                    steps_per_epoch=pipe.info.steps_per_epoch))(jax.random.PRNGKey(0))
-  scfg = train.StepConfig(objective='fcdd', gtmaps=False, reception=model.reception, gauss_std=None,
-                          image_size=(32, 32))
-  mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
-  shard = NamedSharding(mesh, P('data'))
-  step = jax.jit(functools.partial(train.train_step, cfg=scfg), donate_argnums=(0,))
+  built = run.build_run(cfg, pipe.info, pipe.info.steps_per_epoch)
+  state = built.init_state(jax.random.PRNGKey(0))
+  step = jax.jit(functools.partial(train.train_step, cfg=built.step_config), donate_argnums=(0,))
   key = jax.random.PRNGKey(1)
-  it = train._prefetch(pipe.train_batches(0), shard)  # pylint: disable=protected-access
+  it = input_pipeline.start_global(pipe, built.data_sharding)
   cached = next(it)
   state, m = step(state, cached, key)
   jax.block_until_ready(m)
@@ -56,7 +50,7 @@ def main():
   real_rate = a.steps / (time.perf_counter() - t)
   t = time.perf_counter()
   for s in range(a.steps):
-    pipe._build_train_batch(1000 + s)  # pylint: disable=protected-access
+    pipe.train_batch(1000 + s)
   build_rate = a.steps / (time.perf_counter() - t)
   common.emit(impl='jax', net='FCDD_CNN32_LW3K', batch=a.batch, what='pipeline', steps_per_s_cached=round(cached_rate, 3),
               steps_per_s_real=round(real_rate, 3), ratio_real_vs_cached=round(real_rate / cached_rate, 3),

@@ -26,21 +26,9 @@ def build(net_name, batch, dtype='float32', with_hlo=False, remat=None):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from configs import default  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import models, train  # pylint: disable=g-import-not-at-top
-  cfg = default.get_config()
-  cfg.model.name = net_name
-  cfg.model.dtype = dtype
-  cfg.optim.name = 'sgd'
-  shape = models.input_shape(net_name)
-  opts = {} if remat is None else {'remat': remat}
-  model = models.create(net_name, dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32, **opts)
-  state = jax.jit(functools.partial(train.create_train_state, cfg, model, shape, steps_per_epoch=100))(
-      jax.random.PRNGKey(0))
-  frozen = models.frozen_mask(net_name, state.params)
-  frozen = frozen if any(jax.tree.leaves(frozen)) else None
-  scfg = train.StepConfig(objective='fcdd', gtmaps=False, reception=model.reception, gauss_std=None,
-                          image_size=shape[:2])
+  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  built, state, shape = common.build_run(net_name, dtype, **({} if remat is None else {'remat': remat}))
+  scfg, frozen = built.step_config, built.frozen
   step = jax.jit(functools.partial(train.train_step, cfg=scfg, frozen=frozen), donate_argnums=(0,))
   rng = np.random.default_rng(0)
   batch_data = {'image': jnp.asarray(rng.normal(size=(batch,) + shape), jnp.float32),

@@ -213,9 +213,6 @@ class Checkpointer:
   def all_steps(self):
     return sorted(self.manager.all_steps())
 
-  def latest_step(self):
-    return self.manager.latest_step()
-
   # -- writing -----------------------------------------------------------------------------------------
 
   def _write_error(self, e, step):
@@ -226,16 +223,14 @@ class Checkpointer:
     why = 'no space left on the device' if _is_disk_full(e) else _short(e)
     return CheckpointWriteError(f'cannot write checkpoint step {step} to {self.directory}: {why}')
 
-  def save(self, step, state, meta, *, force=False):
+  def save(self, step, state, meta):
     """Saves asynchronously (every process must call this). An earlier async save that failed raises here."""
     step = int(step)
     self.wait()
     try:
       saved = self.manager.save(
           step,
-          args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-          force=force,
-      )
+          args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
     except Exception as e:  # pylint: disable=broad-except
       raise self._write_error(e, step) from e
     self._pending = step if saved else self._pending

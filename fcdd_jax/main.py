@@ -2,8 +2,11 @@
 
   python -m fcdd_jax.main                                  # built-in demo on embedded data
   python -m fcdd_jax.main --config configs/cifar10.py --workdir runs/c10 --config.data.normal_class=3
+  python -m fcdd_jax.main --config cifar10 ...             # the same shipped config by name (any directory)
 
-Flags only; everything else happens in `train.train_and_evaluate`.
+--config takes a file (`configs/<name>.py` in a checkout, or any path), or the name of a shipped config
+(`fcdd_jax/configs/<name>.py`, also inside an installed wheel). Flags only; everything else happens in
+`train.train_and_evaluate` (or `multirun.train_and_evaluate_runs` with config.runs).
 """
 import contextlib
 import errno
@@ -12,9 +15,6 @@ import os
 import re
 import sys
 
-_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if os.path.isdir(os.path.join(_ROOT, 'configs')) and _ROOT not in sys.path:
-  sys.path.insert(0, _ROOT)  # so that configs/*.py can `from configs import default`
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from absl import app  # pylint: disable=g-import-not-at-top
@@ -25,10 +25,12 @@ from ml_collections import config_flags
 from fcdd_jax import memory
 
 FLAGS = flags.FLAGS
-DEMO_CONFIG = os.path.join(_ROOT, 'configs', 'demo.py')
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')   # the shipped configs
+DEMO_CONFIG = os.path.join(CONFIG_DIR, 'demo.py')
 
-config_flags.DEFINE_config_file('config', None, 'Configuration file (configs/<name>.py); default: the demo.',
-                                lock_config=True)
+config_flags.DEFINE_config_file(
+    'config', None, 'Configuration file (configs/<name>.py or any path) or the name of a shipped config '
+    '(e.g. cifar10); default: the demo.', lock_config=True)
 flags.DEFINE_string('workdir', None, 'Output directory (default: runs/<config>-<timestamp>).')
 flags.DEFINE_bool('restart', False, 'Move an existing run in --workdir aside to <workdir>.old-<time> (nothing is '
                   'deleted) and train from scratch: for a changed model/data configuration or damaged checkpoints.')
@@ -171,9 +173,8 @@ def main(argv):
       raise
     path = flags.FLAGS['config'].config_filename if FLAGS['config'].present else DEMO_CONFIG
     if not os.path.exists(path.split(':')[0]):
-      known = sorted(f[:-3] for f in os.listdir(os.path.join(_ROOT, 'configs')) if f.endswith('.py') and f[0] != '_')
-      _error_exit(f'config file {path!r} does not exist; the shipped configs are configs/<name>.py with name in: '
-                  + ', '.join(known))
+      _error_exit(f'config file {path!r} does not exist; the shipped configs are configs/<name>.py (or just '
+                  '<name>) with name in: ' + ', '.join(shipped_configs()))
     _error_exit(f'cannot load config file {path!r}: {type(e).__name__}: {_first_line(e)}')
   _hide_accelerators_from_tf(quiet=not verbose)
   from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
@@ -261,8 +262,34 @@ def _error_exit(msg, code=2):
   sys.exit(code)
 
 
+def shipped_configs():
+  """Names of the configs shipped in the package (fcdd_jax/configs/<name>.py)."""
+  return sorted(f[:-3] for f in os.listdir(CONFIG_DIR) if f.endswith('.py') and f[0] != '_')
+
+
+def resolve_config_path(value):
+  """--config value -> config file: an existing path as given; else a shipped config named `<name>`,
+  `configs/<name>.py` or `fcdd_jax/configs/<name>.py` (a wheel installed outside a checkout). Anything
+  else is returned unchanged (the error then names it). An optional `:arg` suffix is kept."""
+  path, sep, arg = value.partition(':')
+  if os.path.exists(path):
+    return value
+  m = re.fullmatch(r'(?:(?:fcdd_jax/)?configs/)?(\w+)(?:\.py)?', path)
+  if m and os.path.exists(os.path.join(CONFIG_DIR, m.group(1) + '.py')):
+    return os.path.join(CONFIG_DIR, m.group(1) + '.py') + sep + arg
+  return value
+
+
 def _with_default_config(argv):
-  """`--config.x=...` without `--config`: the overrides apply to the demo config (as a bare run does)."""
+  """--config by name resolved to its file; `--config.x=...` without `--config`: the overrides apply to the
+  demo config (as a bare run does)."""
+  argv = list(argv)
+  for i, a in enumerate(argv[1:], 1):
+    m = re.match(r'^(--?config=)(.*)$', a)
+    if m:
+      argv[i] = m.group(1) + resolve_config_path(m.group(2))
+    elif re.match(r'^--?config$', a) and i + 1 < len(argv):
+      argv[i + 1] = resolve_config_path(argv[i + 1])
   has_override = any(re.match(r'^--?(no)?config\.', a) for a in argv[1:])
   has_config = any(re.match(r'^--?config(=|$)', a) for a in argv[1:])
   _DEFAULTED['config'] = has_override and not has_config

@@ -389,10 +389,6 @@ def _rf_layers(layers):
   return out + [(1, 1, 0)]  # the final 1x1 conv
 
 
-class _Options:
-  """Options shared by all nets (documented in `create`)."""
-
-
 class _ConvWeights(nn.Module):
   """The variables of a `Conv` (same names, shapes, init and creation order) without computing it: the fused
   blocks (`cpu_conv.conv_block`) take them as arrays."""
@@ -531,13 +527,14 @@ class FCDDNet(nn.Module):
   bn_unbiased_var: bool = True
   frozen_bn: str = 'parity'
   dtype: Any = jnp.float32
-  in_channels: Optional[int] = None
   remat: Optional[bool] = None
+  any_size: bool = False      # accept inputs of any height and width (prediction); else the nominal size only
 
   @nn.compact
   def __call__(self, x, train=False, mask=None):
     shape, layers = FCDD_ARCHS[self.NAME]
-    _check_input(self.NAME, x, shape)
+    if not self.any_size:
+      _check_input(self.NAME, x, shape)
     vgg = self.NAME in VGG_FCDD
     frozen_bn = VGG_FROZEN_INDICES if (self.NAME.endswith('_F') and self.frozen_bn == 'frozen') else ()
     x = FeatureStack(layers, vgg=vgg, bias=self.bias, torch_init=self.torch_init,
@@ -583,7 +580,6 @@ class HSCNet(nn.Module):
   bn_unbiased_var: bool = True
   frozen_bn: str = 'parity'
   dtype: Any = jnp.float32
-  in_channels: Optional[int] = None
   remat: Optional[bool] = None
 
   @nn.compact
@@ -659,7 +655,6 @@ class AENet(nn.Module):
   bn_unbiased_var: bool = True
   frozen_bn: str = 'parity'
   dtype: Any = jnp.float32
-  in_channels: Optional[int] = None
   remat: Optional[bool] = None
 
   @nn.compact
@@ -727,9 +722,10 @@ def _check_name(name):
 def create(name, **options):
   """Builds net `name`. Options: bias=True, torch_init=True (PyTorch default init, spec §1.1),
   bn_unbiased_var=True (spec §11.10), frozen_bn='parity'|'frozen' (spec §11.1), dtype (compute dtype;
-  params stay float32), in_channels (informational), remat=None (feature stacks as fused conv-BN-activation-pool
+  params stay float32), remat=None (feature stacks as fused conv-BN-activation-pool
   blocks that keep only each block's input and conv output for the backward pass, `cpu_conv.conv_block`;
-  None = on XLA:CPU only, see `use_fused_blocks`)."""
+  None = on XLA:CPU only, see `use_fused_blocks`); FCDD nets also any_size=False (True: inputs of any height
+  and width, as the fully convolutional net allows; training configs keep the nominal-size check)."""
   _check_name(name)
   if options.get('frozen_bn', 'parity') not in ('parity', 'frozen'):
     raise ValueError(f"frozen_bn={options['frozen_bn']!r}; allowed: parity, frozen")

@@ -12,7 +12,6 @@ FMNIST/CIFAR-10) unless `optim.schedule='constant'`. Runs are not checkpointed m
 """
 import copy
 import functools
-import json
 import os
 import time
 
@@ -23,9 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcdd_jax import checkpointing
+from fcdd_jax import config_checks
 from fcdd_jax import input_pipeline
 from fcdd_jax import progress
+from fcdd_jax import results as results_lib
+from fcdd_jax import run as run_lib
 from fcdd_jax import train
+from fcdd_jax import train_log
 
 
 def model_axis_mode():
@@ -63,7 +66,7 @@ def parse_runs(spec):
   except ValueError:
     runs = []
   if not runs:
-    raise train.ConfigError(f"config.runs={spec!r}: expected 'CLASSESxSEEDS', e.g. '0-9x0-4' or '0,3x0'")
+    raise config_checks.ConfigError(f"config.runs={spec!r}: expected 'CLASSESxSEEDS', e.g. '0-9x0-4' or '0,3x0'")
   return runs
 
 
@@ -77,39 +80,57 @@ def _run_config(config, c, s):
 
 
 def train_and_evaluate_runs(config, workdir):
-  train.check_config(config)
+  """Trains the runs of config.runs as one program, then evaluates and writes each run (module doc)."""
+  config_checks.check_config(config)
   runs = parse_runs(config.runs)
-  n_proc = jax.process_count()
   is_main = jax.process_index() == 0
   cfgs = [_run_config(config, c, s) for c, s in runs]
-  pipes = [input_pipeline.create(cf, jax.process_index(), n_proc) for cf in cfgs]
-  info0 = pipes[0].info
-  spes = [p.info.steps_per_epoch for p in pipes]
-  if min(spes) <= 0:
-    raise train.ConfigError(f'a run has fewer training examples than config.batch_size={config.batch_size}')
-  if len(set(spes)) > 1 and config.optim.schedule != 'constant':
-    raise train.ConfigError(
-        f'config.runs: the runs have different steps per epoch ({sorted(set(spes))}); the per-epoch '
-        f"{config.optim.schedule!r} schedule cannot be shared; use optim.schedule='constant' or separate runs")
-  totals = [cf.num_train_steps if cf.num_train_steps > 0 else cf.num_epochs * spe for cf, spe in zip(cfgs, spes)]
-  T = max(totals)
-  built = train.build_run(config, info0, spes[0])   # the same model, step settings and weights as one run
-  model, scfg, frozen = built.model, built.step_config, built.frozen
-  mesh = jax.make_mesh((jax.device_count(),), ('data',), axis_types=(jax.sharding.AxisType.Auto,))
-  repl = NamedSharding(mesh, P())
-  batch_sharding = NamedSharding(mesh, P(None, 'data'))
-  data_sharding = NamedSharding(mesh, P('data'))
-  init_rngs, step_rngs = [], []
-  for cf in cfgs:
-    a, b = jax.random.split(jax.random.PRNGKey(cf.seed))
-    init_rngs.append(a)
-    step_rngs.append(b)
-  states = [built.init_state(r, repl) for r in init_rngs]
-  stacked = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), repl)
-  del states
-  step_rngs = jax.device_put(jnp.stack(step_rngs), repl)
+  pipes = [input_pipeline.create(cf, jax.process_index(), jax.process_count()) for cf in cfgs]
+  keys = [tuple(jax.random.split(jax.random.PRNGKey(cf.seed))) for cf in cfgs]   # (init, step) as in one run
+  if is_main:
+    os.makedirs(workdir, exist_ok=True)
+  t0 = time.time()
+  built, stacked, totals = train_stacked(config, pipes, keys, names=[f'normal_{c}/seed_{s}' for c, s in runs])
+  train_seconds = time.time() - t0
+  eval_fn = jax.jit(functools.partial(train.eval_step, cfg=built.step_config),
+                    in_shardings=(built.replicated, built.data_sharding), out_shardings=built.data_sharding)
+  results = [_evaluate_and_write(workdir, run, cf, pipe, jax.tree.map(lambda x, r=r: x[r], stacked), eval_fn,
+                                 built.data_sharding, totals[r], train_seconds, is_main)
+             for r, (run, cf, pipe) in enumerate(zip(runs, cfgs, pipes))]
+  if is_main:
+    from fcdd_jax import summarize  # pylint: disable=g-import-not-at-top
+    summarize.main([workdir])
+  return results
 
-  step_fn = functools.partial(train.train_step, cfg=scfg, frozen=frozen)
+
+def train_stacked(config, pipes, keys, names=None):
+  """Trains len(pipes) models of `config` as ONE program: model m on the training stream of pipes[m], from
+  keys[m] = (init key, step key), for its own number of steps (shorter ones repeat their last batch with the
+  update masked). The run builder is the single run's (`run.build_run`: pretrained weights, blur, loss
+  options). Returns (the built run, the stacked final states [M, ...], the steps of each model). `names`
+  label the models in messages."""
+  names = names or [f'model {m}' for m in range(len(pipes))]
+  spes = [p.info.steps_per_epoch for p in pipes]
+  config_checks.check_many_runs(config, spes)
+  totals = [config_checks.total_steps(config, p.info) for p in pipes]
+  built = run_lib.build_run(config, pipes[0].info, spes[0])   # the same model, step settings and weights as one run
+  states = [built.init_state(k[0]) for k in keys]
+  stacked = jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), built.replicated)
+  del states
+  step_rngs = jax.device_put(jnp.stack([k[1] for k in keys]), built.replicated)
+  batch_sharding = NamedSharding(built.mesh, P(None, 'data'))
+  p_step, mode = _compile_multi_step(built, batch_sharding)
+  if jax.process_index() == 0:
+    print(f'fcdd_jax: {len(pipes)} models as one program ({config.model.name}, {pipes[0].info.name}, model axis: '
+          f'{mode}), {max(totals)} steps (per model {min(totals)}..{max(totals)}), global batch '
+          f'{config.batch_size} per model', flush=True)
+  stacked = _loop(config, names, pipes, totals, p_step, stacked, step_rngs, batch_sharding)
+  return built, stacked, totals
+
+
+def _compile_multi_step(built, batch_sharding):
+  """The jitted step of all models: vmapped or unrolled over the model axis; inactive runs keep their state."""
+  step_fn = functools.partial(train.train_step, cfg=built.step_config, frozen=built.frozen)
   mode = model_axis_mode()
 
   def multi_step(state, batch, rngs, active):
@@ -120,15 +141,16 @@ def train_and_evaluate_runs(config, workdir):
     keep = lambda n, o: jnp.where(active.reshape((-1,) + (1,) * (n.ndim - 1)), n, o)
     return jax.tree.map(keep, new, state), metrics
 
-  p_step = jax.jit(multi_step, in_shardings=(repl, batch_sharding, repl, repl), out_shardings=(repl, repl),
-                   donate_argnums=(0,))
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
-    print(f'fcdd_jax: {len(runs)} runs as one program ({config.model.name}, {info0.name}, model axis: {mode}), '
-          f'{T} steps '
-          f'(per run {min(totals)}..{max(totals)}), global batch {config.batch_size} per run', flush=True)
+  repl = built.replicated
+  return jax.jit(multi_step, in_shardings=(repl, batch_sharding, repl, repl), out_shardings=(repl, repl),
+                 donate_argnums=(0,)), mode
+
+
+def _loop(config, names, pipes, totals, p_step, stacked, step_rngs, batch_sharding):
+  """All models step by step; a finished model repeats its last batch with its update masked."""
+  T = max(totals)
   iters = [p.train_batches(0) for p in pipes]
-  last = [None] * len(runs)
+  last = [None] * len(pipes)
   t0 = time.time()
   for step in range(1, T + 1):
     local = []
@@ -139,56 +161,43 @@ def train_and_evaluate_runs(config, workdir):
     keys = set().union(*local)          # a run in its padded last batch carries 'valid'; full batches do not
     if 'valid' in keys:
       local = [b if 'valid' in b else {**b, 'valid': np.ones(len(b['image']), np.float32)} for b in local]
-    batch = {k: np.stack([b[k] for b in local]) for k in sorted(keys)}
-    gbatch = {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()}
+    batch = input_pipeline.to_global({k: np.stack([b[k] for b in local]) for k in sorted(keys)}, batch_sharding)
     active = jnp.asarray([step <= t for t in totals])
-    stacked, metrics = p_step(stacked, gbatch, step_rngs, active)
+    stacked, metrics = p_step(stacked, batch, step_rngs, active)
     if step % config.log_every_steps == 0 or step == T:
       loss = np.asarray(jax.device_get(metrics['loss']))
       if not np.isfinite(loss[np.asarray(active)]).all():
-        raise train.NonFiniteError(f'non-finite loss at step {step} in runs '
-                                   f'{[runs[i] for i in np.flatnonzero(~np.isfinite(loss))]}; nothing saved')
-      if is_main:
+        raise train_log.NonFiniteError(f'non-finite loss at step {step} in '
+                                       f'{[names[i] for i in np.flatnonzero(~np.isfinite(loss))]}; nothing saved')
+      if jax.process_index() == 0:
         rate = step / max(time.time() - t0, 1e-9)
         print(f'step {step}/{T}  mean loss {float(loss.mean()):.4f}  {rate:.2f} steps/s  '
-              f'{rate * config.batch_size * len(runs):.0f} img/s (all runs)  '
+              f'{rate * config.batch_size * len(pipes):.0f} img/s (all models)  '
               f'ETA {progress.fmt_time((T - step) / max(rate, 1e-9))}', flush=True)
-  train_seconds = time.time() - t0
-  p_eval = jax.jit(functools.partial(train.eval_step, cfg=scfg), in_shardings=(repl, data_sharding),
-                   out_shardings=data_sharding)
-  results = []
-  for r, ((c, s), cf, pipe) in enumerate(zip(runs, cfgs, pipes)):
-    state_r = jax.tree.map(lambda x, r=r: x[r], stacked)
-    outputs = train.run_evaluation(state_r, pipe, p_eval, data_sharding, 'test', cf.eval.batch_size or None,
-                                   keep_images=cf.eval.num_figure_samples // 2)
-    image_auc, pixel_auc = train.compute_metrics(cf, pipe, outputs)
-    rd = os.path.join(workdir, f'normal_{c}', f'seed_{s}')
-    res = {'image_auc': image_auc, 'pixel_auc': pixel_auc,
-           'runs': [{'normal_class': c, 'seed': s, 'image_auc': image_auc, 'pixel_auc': pixel_auc}],
-           'steps': int(totals[r]), 'train_seconds_all_runs': round(train_seconds, 2)}
-    if is_main:
-      os.makedirs(rd, exist_ok=True)
-      res.update(train.thresholds_and_aupro(cf, outputs))
-      with open(os.path.join(rd, 'config.json'), 'w') as f:
-        f.write(cf.to_json_best_effort(indent=2, sort_keys=True))
-      with open(os.path.join(rd, 'preprocessing.json'), 'w') as f:
-        json.dump(train.jsonable(pipe.info.preprocessing), f, indent=2)
-      with open(os.path.join(rd, 'results.json'), 'w') as f:
-        json.dump(res, f, indent=2)
-    ck = checkpointing.Checkpointer(os.path.join(rd, 'checkpoints'), max_to_keep=1, asynchronous=False)
-    ck.save(int(totals[r]), state_r, {'step': int(totals[r]), 'finished': True, 'multirun': True})
-    ck.close()
-    if is_main:
-      try:
-        from fcdd_jax import figures  # pylint: disable=g-import-not-at-top
-        figures.write_run_figures(rd, cf, pipe, outputs)
-      except Exception as e:  # pylint: disable=broad-except  (figures never lose the trained runs)
-        if os.environ.get('FCDD_STRICT_FIGURES'):
-          raise
-        print(f'warning: figures of {rd} could not be written: {e}', flush=True)
-      print(f'fcdd_jax: normal_{c}/seed_{s}: image AUC {image_auc}  pixel AUC {pixel_auc}', flush=True)
-    results.append(res)
+  return stacked
+
+
+def _evaluate_and_write(workdir, run, cf, pipe, state, p_eval, data_sharding, steps, train_seconds, is_main):
+  """Run `r` = (class c, seed s): its test outputs, AUCs, thresholds, files and final checkpoint."""
+  c, s = run
+  outputs = results_lib.run_evaluation(state, pipe, p_eval, data_sharding, 'test', cf.eval.batch_size or None,
+                                       keep_images=cf.eval.num_figure_samples // 2)
+  image_auc, pixel_auc = results_lib.compute_metrics(cf, pipe, outputs)
+  rd = os.path.join(workdir, f'normal_{c}', f'seed_{s}')
+  res = {'image_auc': image_auc, 'pixel_auc': pixel_auc,
+         'runs': [{'normal_class': c, 'seed': s, 'image_auc': image_auc, 'pixel_auc': pixel_auc}],
+         'steps': int(steps), 'train_seconds_all_runs': round(train_seconds, 2)}
   if is_main:
-    from fcdd_jax import summarize  # pylint: disable=g-import-not-at-top
-    summarize.main([workdir])
-  return results
+    os.makedirs(rd, exist_ok=True)
+    res.update(results_lib.thresholds_and_aupro(cf, outputs))
+    with open(os.path.join(rd, 'config.json'), 'w') as f:
+      f.write(cf.to_json_best_effort(indent=2, sort_keys=True))
+    results_lib.write_json(rd, 'preprocessing.json', pipe.info.preprocessing)
+    results_lib.write_json(rd, 'results.json', res)
+  ck = checkpointing.Checkpointer(os.path.join(rd, 'checkpoints'), max_to_keep=1, asynchronous=False)
+  ck.save(int(steps), state, {'step': int(steps), 'finished': True, 'multirun': True})
+  ck.close()
+  if is_main:
+    results_lib.write_figures(rd, cf, pipe, outputs)
+    print(f'fcdd_jax: normal_{c}/seed_{s}: image AUC {image_auc}  pixel AUC {pixel_auc}', flush=True)
+  return res

@@ -51,33 +51,12 @@ import numpy as np
 MODES = ('full', 'crop')
 
 
-def any_size_net(name, config):
-  """models.FCDDNet without its nominal-input-size check, same parameter tree and layers.
-
-  FCDDNet refuses inputs other than its nominal size (a guard for training configs); prediction needs the
-  fully convolutional net at any size. Equality with models.create(name).apply at the nominal size is
-  checked in tests/predict_test.py.
-  """
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+def prediction_net(config):
+  """The run's FCDD net (`run.model_options`: same parameter tree, layers and dtype) with `any_size=True`: the
+  fully convolutional net on inputs of any size. Unfused feature stacks (remat=False): no backward pass."""
   from fcdd_jax import models  # pylint: disable=g-import-not-at-top
-  _, layers = models.FCDD_ARCHS[name]
-  vgg = name in models.VGG_FCDD
-  m = config.model
-  frozen = models.VGG_FROZEN_INDICES if (name.endswith('_F') and m.frozen_bn == 'frozen') else ()
-  dtype = jnp.bfloat16 if m.get('dtype', 'float32') == 'bfloat16' else jnp.float32
-
-  class AnySizeFCDD(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-      x = models.FeatureStack(layers, vgg=vgg, bias=m.bias, torch_init=m.torch_init,
-                              bn_unbiased_var=m.bn_unbiased_var, frozen_bn_indices=frozen, dtype=dtype,
-                              name='features')(x, False)
-      x = models.Conv(1, 1, 1, 0, use_bias=m.bias or vgg, torch_init=m.torch_init, dtype=dtype,
-                      out_dtype=jnp.float32, name='final')(x)
-      return x.astype(jnp.float32)
-
-  return AnySizeFCDD()
+  from fcdd_jax import run  # pylint: disable=g-import-not-at-top
+  return models.create(config.model.name, any_size=True, remat=False, **run.model_options(config))
 
 
 def scaled_size(preprocessing, h, w, scale=None):
@@ -150,7 +129,7 @@ class Predictor:
                                                           prog='fcdd_jax.predict')  # newest readable; says which
     self.variables = {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
     # --- end of checkpoint restore ---
-    net = any_size_net(name, self.config)
+    net = prediction_net(self.config)
     rec = self.reception = models.reception(name)
     std = self.config.loss.gauss_std if self.config.loss.gauss_std > 0 else None
 

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from tests.main_test import ROOT
+from tests.paths import ROOT
 
 
 def _run(args, timeout=300):

@@ -8,7 +8,8 @@ import pytest
 
 from fcdd_jax import checkpointing
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import ROOT
+from tests import support
 
 
 def _tree(v):
@@ -22,22 +23,10 @@ def _save_steps(ckdir, steps, asynchronous=False):
   ck.close()
 
 
-def damage(step_dir):
-  """Truncates every array chunk of a checkpoint step (what a crashed disk or copy leaves)."""
-  n = 0
-  for root, _, files in os.walk(os.path.join(step_dir, 'state')):
-    if os.path.basename(root) == 'd':
-      for f in files:
-        with open(os.path.join(root, f), 'r+b') as fh:
-          fh.truncate(10)
-        n += 1
-  assert n, f'no array files found under {step_dir}'
-
-
 def test_damaged_newest_is_quarantined_and_its_step_saved_afresh(tmp_path, capfd):
   ckdir = str(tmp_path / 'ck')
   _save_steps(ckdir, [3, 6])
-  damage(os.path.join(ckdir, '6'))
+  support.damage(os.path.join(ckdir, '6'))
   ck = checkpointing.Checkpointer(ckdir, max_to_keep=5, asynchronous=False)
   state, meta, step = ck.restore_latest(_tree(0))
   assert step == 3 and meta['step'] == 3
@@ -56,8 +45,8 @@ def test_damaged_newest_is_quarantined_and_its_step_saved_afresh(tmp_path, capfd
 def test_no_readable_checkpoint_refuses_to_start_over(tmp_path, capfd):
   ckdir = str(tmp_path / 'ck')
   _save_steps(ckdir, [3, 6])
-  damage(os.path.join(ckdir, '3'))
-  damage(os.path.join(ckdir, '6'))
+  support.damage(os.path.join(ckdir, '3'))
+  support.damage(os.path.join(ckdir, '6'))
   ck = checkpointing.Checkpointer(ckdir, asynchronous=False)
   with pytest.raises(checkpointing.NoUsableCheckpointError) as e:
     ck.restore_latest(_tree(0))
@@ -76,7 +65,7 @@ def test_no_readable_checkpoint_refuses_to_start_over(tmp_path, capfd):
 def test_restore_for_inference_says_which_step_and_changes_nothing(tmp_path, capfd):
   ckdir = str(tmp_path / 'ck')
   _save_steps(ckdir, [3, 6])
-  damage(os.path.join(ckdir, '6'))
+  support.damage(os.path.join(ckdir, '6'))
   _, step = checkpointing.restore_for_inference(ckdir, prog='fcdd_jax.predict')
   out, err = capfd.readouterr()
   assert step == 3

@@ -5,9 +5,9 @@ import pathlib
 import ml_collections
 import pytest
 
-from configs import default
+from fcdd_jax.configs import default
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / 'configs'
+CONFIG_DIR = pathlib.Path(default.__file__).parent   # fcdd_jax/configs
 NAMES = sorted(p.stem for p in CONFIG_DIR.glob('*.py') if p.stem not in ('__init__',))
 
 
@@ -23,7 +23,7 @@ def _flat_keys(cfg, prefix=''):
 
 @pytest.mark.parametrize('name', NAMES)
 def test_config_builds_with_declared_fields_only(name):
-  cfg = importlib.import_module(f'configs.{name}').get_config()
+  cfg = importlib.import_module(f'fcdd_jax.configs.{name}').get_config()
   assert _flat_keys(cfg) <= _flat_keys(default.get_config()), name
   assert cfg.batch_size > 0 and cfg.data.name
 
@@ -31,12 +31,12 @@ def test_config_builds_with_declared_fields_only(name):
 @pytest.mark.parametrize('name,batch', [('fmnist', 128), ('cifar10', 200), ('imagenet', 200),
                                         ('mvtec', 128), ('pascal_voc', 200)])
 def test_paper_recipes_use_the_global_optimiser_batch(name, batch):
-  cfg = importlib.import_module(f'configs.{name}').get_config()
+  cfg = importlib.import_module(f'fcdd_jax.configs.{name}').get_config()
   assert cfg.batch_size == batch
 
 
 def test_mvtec_default_is_the_papers_unsupervised_setting():
-  cfg = importlib.import_module('configs.mvtec').get_config()
+  cfg = importlib.import_module('fcdd_jax.configs.mvtec').get_config()
   assert (cfg.data.supervise_mode, cfg.data.noise_mode) == ('malformed_normal', 'confetti')
 
 
@@ -44,5 +44,21 @@ def test_each_experiment_docstring_gives_its_command():
   for name in NAMES:
     if name == 'default':
       continue
-    doc = importlib.import_module(f'configs.{name}').__doc__ or ''
+    doc = importlib.import_module(f'fcdd_jax.configs.{name}').__doc__ or ''
     assert 'python -m fcdd_jax.main' in doc, name
+
+
+def test_configs_are_addressable_by_path_and_by_name():
+  """`configs/<name>.py` in a checkout (a link to the package's configs), the shipped file by name from any
+  directory (an installed wheel), and an unknown name left unchanged for the error message."""
+  from fcdd_jax import main  # pylint: disable=g-import-not-at-top
+  from tests.paths import ROOT  # pylint: disable=g-import-not-at-top
+  shipped = str(CONFIG_DIR / 'custom.py')
+  assert pathlib.Path(ROOT, 'configs', 'custom.py').resolve() == pathlib.Path(shipped).resolve()
+  assert set(main.shipped_configs()) == set(NAMES)
+  for value in ('custom', 'custom.py', 'configs/custom.py', 'fcdd_jax/configs/custom.py'):
+    resolved = main.resolve_config_path(value)
+    assert pathlib.Path(resolved).resolve() == pathlib.Path(shipped).resolve(), value
+  assert main.resolve_config_path('custom:arg').endswith('custom.py:arg')
+  assert main.resolve_config_path('configs/nope.py') == 'configs/nope.py'
+  assert main.resolve_config_path('/elsewhere/custom.py') == '/elsewhere/custom.py'

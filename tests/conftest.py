@@ -1,6 +1,8 @@
-"""Test setup: 8 simulated CPU devices, TF kept off accelerators, repo root importable."""
+"""Test setup: 8 simulated CPU devices, TF kept off accelerators, a temporary cache; the config helper.
+
+The repository root is importable through pyproject's `[tool.pytest.ini_options] pythonpath`.
+"""
 import os
-import sys
 import tempfile
 
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
@@ -9,25 +11,22 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
 os.environ.setdefault('FCDD_STRICT_FIGURES', '1')   # a figure that cannot be written fails the test
 os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='fcdd_test_cache_')   # decoded-image caches: never the user's
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-  sys.path.insert(0, ROOT)
-SHARED = os.path.join(os.path.dirname(ROOT), 'shared')
-
 
 import importlib  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from tests.paths import SHARED  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 
 def config_for(module='test', **overrides):
-  """A config from `configs/<module>.py` (a name or the module itself) with field overrides applied.
+  """A config from `fcdd_jax/configs/<module>.py` (a name or the module itself) with field overrides applied.
 
   Overrides use dotted field paths as keyword names, e.g. `config_for('custom', **{'data.root': d})`;
   ml_collections checks that each field exists and keeps its type, so a typo fails the test.
   """
   if isinstance(module, str):
-    module = importlib.import_module(f'configs.{module}')
+    module = importlib.import_module(f'fcdd_jax.configs.{module}')
   c = module.get_config()
   c.update_from_flattened_dict(overrides)
   return c

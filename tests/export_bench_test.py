@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from tests.main_test import ROOT
+from tests.paths import ROOT
 
 
 def test_export_latency_bench_on_a_generated_cnn28_w_run(tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import test as test_config
+from fcdd_jax.configs import test as test_config
 from fcdd_jax import export
 from fcdd_jax import input_pipeline
 from fcdd_jax import predict

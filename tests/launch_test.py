@@ -9,10 +9,9 @@ import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'launch'))
-import local  # pylint: disable=g-import-not-at-top,wrong-import-position
-import sweep  # pylint: disable=g-import-not-at-top,wrong-import-position
+from launch import local
+from launch import sweep
+from tests.paths import ROOT
 
 STEPS = 12
 ARGS = ['--config', 'configs/test.py', f'--config.num_train_steps={STEPS}', '--config.log_every_steps=2',

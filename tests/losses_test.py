@@ -1,4 +1,6 @@
 """Objectives against NumPy references (spec §3, §11.2, §11.3)."""
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -6,7 +8,7 @@ import pytest
 
 from fcdd_jax import losses
 from fcdd_jax import receptive
-from tests.receptive_test import np_algorithm1
+from tests import references
 
 A_VALUES = [0.0, 1e-9, 1e-7, 1e-3, 1.0, 30.0]
 
@@ -103,7 +105,7 @@ def test_gt_map_loss_against_numpy():
   gt[2, 5:12, 3:9] = 1.0
   out = losses.fcdd_gt_loss(phi, gt, rec, 1.2)
   A = np.sqrt(phi[..., 0].astype(np.float64) ** 2 + 1) - 1
-  up = np_algorithm1(A, 16, 4, 1.5, 28, 1.2)
+  up = references.np_algorithm1(A, 16, 4, 1.5, 28, 1.2)
   norm = (up * (1 - gt)).mean((1, 2))
   anom = np.where(gt.reshape(3, -1).max(1) == 1, -np.log(-np.expm1(-(up * gt).mean((1, 2)))), 0)
   np.testing.assert_allclose(np.asarray(out['per_example']), norm + anom, rtol=1e-4)
@@ -142,6 +144,22 @@ def test_hsc_gradient_heatmaps():
   s = np.sqrt((zz ** 2).sum(1) + 1) - 1
   g = (zz / (s[:, None] + 1)) @ w.T
   np.testing.assert_allclose(maps, np.abs(g.reshape(2, 5, 5, 2)).sum(-1), rtol=1e-4, atol=1e-6)
-  blurred = np.asarray(losses.hsc_gradient_heatmaps(score, x, blur=True, r=4, std=1.0))
-  assert blurred.shape == maps.shape
-  assert blurred.sum() == pytest.approx(maps.sum(), rel=0.3)
+  want = np.abs(g.reshape(2, 5, 5, 2)).sum(-1)
+  for r, std in ((4, 1.0), (5, 0.7), (6, None)):   # even r: kernel r - 1; no std: σ(r) of spec §4
+    blurred = np.asarray(losses.hsc_gradient_heatmaps(score, x, blur=True, r=r, std=std))
+    k = r if r % 2 else r - 1
+    sigma = std if std else math.log10(0.45 * r + 1) + 0.25
+    np.testing.assert_allclose(blurred, _np_kornia_blur(want, k, sigma), rtol=1e-4, atol=1e-6)
+
+
+def _np_kornia_blur(maps, k, sigma):
+  """kornia.filters.gaussian_blur2d (spec §8.3): a normalised k x k Gaussian, reflect borders, per map."""
+  g = np.exp(-0.5 * ((np.arange(k) - (k - 1) / 2) / sigma) ** 2)
+  kernel = np.outer(g, g) / g.sum() ** 2
+  p = k // 2
+  padded = np.pad(maps, ((0, 0), (p, p), (p, p)), mode='reflect')
+  out = np.zeros_like(maps)
+  for y in range(maps.shape[1]):
+    for x in range(maps.shape[2]):
+      out[:, y, x] = (padded[:, y:y + k, x:x + k] * kernel).sum((1, 2))
+  return out

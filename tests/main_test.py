@@ -6,13 +6,8 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def run_cli(args, devices=1, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
-  return subprocess.run([sys.executable, '-m', 'fcdd_jax.main', *args], cwd=ROOT, env=env,
-                        capture_output=True, text=True, timeout=timeout)
+from tests.paths import ROOT
+from tests import support
 
 
 def _assert_one_line_error(proc, pattern, code=2):
@@ -25,33 +20,47 @@ def _assert_one_line_error(proc, pattern, code=2):
 
 
 def test_unknown_config_field(tmp_path):
-  proc = run_cli(['--config', 'configs/test.py', '--config.data.nope=1', '--workdir', str(tmp_path)])
+  proc = support.run_cli(['--config', 'configs/test.py', '--config.data.nope=1', '--workdir', str(tmp_path)])
   _assert_one_line_error(proc, r"unknown config field 'config.data.nope'")
 
 
 def test_bad_value_type(tmp_path):
-  proc = run_cli(['--config', 'configs/test.py', '--config.batch_size=abc', '--workdir', str(tmp_path)])
+  proc = support.run_cli(['--config', 'configs/test.py', '--config.batch_size=abc', '--workdir', str(tmp_path)])
   _assert_one_line_error(proc, r'config.batch_size=abc')
 
 
 def test_missing_config_file(tmp_path):
-  proc = run_cli(['--config', 'configs/nope.py', '--workdir', str(tmp_path)])
+  proc = support.run_cli(['--config', 'configs/nope.py', '--workdir', str(tmp_path)])
   _assert_one_line_error(proc, r"config file 'configs/nope.py' does not exist.*fmnist")
 
 
+def test_shipped_config_by_name_from_another_directory(tmp_path):
+  """`--config test` (a name: the file inside the package, as from an installed wheel) from a directory with
+  no configs/; the overrides apply to it."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  proc = subprocess.run([sys.executable, '-m', 'fcdd_jax.main', '--config', 'test', '--config.num_train_steps=2',
+                         '--config.eval.num_figure_samples=2', '--workdir', str(tmp_path / 'run')],
+                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  with open(tmp_path / 'run' / 'results.json') as f:
+    assert json.load(f)['steps'] == 2
+
+
 def test_unknown_net(tmp_path):
-  proc = run_cli(['--config', 'configs/test.py', '--config.model.name=FCDD_NOPE', '--workdir', str(tmp_path)])
+  proc = support.run_cli(['--config', 'configs/test.py', '--config.model.name=FCDD_NOPE',
+                          '--workdir', str(tmp_path)])
   _assert_one_line_error(proc, r"model.name='FCDD_NOPE' is unknown; known nets:")
 
 
 def test_unknown_dataset(tmp_path):
-  proc = run_cli(['--config', 'configs/test.py', '--config.data.name=nope', '--workdir', str(tmp_path)])
-  _assert_one_line_error(proc, r"nope")
+  proc = support.run_cli(['--config', 'configs/test.py', '--config.data.name=nope', '--workdir', str(tmp_path)])
+  _assert_one_line_error(proc, r"config\.data\.name='nope' is unknown; known datasets: demo, custom, mvtec, fmnist, "
+                               r"cifar10, imagenet, pascal_voc$")
 
 
 def test_vgg_f_without_weights_says_how_to_get_them(tmp_path):
-  proc = run_cli(['--config', 'configs/custom.py', '--config.data.root=' + str(tmp_path),
-                  '--workdir', str(tmp_path / 'w')])
+  proc = support.run_cli(['--config', 'configs/custom.py', '--config.data.root=' + str(tmp_path),
+                          '--workdir', str(tmp_path / 'w')])
   _assert_one_line_error(proc, r'pretrained_path is empty.*FCDD_CNN224_VGG_NOPT')
 
 
@@ -59,13 +68,14 @@ def test_manual_download_sources_say_which_files_go_where(tmp_path):
   # imagenet2012 is a manual-download dataset: tfds fails at once on the missing tars (no download is tried);
   # an empty tfds data_dir in tmp keeps ~/tensorflow_datasets untouched
   env_dir = str(tmp_path / 'tfds')
-  proc = run_cli(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path),
-                  '--config.data.tfds_data_dir=' + env_dir])
+  proc = support.run_cli(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path),
+                          '--config.data.tfds_data_dir=' + env_dir])
   _assert_one_line_error(proc, r'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar')
-  proc = run_cli(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path), '--config.data.root=' + str(tmp_path),
-                  '--config.data.tfds_data_dir=' + env_dir])
+  proc = support.run_cli(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path),
+                          '--config.data.root=' + str(tmp_path), '--config.data.tfds_data_dir=' + env_dir])
   _assert_one_line_error(proc, r'ILSVRC2012_img_train.tar')
-  proc = run_cli(['--config', 'configs/cifar10.py', '--config.data.root=' + str(tmp_path), '--workdir', str(tmp_path)])
+  proc = support.run_cli(['--config', 'configs/cifar10.py', '--config.data.root=' + str(tmp_path),
+                          '--workdir', str(tmp_path)])
   assert proc.returncode == 2 and 'fcdd_jax: error:' in proc.stderr
 
 
@@ -176,8 +186,7 @@ def _predict(wd, tmp_path, capfd):
 
 
 def _damage(wd, step):
-  from tests import checkpointing_test  # pylint: disable=g-import-not-at-top
-  checkpointing_test.damage(os.path.join(wd, 'checkpoints', str(step)))
+  support.damage(os.path.join(wd, 'checkpoints', str(step)))
 
 
 def test_damaged_newest_checkpoint_is_quarantined_and_saved_again(trained, tmp_path, capfd):
@@ -229,9 +238,9 @@ def test_changed_model_is_refused_with_the_fields_and_both_ways_out(trained, tmp
 
 def test_second_run_on_a_workdir_in_use_is_refused(trained, tmp_path, capfd):
   wd = _copy(trained, tmp_path)
-  code = (f'import sys, time; sys.path.insert(0, {ROOT!r}); from fcdd_jax import workdir; '
+  code = (f'import sys, time; from fcdd_jax import workdir; '
           f'workdir.Lock.acquire({wd!r}); print("locked", flush=True); time.sleep(60)')
-  holder = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
+  holder = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == 'locked'
     code, _, err = run_main(['--config', 'configs/test.py', '--workdir', wd], capfd)
@@ -271,7 +280,6 @@ def test_nan_with_a_checkpoint_every_step_stops_without_temporary_directories(tr
 
 _KILL_DURING_SAVE = """
 import os, signal, sys, threading
-sys.path.insert(0, {root!r})
 import tests.conftest
 from fcdd_jax import checkpointing, main
 real_save = checkpointing.Checkpointer.save
@@ -375,7 +383,7 @@ def test_folder_where_every_image_is_corrupt_with_skip(tmp_path, capfd):
 
 def test_every_failure_becomes_one_line_with_its_exit_code():
   import errno  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import checkpointing, main, train, workdir  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import checkpointing, main, train_log, workdir  # pylint: disable=g-import-not-at-top
   main.parse_flags(['fcdd_jax', '--workdir', '/w'])
   d = main._describe  # pylint: disable=protected-access
   assert d(OSError(errno.ENOSPC, 'No space left on device')) == (
@@ -385,5 +393,5 @@ def test_every_failure_becomes_one_line_with_its_exit_code():
   assert d(checkpointing.CheckpointWriteError('cannot write checkpoint step 3 to /w: x')) == (
       'cannot write checkpoint step 3 to /w: x', 4)
   assert d(workdir.WorkdirError('in use\nsecond line'))[1] == 2 and d(workdir.WorkdirError('a\nb'))[0] == 'a'
-  assert d(train.NonFiniteError('non-finite loss'))[1] == 3
+  assert d(train_log.NonFiniteError('non-finite loss'))[1] == 3
   assert d(RuntimeError('boom')) == ('unexpected RuntimeError: boom (rerun with --verbose for the traceback)', 1)

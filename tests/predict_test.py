@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from configs import test as test_config
+from fcdd_jax.configs import test as test_config
 from fcdd_jax import input_pipeline
 from fcdd_jax import models
 from fcdd_jax import predict
+from fcdd_jax import run as run_lib
 from fcdd_jax import train
 
 
@@ -63,7 +64,7 @@ def np_full_mode(pred, img, scaled):
   x = (sc / 255 - np.asarray(pp['mean'])) / np.asarray(pp['std'])
   ph, pw = (-scaled[0]) % rec.j, (-scaled[1]) % rec.j
   x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode='symmetric')
-  net = predict.any_size_net(pred.config.model.name, pred.config)
+  net = predict.prediction_net(pred.config)
   phi = np.asarray(net.apply(pred.variables, x[None].astype(np.float32)), np.float64)[0, ..., 0]
   a = np.sqrt(phi ** 2 + 1) - 1
   kh = int(np.sum(np.arange(a.shape[0]) * rec.j + rec.s < scaled[0]))
@@ -129,8 +130,8 @@ def test_crop_mode_equals_evaluation_and_full_mode_at_training_size(run, tmp_pat
   config = test_config.get_config()
   pipe = input_pipeline.create(config)
   pred_crop = predict.Predictor(run, mode='crop')
-  # evaluation scores: the run's test transform and the net of train.create_model (as eval_step computes)
-  net = train.create_model(config, pipe.info)
+  # evaluation scores: the run's test transform and the net of run_lib.create_model (as eval_step computes)
+  net = run_lib.create_model(config, pipe.info)
   eval_scores = []
   for b in pipe.eval_batches():
     phi = np.asarray(jax.jit(lambda v, x: net.apply(v, x, train=False))(pred_crop.variables, b['image']), np.float64)
@@ -165,7 +166,7 @@ def test_crop_mode_equals_evaluation_and_full_mode_at_training_size(run, tmp_pat
 
 @pytest.mark.parametrize('name', ['FCDD_CNN28', 'FCDD_CNN224',   # FCDD_CNN32_S: the crop-mode test above
                                   pytest.param('FCDD_CNN224_VGG_F', marks=pytest.mark.slow)])
-def test_any_size_net_equals_the_models_net_at_nominal_size(name):
+def test_prediction_net_equals_the_training_net_at_nominal_size(name):
   config = test_config.get_config()
   config.model.name = name
   h, w, c = models.input_shape(name)
@@ -175,9 +176,11 @@ def test_any_size_net_equals_the_models_net_at_nominal_size(name):
   variables = jax.jit(lambda k: ref.init(k, x, train=False))(jax.random.PRNGKey(0))
   variables = jax.tree.map(lambda v: v + 0.01, dict(variables))   # non-trivial BN statistics too
   want = np.asarray(jax.jit(lambda v: ref.apply(v, x, train=False))(variables))
-  net = predict.any_size_net(name, config)
+  net = predict.prediction_net(config)
   got = np.asarray(jax.jit(net.apply)(variables, x))
   np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match='takes inputs'):   # the training net keeps its nominal size
+    jax.eval_shape(ref.apply, variables, jax.ShapeDtypeStruct((1, h + 8, 2 * w, c), np.float32))
   bigger = jax.ShapeDtypeStruct((1, h + 8, 2 * w, c), np.float32)
   assert jax.eval_shape(net.apply, variables, bigger).shape[1:3] == (
       (h + 8) // models.reception(name).j, 2 * w // models.reception(name).j)

@@ -1,6 +1,4 @@
 """Pretrained VGG11-BN import from generated files with torchvision's key names and shapes."""
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,19 +6,7 @@ import pytest
 
 from fcdd_jax import models
 from fcdd_jax import pretrained
-
-
-def _fake_weights(seed=0, classifier=False):
-  rng = np.random.default_rng(seed)
-  w = {}
-  for k, shape in pretrained.expected_shapes().items():
-    if k.startswith('classifier') and not classifier:
-      continue
-    if k.endswith('running_var'):
-      w[k] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
-    else:
-      w[k] = (rng.normal(size=shape) * (0.05 if len(shape) > 1 else 0.5)).astype(np.float32)
-  return w
+from tests import support
 
 
 def np_vgg_features(x, w, n_convs=6):
@@ -46,7 +32,7 @@ def np_vgg_features(x, w, n_convs=6):
 @pytest.fixture(scope='module')
 def npz_file(tmp_path_factory):
   path = str(tmp_path_factory.mktemp('w') / 'vgg11_bn.npz')
-  np.savez(path, **_fake_weights())
+  np.savez(path, **support.fake_vgg_weights())
   return path
 
 
@@ -63,13 +49,13 @@ def test_npz_import_matches_numpy_features(npz_file):
   v2 = pretrained.apply_pretrained('FCDD_CNN224_VGG_F', v, npz_file)
   np.testing.assert_array_equal(np.asarray(v2['params']['final']['kernel']), np.asarray(v['params']['final']['kernel']))
   got = _features(v2, jnp.asarray(x))
-  want = np_vgg_features(x, _fake_weights())
+  want = np_vgg_features(x, support.fake_vgg_weights())
   np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-3 * np.abs(want).max())
 
 
 def test_pth_import_and_converter(npz_file, tmp_path):
   torch = pytest.importorskip('torch', reason='torch not installed (pip install -e ".[torch]")')
-  w = _fake_weights(seed=3, classifier=True)
+  w = support.fake_vgg_weights(seed=3, classifier=True)
   pth = str(tmp_path / 'vgg11_bn.pth')
   torch.save({k: torch.from_numpy(v) for k, v in w.items()}, pth)
   loaded = pretrained.load_vgg11_bn(pth)
@@ -91,14 +77,14 @@ def test_pth_import_and_converter(npz_file, tmp_path):
 def test_errors(npz_file, tmp_path):
   with pytest.raises(FileNotFoundError, match='nope.npz.*download.pytorch.org'):
     pretrained.load_vgg11_bn(str(tmp_path / 'nope.npz'))
-  w = _fake_weights()
+  w = support.fake_vgg_weights()
   del w['features.8.weight']
   bad = str(tmp_path / 'bad.npz')
   np.savez(bad, **w)
   v = models.create('FCDD_CNN224_VGG').init(jax.random.PRNGKey(0), jnp.zeros((1, 224, 224, 3)))
   with pytest.raises(ValueError, match="key 'features.8.weight' missing"):
     pretrained.apply_pretrained('FCDD_CNN224_VGG', v, bad)
-  w = _fake_weights()
+  w = support.fake_vgg_weights()
   w['features.4.weight'] = w['features.4.weight'][:, :32]
   np.savez(bad, **w)
   with pytest.raises(ValueError, match=r'features.4.weight has shape \(128, 32, 3, 3\), expected \(128, 64, 3, 3\)'):

@@ -6,30 +6,7 @@ import pytest
 
 from fcdd_jax import models
 from fcdd_jax import receptive
-
-
-def np_window(r, std):
-  """scipy 'gaussian' window; even r: duplicate the centre of the r-1 window, then halve (spec §4)."""
-  if r % 2:
-    n = np.arange(r)
-    return np.exp(-0.5 * ((n - (r - 1) / 2) / std) ** 2)
-  g = np_window(r - 1, std)
-  c = (r - 2) // 2
-  return np.insert(g, c + 1, g[c]) / 2
-
-
-def np_algorithm1(a, r, j, s, H, std):
-  """Transposed conv with the 2-D kernel (stride j, output padding), then crop (spec §4 steps 1-3)."""
-  n, h, w = a.shape
-  G = np.outer(np_window(r, std), np_window(r, std))
-  op = H - (h - 1) * j - 1 if r % 2 else H - (h - 1) * j - 2
-  full = (h - 1) * j + r + op
-  out = np.zeros((n, full, full))
-  for y in range(h):
-    for x in range(w):
-      out[:, y * j:y * j + r, x * j:x * j + r] += a[:, y, x, None, None] * G
-  pad, si = (r - 1) // 2, int(s)
-  return out[:, pad - si:full - (pad + si), pad - si:full - (pad + si)]
+from tests import references
 
 
 @pytest.mark.parametrize('r,j,s,h,H,std', [
@@ -42,7 +19,7 @@ def np_algorithm1(a, r, j, s, H, std):
 ])
 def test_upsample_equals_algorithm1(r, j, s, h, H, std):
   a = np.random.default_rng(r).random((3, h, h)).astype(np.float32)
-  want = np_algorithm1(a.astype(np.float64), r, j, s, H, std)
+  want = references.np_algorithm1(a.astype(np.float64), r, j, s, H, std)
   assert want.shape == (3, H, H)
   got = np.asarray(jax.jit(lambda x: receptive.upsample(x, receptive.Reception(r, j, s), H, std))(a))
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6 * np.abs(want).max())
@@ -57,7 +34,7 @@ def test_kernel_sums_and_peaks(r, std, total):
   assert k.shape == (r, r)
   assert k.sum() == pytest.approx(total, abs=0.05)
   assert k.max() == pytest.approx(1.0 if r % 2 else 0.25)
-  np.testing.assert_allclose(k, np.outer(np_window(r, std), np_window(r, std)), rtol=1e-12)
+  np.testing.assert_allclose(k, np.outer(references.np_window(r, std), references.np_window(r, std)), rtol=1e-12)
 
 
 def test_default_std():
@@ -65,7 +42,8 @@ def test_default_std():
   assert receptive.default_std(62) == 10.0
   a = np.random.default_rng(0).random((1, 7, 7)).astype(np.float32)
   np.testing.assert_allclose(np.asarray(receptive.upsample(a, receptive.Reception(16, 4, 1.5), 28)),
-                             np_algorithm1(a, 16, 4, 1.5, 28, receptive.default_std(16)), rtol=1e-5, atol=1e-7)
+                             references.np_algorithm1(a, 16, 4, 1.5, 28, receptive.default_std(16)),
+                             rtol=1e-5, atol=1e-7)
 
 
 def test_upsample_gradient_is_the_transpose():
@@ -76,7 +54,7 @@ def test_upsample_gradient_is_the_transpose():
   eps = 1e-3
   e = np.zeros((2, 7, 7), np.float32)
   e[1, 3, 2] = eps
-  f = lambda x: float(np.sum(np_algorithm1(np.asarray(x, np.float64), 16, 4, 1.5, 28, 1.2) * w))
+  f = lambda x: float(np.sum(references.np_algorithm1(np.asarray(x, np.float64), 16, 4, 1.5, 28, 1.2) * w))
   fd = (f(np.asarray(a) + e) - f(np.asarray(a) - e)) / (2 * eps)
   assert float(grad[1, 3, 2]) == pytest.approx(fd, rel=1e-3)
 
@@ -98,7 +76,7 @@ def np_algorithm1_rect(a, r, j, s, H, W, std):
   """Algorithm 1 (spec §4) for non-square maps and outputs: the 2-D transposed convolution with G = g (x) g,
   stride j, output padding per axis (H - (h-1)j - 1 or - 2 for even r), then the crop per axis."""
   n, h, w = a.shape
-  G = np.outer(np_window(r, std), np_window(r, std))
+  G = np.outer(references.np_window(r, std), references.np_window(r, std))
   extra = 1 if r % 2 else 2
   fh = (h - 1) * j + r + (H - (h - 1) * j - extra)
   fw = (w - 1) * j + r + (W - (w - 1) * j - extra)

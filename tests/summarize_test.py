@@ -5,6 +5,7 @@ import os
 import pytest
 
 from fcdd_jax import summarize
+from tests import support
 
 
 def test_aggregate_and_markdown(tmp_path):
@@ -35,7 +36,6 @@ def test_checkpoint_behind_each_run_is_named_and_mismatches_warned(tmp_path, cap
   readable gets one warning line."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from tests import checkpointing_test  # pylint: disable=g-import-not-at-top
   for s in (0, 1):
     d = tmp_path / 'normal_0' / f'seed_{s}'
     os.makedirs(d)
@@ -44,7 +44,7 @@ def test_checkpoint_behind_each_run_is_named_and_mismatches_warned(tmp_path, cap
     for step in (3, 6):
       ck.save(step, {'w': np.full(3, step, np.float32)}, {'step': step})
     ck.close()
-  checkpointing_test.damage(str(tmp_path / 'normal_0' / 'seed_1' / 'checkpoints' / '6'))
+  support.damage(str(tmp_path / 'normal_0' / 'seed_1' / 'checkpoints' / '6'))
   assert summarize.main([str(tmp_path)]) == 0
   err = capsys.readouterr().err
   assert [r['checkpoint_step'] for r in json.loads((tmp_path / 'summary.json').read_text())['runs']] == [6, 3]

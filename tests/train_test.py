@@ -6,9 +6,15 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from sklearn import metrics
 
 from fcdd_jax import checkpointing
+from fcdd_jax import config_checks
+from fcdd_jax import results as results_lib
+from fcdd_jax import run
 from fcdd_jax import train
+from fcdd_jax import train_log
+from tests import support
 
 
 def _final_params(workdir):
@@ -22,20 +28,31 @@ def _final_params(workdir):
 
 @pytest.fixture(scope='module')
 def full_run(make_config, tmp_path_factory):
+  """The test config (6 steps on the demo data) on 8 devices: (workdir, results, gathered test outputs)."""
   assert jax.device_count() == 8
   workdir = str(tmp_path_factory.mktemp('full'))
-  results = train.train_and_evaluate(make_config(), workdir)
-  return workdir, results
+  seen = {}
+  original = results_lib.compute_metrics
+  def spy(config, pipeline, outputs):
+    seen.update(outputs)
+    return original(config, pipeline, outputs)
+  with pytest.MonkeyPatch.context() as mp:
+    mp.setattr(results_lib, 'compute_metrics', spy)
+    results = train.train_and_evaluate(make_config(), workdir)
+  return workdir, results, seen
 
 
 def test_end_to_end_outputs(full_run):
-  workdir, results = full_run
+  """Files, history and checkpoint of a run; its AUCs: sklearn's on its outputs, and learned (an untrained
+  net: pixel AUC 0.75 on this data; 6 steps: 0.97)."""
+  workdir, results, outputs = full_run
   for name in ('config.json', 'results.json', 'history.json', 'test_samples.png'):
     assert os.path.exists(os.path.join(workdir, name)), name
   with open(os.path.join(workdir, 'results.json')) as f:
     saved = json.load(f)
   assert saved == json.loads(json.dumps(results))
-  assert 0.0 <= saved['image_auc'] <= 1.0 and 0.0 <= saved['pixel_auc'] <= 1.0
+  assert saved['image_auc'] == pytest.approx(metrics.roc_auc_score(outputs['label'], outputs['score']), abs=1e-9)
+  assert saved['image_auc'] >= 0.85 and saved['pixel_auc'] >= 0.9
   assert saved['runs'][0]['normal_class'] == 0 and saved['runs'][0]['seed'] == 0
   with open(os.path.join(workdir, 'history.json')) as f:
     hist = json.load(f)
@@ -49,7 +66,7 @@ def test_end_to_end_outputs(full_run):
 
 
 def test_rerun_of_finished_run_only_evaluates(make_config, full_run, capsys):
-  workdir, results = full_run
+  workdir, results, _ = full_run
   again = train.train_and_evaluate(make_config(), workdir)
   out = capsys.readouterr().out
   assert 'evaluating only' in out
@@ -57,7 +74,7 @@ def test_rerun_of_finished_run_only_evaluates(make_config, full_run, capsys):
 
 
 def test_interrupted_and_resumed_run_is_bit_identical(make_config, full_run, tmp_path, monkeypatch):
-  workdir_full, results_full = full_run
+  workdir_full, results_full, _ = full_run
   workdir = str(tmp_path / 'resumed')
   monkeypatch.setattr(checkpointing, 'reached_preemption', lambda step: step == 4)
   with pytest.raises(SystemExit):
@@ -76,7 +93,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(make_config, full_run, tmp
 
 def test_nan_loss_stops_before_saving(make_config, tmp_path):
   workdir = str(tmp_path / 'nan')
-  with pytest.raises(train.NonFiniteError, match='non-finite'):
+  with pytest.raises(train_log.NonFiniteError, match='non-finite'):
     train.train_and_evaluate(make_config(**{'optim.lr': float('nan'), 'checkpoint_every_steps': 2}), workdir)
   ckdir = os.path.join(workdir, 'checkpoints')
   assert not os.path.isdir(ckdir) or not [d for d in os.listdir(ckdir) if d.isdigit()]
@@ -113,31 +130,30 @@ def test_damaged_latest_checkpoint_falls_back_to_previous(tmp_path):
     ({'objective': 'ae'}, "objective='ae' does not fit net"),
 ])
 def test_config_errors_name_value_and_allowed(make_config, overrides, match):
-  with pytest.raises(train.ConfigError, match=match):
-    train.check_config(make_config(**overrides))
+  with pytest.raises(config_checks.ConfigError, match=match):
+    config_checks.check_config(make_config(**overrides))
 
 
 def test_image_size_that_does_not_fit_the_net(make_config, tmp_path):
-  with pytest.raises(train.ConfigError, match=r'32x32 but net .FCDD_CNN28_W. takes 28x28'):
+  with pytest.raises(config_checks.ConfigError, match=r'32x32 but net .FCDD_CNN28_W. takes 28x28'):
     train.train_and_evaluate(make_config(**{'model.name': 'FCDD_CNN28_W'}), str(tmp_path))
 
 
 def test_learning_rate_schedules_are_per_epoch(make_config):
   c = make_config(**{'optim.schedule': 'lambda', 'optim.lr': 0.1, 'optim.gamma': 0.5})
-  fn = train.learning_rate_fn(c, steps_per_epoch=4)
+  fn = run.learning_rate_fn(c, steps_per_epoch=4)
   np.testing.assert_allclose([float(fn(np.int32(s))) for s in (0, 3, 4, 8)], [0.1, 0.1, 0.05, 0.025],
                              rtol=1e-6)
   c = make_config(**{'optim.schedule': 'milestones', 'optim.lr': 1.0, 'optim.milestones': (1, 2),
                  'optim.milestone_factor': 0.1})
-  fn = train.learning_rate_fn(c, steps_per_epoch=2)
+  fn = run.learning_rate_fn(c, steps_per_epoch=2)
   np.testing.assert_allclose([float(fn(np.int32(s))) for s in (0, 1, 2, 4)], [1, 1, 0.1, 0.01], rtol=1e-6)
 
 
 def test_other_device_count_gives_the_same_aucs(full_run, tmp_path):
   """The global stream and the metrics do not depend on the number of devices (here 2 vs 8)."""
-  from tests import main_test  # pylint: disable=g-import-not-at-top
-  _, results8 = full_run
-  proc = main_test.run_cli(['--config', 'configs/test.py', '--workdir', str(tmp_path)], devices=2)
+  _, results8, _ = full_run
+  proc = support.run_cli(['--config', 'configs/test.py', '--workdir', str(tmp_path)], devices=2)
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(tmp_path / 'results.json') as f:
     results2 = json.load(f)
@@ -150,12 +166,13 @@ def test_training_set_smaller_than_the_batch(make_config, tmp_path):
   res = train.train_and_evaluate(make_config(**{'batch_size': 64, 'data.demo_num_train': 40, 'num_train_steps': 2}),
                                  str(tmp_path))
   assert res['steps'] == 2
-  assert 0 <= res['image_auc'] <= 1
+  assert res['image_auc'] >= 0.8
 
 
-@pytest.mark.parametrize('net,extra', [('CNN32', {'loss.blur_heatmaps': True}), ('AE32', {'data.supervise_mode': 'unsupervised'})])
+@pytest.mark.parametrize('net,extra', [('CNN32', {'loss.blur_heatmaps': True}),
+                                       ('AE32', {'data.supervise_mode': 'unsupervised'})])
 def test_baselines_train_and_evaluate_end_to_end(make_config, net, extra, tmp_path):
   """HSC (gradient heatmaps, optional blur) and AE baselines through the same engine (spec §10.6)."""
   res = train.train_and_evaluate(make_config(**{'model.name': net, 'num_train_steps': 2, **extra}), str(tmp_path))
-  assert 0 <= res['image_auc'] <= 1 and 0 <= res['pixel_auc'] <= 1
+  assert res['image_auc'] >= 0.8 and res['pixel_auc'] >= 0.8   # CNN32+blur: 0.93 / 0.89, AE32: 1.0 / 1.0
   assert os.path.exists(os.path.join(str(tmp_path), 'heatmaps_global.png'))

@@ -11,7 +11,7 @@ import pytest
 
 from fcdd_jax import workdir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.paths import ROOT
 
 
 def _write_lock(wd, **holder):

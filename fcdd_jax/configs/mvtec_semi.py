@@ -4,7 +4,7 @@
       --config.data.normal_class=0 --config.data.root=/data/mvtec_anomaly_detection \
       --config.model.pretrained_path=vgg11_bn.npz
 """
-from configs import mvtec
+from fcdd_jax.configs import mvtec
 
 
 def get_config():

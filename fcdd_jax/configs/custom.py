@@ -9,7 +9,7 @@ train with; set --config.data.supervise_mode=noise --config.data.noise_mode=fold
 --config.data.oe_root=DIR for Outlier Exposure from any image folder. Without pretrained weights use
 --config.model.name=FCDD_CNN224_VGG_NOPT.
 """
-from configs import default
+from fcdd_jax.configs import default
 
 
 def get_config():

@@ -5,7 +5,7 @@
 Data: tfds `cifar10` or image folders train/<class>/*, test/<class>/* in data.root. OE: tfds cifar100
 (or --config.data.noise_mode=folder --config.data.oe_root=DIR). Limited OE: --config.data.oe_limit=8.
 """
-from configs import default
+from fcdd_jax.configs import default
 
 
 def get_config():

@@ -9,7 +9,7 @@ data.oe_root: the ImageNet-22k fall11 synset folders (the 30 ImageNet-30 synsets
   python launch/sweep.py --config configs/imagenet.py --workdir runs/imagenet --classes 0-29 --seeds 0-4 -- \
       --config.data.root=/data/imagenet --config.data.oe_root=/data/imagenet22k/fall11_whole_extracted
 """
-from configs import default
+from fcdd_jax.configs import default
 
 
 def get_config():

@@ -6,7 +6,7 @@ Data: tfds `fashion_mnist` (data.tfds_data_dir) or the official idx files in dat
 package dataset-fashion-mnist is found automatically). OE: tfds cifar100, or any image folder with
 --config.data.noise_mode=folder --config.data.oe_root=/path/to/cifar10/train.
 """
-from configs import default
+from fcdd_jax.configs import default
 
 
 def get_config():

@@ -7,7 +7,7 @@ data.root: a VOCdevkit/VOC2007 tree (empty: tfds voc/2007, downloaded on first u
 val as <wnid>/ folders (or the directory with ILSVRC2012_img_val.tar for tfds imagenet2012); classes whose
 names contain a VOC word are excluded (data/imagenet.py VOC_EXCLUDED_IMAGENET1K). heatmaps show horse evidence.
 """
-from configs import default
+from fcdd_jax.configs import default
 
 
 def get_config():

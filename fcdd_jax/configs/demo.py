@@ -7,7 +7,7 @@ Trains FCDD_CNN32_S on nominal 32x32 textures with confetti-style synthetic anom
 (malformed_normal), then scores test textures with spots, scratches, stains and holes. Expected: image
 AUC and pixel AUC >= 0.9 in a few minutes on 2 CPU cores.
 """
-from configs import default
+from fcdd_jax.configs import default
 
 
 def get_config():

@@ -2,7 +2,7 @@
 
   python -m fcdd_jax.main --config configs/test.py --workdir /tmp/fcdd_test
 """
-from configs import default
+from fcdd_jax.configs import default
 
 
 def get_config():

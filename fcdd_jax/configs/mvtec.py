@@ -7,7 +7,7 @@ Spec §5.7, §6.4, §7.2. Paper: mean pixel AUC ~0.92 over the 15 classes. FCDD_
 torchvision's ImageNet vgg11_bn weights (see README, "Pretrained weights"), or use
 --config.model.name=FCDD_CNN224_VGG_NOPT to train from scratch.
 """
-from configs import default
+from fcdd_jax.configs import default
 
 
 def get_config():

@@ -1,0 +1,1 @@
+"""Launch scripts (run as files: `python launch/local.py ...`); a package so tests can import them."""
