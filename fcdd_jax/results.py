@@ -1,8 +1,8 @@
 """Evaluation outputs and what a run writes from them: per-example outputs gathered from all processes,
 image/pixel AUC (spec §8.2), stored thresholds and AUPRO, results.json, history.json, reports and figures.
 
-Host-side; the jitted eval step is `train.eval_step`. Shared by the single run (`train`) and many-runs mode
-(`multirun`), so both write the same files.
+Host-side; the jitted eval step is `train.eval_step`. Shared by the single run (`train`), many-runs mode
+(`multirun`) and refinement rounds, so they gather, score and write alike.
 """
 import json
 import os

@@ -12,10 +12,9 @@ from PIL import Image
 from fcdd_jax import figures
 from fcdd_jax import input_pipeline
 from fcdd_jax import train
+from tests import paths
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      'shared', 'data')
-BOTTLE = os.path.join(SHARED, 'mvtec_bottle_256', 'bottle')
+BOTTLE = os.path.join(paths.DATA, 'mvtec_bottle_256', 'bottle')
 PANEL = 224
 
 
