@@ -98,6 +98,8 @@ def test_profile_step_groups_the_step_time():
   (step,) = [r for r in rs if r['what'] == 'step']
   groups = {r['group']: r['share'] for r in rs if r['what'] == 'group'}
   assert step['ms'] > 0 and groups.get('gemm', 0) > 0          # bf16 convs run as GEMMs on CPU
-  # the ops account for the step (independent ops may run on both threads at once: the sum can pass 1)
-  assert 0.5 < sum(groups.values()) < 2.5
+  # the ops account for the step (independent ops may run on both threads at once, and under load an op's
+  # wall time includes time descheduled: the sum can pass 1); bf16 convolutions as GEMMs dominate CNN28_W
+  assert sum(groups.values()) > 0.5
+  assert max(groups, key=groups.get) == 'gemm', groups
   assert len([r for r in rs if r['what'] == 'op']) == 3
