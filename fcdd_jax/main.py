@@ -186,7 +186,10 @@ def main(argv):
     workdir = FLAGS.workdir or train.default_workdir(name)
     if FLAGS.restart:
       _restart(workdir, workdir_lib)
-    if config.runs:
+    if config.get('refine') and config.refine.rounds:   # training-data refinement (issue 16)
+      from fcdd_jax import refine_run  # pylint: disable=g-import-not-at-top
+      refine_run.train_and_evaluate(config, workdir)
+    elif config.runs:
       from fcdd_jax import multirun  # pylint: disable=g-import-not-at-top
       _lock_for_multirun(workdir, workdir_lib)
       multirun.train_and_evaluate_runs(config, workdir)

@@ -103,15 +103,18 @@ def train_and_evaluate_runs(config, workdir):
   return results
 
 
-def train_stacked(config, pipes, keys, names=None):
+def train_stacked(config, pipes, keys, names=None, shared_schedule=False):
   """Trains len(pipes) models of `config` as ONE program: model m on the training stream of pipes[m], from
   keys[m] = (init key, step key), for its own number of steps (shorter ones repeat their last batch with the
   update masked). The run builder is the single run's (`run.build_run`: pretrained weights, blur, loss
   options). Returns (the built run, the stacked final states [M, ...], the steps of each model). `names`
-  label the models in messages."""
+  label the models in messages. shared_schedule=True accepts different steps per epoch: every model follows
+  the per-epoch learning-rate schedule counted in pipes[0]'s epochs (the refinement's subsets, whose sizes
+  differ by at most one sample); otherwise they must agree (`config_checks.check_many_runs`)."""
   names = names or [f'model {m}' for m in range(len(pipes))]
   spes = [p.info.steps_per_epoch for p in pipes]
-  config_checks.check_many_runs(config, spes)
+  if not shared_schedule:
+    config_checks.check_many_runs(config, spes)
   totals = [config_checks.total_steps(config, p.info) for p in pipes]
   built = run_lib.build_run(config, pipes[0].info, spes[0])   # the same model, step settings and weights as one run
   states = [built.init_state(k[0]) for k in keys]
@@ -187,6 +190,8 @@ def _evaluate_and_write(workdir, run, cf, pipe, state, p_eval, data_sharding, st
   res = {'image_auc': image_auc, 'pixel_auc': pixel_auc,
          'runs': [{'normal_class': c, 'seed': s, 'image_auc': image_auc, 'pixel_auc': pixel_auc}],
          'steps': int(steps), 'train_seconds_all_runs': round(train_seconds, 2)}
+  if pipe.pollution:   # data.pollution: the known true anomalies in the training set
+    res['pollution'] = pipe.pollution
   if is_main:
     os.makedirs(rd, exist_ok=True)
     res.update(results_lib.thresholds_and_aupro(cf, outputs))

@@ -307,6 +307,8 @@ def _evaluate(r, state):
       'eval_seconds': round(time.time() - t_eval, 2),
       'steps': int(r.total_steps),
   }
+  if r.pipeline.pollution:   # data.pollution: the known true anomalies in the training set
+    results['pollution'] = r.pipeline.pollution
   return outputs, train_outputs, results
 
 

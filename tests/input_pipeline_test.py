@@ -496,3 +496,29 @@ def test_training_subsets_share_one_source(make_config):
   assert sub.info.num_train == 6 and sub.info.steps_per_epoch == 1
   with pytest.raises(ValueError, match='training indices'):
     input_pipeline.Pipeline(cfg, src, train_indices=[len(full.train_images)])
+
+
+@pytest.mark.parametrize('dataset', ['demo', 'mvtec_layout_256'])
+def test_cutpaste_gt_end_to_end_trains_with_the_gt_map_loss_and_writes_the_preview(dataset, tmp_path,
+                                                                                   make_config):
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import run as run_lib  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  kw = {'data.supervise_mode': 'malformed_normal_gt', 'data.noise_mode': 'cutpaste_mixed', 'num_train_steps': 2,
+        'eval.num_figure_samples': 2}
+  if dataset != 'demo':
+    root = str(tmp_path / 'parts')
+    testdata.write_mvtec_tree(root, size=256, n_train=8)
+    kw.update({'data.name': 'custom', 'data.root': root, 'data.preproc': 'aug1', 'batch_size': 8,
+               'model.name': 'FCDD_CNN224_VGG_NOPT', 'data.cache_dir': str(tmp_path / 'cache')})
+  cfg = make_config(**kw)
+  p = input_pipeline.create(cfg)
+  assert run_lib.build_run(cfg, p.info, p.info.steps_per_epoch).step_config.gtmaps   # the GT-map loss (§3.2)
+  b = p.global_train_batch(0)
+  partial = [0 < g.mean() < 0.5 for g, y in zip(b['gtmap'], b['label']) if y == 1]
+  assert partial and all(partial)          # every anomaly's map is its pasted region, not the whole image
+  wd = str(tmp_path / 'run')
+  res = train.train_and_evaluate(cfg, wd)
+  assert res['image_auc'] is not None and res['steps'] == 2
+  im = np.asarray(Image.open(os.path.join(wd, 'ds_preview.png')))
+  assert (im == (255, 0, 0)).all(-1).any()   # pasted regions outlined

@@ -25,7 +25,7 @@ def get_config():
   d.normal_class = 0              # index of the nominal class
   d.nominal_label = 0             # spec §3.6
   d.supervise_mode = 'noise'      # unsupervised | other | noise | malformed_normal | malformed_normal_gt
-  d.noise_mode = 'cifar100'       # confetti | gaussian | uniform | solid | blob | mixed_blob | folder | cifar100 | emnist | imagenet | imagenet22k | mvtec | mvtec_gt
+  d.noise_mode = 'cifar100'       # confetti | gaussian | uniform | solid | blob | mixed_blob | cutpaste | cutpaste_scar | cutpaste_mixed | folder | cifar100 | emnist | imagenet | imagenet22k | mvtec | mvtec_gt
   d.oe_root = ''                  # OE folder: folder | imagenet22k synsets | imagenet val <wnid>/ (or its tars) | cifar100 copy
   d.oe_limit = -1                 # number of distinct OE images (-1 = all); per defect type for mvtec(_gt)
   d.online_supervision = True     # spec §6.3 (False: a fixed balanced set generated once)
@@ -38,6 +38,7 @@ def get_config():
   d.demo_num_train = 512
   d.demo_num_test = 256
   d.demo_image_size = 32
+  d.pollution = 0.0               # share of true anomalies mixed, unlabelled, into the training set (data/pollution.py)
 
   c.model = m = ml_collections.ConfigDict()
   m.name = 'FCDD_CNN32_S'
@@ -72,4 +73,9 @@ def get_config():
   e.train_heatmaps = True
   e.threshold_quantile = 0.99     # nominal-only data: threshold = this quantile of nominal scores
   e.num_figure_samples = 20
+
+  c.refine = rf = ml_collections.ConfigDict()   # training-data refinement (fcdd_jax/refine_run.py)
+  rf.rounds = 0                   # 0 = off; else rounds of K models on disjoint subsets dropping suspected anomalies
+  rf.subsets = 5                  # K
+  rf.drop = 'auto'                # share of the training samples dropped per round ('0.1'), or 'auto'
   return c
