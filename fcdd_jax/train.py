@@ -63,7 +63,7 @@ def train_step(state, batch, rng, *, cfg, frozen=None):
 
   A batch with `valid` (the padded last batch of an epoch) passes it to the net as the BatchNorm mask and
   to the loss: padding rows change neither the statistics nor the loss. Batches without it (all others)
-  keep the unmasked program; jit compiles the masked one once, when the first padded batch comes."""
+  keep the unmasked program; `_loop` compiles the masked one ahead (`_compile_padded_step`)."""
   rng = jax.random.fold_in(rng, state.step)
   mask = {'mask': batch['valid']} if 'valid' in batch else {}
 
@@ -251,8 +251,11 @@ def _loop(r, state, start_step):
   fault = _fault_injection()
   prev_metrics = None
   progress.say(f'compiling the train step and running step {start_step + 1} ...', r.is_main)
+  padded_fn = _compile_padded_step(r, state, step_rng, start_step)
   for step in range(start_step + 1, r.total_steps + 1):
-    state, metrics = r.train_fn(state, next(batches), step_rng)
+    batch = next(batches)
+    fn = padded_fn if padded_fn is not None and 'valid' in batch else r.train_fn
+    state, metrics = fn(state, batch, step_rng)
     if prev_metrics is not None:      # at most one step in flight: host time tracks device progress
       jax.block_until_ready(prev_metrics)
     prev_metrics = metrics
@@ -272,6 +275,22 @@ def _loop(r, state, start_step):
       raise SystemExit(0)
   r.ckpt.wait()
   return state
+
+
+def _compile_padded_step(r, state, step_rng, start_step):
+  """The train step for the padded last batch of an epoch, compiled ahead (None when no epoch has one).
+
+  That batch carries `valid` (masked loss and BatchNorm statistics) and so is a second program; compiling it
+  here, before the first step, keeps its compile time in the compile phase instead of in the training rate
+  and ETA (one compile of VGG_NOPT costs as much as several steps on a CPU)."""
+  info = r.pipeline.info
+  spe = info.steps_per_epoch
+  if info.num_train % r.config.batch_size == 0 or start_step >= r.total_steps:
+    return None
+  last_of_epoch = (start_step // spe + 1) * spe - 1        # 0-based step of the next padded batch
+  local = r.pipeline.train_batch(last_of_epoch)
+  example = input_pipeline.to_global(local, r.built.data_sharding)
+  return r.train_fn.lower(state, example, step_rng).compile()
 
 
 def _evaluate(r, state):

@@ -176,3 +176,23 @@ def test_baselines_train_and_evaluate_end_to_end(make_config, net, extra, tmp_pa
   res = train.train_and_evaluate(make_config(**{'model.name': net, 'num_train_steps': 2, **extra}), str(tmp_path))
   assert res['image_auc'] >= 0.8 and res['pixel_auc'] >= 0.8   # CNN32+blur: 0.93 / 0.89, AE32: 1.0 / 1.0
   assert os.path.exists(os.path.join(str(tmp_path), 'heatmaps_global.png'))
+
+
+def test_padded_last_batch_is_compiled_before_the_first_step(make_config, tmp_path, monkeypatch):
+  """40 images at batch 16: steps 1-2 full, step 3 padded (`valid`). Both programs are traced before the first
+  step is timed, so no compilation falls into the training rate or ETA."""
+  traces, at_step = [], []
+  original_step = train.train_step
+  def counting_step(*args, **kwargs):
+    traces.append(1)
+    return original_step(*args, **kwargs)
+  original_add = train_log.TrainLog.add
+  def recording_add(self, step, metrics):
+    at_step.append((step, len(traces)))
+    return original_add(self, step, metrics)
+  monkeypatch.setattr(train, 'train_step', counting_step)
+  monkeypatch.setattr(train_log.TrainLog, 'add', recording_add)
+  res = train.train_and_evaluate(make_config(**{'data.demo_num_train': 40, 'num_train_steps': 6}), str(tmp_path))
+  assert res['steps'] == 6
+  assert [s for s, _ in at_step] == [1, 2, 3, 4, 5, 6]
+  assert {n for _, n in at_step} == {2}      # unpadded + padded program, both before step 1 ends
