@@ -64,9 +64,9 @@ def train_gflop_per_image(net_name):
   """GFLOP of one train step per image of an FCDD net, convolutions only (2 per multiply-add): forward, weight
   gradient of every trainable conv, input gradient of every conv above the first trainable one (frozen `_F`
   layers and the image need none). Pools, BN and activations are not counted."""
-  from fcdd_jax import models  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import feature_stack, models  # pylint: disable=g-import-not-at-top
   (h, w, cin), layers = models.FCDD_ARCHS[net_name]
-  frozen = set(models.VGG_FROZEN_INDICES) if net_name.endswith('_F') else set()
+  frozen = set(feature_stack.VGG_FROZEN_INDICES) if net_name.endswith('_F') else set()
   convs = []  # (flop of one pass, trainable)
   for l in layers:
     if l[0] == 'conv':

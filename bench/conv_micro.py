@@ -40,7 +40,7 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import cpu_conv, models  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import cpu_conv, layers  # pylint: disable=g-import-not-at-top
 
   def lax_conv(x, w, pad, dt):
     return jax.lax.conv_general_dilated(x.astype(dt), w.astype(dt), (1, 1), [(pad, pad)] * 2,
@@ -58,8 +58,8 @@ def main():
     for impl in impls:
       if impl.startswith(('xla', 'gemm', 'model')):
         dt = jnp.bfloat16 if impl.endswith('bf16') else jnp.float32
-        if impl == 'model_f32':  # the float32 path of models.Conv: XLA conv, weight gradient as k*k GEMMs
-          conv = lambda x, w, pad=pad: models.conv_s1(x, w, pad)
+        if impl == 'model_f32':  # the float32 path of layers.Conv: XLA conv, weight gradient as k*k GEMMs
+          conv = lambda x, w, pad=pad: layers.conv_s1(x, w, pad)
         elif impl.startswith('xla'):
           conv = functools_partial(lax_conv, pad=pad, dt=dt)
         else:

@@ -19,6 +19,7 @@ from PIL import Image
 from scipy import ndimage
 
 from fcdd_jax import input_pipeline
+from fcdd_jax import layers
 from fcdd_jax import models
 from fcdd_jax import train
 from fcdd_jax.data import anomalies
@@ -346,12 +347,12 @@ def test_masked_batch_norm_value_and_gradient(act, pool):
       a = a.reshape(6, 2, 2, 2, 2, 3).max((2, 4))
     return a, mu, var
 
-  y, mu, var = models.masked_batch_norm(z, mask, scale, bias, 1e-4, act, 0.01, pool)
+  y, mu, var = layers.masked_batch_norm(z, mask, scale, bias, 1e-4, act, 0.01, pool)
   y0, mu0, var0 = plain(z, scale, bias)
   np.testing.assert_allclose(y, y0, atol=1e-5)
   np.testing.assert_allclose(mu, mu0, atol=1e-6)
   np.testing.assert_allclose(var, var0, atol=1e-6)
-  f = lambda *a: jnp.sum(models.masked_batch_norm(a[0], mask, a[1], a[2], 1e-4, act, 0.01, pool)[0] * g)
+  f = lambda *a: jnp.sum(layers.masked_batch_norm(a[0], mask, a[1], a[2], 1e-4, act, 0.01, pool)[0] * g)
   f0 = lambda *a: jnp.sum(plain(*a)[0] * g)
   for got, want in zip(jax.grad(f, (0, 1, 2))(z, scale, bias), jax.grad(f0, (0, 1, 2))(z, scale, bias)):
     np.testing.assert_allclose(got, want, atol=1e-5)

@@ -4,6 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fcdd_jax import feature_stack
+from fcdd_jax import layers
 from fcdd_jax import models
 
 SPEC_COUNTS = {
@@ -148,8 +150,8 @@ def test_gemm_weight_gradient_conv_equals_xla_conv():
   w = jnp.asarray(rng.normal(size=(3, 3, 40, 16)) * 0.1, jnp.float32)
   dy = jnp.asarray(rng.normal(size=(3, 9, 7, 16)), jnp.float32)
   ref = lambda x, w: jax.lax.conv_general_dilated(x, w, (1, 1), [(1, 1)] * 2, dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-  np.testing.assert_allclose(np.asarray(models.conv_s1(x, w, 1)), np.asarray(ref(x, w)), rtol=1e-5, atol=1e-5)
-  g1 = jax.vjp(lambda x, w: models.conv_s1(x, w, 1), x, w)[1](dy)
+  np.testing.assert_allclose(np.asarray(layers.conv_s1(x, w, 1)), np.asarray(ref(x, w)), rtol=1e-5, atol=1e-5)
+  g1 = jax.vjp(lambda x, w: layers.conv_s1(x, w, 1), x, w)[1](dy)
   g2 = jax.vjp(ref, x, w)[1](dy)
   for a, b in zip(g1, g2):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-4)
@@ -228,13 +230,13 @@ def test_gemm_conv_bfloat16_input_keeps_bfloat16_input_gradient():
 
 
 def test_gemm_conv_selection():
-  assert models.use_gemm_conv(jnp.bfloat16, 1, 128, backend='cpu')
-  assert not models.use_gemm_conv(jnp.float32, 1, 128, backend='cpu')  # float32 path unchanged
-  assert not models.use_gemm_conv(jnp.float16, 1, 128, backend='cpu')
-  assert not models.use_gemm_conv(jnp.bfloat16, 1, 128, backend='gpu')
-  assert not models.use_gemm_conv(jnp.bfloat16, 1, 128, backend='tpu')
-  assert not models.use_gemm_conv(jnp.bfloat16, 2, 128, backend='cpu')
-  assert models.use_gemm_conv(jnp.bfloat16, 1, 3, backend='cpu')  # first layers too (faster than XLA conv)
+  assert layers.use_gemm_conv(jnp.bfloat16, 1, 128, backend='cpu')
+  assert not layers.use_gemm_conv(jnp.float32, 1, 128, backend='cpu')  # float32 path unchanged
+  assert not layers.use_gemm_conv(jnp.float16, 1, 128, backend='cpu')
+  assert not layers.use_gemm_conv(jnp.bfloat16, 1, 128, backend='gpu')
+  assert not layers.use_gemm_conv(jnp.bfloat16, 1, 128, backend='tpu')
+  assert not layers.use_gemm_conv(jnp.bfloat16, 2, 128, backend='cpu')
+  assert layers.use_gemm_conv(jnp.bfloat16, 1, 3, backend='cpu')  # first layers too (faster than XLA conv)
 
 
 @pytest.mark.parametrize('name', ['FCDD_CNN28_W', 'FCDD_CNN32_LW3K'])
@@ -273,7 +275,7 @@ def test_bfloat16_max_pool_gradient_goes_to_first_maximum(k):
   x = rng.integers(-3, 4, size=(2, 3 * k, 2 * k, 5)).astype(np.float32)  # small integers: many ties
   g = rng.normal(size=(2, 3, 2, 5)).astype(np.float32)
   xb, gb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(g, jnp.bfloat16)
-  y, vjp = jax.vjp(lambda a: models.max_pool(a, k, k, 0), xb)
+  y, vjp = jax.vjp(lambda a: layers.max_pool(a, k, k, 0), xb)
   (dx,) = vjp(gb)
   assert y.dtype == dx.dtype == jnp.bfloat16
   xr = x.reshape(2, 3, k, 2, k, 5)
@@ -286,7 +288,7 @@ def test_bfloat16_max_pool_gradient_goes_to_first_maximum(k):
     want[n, a, i, b, j, c] = gq[n, a, b, c]
   np.testing.assert_array_equal(np.asarray(dx, np.float32), want.reshape(x.shape))
   # float32: jnp.max's gradient (ties share it), unchanged
-  _, vjp32 = jax.vjp(lambda a: models.max_pool(a, k, k, 0), jnp.asarray(x))
+  _, vjp32 = jax.vjp(lambda a: layers.max_pool(a, k, k, 0), jnp.asarray(x))
   (dx32,) = vjp32(jnp.asarray(g))
   _, vjp_ref = jax.vjp(lambda a: jnp.max(a.reshape(2, 3, k, 2, k, 5), axis=(2, 4)), jnp.asarray(x))
   np.testing.assert_array_equal(np.asarray(dx32), np.asarray(vjp_ref(jnp.asarray(g))[0]))
@@ -438,7 +440,7 @@ def test_remat_does_not_change_outputs_gradients_or_statistics(name, size):
   """float32 nets with and without the fused blocks (remat=True/False): same init, outputs, parameter gradients
   and BN running statistics to float32 rounding (the BN-cancelled conv biases: 0 vs ~1e-9)."""
   if name == 'VGG':  # VGG_NOPT's feature stack on a small input (fully convolutional)
-    mk = lambda remat: models.FeatureStack(models.VGG11_FEATURES[:9], vgg=True, fused=remat)
+    mk = lambda remat: feature_stack.FeatureStack(feature_stack.VGG11_FEATURES[:9], vgg=True, fused=remat)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, 3)), jnp.float32)
   else:
     mk = lambda remat: models.create(name, remat=remat)
@@ -470,6 +472,8 @@ def test_remat_does_not_change_outputs_gradients_or_statistics(name, size):
 
 
 def test_fused_blocks_selection():
-  assert models.use_fused_blocks(None, backend='cpu')
-  assert not models.use_fused_blocks(None, backend='gpu') and not models.use_fused_blocks(None, backend='tpu')
-  assert models.use_fused_blocks(True, backend='gpu') and not models.use_fused_blocks(False, backend='cpu')
+  assert feature_stack.use_fused_blocks(None, backend='cpu')
+  assert not feature_stack.use_fused_blocks(None, backend='gpu')
+  assert not feature_stack.use_fused_blocks(None, backend='tpu')
+  assert feature_stack.use_fused_blocks(True, backend='gpu')
+  assert not feature_stack.use_fused_blocks(False, backend='cpu')
