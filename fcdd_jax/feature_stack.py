@@ -7,7 +7,7 @@ one place:
 VGG layers carry torchvision's `features.<idx>` index and are named after it (features_<idx>) so pretrained
 weights map 1:1. `FeatureStack` runs a list with the `layers` blocks, or (`fused`, default on XLA:CPU, see
 `use_fused_blocks`) each stride-1 conv (+ BN + activation + following non-overlapping pool) as one
-`cpu_conv.conv_block` with the same variables. `VGG11_FEATURES` is the list shared by the VGG-based FCDD
+`fused_block.conv_block` with the same variables. `VGG11_FEATURES` is the list shared by the VGG-based FCDD
 and HSC nets.
 """
 from typing import Any, Sequence
@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcdd_jax import cpu_conv
+from fcdd_jax import fused_block
 from fcdd_jax import layers as layers_lib  # (`layers` is FeatureStack's field)
 
 
@@ -43,7 +43,7 @@ def pool_layer(k=2, s=2, p=0):
 
 class _ConvWeights(nn.Module):
   """The variables of a `Conv` (same names, shapes, init and creation order) without computing it: the fused
-  blocks (`cpu_conv.conv_block`) take them as arrays."""
+  blocks (`fused_block.conv_block`) take them as arrays."""
   features: int
   kernel: int
   use_bias: bool = True
@@ -87,7 +87,7 @@ class _BatchNormVariables(nn.Module):
 
 
 def use_fused_blocks(option, backend=None):
-  """Whether feature stacks run as fused conv-BN-activation-pool blocks (`cpu_conv.conv_block`, a custom VJP
+  """Whether feature stacks run as fused conv-BN-activation-pool blocks (`fused_block.conv_block`, a custom VJP
   that keeps only each block's input and conv output for the backward pass). `option`: True, False or None
   (auto: on XLA:CPU, where it cuts the train step's temporary memory ~2-3x and its time; bench/README.md)."""
   if option is not None:
@@ -146,16 +146,16 @@ class FeatureStack(nn.Module):
         x.shape[-1])
     conv = 'gemm' if layers_lib.use_gemm_conv(dtype, 1, x.shape[-1]) else 'xla'
     mode = None if not bn else ('batch' if train and not use_running else 'running')
-    spec = cpu_conv.BlockSpec(pad=p, bn=mode, eps=eps,
+    spec = fused_block.BlockSpec(pad=p, bn=mode, eps=eps,
                                  act=(None if not act else 'relu' if self.vgg else 'leaky'), slope=layers_lib.LEAKY,
                                  pool=pool, dtype=dtype.name, conv=conv)
     none = jnp.zeros((0,), jnp.float32)
     if not bn:
-      return cpu_conv.conv_block(spec, x, w, b, none, none, none, none)[0]
+      return fused_block.conv_block(spec, x, w, b, none, none, none, none)[0]
     if mask is not None and mode == 'batch':
       # a padded batch: the fused block's statistics would count the padding rows, so the conv runs as a
       # block of its own, then BatchNorm + activation + pool with the real rows' statistics
-      z = cpu_conv.conv_block(spec._replace(bn=None, act=None, pool=0), x, w, b, none, none, none, none)[0]
+      z = fused_block.conv_block(spec._replace(bn=None, act=None, pool=0), x, w, b, none, none, none, none)[0]
       return _BatchNormVariables(cout, affine=self.bias or self.vgg, unbiased_var=self.bn_unbiased_var,
                                  name=bname)(
           layers_lib.mask_count(z, mask),
@@ -164,7 +164,7 @@ class FeatureStack(nn.Module):
     n = x.shape[0] * (x.shape[1] + 2 * p - k + 1) * (x.shape[2] + 2 * p - k + 1)
     return _BatchNormVariables(cout, affine=self.bias or self.vgg, unbiased_var=self.bn_unbiased_var,
                                update=mode == 'batch', name=bname)(
-        n, lambda scale, bias, mean, var: cpu_conv.conv_block(spec, x, w, b, scale, bias, mean, var))
+        n, lambda scale, bias, mean, var: fused_block.conv_block(spec, x, w, b, scale, bias, mean, var))
 
 
 def check_input(name, x, shape):

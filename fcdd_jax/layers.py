@@ -225,7 +225,7 @@ def masked_batch_norm(z, mask, scale, bias, eps, act=None, slope=LEAKY, pool=0):
   z [N,...,C] (compute dtype; [N,H,W,C] with pool), mask [N], scale/bias [C] or shape (0,) for none. Returns
   (y in z's dtype, batch mean, biased batch variance) (float32; the statistics are for the running averages,
   their cotangents are ignored). The VJP keeps only z and the statistics and recomputes the rest, like the
-  fused blocks (`cpu_conv.conv_block`), with their conventions: an activation at exactly 0 takes the negative
+  fused blocks (`fused_block.conv_block`), with their conventions: an activation at exactly 0 takes the negative
   side's slope, the pool's gradient goes to the first maximum of its window (row-major). Gradient:
   dz = gamma*inv*(g - m*sum(g)/n - m*xhat*sum(g*xhat)/n), sums over all rows."""
   return _masked_bn_forward(z, mask, scale, bias, eps, act, slope, pool)

@@ -107,7 +107,7 @@ def create(name, **options):
   """Builds net `name`. Options: bias=True, torch_init=True (PyTorch default init, spec §1.1),
   bn_unbiased_var=True (spec §11.10), frozen_bn='parity'|'frozen' (spec §11.1), dtype (compute dtype;
   params stay float32), remat=None (feature stacks as fused conv-BN-activation-pool blocks that keep only
-  each block's input and conv output for the backward pass, `cpu_conv.conv_block`; None = on XLA:CPU only,
+  each block's input and conv output for the backward pass, `fused_block.conv_block`; None = on XLA:CPU only,
   see `feature_stack.use_fused_blocks`); FCDD nets also any_size=False (True: inputs of any height and
   width, as the fully convolutional net allows; training configs keep the nominal-size check)."""
   _check_name(name)

@@ -295,7 +295,7 @@ def test_bfloat16_max_pool_gradient_goes_to_first_maximum(k):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Fused conv-BN-activation-pool blocks (cpu_conv.conv_block, the `remat` option) against NumPy float64
+# Fused conv-BN-activation-pool blocks (fused_block.conv_block, the `remat` option) against NumPy float64
 
 def _np_block(x, w, b, scale, bias, mean, var, pad, bn, eps, act, slope, pool, dy, rnd=lambda a: a):
   """float64 forward and backward of conv(+b) -> BN -> activation -> k x k max pool, written out by hand:
@@ -357,15 +357,15 @@ def _block_case(seed, k, pad, pool, c_in=6, c_out=8, n=3, hw=(8, 6)):
     ('running', 'relu', 2, 3, 1, 6), ('running', 'leaky', 0, 3, 0, 6), (None, None, 2, 5, 2, 6),
     (None, 'leaky', 0, 1, 0, 6), ('batch', 'relu', 2, 3, 1, 3), ('batch', 'leaky', 0, 5, 2, 1)])
 def test_conv_block_float32_forward_and_gradients_equal_numpy_float64(conv, bn, act, pool, k, pad, cin):
-  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import fused_block  # pylint: disable=g-import-not-at-top
   x, w, b, scale, bias, mean, var, dy = _block_case(k * 7 + pad + (pool or 0), k, pad, pool, c_in=cin)
   plan = tuple(conv.split('/')) if '/' in conv else None  # every way of computing the conv and its gradients
-  spec = cpu_conv.BlockSpec(pad=pad, bn=bn, eps=1e-4, act=act, slope=0.01, pool=pool, dtype='float32',
+  spec = fused_block.BlockSpec(pad=pad, bn=bn, eps=1e-4, act=act, slope=0.01, pool=pool, dtype='float32',
                             conv=conv if plan is None else 'gemm', plan=plan)
   f32 = lambda a: jnp.asarray(a, jnp.float32)
   none = jnp.zeros((0,), jnp.float32)
   sc, bi = (f32(scale), f32(bias)) if bn else (none, none)
-  (y, bm, bv), vjp = jax.vjp(lambda *a: cpu_conv.conv_block(spec, *a, f32(mean), f32(var)),
+  (y, bm, bv), vjp = jax.vjp(lambda *a: fused_block.conv_block(spec, *a, f32(mean), f32(var)),
                              f32(x), f32(w), f32(b), sc, bi)
   ct = (f32(dy), jnp.zeros_like(bm), jnp.zeros_like(bv))
   got = (y,) + vjp(ct)
@@ -392,12 +392,12 @@ def test_conv_block_bfloat16_close_to_numpy_float64(act, pool, plan):
   """bf16 compute (GEMMs on bf16 operands, f32 accumulation, z and the output rounded to bf16) equals the
   float64 block with those roundings, and is within bf16 rounding of the unrounded one; parameter gradients
   stay float32."""
-  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import fused_block  # pylint: disable=g-import-not-at-top
   x, w, b, scale, bias, mean, var, dy = _block_case(3, 3, 1, pool, c_in=16, c_out=16, n=4, hw=(8, 8))
-  spec = cpu_conv.BlockSpec(pad=1, bn='batch', eps=1e-5, act=act, slope=0.01, pool=pool, dtype='bfloat16',
+  spec = fused_block.BlockSpec(pad=1, bn='batch', eps=1e-5, act=act, slope=0.01, pool=pool, dtype='bfloat16',
                             conv='gemm', plan=plan)
   f32 = lambda a: jnp.asarray(a, jnp.float32)
-  (y, _, _), vjp = jax.vjp(lambda *a: cpu_conv.conv_block(spec, *a, f32(mean), f32(var)),
+  (y, _, _), vjp = jax.vjp(lambda *a: fused_block.conv_block(spec, *a, f32(mean), f32(var)),
                            f32(x), f32(w), f32(b), f32(scale), f32(bias))
   assert y.dtype == jnp.bfloat16
   got = (y,) + vjp((jnp.asarray(dy, jnp.bfloat16), jnp.zeros(16), jnp.zeros(16)))
@@ -419,15 +419,15 @@ def test_conv_block_bfloat16_close_to_numpy_float64(act, pool, plan):
 def test_conv_block_pool_ties_route_the_gradient_to_the_first_maximum():
   """Equal values in a window (ReLU zeros aside, frequent with integer-valued or bf16 data): all of the window's
   gradient goes to the first maximum in row-major order."""
-  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import fused_block  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   x = rng.integers(-2, 3, size=(2, 6, 4, 3)).astype(np.float64)  # many ties
   w = np.eye(3).reshape(1, 1, 3, 3)
   dy = _bf16_round(rng.normal(size=(2, 3, 2, 3)))  # exact in both dtypes
   for dtype in ('float32', 'bfloat16'):
-    spec = cpu_conv.BlockSpec(pad=0, bn=None, eps=0.0, act=None, slope=0.0, pool=2, dtype=dtype, conv='gemm')
+    spec = fused_block.BlockSpec(pad=0, bn=None, eps=0.0, act=None, slope=0.0, pool=2, dtype=dtype, conv='gemm')
     none = jnp.zeros((0,), jnp.float32)
-    (y, _, _), vjp = jax.vjp(lambda a: cpu_conv.conv_block(spec, a, jnp.asarray(w, jnp.float32), none, none, none,
+    (y, _, _), vjp = jax.vjp(lambda a: fused_block.conv_block(spec, a, jnp.asarray(w, jnp.float32), none, none, none,
                                                            none, none), jnp.asarray(x, jnp.float32))
     (dx,) = vjp((jnp.asarray(dy, y.dtype), none, none))
     want = _np_block(x, w, np.zeros(3), None, None, None, None, 0, None, 0.0, None, 0.0, 2, dy)
