@@ -13,6 +13,7 @@ from PIL import Image
 
 from fcdd_jax.configs import test as test_config
 from fcdd_jax import export
+from fcdd_jax import export_preprocess
 from fcdd_jax import input_pipeline
 from fcdd_jax import predict
 from fcdd_jax import train
@@ -117,7 +118,7 @@ def _smooth_images(rng, n, h, w, c):
           mean=None, std=None, resize='bilinear', test_center=False), 3, [(28, 28), (64, 30)]),
 ])
 def test_preprocessing_with_symbolic_shapes_equals_the_evaluation_transform(pre, c_in, sizes):
-  fn = export.make_preprocess(pre, c_in)
+  fn = export_preprocess.make_preprocess(pre, c_in)
   exp = jax.export.export(jax.jit(lambda x: fn(x)[0]))(
       jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'b, h, w, {c_in}'), jnp.uint8))
   transform = input_pipeline.make_test_transform(pre)   # Pillow resizes + NumPy values
@@ -136,8 +137,8 @@ def test_heatmap_goes_back_through_shorter_side_resize_and_centre_crops():
   h, w = 300, 256
   heat = np.random.default_rng(4).random((1, 224, 224)).astype(np.float32)
   def fn(images, heat):
-    _, maps = export.make_preprocess(pre, 3)(images)
-    return export.heatmap_to_input(heat, images.shape[1:3], maps)
+    _, maps = export_preprocess.make_preprocess(pre, 3)(images)
+    return export_preprocess.heatmap_to_input(heat, images.shape[1:3], maps)
   got = np.asarray(jax.jit(fn)(np.zeros((1, h, w, 3), np.uint8), heat))[0]
   # NumPy reference: input pixel centre y + 0.5 -> resized (y + 0.5) * 290/300 -> minus the crop offsets
   # (21 + 12 rows, 0 + 12 columns) -> linear interpolation between net-input pixel centres, 0 outside
@@ -159,7 +160,7 @@ def test_pillow_nearest_emulation_on_index_images():
     idx = np.arange(n_in, dtype=np.int32)[None]
     want = np.asarray(Image.fromarray(idx, 'I').resize((n_out, 1), Image.NEAREST))[0]
     with jax.enable_x64(True):
-      got = np.asarray(export.pil_nearest_index(n_in, n_out))
+      got = np.asarray(export_preprocess.pil_nearest_index(n_in, n_out))
     np.testing.assert_array_equal(got, want)
 
 
