@@ -10,21 +10,19 @@
 * A save that fails (disk full, unwritable) raises `CheckpointWriteError` (an OSError, one line) and leaves no
   temporary directory behind; `finish_pending()` lets an aborted run's in-flight save end cleanly.
 * `restore_for_inference` (predict, summarize) reads the newest readable checkpoint without changing anything.
+Errors are reported in one line each; the TensorStore debris of a failure is filtered by `orbax_noise`.
 """
-import contextlib
 import errno
-import gc
-import logging
 import os
 import shutil
 import sys
 import threading
-import traceback
-import warnings
 import weakref
 
 import jax
 import orbax.checkpoint as ocp
+
+from fcdd_jax import orbax_noise
 
 TMP_MARK = '.orbax-checkpoint-tmp'
 DAMAGED_PREFIX = 'damaged-'   # not orbax's '<name>_<step>' form, so orbax never takes it for a step
@@ -38,15 +36,6 @@ class CheckpointWriteError(OSError):
   """A checkpoint could not be written (disk full, unwritable directory); the message is one line."""
 
 
-def _short(e, limit=160):
-  """First line of an exception, shortened (TensorStore errors carry kilobytes of spec)."""
-  text = str(e).strip().splitlines()[0] if str(e).strip() else ''
-  text = text.split(' See full TensorStore details')[0]
-  if text.startswith('Encountered error while reading array index'):
-    text = 'its array data cannot be read'
-  return (text[:limit] + ' ...') if len(text) > limit else text
-
-
 def _is_disk_full(e):
   for x in (e, e.__cause__, e.__context__):
     if x is None:
@@ -56,81 +45,6 @@ def _is_disk_full(e):
     if 'RESOURCE_EXHAUSTED' in str(x) or 'No space left' in str(x):
       return True
   return False
-
-
-def _is_debris(obj, exc):
-  """Orbax runs TensorStore reads/writes on short-lived asyncio loops: after a failure the dropped coroutines
-  are collected ('Exception ignored in: <coroutine ...>', thousands of lines) and TensorStore's completion
-  callbacks find their loop closed ('RuntimeError: Event loop is closed' tracebacks). Nothing to act on."""
-  return type(obj).__name__ == 'coroutine' or (isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc))
-
-
-_FILTERS = {'installed': False}
-
-
-def _install_debris_filters():
-  """Drops exactly `_is_debris` reports from sys.unraisablehook and sys.excepthook (TensorStore reports
-  callback errors through the latter); everything else still goes to the previous hooks. Idempotent."""
-  if _FILTERS['installed']:
-    return
-  _FILTERS['installed'] = True
-  old_unraisable, old_except = sys.unraisablehook, sys.excepthook
-  def unraisable(u):
-    if not _is_debris(u.object, u.exc_value):
-      old_unraisable(u)
-  def excepthook(tp, value, tb):
-    if not _is_debris(None, value):
-      old_except(tp, value, tb)
-  sys.unraisablehook, sys.excepthook = unraisable, excepthook
-  warnings.filterwarnings('ignore', message="coroutine '_read_array.*' was never awaited", category=RuntimeWarning)
-  logging.getLogger('asyncio').addFilter(_not_orbax_never_retrieved)
-
-
-def _not_orbax_never_retrieved(record):
-  """asyncio logs 'Future/Task exception was never retrieved' (with a kilobyte TensorStore spec) for the other
-  writers of a failed orbax save when they are collected; the failure itself is reported once."""
-  msg = record.getMessage()
-  if 'never retrieved' not in msg:
-    return True
-  if 'orbax' in msg:
-    return False
-  exc = record.exc_info[1] if record.exc_info else None
-  while exc is not None:
-    if any('orbax' in f.filename for f in traceback.extract_tb(exc.__traceback__)):
-      return False
-    exc = exc.__context__
-  return True
-
-
-@contextlib.contextmanager
-def _quiet_unraisable():
-  """A restore that may fail: debris is filtered (also when a test runner swapped the hooks) and collected
-  before returning."""
-  old = sys.unraisablehook
-  def hook(u):
-    if not _is_debris(u.object, u.exc_value):
-      old(u)
-  sys.unraisablehook = hook
-  try:
-    with warnings.catch_warnings():
-      warnings.filterwarnings('ignore', message='coroutine .* was never awaited', category=RuntimeWarning)
-      try:
-        yield
-      finally:
-        gc.collect()
-  finally:
-    sys.unraisablehook = old
-
-
-@contextlib.contextmanager
-def _quiet_absl():
-  from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
-  old = absl_logging.get_verbosity()
-  absl_logging.set_verbosity(absl_logging.ERROR)
-  try:
-    yield
-  finally:
-    absl_logging.set_verbosity(old)
 
 
 def _barrier(name):
@@ -206,9 +120,9 @@ class Checkpointer:
       )
     except OSError as e:
       raise CheckpointWriteError(f'cannot use the checkpoint directory {self.directory}: '
-                                 f'{e.strerror or _short(e)}') from None
+                                 f'{e.strerror or orbax_noise.short_error(e)}') from None
     _OPEN.add(self)
-    _install_debris_filters()
+    orbax_noise.install_debris_filters()
 
   def all_steps(self):
     return sorted(self.manager.all_steps())
@@ -220,7 +134,7 @@ class Checkpointer:
     remove_tmp_dirs(self.directory)
     self._pending = None
     self._failed = True   # reported once: later waits (close, finish_pending) stay quiet about it
-    why = 'no space left on the device' if _is_disk_full(e) else _short(e)
+    why = 'no space left on the device' if _is_disk_full(e) else orbax_noise.short_error(e)
     return CheckpointWriteError(f'cannot write checkpoint step {step} to {self.directory}: {why}')
 
   def save(self, step, state, meta):
@@ -292,7 +206,7 @@ class Checkpointer:
     for step in reversed(self.all_steps()):
       restored, err = None, None
       try:
-        with _quiet_unraisable():
+        with orbax_noise.quiet_unraisable():
           restored = self.manager.restore(step, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except  (damaged files raise many kinds)
@@ -302,7 +216,8 @@ class Checkpointer:
           print(n, flush=True)
         return restored['state'], restored['meta'], step
       dest = self._quarantine(step)
-      notes.append(f'warning: checkpoint step {step} is unreadable ({_short(err) if err else "on another process"}); '
+      why = orbax_noise.short_error(err) if err else 'on another process'
+      notes.append(f'warning: checkpoint step {step} is unreadable ({why}); '
                    f'moved it to {dest} and resuming from an earlier one')
     moved = damaged_dirs(self.directory)
     if moved:
@@ -337,19 +252,19 @@ def newest_readable(ckdir, *, on_unreadable=None):
 
   Read-only. `on_unreadable(step, error)` is called for each step that fails. Raises FileNotFoundError without
   checkpoints and NoUsableCheckpointError when none is readable."""
-  _install_debris_filters()
+  orbax_noise.install_debris_filters()
   steps = step_dirs(ckdir)
   if not steps:
     extra = f' (damaged: {", ".join(damaged_dirs(ckdir))})' if damaged_dirs(ckdir) else ''
     raise FileNotFoundError(f'no checkpoint in {ckdir}{extra}: train the run first (or rerun its training '
                             'command to repair it)')
-  with _quiet_absl():  # read-only managers log two warnings about their own options
+  with orbax_noise.quiet_absl():  # read-only managers log two warnings about their own options
     mngr = ocp.CheckpointManager(ckdir, item_names=('state', 'meta'), options=ocp.CheckpointManagerOptions(
         read_only=True, create=False, max_to_keep=None, save_interval_steps=0))
   try:
     for step in reversed(steps):
       try:
-        with _quiet_unraisable():
+        with orbax_noise.quiet_unraisable():
           restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
                                                                meta=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except  (damaged files raise many kinds)
@@ -369,8 +284,8 @@ def restore_for_inference(ckdir, *, prog='fcdd_jax'):
   An unreadable step gets one warning line on stderr and the previous one is used; nothing is changed on disk
   (the training command repairs a run)."""
   def warn(step, e):
-    print(f'{prog}: warning: checkpoint step {step} in {ckdir} is unreadable ({_short(e)}); trying an earlier '
-          'one (rerun the training command to repair the run)', file=sys.stderr, flush=True)
+    print(f'{prog}: warning: checkpoint step {step} in {ckdir} is unreadable ({orbax_noise.short_error(e)}); '
+          'trying an earlier one (rerun the training command to repair the run)', file=sys.stderr, flush=True)
   state, meta, step = newest_readable(ckdir, on_unreadable=warn)
   newest = step_dirs(ckdir)[-1]
   print(f'{prog}: using checkpoint step {step} of {ckdir}'
