@@ -30,6 +30,7 @@ import numpy as np
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import checks
 from fcdd_jax.data import custom
+from fcdd_jax.data import cutpaste
 from fcdd_jax.data import demo
 from fcdd_jax.data import imagenet
 from fcdd_jax.data import mvtec
@@ -143,7 +144,7 @@ class Pipeline:
       self.train_is_anomaly = np.concatenate([self.train_is_anomaly, np.zeros(extra, bool)])
     n = len(self.train_images)
     # CutPaste knows the pasted region exactly: malformed_normal_gt trains with the GT-map loss on any dataset
-    cutpaste_maps = d.supervise_mode == 'malformed_normal_gt' and d.noise_mode in anomalies.CUTPASTE_MODES
+    cutpaste_maps = d.supervise_mode == 'malformed_normal_gt' and d.noise_mode in cutpaste.CUTPASTE_MODES
     self.info = Info(
         name=src.name, image_shape=src.image_shape, num_classes=len(src.class_names),
         class_names=tuple(src.class_names), normal_class=int(src.normal_class), nominal_label=d.nominal_label,

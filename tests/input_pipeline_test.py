@@ -9,6 +9,7 @@ from PIL import Image
 from fcdd_jax import input_pipeline
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import custom
+from fcdd_jax.data import cutpaste
 from fcdd_jax.data import one_vs_rest
 from fcdd_jax.data import transforms
 from tests import testdata
@@ -397,7 +398,7 @@ def test_cutpaste_gt_maps_are_the_pasted_region_after_crops_and_flips(train_geom
 
 
 def test_cutpaste_names_are_accepted_and_other_supervisions_keep_their_maps(make_config):
-  for mode in anomalies.CUTPASTE_MODES:
+  for mode in cutpaste.CUTPASTE_MODES:
     cfg = make_config(batch_size=8, **{'data.supervise_mode': 'malformed_normal', 'data.noise_mode': mode})
     b = input_pipeline.create(cfg).global_train_batch(0)
     # the demo trains with maps for malformed_normal: anomalies carry all-ones maps (not the region)

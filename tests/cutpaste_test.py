@@ -1,4 +1,4 @@
-"""CutPaste / CutPaste-Scar (anomalies.cutpaste, noise modes cutpaste*): geometry, masks, jitter, seeding.
+"""CutPaste / CutPaste-Scar (cutpaste.cutpaste, noise modes cutpaste*): geometry, masks, jitter, seeding.
 
 The geometry is checked on "position images" whose pixel values encode their own coordinates, so the pasted
 pixels tell where they were cut from: the tests recover the translation (CutPaste) or the rotation (scar)
@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from fcdd_jax.data import anomalies
+from fcdd_jax.data import cutpaste
 
 # Paper ranges, written out independently of the module's constants
 AREA = (0.02, 0.15)
@@ -44,7 +45,7 @@ def test_cutpaste_is_a_translated_rectangle_of_the_image_itself(hw, c):
   img = _position_image(h, w, c)
   yy, xx = np.mgrid[0:h, 0:w]
   for seed in range(40):
-    out, mask = anomalies.cutpaste(np.random.default_rng(seed), img, 'normal', jitter=0)
+    out, mask = cutpaste.cutpaste(np.random.default_rng(seed), img, 'normal', jitter=0)
     assert out.shape == img.shape and out.dtype == np.uint8 and mask.shape == hw and mask.dtype == bool
     changed = np.any(out != img, -1)
     np.testing.assert_array_equal(changed, mask)          # the mask is exactly the changed pixels
@@ -61,7 +62,7 @@ def test_cutpaste_area_and_aspect_ratios_follow_the_paper():
   h = w = 256
   areas, aspects = [], []
   for seed in range(600):
-    g = anomalies.cutpaste_geometry(np.random.default_rng(seed), (h, w), 'normal')
+    g = cutpaste.cutpaste_geometry(np.random.default_rng(seed), (h, w), 'normal')
     ph, pw = g.size
     m = g.mask((h, w))
     assert m.sum() == ph * pw and _rect(m)[2:] == (ph, pw)
@@ -95,7 +96,7 @@ def test_scar_is_a_rotated_thin_rectangle_in_the_paper_ranges(hw):
   if w > 256:   # position encoding needs sides <= 256: the geometry only (same scale sqrt(h*w)/256 = 1)
     widths, lengths = set(), set()
     for seed in range(1500):
-      g = anomalies.cutpaste_geometry(np.random.default_rng(seed), hw, 'scar')
+      g = cutpaste.cutpaste_geometry(np.random.default_rng(seed), hw, 'scar')
       lengths.add(g.size[0])
       widths.add(g.size[1])
       assert -SCAR_ANGLE <= g.angle <= SCAR_ANGLE
@@ -106,7 +107,7 @@ def test_scar_is_a_rotated_thin_rectangle_in_the_paper_ranges(hw):
   angles, widths, lengths = [], [], []
   for seed in range(300):
     rng_seed = 1000 + seed
-    out, mask = anomalies.cutpaste(np.random.default_rng(rng_seed), img, 'scar', jitter=0)
+    out, mask = cutpaste.cutpaste(np.random.default_rng(rng_seed), img, 'scar', jitter=0)
     sy, sx = _decode(out, 3)
     changed = np.any(out != img, -1)
     # changed pixels are the pasted region, except pasted pixels that happen to show themselves
@@ -119,7 +120,7 @@ def test_scar_is_a_rotated_thin_rectangle_in_the_paper_ranges(hw):
     assert SCAR_L[0] <= length <= SCAR_L[1] and SCAR_W[0] <= width <= SCAR_W[1]
     # every source pixel is in the source rectangle, and nearly all of it is shown (nearest neighbour)
     assert abs(mask.sum() - length * width) <= length + width
-    g = anomalies.cutpaste_geometry(np.random.default_rng(rng_seed), hw, 'scar')
+    g = cutpaste.cutpaste_geometry(np.random.default_rng(rng_seed), hw, 'scar')
     assert -SCAR_ANGLE <= g.angle <= SCAR_ANGLE
     # nearest-neighbour inverse mapping of a counter-clockwise rotation by t on screen (y down): source =
     # round(A @ destination + b), A = [[c, s], [-s, c]] in (y, x): every residual within half a pixel
@@ -149,10 +150,10 @@ def test_scar_rotation_is_counter_clockwise_on_screen():
   yy, xx = np.mgrid[0:256, 0:256]
   n = 0
   for seed in range(100):
-    g = anomalies.cutpaste_geometry(np.random.default_rng(seed), (256, 256), 'scar')
+    g = cutpaste.cutpaste_geometry(np.random.default_rng(seed), (256, 256), 'scar')
     if abs(g.angle) < 10:
       continue
-    out, mask = anomalies.paste(img, g)
+    out, mask = cutpaste.paste(img, g)
     src_y = out[..., 0][mask].astype(float)
     slope = np.polyfit(src_y, xx[mask].astype(float), 1)[0]
     assert (slope > 0) == (g.angle > 0), (g.angle, slope)
@@ -165,14 +166,14 @@ def test_scar_sizes_scale_with_the_image():
                                       ((512, 512), (4, 32), (20, 50))]:
     ws, ls = set(), set()
     for seed in range(1500):
-      g = anomalies.cutpaste_geometry(np.random.default_rng(seed), hw, 'scar')
+      g = cutpaste.cutpaste_geometry(np.random.default_rng(seed), hw, 'scar')
       ls.add(g.size[0])
       ws.add(g.size[1])
     assert ws == set(range(wlo, whi + 1)) and ls == set(range(llo, lhi + 1)), (hw, sorted(ws), sorted(ls))
 
 
 def test_mixed_picks_either_variant_with_probability_one_half():
-  kinds = [anomalies.cutpaste_geometry(np.random.default_rng(s), (64, 64), 'mixed').variant for s in range(400)]
+  kinds = [cutpaste.cutpaste_geometry(np.random.default_rng(s), (64, 64), 'mixed').variant for s in range(400)]
   assert set(kinds) == {'normal', 'scar'} and abs(kinds.count('scar') / 400 - 0.5) < 0.08
 
 
@@ -209,14 +210,14 @@ def _jitter_reference(patch, factors):
 
 
 def test_jitter_factors_ranges_and_seeding():
-  fs = [anomalies.jitter_factors(np.random.default_rng(s)) for s in range(300)]
+  fs = [cutpaste.jitter_factors(np.random.default_rng(s)) for s in range(300)]
   for order, (b, c, s, h) in fs:
     assert sorted(order) == [0, 1, 2, 3]
     assert 0.9 <= b <= 1.1 and 0.9 <= c <= 1.1 and 0.9 <= s <= 1.1 and -0.1 <= h <= 0.1
   hs = np.array([f[1][3] for f in fs])
   assert hs.min() < -0.09 and hs.max() > 0.09
-  assert anomalies.jitter_factors(np.random.default_rng(3)) == fs[3]
-  assert anomalies.jitter_factors(np.random.default_rng(0), 0) is None
+  assert cutpaste.jitter_factors(np.random.default_rng(3)) == fs[3]
+  assert cutpaste.jitter_factors(np.random.default_rng(0), 0) is None
 
 
 @pytest.mark.parametrize('c', [3, 1])
@@ -224,8 +225,8 @@ def test_jitter_patch_matches_a_numpy_reference(c):
   rng = np.random.default_rng(7)
   for seed in range(12):
     patch = rng.integers(20, 236, (9, 14, c)).astype(np.uint8)
-    factors = anomalies.jitter_factors(np.random.default_rng(seed))
-    got = anomalies.jitter_patch(patch, factors).astype(np.float64)
+    factors = cutpaste.jitter_factors(np.random.default_rng(seed))
+    got = cutpaste.jitter_patch(patch, factors).astype(np.float64)
     ref = _jitter_reference(patch, factors)
     # PIL's HSV holds hue, saturation and value in uint8: a few grey levels after the hue shift
     tol = 1 if c == 1 else 12
@@ -237,14 +238,14 @@ def test_jitter_patch_matches_a_numpy_reference(c):
 def test_jittered_paste_same_geometry_bounded_change(variant):
   img = np.random.default_rng(0).integers(30, 226, (96, 112, 3)).astype(np.uint8)
   for seed in range(20):
-    plain, m0 = anomalies.cutpaste(np.random.default_rng(seed), img, variant, jitter=0)
-    jit, m1 = anomalies.cutpaste(np.random.default_rng(seed), img, variant)
+    plain, m0 = cutpaste.cutpaste(np.random.default_rng(seed), img, variant, jitter=0)
+    jit, m1 = cutpaste.cutpaste(np.random.default_rng(seed), img, variant)
     np.testing.assert_array_equal(m0, m1)                       # geometry drawn before the jitter
     np.testing.assert_array_equal(jit[~m1], img[~m1])           # nothing changes outside the paste
     # the pasted pixels are the source pixels under one jitter: replay it on the un-jittered paste
     rng = np.random.default_rng(seed)
-    anomalies.cutpaste_geometry(rng, img.shape[:2], variant)
-    factors = anomalies.jitter_factors(rng)
+    cutpaste.cutpaste_geometry(rng, img.shape[:2], variant)
+    factors = cutpaste.jitter_factors(rng)
     ref = _jitter_reference(plain[m1][None], factors)[0]
     diff = np.abs(jit[m1].astype(float) - ref)
     # reference on the pasted pixels (contrast mean over them, not over the whole patch): loose bound
@@ -255,11 +256,11 @@ def test_jittered_paste_same_geometry_bounded_change(variant):
 def test_same_seed_same_output_different_seeds_differ():
   img = np.random.default_rng(1).integers(0, 256, (64, 48, 3)).astype(np.uint8)
   for variant in ('normal', 'scar', 'mixed'):
-    a = anomalies.cutpaste(np.random.default_rng(5), img, variant)
-    b = anomalies.cutpaste(np.random.default_rng(5), img, variant)
+    a = cutpaste.cutpaste(np.random.default_rng(5), img, variant)
+    b = cutpaste.cutpaste(np.random.default_rng(5), img, variant)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
-    masks = {anomalies.cutpaste(np.random.default_rng(s), img, variant)[1].tobytes() for s in range(20)}
+    masks = {cutpaste.cutpaste(np.random.default_rng(s), img, variant)[1].tobytes() for s in range(20)}
     assert len(masks) == 20
 
 
@@ -269,7 +270,7 @@ def test_any_size_gray_and_rgb(shape):
   img = np.random.default_rng(2).integers(0, 256, shape).astype(np.uint8)
   for variant in ('normal', 'scar', 'mixed'):
     for seed in range(10):
-      out, mask = anomalies.cutpaste(np.random.default_rng(seed), img, variant)
+      out, mask = cutpaste.cutpaste(np.random.default_rng(seed), img, variant)
       assert out.shape == img.shape and out.dtype == np.uint8 and mask.shape == shape[:2]
       assert mask.any()
       np.testing.assert_array_equal(out[~mask], img[~mask])   # nothing changes outside the paste
@@ -277,9 +278,9 @@ def test_any_size_gray_and_rgb(shape):
 
 def test_bad_input_is_one_line_error():
   with pytest.raises(ValueError, match='uint8'):
-    anomalies.cutpaste(np.random.default_rng(0), np.zeros((8, 8, 3), np.float32))
+    cutpaste.cutpaste(np.random.default_rng(0), np.zeros((8, 8, 3), np.float32))
   with pytest.raises(ValueError, match='variant'):
-    anomalies.cutpaste(np.random.default_rng(0), np.zeros((8, 8, 3), np.uint8), 'big')
+    cutpaste.cutpaste(np.random.default_rng(0), np.zeros((8, 8, 3), np.uint8), 'big')
   with pytest.raises(ValueError, match='not an additive noise'):
     anomalies.noise('cutpaste', np.random.default_rng(0), (8, 8, 3))
 
@@ -288,7 +289,7 @@ def test_bad_input_is_one_line_error():
                                           ('cutpaste_mixed', 'mixed')])
 def test_make_anomaly_cutpaste_maps(mode, variant):
   x = np.random.default_rng(3).integers(0, 256, (40, 56, 3)).astype(np.uint8)
-  ref, mask = anomalies.cutpaste(np.random.default_rng(9), x, variant)
+  ref, mask = cutpaste.cutpaste(np.random.default_rng(9), x, variant)
   img, gt = anomalies.make_anomaly('malformed_normal_gt', mode, np.random.default_rng(9), x)
   np.testing.assert_array_equal(img, ref)
   np.testing.assert_array_equal(gt, mask.astype(np.float32))
