@@ -84,9 +84,9 @@ def _defect(rng, img, donors):
 def build_pasted(src, base, seed=0):
   """The masked bottle set in MVTec layout under `base` (built once; reused while its version matches)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
-  train = sources.list_images(os.path.join(src, 'train', 'good'))
-  good = sources.list_images(os.path.join(src, 'test', 'good'))
+  from fcdd_jax.data import image_io  # pylint: disable=g-import-not-at-top
+  train = image_io.list_images(os.path.join(src, 'train', 'good'))
+  good = image_io.list_images(os.path.join(src, 'test', 'good'))
   if len(train) < 61 or not good:
     raise ValueError(f'{src} needs >= 61 train/good and some test/good images for the masked set')
   key = hashlib.sha1(repr((PASTED_VERSION, seed, os.path.abspath(src), len(train), len(good))).encode()).hexdigest()
@@ -186,9 +186,9 @@ def main(argv=None):
     p.error(f'--sets: unknown {sorted(unknown)}; allowed: bottle, bottle_pasted')
   if not os.path.isdir(a.bottle):
     p.error(f'--bottle={a.bottle} is not a directory')
-  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.data import image_io  # pylint: disable=g-import-not-at-top
   workdir = a.workdir or tempfile.mkdtemp(prefix='fcdd_fidelity-')
-  base = os.path.join(a.workdir or sources.default_cache_root(), 'bench_fidelity')
+  base = os.path.join(a.workdir or image_io.default_cache_root(), 'bench_fidelity')
   os.makedirs(base, exist_ok=True)
   roots = {'bottle': a.bottle}
   if 'bottle_pasted' in sets:

@@ -17,7 +17,7 @@ Written to DIR:
   DIR/metadata.json       thresholds, preprocessing, net, checkpoint step, input/output spec (also copied
                           to DIR/<version>/assets.extra/fcdd_metadata.json)
 
-Preprocessing is `input_pipeline.make_test_transform` (the evaluation transform, predict --mode crop)
+Preprocessing is `data.transforms.make_test_transform` (the evaluation transform, predict --mode crop)
 reproduced in jnp (`export_preprocess`: bit-exact Pillow resizes), so `score` equals
 `fcdd_jax.predict.Predictor(mode='crop')` for images of any size, to float rounding. The heatmap goes back to
 the input grid by the inverse of the geometry (bilinear, antialiased when shrinking); input pixels outside

@@ -4,7 +4,7 @@
 resize/crop, normalisation or LCN -> the net input, plus the affine geometry maps that `heatmap_to_input`
 inverts to bring heatmaps back onto the input pixels.
 
-It is `input_pipeline.make_test_transform` (the evaluation transform, predict --mode crop) reproduced in jnp,
+It is `data.transforms.make_test_transform` (the evaluation transform, predict --mode crop) reproduced in jnp,
 bit-exactly where it is integer arithmetic: Pillow's 8-bit bilinear resize (22-bit fixed-point coefficients,
 two passes in Pillow 13's order, rounding to 8 bits after each; `pil_bilinear_matrix`,
 `pil_bilinear_resize`) and Pillow's nearest resize (double-accumulated source positions;
@@ -98,7 +98,7 @@ def pil_nearest_index(n_in, n_out):
 
 
 def _channels(x, c_in, channels):
-  """fcdd_jax.input_pipeline.to_rgb_or_gray on uint8 [N,H,W,c_in] -> float32 [N,H,W,channels] of integers."""
+  """fcdd_jax.data.transforms.to_rgb_or_gray on uint8 [N,H,W,c_in] -> float32 [N,H,W,channels] of integers."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   x = x.astype(jnp.float32)
   if c_in == 4:
@@ -137,7 +137,7 @@ def make_preprocess(p, c_in):
   """fn(uint8 [N,H,W,c_in]) -> (float32 [N,h,w,C] net input, per-axis affine maps (s, t) such that image
   coordinate y (pixel centres at y + 0.5) lands on net-input coordinate y * s + t).
 
-  Equals `input_pipeline.make_test_transform(p)` image by image (see the module docstring)."""
+  Equals `data.transforms.make_test_transform(p)` image by image (see the module docstring)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   check_preprocessing(p, c_in)
@@ -152,7 +152,7 @@ def make_preprocess(p, c_in):
     x = _channels(images, c_in, channels)
     with jax.enable_x64(True):
       hf, wf = jnp.asarray(h, jnp.float64), jnp.asarray(w, jnp.float64)
-      if resize == 'shorter':  # input_pipeline.resize_shorter_crop: shorter side to n, centre crop n x n
+      if resize == 'shorter':  # data.transforms.resize_shorter_crop: shorter side to n, centre crop n x n
         n = raw[0]
         nf = float(n)
         long_h = jnp.maximum(nf, jnp.trunc(nf * hf / wf))
@@ -171,7 +171,7 @@ def make_preprocess(p, c_in):
         sy, ty, sx, tx = raw[0] / hf, jnp.zeros((), jnp.float64), raw[1] / wf, jnp.zeros((), jnp.float64)
       x = x.astype(jnp.float32)
       sy, ty, sx, tx = (v.astype(jnp.float32) for v in (sy, ty, sx, tx))
-    # input_pipeline.Transform._test_geom: centre crop of the raw image, or a nearest resize raw -> input
+    # data.transforms.Transform.test_geometry: centre crop of the raw image, or a nearest resize raw -> input
     if raw != inp:
       if p.get('test_center'):
         cy, cx = (raw[0] - inp[0]) // 2, (raw[1] - inp[1]) // 2
@@ -184,7 +184,7 @@ def make_preprocess(p, c_in):
         ry, rx = inp[0] / raw[0], inp[1] / raw[1]
         sy, ty, sx, tx = sy * ry, ty * ry, sx * rx, tx * rx
     x = x / 255.0
-    if kind == 'lcn':  # input_pipeline.lcn per image, then (x - lcn_min) / (lcn_max - lcn_min)
+    if kind == 'lcn':  # data.transforms.lcn per image, then (x - lcn_min) / (lcn_max - lcn_min)
       x = x - x.mean(axis=(1, 2, 3), keepdims=True)
       scale = jnp.abs(x).mean(axis=(1, 2, 3), keepdims=True)
       x = jnp.where(scale > 0, x / jnp.where(scale > 0, scale, 1.0), x)

@@ -53,12 +53,6 @@ LOADERS = {
 }
 DATASETS = tuple(LOADERS)
 
-# Compatibility names for callers outside the data layer (predict.py, tests/export_test.py); new code imports
-# fcdd_jax.data.transforms. To be removed once those callers switch.
-make_test_transform = transforms.make_test_transform
-to_rgb_or_gray = transforms.to_rgb_or_gray
-resize_u8 = transforms.resize_u8
-resize_shorter_crop = transforms.resize_shorter_crop
 
 
 @dataclasses.dataclass(frozen=True)
@@ -251,7 +245,6 @@ class Pipeline:
       batch['valid'] = np.asarray(valid, np.float32)
     return batch
 
-  _build_train_batch = train_batch   # compatibility name for bench/pipeline.py; remove when it calls train_batch
 
   def global_train_batch(self, step):
     """The whole global batch of `step` (testing aid; each process normally builds only its slice)."""

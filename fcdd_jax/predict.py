@@ -48,6 +48,8 @@ import time
 
 import numpy as np
 
+from fcdd_jax.data import transforms
+
 MODES = ('full', 'crop')
 
 
@@ -66,24 +68,23 @@ def scaled_size(preprocessing, h, w, scale=None):
     return max(1, round(h * scale)), max(1, round(w * scale))
   p = preprocessing
   s = min(p.get('raw_size') or p['input_size']) if p.get('test_center') else min(p['input_size'])
-  # the longer side is truncated as torchvision's Resize(int) does (input_pipeline.resize_shorter_crop)
+  # the longer side is truncated as torchvision's Resize(int) does (data/transforms.resize_shorter_crop)
   return (s, max(s, int(s * w / h))) if h <= w else (max(s, int(s * h / w)), s)
 
 
 def _crop_view(img, p):
   """uint8 image as the evaluation transform crops/squashes it (display only; the net input of crop mode
-  comes from input_pipeline.make_test_transform itself)."""
-  from fcdd_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+  comes from transforms.make_test_transform itself)."""
   inp = tuple(p['input_size'])
   raw = tuple(p.get('raw_size') or inp)
   if p.get('resize') == 'shorter':
-    img = ip.resize_shorter_crop(img, raw[0])
+    img = transforms.resize_shorter_crop(img, raw[0])
   else:
-    img = ip.resize_u8(img, raw, nearest=p.get('resize') == 'nearest')
+    img = transforms.resize_u8(img, raw, nearest=p.get('resize') == 'nearest')
   if p.get('test_center') and img.shape[0] >= inp[0] and img.shape[1] >= inp[1]:
     y0, x0 = (img.shape[0] - inp[0]) // 2, (img.shape[1] - inp[1]) // 2
     return img[y0:y0 + inp[0], x0:x0 + inp[1]]
-  return ip.resize_u8(img, inp, nearest=True)
+  return transforms.resize_u8(img, inp, nearest=True)
 
 
 def _resize_float(h, size):
@@ -101,7 +102,7 @@ class Predictor:
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
-    from fcdd_jax import input_pipeline, losses, models, receptive  # pylint: disable=g-import-not-at-top
+    from fcdd_jax import losses, models, receptive  # pylint: disable=g-import-not-at-top
     if mode not in MODES:
       raise ValueError(f'--mode={mode!r}; allowed: {", ".join(MODES)}')
     if scale is not None and not scale > 0:
@@ -120,7 +121,7 @@ class Predictor:
     if models.objective_of(name) != 'fcdd':
       raise ValueError(f'prediction supports FCDD nets; this run uses {name}')
     p = self.preprocessing
-    self.transform = input_pipeline.make_test_transform(p)   # the evaluation transform (crop mode)
+    self.transform = transforms.make_test_transform(p)   # the evaluation transform (crop mode)
     self.size = tuple(p['input_size'])
     self.channels = int(p['channels'])
     # --- checkpoint restore (one block; may become a call into checkpointing.py) ---
@@ -159,20 +160,19 @@ class Predictor:
 
   def display(self, img):
     """The uint8 RGB image that the heatmap of `img` is aligned with (the file itself, or the crop)."""
-    from fcdd_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
-    img = ip.to_rgb_or_gray(img, 3)
+    img = transforms.to_rgb_or_gray(img, 3)
     return _crop_view(img, self.preprocessing) if self.mode == 'crop' else img
 
   def _net_input(self, img):
     """float32 [H,W,C] normalised as in evaluation, unpadded; for crop mode the evaluation transform."""
-    from fcdd_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
     if self.mode == 'crop':
       return self.transform(img)
     p = self.preprocessing
     size = self.scaled_size(*img.shape[:2])
-    img = ip.resize_u8(ip.to_rgb_or_gray(img, self.channels), size, nearest=p.get('resize') == 'nearest')
+    img = transforms.resize_u8(transforms.to_rgb_or_gray(img, self.channels), size,
+                               nearest=p.get('resize') == 'nearest')
     if size not in self._value_transforms:   # evaluation's values (mean/std or LCN) at this size, no geometry
-      self._value_transforms[size] = ip.make_test_transform(
+      self._value_transforms[size] = transforms.make_test_transform(
           dict(p, input_size=list(size), raw_size=list(size), resize='bilinear', test_center=False))
     return self._value_transforms[size](img)
 
@@ -214,17 +214,17 @@ class Predictor:
 
 
 def collect(paths):
-  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.data import image_io  # pylint: disable=g-import-not-at-top
   out = []
   for p in paths:
     if os.path.isdir(p):
-      out += sources.list_images(p)
+      out += image_io.list_images(p)
     elif os.path.exists(p):
       out.append(p)
     else:
       raise FileNotFoundError(f'--input {p}: no such file or directory')
   if not out:
-    raise FileNotFoundError(f'no images in --input {", ".join(paths)} (supported: {" ".join(sources.IMG_EXT)})')
+    raise FileNotFoundError(f'no images in --input {", ".join(paths)} (supported: {" ".join(image_io.IMG_EXT)})')
   return out
 
 
@@ -258,7 +258,7 @@ def main(argv=None):
   p.add_argument('--batch_size', type=int, default=16, help='images of the training input size per batch')
   a = p.parse_args(argv)
   from fcdd_jax import figures  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.data import image_io  # pylint: disable=g-import-not-at-top
   from PIL import Image  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   try:
@@ -274,14 +274,14 @@ def main(argv=None):
   scores, groups = {}, {}
   for f in files:   # pass 1: which files decode, and their net input shapes (pixels are not kept)
     try:
-      groups.setdefault(pred.scaled_size(*sources.load_image(f).shape[:2]), []).append(f)
+      groups.setdefault(pred.scaled_size(*image_io.load_image(f).shape[:2]), []).append(f)
     except ValueError as e:
       print(f'fcdd_jax.predict: {e}', file=sys.stderr)
   for size, group in groups.items():   # pass 2: one batch of same-size images at a time
     rows = pred.batch_rows(size)
     for c in range(0, len(group), rows):
       chunk = group[c:c + rows]
-      imgs = [sources.load_image(f) for f in chunk]
+      imgs = [image_io.load_image(f) for f in chunk]
       s, maps = pred.predict(imgs)
       for f, im, sc, h in zip(chunk, imgs, s, maps):
         scores[f] = float(sc)

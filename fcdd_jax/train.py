@@ -30,12 +30,6 @@ from fcdd_jax import run as run_lib
 from fcdd_jax import train_log
 from fcdd_jax import workdir as workdir_lib
 
-# Moved to `run`; still imported from here by tests/fidelity_test.py (outside this change): switch it to
-# `run`, then delete these lines.
-StepConfig = run_lib.StepConfig
-create_train_state = run_lib.create_train_state
-learning_rate_fn = run_lib.learning_rate_fn
-
 
 # ----------------------------------------------------------------------------------------------------
 # Steps (pure)

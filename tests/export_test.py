@@ -14,9 +14,9 @@ from PIL import Image
 from fcdd_jax.configs import test as test_config
 from fcdd_jax import export
 from fcdd_jax import export_preprocess
-from fcdd_jax import input_pipeline
 from fcdd_jax import predict
 from fcdd_jax import train
+from fcdd_jax.data import transforms
 
 # Runs in a fresh interpreter that must never import fcdd_jax: plain TensorFlow for the SavedModel,
 # plain jax.export for the StableHLO artefact.
@@ -121,7 +121,7 @@ def test_preprocessing_with_symbolic_shapes_equals_the_evaluation_transform(pre,
   fn = export_preprocess.make_preprocess(pre, c_in)
   exp = jax.export.export(jax.jit(lambda x: fn(x)[0]))(
       jax.ShapeDtypeStruct(jax.export.symbolic_shape(f'b, h, w, {c_in}'), jnp.uint8))
-  transform = input_pipeline.make_test_transform(pre)   # Pillow resizes + NumPy values
+  transform = transforms.make_test_transform(pre)   # Pillow resizes + NumPy values
   rng = np.random.default_rng(1)
   for h, w in sizes:
     images = _smooth_images(rng, 2, h, w, c_in)

@@ -21,8 +21,10 @@ from scipy import ndimage
 from fcdd_jax import input_pipeline
 from fcdd_jax import layers
 from fcdd_jax import models
+from fcdd_jax import run
 from fcdd_jax import train
 from fcdd_jax.data import anomalies
+from fcdd_jax.data import transforms
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -115,7 +117,7 @@ def test_resampling_is_the_resize_of_the_blurred_layer():
   # the matrices are PIL's resize of images too (uint8 rounding aside)
   img = rng.integers(0, 256, (300, 420, 3), dtype=np.uint8)
   got = anomalies.resampling((300, 420), 'shorter', (248, 248)).apply(img)
-  assert np.abs(got - input_pipeline.resize_shorter_crop(img, 248)).max() <= 1.0
+  assert np.abs(got - transforms.resize_shorter_crop(img, 248)).max() <= 1.0
 
 
 def test_blob_centres_are_distinct_and_at_least_one_is_redrawn():
@@ -217,7 +219,7 @@ def test_with_maps_one_nearest_resize_from_the_original(tmp_path, make_config):
   two_step = np.asarray(Image.fromarray(near(os.path.join(root, 'test', 'crack', '0.png'), (248, 248))).resize(
       (224, 224), Image.NEAREST))
   assert (two_step != p.test_images[0]).any()                        # the two ways differ on this image
-  np.testing.assert_array_equal(input_pipeline.make_test_transform(p.info.preprocessing)(
+  np.testing.assert_array_equal(transforms.make_test_transform(p.info.preprocessing)(
       np.asarray(Image.open(os.path.join(root, 'test', 'crack', '0.png')))), p.transform.test(p.test_images[0]))
   # both training branches are taken and each yields a 224 image with its map
   b = p.global_train_batch(0)
@@ -270,7 +272,7 @@ def test_every_epoch_sees_every_image_once_with_a_padded_last_batch(make_config)
   assert [q['valid'].sum() for q in parts] == [22, 0]
   # the per-epoch schedule counts the padded step in its epoch (reference: scheduler.step() once per epoch)
   c.optim.schedule, c.optim.lr, c.optim.gamma = 'lambda', 1.0, 0.5
-  fn = train.learning_rate_fn(c, p.info.steps_per_epoch)
+  fn = run.learning_rate_fn(c, p.info.steps_per_epoch)
   assert [float(fn(jnp.int32(s))) for s in range(6)] == [1, 1, 0.5, 0.5, 0.25, 0.25]
 
 
@@ -280,9 +282,9 @@ def _step_setup(make_config, name='FCDD_CNN32_S', remat=None, gtmaps=False):
   cfg.optim.name, cfg.optim.lr = 'sgd', 0.1
   model = models.create(name, remat=remat)
   shape = models.input_shape(name)
-  state = jax.jit(functools.partial(train.create_train_state, cfg, model, shape, steps_per_epoch=10))(
+  state = jax.jit(functools.partial(run.create_train_state, cfg, model, shape, steps_per_epoch=10))(
       jax.random.PRNGKey(0))
-  scfg = train.StepConfig(objective='fcdd', gtmaps=gtmaps, reception=model.reception, gauss_std=1.2,
+  scfg = run.StepConfig(objective='fcdd', gtmaps=gtmaps, reception=model.reception, gauss_std=1.2,
                           image_size=shape[:2])
   return state, scfg, shape
 

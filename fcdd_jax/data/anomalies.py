@@ -129,7 +129,7 @@ def noise(mode, rng, shape_hwc, *, size_scale=1.0):
 # ----------------------------------------------------------------------------------------------------
 # Noise drawn at the original resolution, resampled to the stored grid
 
-RESIZES = ('shorter', 'nearest', 'bilinear')   # how stored images were made (input_pipeline.resize_*)
+RESIZES = ('shorter', 'nearest', 'bilinear')   # how stored images were made (data.transforms.resize_*)
 
 
 def _pil_matrix(n_in, n_out, nearest):
@@ -166,7 +166,7 @@ def _gauss_matrix(n, sigma, radius):
 def _axes(orig_hw, how, size):
   """Per axis (n_resized, crop offset) of the stored geometry, and whether the resize is nearest."""
   (h0, w0), (h, w) = orig_hw, size
-  if how == 'shorter':   # input_pipeline.resize_shorter_crop: shorter side to h (= w), then centre crop
+  if how == 'shorter':   # data.transforms.resize_shorter_crop: shorter side to h (= w), then centre crop
     if (h0, w0) == (h, h):
       nh, nw = h, h
     else:
