@@ -180,6 +180,7 @@ def main(argv):
   from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
   from fcdd_jax import train  # pylint: disable=g-import-not-at-top
   from fcdd_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   try:
     _init_distributed()
     checkpointing.install_sigterm_handler()
@@ -205,7 +206,7 @@ def main(argv):
     msg, code = _describe(e)
     _error_exit(msg, code)
   finally:
-    workdir_lib.release_all()
+    workdir_lock.release_all()
 
 
 def _first_line(e):
@@ -255,9 +256,10 @@ def _restart(workdir, workdir_lib):
 
 def _lock_for_multirun(workdir, workdir_lib):
   import jax  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import workdir_lock  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     workdir_lib.check_path(workdir)
-    workdir_lib.Lock.acquire(workdir)
+    workdir_lock.Lock.acquire(workdir)
 
 
 def _error_exit(msg, code=2):

@@ -5,28 +5,21 @@
   writes `config.json`. Fields that only say how long to train, how often to log/save and how to evaluate
   may change on resume (recorded in `config_changes.json`); a change of anything else (model, data,
   loss, optimiser, seed, batch) is refused, because the checkpoints hold a model trained with the old values.
-* `Lock` — `<workdir>/fcdd_jax.lock` names the holder (host, pid, start time, command). A lock whose process
-  is gone (same host: the pid no longer runs; another host: no heartbeat for `STALE_SECONDS`) is stale and is
-  taken over with a note. Re-entrant within a process (a library user may call `train_and_evaluate` twice).
+* The lock (`workdir_lock.Lock`, `<workdir>/fcdd_jax.lock`) keeps a second run off a workdir in use.
 * `move_aside(workdir)` — `--restart`: renames the old run to `<workdir>.old-<time>`; nothing is deleted.
 
 Errors are `WorkdirError` (a ValueError): one line naming the path/fields and the ways out.
 """
-import contextlib
 import datetime
-import fcntl
 import json
 import os
-import socket
-import sys
-import threading
 import time
 
-LOCK_NAME = 'fcdd_jax.lock'
+from fcdd_jax import workdir_lock
+from fcdd_jax.workdir_lock import WorkdirError   # the error of the whole workdir handling (lock included)
+
 CONFIG_NAME = 'config.json'
 CHANGES_NAME = 'config_changes.json'
-STALE_SECONDS = 900          # a lock of another host without a heartbeat for this long is stale
-HEARTBEAT_SECONDS = 60
 
 # Fields that may differ from config.json when a run is resumed: they change how long the run trains, how often
 # it logs and saves, and how it is evaluated, not the model already in the checkpoints. Everything else
@@ -34,10 +27,6 @@ HEARTBEAT_SECONDS = 60
 MAY_CHANGE = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
               'data.cache_dir', 'data.tfds_data_dir')
 MAY_CHANGE_PREFIXES = ('eval.',)
-
-
-class WorkdirError(ValueError):
-  """The workdir cannot be used as asked; the message (one line) says why and what to do."""
 
 
 def _say(msg):
@@ -72,175 +61,6 @@ def has_trained_model(workdir):
   if not os.path.isdir(ckdir):
     return False
   return any(n.isdigit() or n.startswith('damaged-') for n in os.listdir(ckdir))
-
-
-# ----------------------------------------------------------------------------------------------------
-# Lock
-
-def _proc_start(pid):
-  """Start time of `pid` in clock ticks since boot (Linux), '' when unknown; tells a reused pid apart."""
-  try:
-    with open(f'/proc/{pid}/stat') as f:
-      return f.read().rsplit(')', 1)[1].split()[19]
-  except (OSError, IndexError):
-    return ''
-
-
-def _pid_alive(pid):
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
-
-
-def _holder_text(h):
-  return f"host {h.get('host', '?')} pid {h.get('pid', '?')}, started {h.get('started', '?')}"
-
-
-@contextlib.contextmanager
-def _dir_mutex(path):
-  """flock on the directory itself: serialises simultaneous starts (stale-lock takeover) on one machine."""
-  try:
-    fd = os.open(path, os.O_RDONLY)
-  except OSError:
-    yield
-    return
-  try:
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX)
-    except OSError:
-      pass  # a file system without flock: the O_EXCL lock file alone decides
-    yield
-  finally:
-    os.close(fd)
-
-
-class Lock:
-  """An exclusive lock file in the workdir (see the module docstring). Use `acquire`/`release`."""
-
-  _held = {}   # abspath -> Lock held by this process
-  _mutex = threading.Lock()
-
-  def __init__(self, workdir):
-    self.workdir = os.path.abspath(workdir)
-    self.path = os.path.join(self.workdir, LOCK_NAME)
-    self.count = 0
-    self._stop = threading.Event()
-    self._thread = None
-
-  @classmethod
-  def acquire(cls, workdir):
-    """Takes (or re-enters) the lock of `workdir`; raises WorkdirError naming the holder when it is in use."""
-    path = os.path.abspath(workdir)
-    with cls._mutex:
-      lock = cls._held.get(path)
-      if lock is None:
-        lock = cls(path)
-        with _dir_mutex(path):
-          lock._take()  # pylint: disable=protected-access
-        cls._held[path] = lock
-      lock.count += 1
-      return lock
-
-  def release(self):
-    with Lock._mutex:
-      self.count -= 1
-      if self.count > 0:
-        return
-      Lock._held.pop(self.workdir, None)
-    self._stop.set()
-    try:
-      if self._read() is not None and self._is_mine(self._read()):
-        os.remove(self.path)
-    except OSError:
-      pass
-
-  def _me(self):
-    return {'host': socket.gethostname(), 'pid': os.getpid(), 'pid_start': _proc_start(os.getpid()),
-            'started': datetime.datetime.now().isoformat(timespec='seconds'),
-            'command': ' '.join(sys.argv)[:500]}
-
-  def _is_mine(self, h):
-    return h.get('host') == socket.gethostname() and h.get('pid') == os.getpid()
-
-  def _read(self):
-    """The holder dict, {} for an unreadable (half-written) file, None when there is no lock file."""
-    for _ in range(5):
-      try:
-        with open(self.path) as f:
-          return json.load(f)
-      except FileNotFoundError:
-        return None
-      except (OSError, ValueError):
-        time.sleep(0.1)  # being written by its holder right now
-    return {}
-
-  def _stale_reason(self, h):
-    """Why the holder `h` no longer runs, or '' when it may still run."""
-    if h.get('host') == socket.gethostname() and isinstance(h.get('pid'), int):
-      if not _pid_alive(h['pid']):
-        return 'that process no longer runs'
-      if h.get('pid_start') and _proc_start(h['pid']) and _proc_start(h['pid']) != h['pid_start']:
-        return 'its pid now belongs to another process'
-      return ''
-    try:
-      age = time.time() - os.path.getmtime(self.path)
-    except OSError:
-      return 'the lock file vanished'
-    if age > STALE_SECONDS:
-      return f'no heartbeat for {age / 60:.0f} min'
-    return ''
-
-  def _take(self):
-    for _ in range(3):
-      try:
-        fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-      except FileExistsError:
-        h = self._read()
-        if h is None:
-          continue  # released in between: try again
-        if not self._is_mine(h):  # (ours: left by an earlier run of this process that ended with an error)
-          why = self._stale_reason(h) if h else ''
-          if not why:
-            raise WorkdirError(
-                f'the workdir {self.workdir} is in use by another fcdd_jax run ({_holder_text(h)}); wait for it '
-                f'to finish or use another --workdir (if that run is dead, delete {self.path})') from None
-          _say(f'fcdd_jax: note: taking over the stale lock of {_holder_text(h)} ({why})')
-          try:
-            os.remove(self.path)
-          except FileNotFoundError:
-            pass
-          continue
-        fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC)
-      except OSError as e:
-        raise WorkdirError(f'cannot create the lock file {self.path}: {e.strerror or e}') from None
-      with os.fdopen(fd, 'w') as f:
-        json.dump(self._me(), f)
-      break
-    h = self._read()
-    if not h or not self._is_mine(h):   # lost a race with a simultaneous start
-      raise WorkdirError(f'the workdir {self.workdir} is in use by another fcdd_jax run '
-                         f'({_holder_text(h or {})}); use another --workdir')
-    self._stop.clear()
-    self._thread = threading.Thread(target=self._heartbeat, name='fcdd_jax-lock-heartbeat', daemon=True)
-    self._thread.start()
-
-  def _heartbeat(self):
-    while not self._stop.wait(HEARTBEAT_SECONDS):
-      try:
-        os.utime(self.path)
-      except OSError:
-        return
-
-
-def release_all():
-  """Releases every lock this process holds (at exit, or after an error in the command-line program)."""
-  for lock in list(Lock._held.values()):  # pylint: disable=protected-access
-    lock.count = 1
-    lock.release()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -345,7 +165,7 @@ def prepare(config, workdir, *, is_main=True):
   lock = None
   if is_main:
     check_path(workdir)
-    lock = Lock.acquire(workdir)
+    lock = workdir_lock.Lock.acquire(workdir)
   try:
     allowed = check_config(config, workdir)
     if is_main:
@@ -364,7 +184,7 @@ def move_aside(workdir):
   Refuses (WorkdirError) while another run holds the workdir. Nothing is deleted."""
   if not os.path.isdir(workdir) or not os.listdir(workdir):
     return None
-  lock = Lock.acquire(workdir)
+  lock = workdir_lock.Lock.acquire(workdir)
   base = f'{os.path.abspath(workdir).rstrip(os.sep)}.old-{time.strftime("%Y%m%d-%H%M%S")}'
   dest, k = base, 1
   while os.path.exists(dest):
@@ -375,7 +195,7 @@ def move_aside(workdir):
   except OSError as e:
     lock.release()
     raise WorkdirError(f'--restart: cannot move {workdir} to {dest}: {e.strerror or e}') from None
-  lock.path = os.path.join(dest, LOCK_NAME)
+  lock.path = os.path.join(dest, workdir_lock.LOCK_NAME)
   lock.count = 1
   lock.release()   # removes the lock file inside the moved run
   return dest

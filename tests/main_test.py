@@ -238,8 +238,8 @@ def test_changed_model_is_refused_with_the_fields_and_both_ways_out(trained, tmp
 
 def test_second_run_on_a_workdir_in_use_is_refused(trained, tmp_path, capfd):
   wd = _copy(trained, tmp_path)
-  code = (f'import sys, time; from fcdd_jax import workdir; '
-          f'workdir.Lock.acquire({wd!r}); print("locked", flush=True); time.sleep(60)')
+  code = (f'import sys, time; from fcdd_jax import workdir_lock; '
+          f'workdir_lock.Lock.acquire({wd!r}); print("locked", flush=True); time.sleep(60)')
   holder = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
   try:
     assert holder.stdout.readline().strip() == 'locked'

@@ -10,13 +10,14 @@ import ml_collections
 import pytest
 
 from fcdd_jax import workdir
+from fcdd_jax import workdir_lock
 
 from tests.paths import ROOT
 
 
 def _write_lock(wd, **holder):
   os.makedirs(wd, exist_ok=True)
-  with open(os.path.join(wd, workdir.LOCK_NAME), 'w') as f:
+  with open(os.path.join(wd, workdir_lock.LOCK_NAME), 'w') as f:
     json.dump({'host': socket.gethostname(), 'started': '2026-01-01T00:00:00', **holder}, f)
 
 
@@ -32,45 +33,45 @@ def sleeper():
 def test_lock_is_exclusive_reentrant_and_released(tmp_path):
   wd = str(tmp_path / 'w')
   os.makedirs(wd)
-  lock = workdir.Lock.acquire(wd)
-  holder = json.loads((tmp_path / 'w' / workdir.LOCK_NAME).read_text())
+  lock = workdir_lock.Lock.acquire(wd)
+  holder = json.loads((tmp_path / 'w' / workdir_lock.LOCK_NAME).read_text())
   assert holder['pid'] == os.getpid() and holder['host'] == socket.gethostname()
-  again = workdir.Lock.acquire(wd)          # the same process (train_and_evaluate called twice): re-entered
+  again = workdir_lock.Lock.acquire(wd)          # the same process (train_and_evaluate called twice): re-entered
   assert again is lock and lock.count == 2
   lock.release()
-  assert (tmp_path / 'w' / workdir.LOCK_NAME).exists()
+  assert (tmp_path / 'w' / workdir_lock.LOCK_NAME).exists()
   lock.release()
-  assert not (tmp_path / 'w' / workdir.LOCK_NAME).exists()
+  assert not (tmp_path / 'w' / workdir_lock.LOCK_NAME).exists()
 
 
 def test_a_live_holder_refuses_in_one_line_naming_host_and_pid(tmp_path, sleeper):
   wd = str(tmp_path / 'w')
-  _write_lock(wd, pid=sleeper.pid, pid_start=workdir._proc_start(sleeper.pid))  # pylint: disable=protected-access
+  _write_lock(wd, pid=sleeper.pid, pid_start=workdir_lock.proc_start(sleeper.pid))
   with pytest.raises(workdir.WorkdirError) as e:
-    workdir.Lock.acquire(wd)
+    workdir_lock.Lock.acquire(wd)
   msg = str(e.value)
   assert '\n' not in msg
   assert f'in use by another fcdd_jax run (host {socket.gethostname()} pid {sleeper.pid}' in msg
   assert 'use another --workdir' in msg
-  assert json.loads(open(os.path.join(wd, workdir.LOCK_NAME)).read())['pid'] == sleeper.pid   # untouched
+  assert json.loads(open(os.path.join(wd, workdir_lock.LOCK_NAME)).read())['pid'] == sleeper.pid   # untouched
 
 
 def test_a_lock_held_by_another_process_through_the_module(tmp_path):
   """A second process that really holds the lock (the same code path as a concurrent run)."""
   wd = str(tmp_path / 'w')
   os.makedirs(wd)
-  code = (f'import sys, time; sys.path.insert(0, {ROOT!r}); from fcdd_jax import workdir; '
-          f'workdir.Lock.acquire({wd!r}); print("locked", flush=True); time.sleep(60)')
+  code = (f'import sys, time; sys.path.insert(0, {ROOT!r}); from fcdd_jax import workdir_lock; '
+          f'workdir_lock.Lock.acquire({wd!r}); print("locked", flush=True); time.sleep(60)')
   proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
   try:
     assert proc.stdout.readline().strip() == 'locked'
     with pytest.raises(workdir.WorkdirError, match=f'pid {proc.pid}'):
-      workdir.Lock.acquire(wd)
+      workdir_lock.Lock.acquire(wd)
   finally:
     proc.kill()
     proc.wait()
   # the holder died without releasing: its lock is stale now and is taken over
-  lock = workdir.Lock.acquire(wd)
+  lock = workdir_lock.Lock.acquire(wd)
   lock.release()
 
 
@@ -79,17 +80,17 @@ def test_stale_locks_are_taken_over_with_a_note(tmp_path, capsys):
   dead = subprocess.Popen([sys.executable, '-c', 'pass'])
   dead.wait()
   _write_lock(wd, pid=dead.pid)
-  lock = workdir.Lock.acquire(wd)
+  lock = workdir_lock.Lock.acquire(wd)
   assert 'taking over the stale lock' in capsys.readouterr().out
-  assert json.loads(open(os.path.join(wd, workdir.LOCK_NAME)).read())['pid'] == os.getpid()
+  assert json.loads(open(os.path.join(wd, workdir_lock.LOCK_NAME)).read())['pid'] == os.getpid()
   lock.release()
   # another host: stale only without a heartbeat for STALE_SECONDS
   _write_lock(wd, host='elsewhere', pid=1)
   with pytest.raises(workdir.WorkdirError, match='host elsewhere pid 1'):
-    workdir.Lock.acquire(wd)
-  old = time.time() - workdir.STALE_SECONDS - 60
-  os.utime(os.path.join(wd, workdir.LOCK_NAME), (old, old))
-  lock = workdir.Lock.acquire(wd)
+    workdir_lock.Lock.acquire(wd)
+  old = time.time() - workdir_lock.STALE_SECONDS - 60
+  os.utime(os.path.join(wd, workdir_lock.LOCK_NAME), (old, old))
+  lock = workdir_lock.Lock.acquire(wd)
   assert 'no heartbeat' in capsys.readouterr().out
   lock.release()
 
@@ -123,7 +124,7 @@ def test_prepare_refuses_a_changed_model_and_records_allowed_changes(make_config
   assert "model.name 'FCDD_CNN32_S' -> 'FCDD_CNN32_LW3K'" in msg and 'data.normal_class 0 -> 1' in msg
   assert 'new --workdir' in msg and '--restart' in msg
   assert open(os.path.join(wd, 'config.json')).read() == before           # config.json still the trained run's
-  assert not os.path.exists(os.path.join(wd, workdir.LOCK_NAME))            # lock given back
+  assert not os.path.exists(os.path.join(wd, workdir_lock.LOCK_NAME))            # lock given back
   lock = workdir.prepare(make_config(num_train_steps=9), wd)
   lock.release()
   assert 'num_train_steps 6 -> 9' in capsys.readouterr().out
@@ -164,13 +165,13 @@ def test_move_aside_keeps_everything_and_respects_the_lock(make_config, tmp_path
   dest = workdir.move_aside(wd)
   assert dest.startswith(wd + '.old-') and not os.path.exists(wd)
   assert os.path.isdir(os.path.join(dest, 'checkpoints', '3'))
-  assert not os.path.exists(os.path.join(dest, workdir.LOCK_NAME))
+  assert not os.path.exists(os.path.join(dest, workdir_lock.LOCK_NAME))
   assert workdir.move_aside(wd) is None                # nothing to move
   _trained_workdir(wd, make_config())
   dest2 = workdir.move_aside(wd)
   assert dest2 != dest and os.path.isdir(dest)          # a second restart never overwrites the first
   _trained_workdir(wd, make_config())
-  _write_lock(wd, pid=sleeper.pid, pid_start=workdir._proc_start(sleeper.pid))  # pylint: disable=protected-access
+  _write_lock(wd, pid=sleeper.pid, pid_start=workdir_lock.proc_start(sleeper.pid))
   with pytest.raises(workdir.WorkdirError, match='in use'):
     workdir.move_aside(wd)
   assert os.path.isdir(os.path.join(wd, 'checkpoints', '3'))
