@@ -279,9 +279,11 @@ def _compile_padded_step(r, state, step_rng, start_step):
   and ETA (one compile of VGG_NOPT costs as much as several steps on a CPU)."""
   info = r.pipeline.info
   spe = info.steps_per_epoch
-  if info.num_train % r.config.batch_size == 0 or start_step >= r.total_steps:
+  if info.num_train % r.config.batch_size == 0:
     return None
   last_of_epoch = (start_step // spe + 1) * spe - 1        # 0-based step of the next padded batch
+  if last_of_epoch >= r.total_steps:                       # the run ends before it: nothing to compile
+    return None
   local = r.pipeline.train_batch(last_of_epoch)
   example = input_pipeline.to_global(local, r.built.data_sharding)
   return r.train_fn.lower(state, example, step_rng).compile()
