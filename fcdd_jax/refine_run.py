@@ -71,12 +71,18 @@ def _check_config(config):
 
 
 def _identity(config, num_train, subsets, drop):
-  """What a finished round depends on besides its index (checked when resuming)."""
-  return {'seed': int(config.seed), 'num_train': int(num_train), 'subsets': int(subsets), 'drop': drop,
-          'pollution': float(config.data.get('pollution', 0.0)), 'data': config.data.name,
-          'normal_class': int(config.data.normal_class), 'model': config.model.name,
-          'num_epochs': int(config.num_epochs), 'num_train_steps': int(config.num_train_steps),
-          'batch_size': int(config.batch_size)}
+  """What a finished round depends on besides its index (checked when resuming): the data, supervision,
+  model, loss and optimiser settings, the budget and the refinement's own settings. JSON-normalised, so it
+  compares equal to the copy read back from refinement.json."""
+  d = config.data
+  ident = {'seed': int(config.seed), 'num_train': int(num_train), 'subsets': int(subsets), 'drop': drop,
+           'pollution': float(d.get('pollution', 0.0)), 'data': d.name, 'root': d.get('root', ''),
+           'normal_class': int(d.normal_class), 'supervise_mode': d.supervise_mode,
+           'noise_mode': d.noise_mode, 'preproc': d.preproc, 'model': config.model.to_dict(),
+           'loss': config.loss.to_dict(), 'optim': config.optim.to_dict(),
+           'num_epochs': int(config.num_epochs), 'num_train_steps': int(config.num_train_steps),
+           'batch_size': int(config.batch_size)}
+  return json.loads(json.dumps(ident, default=str))
 
 
 def load_state(workdir, identity):

@@ -70,6 +70,10 @@ def test_rerun_resumes_without_retraining_finished_rounds(refined, make_config, 
   # other settings in the same workdir: a one-line error, nothing overwritten
   with pytest.raises(ValueError, match='other settings'):
     refine_run.train_and_evaluate(_config(make_config, **{'refine.drop': '0.2'}), wd)
+  # the anomaly generation is part of what a finished round depends on
+  with pytest.raises(ValueError, match="noise_mode"):
+    refine_run.train_and_evaluate(_config(make_config, **{'data.noise_mode': 'cutpaste'}), wd)
+  assert _read(wd, 'refinement.json') == before
 
 
 def test_same_seed_same_kept_set_other_seed_other_split(refined, tmp_path, make_config):
