@@ -18,7 +18,7 @@ class ConfigError(ValueError):
 OPTIMIZERS = ('sgd', 'adam')
 SCHEDULES = ('lambda', 'milestones', 'constant')
 OBJECTIVES = ('auto', 'fcdd', 'hsc', 'ae')
-DTYPES = ('float32', 'bfloat16')
+DTYPES = ('auto', 'float32', 'bfloat16')
 
 
 def check_model_name(name):

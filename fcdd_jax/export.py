@@ -69,16 +69,14 @@ def make_inference_fn(run, c_in=None):
   """fn(variables, uint8 images [N,H,W,c_in]) -> {'score', 'heatmap'[, 'anomalous']} of run `run`
   (from `load_run`). c_in defaults to the run's channels."""
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import losses, models, receptive  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import losses, models, receptive, run as run_lib  # pylint: disable=g-import-not-at-top
   config, p = run['config'], run['preprocessing']
   name = config.model.name
   if models.objective_of(name) != 'fcdd':
     raise export_preprocess.ExportError(f'config.json model.name={name}: only FCDD nets export (they give heatmaps)')
   c_in = int(p['channels']) if c_in is None else int(c_in)
   preprocess = export_preprocess.make_preprocess(p, c_in)
-  dtype = jnp.bfloat16 if config.model.get('dtype', 'float32') == 'bfloat16' else jnp.float32  # as predict
-  net = models.create(name, bias=config.model.bias, torch_init=config.model.torch_init,
-                      bn_unbiased_var=config.model.bn_unbiased_var, frozen_bn=config.model.frozen_bn, dtype=dtype)
+  net = models.create(name, **run_lib.model_options(config))  # as predict: same layers and compute dtype
   size = tuple(int(v) for v in p['input_size'])
   std = config.loss.gauss_std if config.loss.gauss_std > 0 else None
   threshold = run['thresholds'].get('image')

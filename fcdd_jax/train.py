@@ -321,6 +321,7 @@ def _evaluate(r, state):
                                   if t['steps_run'] and loop_seconds > 0 else None),
       'eval_seconds': round(time.time() - t_eval, 2),
       'steps': int(r.total_steps),
+      'dtype': run_lib.compute_dtype(config),
   }
   if r.pipeline.pollution:   # data.pollution: the known true anomalies in the training set
     results['pollution'] = r.pipeline.pollution
@@ -347,7 +348,7 @@ def _write(r, results, outputs, train_outputs):
   ft = progress.fmt_time
   print(f'fcdd_jax: image AUC {fmt(results["image_auc"])}  pixel AUC {fmt(results["pixel_auc"])}  (load '
         f'{ft(t.get("load_seconds", 0))}, compile {ft(t.get("compile_seconds", 0))}, '
-        f'train {ft(t["train_seconds"])}' + (f' at {ips:.2f} img/s' if ips else '') +
+        f'train {ft(t["train_seconds"])}' + (f' at {ips:.2f} img/s' if ips else '') + f' ({results["dtype"]})' +
         f', eval {ft(results["eval_seconds"])}, figures {ft(results["figures_seconds"])}; peak memory '
         f'{results["peak_rss_bytes"] / 2**30:.2f} GiB); results in {os.path.join(r.workdir, "results.json")}',
         flush=True)

@@ -22,10 +22,11 @@ CONFIG_NAME = 'config.json'
 CHANGES_NAME = 'config_changes.json'
 
 # Fields that may differ from config.json when a run is resumed: they change how long the run trains, how often
-# it logs and saves, and how it is evaluated, not the model already in the checkpoints. Everything else
+# it logs and saves, and how it is evaluated, not the model already in the checkpoints (model.dtype is the
+# compute dtype only: params and optimiser state are float32 in both). Everything else
 # (model.*, data.*, loss.*, optim.*, seed, batch_size, objective) is fixed for the life of a workdir.
 MAY_CHANGE = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-              'data.cache_dir', 'data.tfds_data_dir')
+              'data.cache_dir', 'data.tfds_data_dir', 'model.dtype')
 MAY_CHANGE_PREFIXES = ('eval.',)
 
 
