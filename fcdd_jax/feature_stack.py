@@ -152,19 +152,16 @@ class FeatureStack(nn.Module):
     none = jnp.zeros((0,), jnp.float32)
     if not bn:
       return fused_block.conv_block(spec, x, w, b, none, none, none, none)[0]
+    hw = (x.shape[1] + 2 * p - k + 1) * (x.shape[2] + 2 * p - k + 1)
     if mask is not None and mode == 'batch':
-      # a padded batch: the fused block's statistics would count the padding rows, so the conv runs as a
-      # block of its own, then BatchNorm + activation + pool with the real rows' statistics
-      z = fused_block.conv_block(spec._replace(bn=None, act=None, pool=0), x, w, b, none, none, none, none)[0]
-      return _BatchNormVariables(cout, affine=self.bias or self.vgg, unbiased_var=self.bn_unbiased_var,
-                                 name=bname)(
-          layers_lib.mask_count(z, mask),
-          lambda scale, bias, mean, var: layers_lib.masked_batch_norm(z, mask, scale, bias, eps, spec.act,
-                                                                      layers_lib.LEAKY, pool))
-    n = x.shape[0] * (x.shape[1] + 2 * p - k + 1) * (x.shape[2] + 2 * p - k + 1)
+      # a padded batch: the block's statistics count the real rows only (one fused block all the same: the
+      # unfused conv + masked BatchNorm doubled the step's temporary memory, fused_block.conv_block)
+      n = jnp.sum(jnp.asarray(mask, jnp.float32)) * hw
+    else:
+      mask, n = None, x.shape[0] * hw
     return _BatchNormVariables(cout, affine=self.bias or self.vgg, unbiased_var=self.bn_unbiased_var,
                                update=mode == 'batch', name=bname)(
-        n, lambda scale, bias, mean, var: fused_block.conv_block(spec, x, w, b, scale, bias, mean, var))
+        n, lambda scale, bias, mean, var: fused_block.conv_block(spec, x, w, b, scale, bias, mean, var, mask))
 
 
 def check_input(name, x, shape):
