@@ -2,8 +2,8 @@
 
 `Conv` (PyTorch padding and init; on XLA:CPU in bfloat16 the bf16 GEMM convolution `cpu_conv.gemm_conv`,
 elsewhere `conv_s1`'s GEMM weight gradient or XLA's conv), `Dense`, `BatchNorm` (PyTorch running statistics,
-masked batch statistics for padded batches), `masked_batch_norm` (its custom-VJP training kernel, also used
-by the fused blocks of `feature_stack`), `max_pool` (non-overlapping pools as reshape + max; bf16 with
+masked batch statistics for padded batches), `masked_batch_norm` (its custom-VJP training kernel; the fused
+blocks of `feature_stack` mask their statistics themselves, `fused_block.conv_block`), `max_pool` (non-overlapping pools as reshape + max; bf16 with
 PyTorch's first-maximum gradient) and `upsample2`. The nets themselves are in `models` and `baselines`.
 """
 import functools
