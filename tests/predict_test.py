@@ -10,6 +10,7 @@ import math
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -169,6 +170,9 @@ def test_crop_mode_equals_evaluation_and_full_mode_at_training_size(run, tmp_pat
 def test_prediction_net_equals_the_training_net_at_nominal_size(name):
   config = test_config.get_config()
   config.model.name = name
+  # the run's compute dtype: model.dtype=auto is bfloat16 for the 224² nets on this CPU backend
+  assert predict.prediction_net(config).dtype == (jnp.bfloat16 if models.input_shape(name)[0] >= 224 else jnp.float32)
+  config.model.dtype = 'float32'   # the layers compared exactly below
   h, w, c = models.input_shape(name)
   ref = models.create(name, bias=config.model.bias, torch_init=config.model.torch_init,
                       bn_unbiased_var=config.model.bn_unbiased_var, frozen_bn=config.model.frozen_bn)

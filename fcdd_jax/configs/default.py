@@ -47,7 +47,7 @@ def get_config():
   m.torch_init = True             # PyTorch default init (spec §1.1)
   m.bn_unbiased_var = True        # running var from the unbiased batch var (spec §11.10)
   m.frozen_bn = 'parity'          # parity | frozen (spec §11.1)
-  m.dtype = 'float32'             # compute dtype: float32 | bfloat16 | auto (bf16 for 224² nets on CPU)
+  m.dtype = 'auto'                # compute dtype: auto (bfloat16 for 224² nets on XLA:CPU, else float32) | float32 | bfloat16
 
   c.loss = l = ml_collections.ConfigDict()
   l.gauss_std = 1.2               # σ of the receptive-field upsampling (spec §7.2); <= 0: σ(r)
