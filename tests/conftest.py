@@ -1,4 +1,5 @@
-"""Test setup: 8 simulated CPU devices, TF kept off accelerators, a temporary cache; the config helper.
+"""Test setup: 8 simulated CPU devices, TF kept off accelerators, a temporary cache; the config helper; the
+pytest-xdist worker count and the order in which the workers get the tests.
 
 The repository root is importable through pyproject's `[tool.pytest.ini_options] pythonpath`.
 """
@@ -38,6 +39,21 @@ def make_config():
   return config_for
 
 
+@pytest.fixture(scope='session', autouse=True)
+def session_compilation_cache(tmp_path_factory):
+  """A persistent XLA compilation cache for this test process (one per pytest-xdist worker): the many runs of
+  the same tiny configs compile the same programs again and again (a third of refine_run_test's CPU time).
+  Programs that compile in under a second (JAX's default threshold) are not stored. Subprocesses (the CLI,
+  the multi-process launches) do not inherit it: they compile as a user's run does."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
+  cc.reset_cache()   # collection may have compiled (and initialised the cache without a directory)
+  yield
+  jax.config.update('jax_compilation_cache_dir', None)
+  cc.reset_cache()
+
+
 @pytest.fixture(scope='session')
 def cifar_small(tmp_path_factory):
   """A small CIFAR-10 folder tree (12 train / 5 test images per class) from the shared JPEG archive."""
@@ -56,3 +72,54 @@ def cifar_small(tmp_path_factory):
         shutil.copy(full / split / c / f, small / split / c / f)
   shutil.rmtree(full)
   return str(small)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Parallel runs (pytest-xdist, `-n auto --dist loadfile` in pyproject's addopts). Most of the suite's time is
+# single-threaded XLA compilation, so one worker per core divides the wall time by nearly the core count.
+# loadfile runs each file on one worker, so a module fixture (a trained run) is built once. (`--dist loadgroup`
+# would be finer, but pytest-xdist 3.8 cannot tag its groups on pytest 9's node ids: it ignores them.)
+
+WORKER_MEMORY_GB = 6   # a 2-worker run: ~3.5 GB per worker, 8.9 GB summed peak (serial run: 7.6 GB peak)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto`: one worker per usable core, at most one per WORKER_MEMORY_GB of RAM, at most 8."""
+  del config
+  cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else (os.cpu_count() or 1)
+  try:
+    ram_gb = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30
+  except (ValueError, OSError, AttributeError):
+    ram_gb = WORKER_MEMORY_GB
+  return max(1, min(cores, int(ram_gb // WORKER_MEMORY_GB), 8))
+
+
+# The longest files start first, so that no worker is left with a long file while the others are idle at
+# the end. Files, longest first (from a serial run's --durations); the others keep their order. A stale
+# entry only costs balance, never correctness.
+RUN_FIRST = (
+    'tests/launch_test.py',           # multi-process runs
+    'tests/train_test.py',
+    'tests/models_test.py',
+    'tests/figures_test.py',
+    'tests/experiments_test.py',
+    'tests/multirun_test.py',
+    'tests/main_test.py',
+    'tests/refine_run_test.py',
+    'tests/input_pipeline_test.py',
+    'tests/imagenet_test.py',
+    'tests/fidelity_test.py',
+    'tests/bench_test.py',
+    'tests/bench_fidelity_test.py',
+    'tests/export_bench_test.py',
+    'tests/voc_test.py',
+    'tests/export_test.py',
+    'tests/predict_test.py',
+)
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    return next((i for i, p in enumerate(RUN_FIRST) if item.nodeid.startswith(p)), len(RUN_FIRST))
+  items.sort(key=rank)   # stable: the file order within each rank
