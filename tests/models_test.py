@@ -246,13 +246,13 @@ def test_bfloat16_net_gradients_close_to_float32(name):
   h, w, c = models.input_shape(name)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(4, h, w, c)), jnp.float32)
   n32, n16 = models.create(name), models.create(name, dtype=jnp.bfloat16)
-  v = n32.init(jax.random.PRNGKey(0), x)
+  v = jax.jit(n32.init)(jax.random.PRNGKey(0), x)
 
   def loss(net):
     def f(p):
       out, _ = net.apply({'params': p, 'batch_stats': v['batch_stats']}, x, train=True, mutable=['batch_stats'])
       return jnp.mean(jnp.sqrt(out ** 2 + 1) - 1)
-    return jax.value_and_grad(f)(v['params'])
+    return jax.jit(jax.value_and_grad(f))(v['params'])   # one program (eager: one compile per operation)
 
   (l32, g32), (l16, g16) = loss(n32), loss(n16)
   assert abs(float(l16) - float(l32)) < 0.02 * abs(float(l32)) + 1e-3
