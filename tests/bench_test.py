@@ -99,7 +99,9 @@ def test_profile_step_groups_the_step_time():
   groups = {r['group']: r['share'] for r in rs if r['what'] == 'group'}
   assert step['ms'] > 0 and groups.get('gemm', 0) > 0          # bf16 convs run as GEMMs on CPU
   # the ops account for the step (independent ops may run on both threads at once, and under load an op's
-  # wall time includes time descheduled: the sum can pass 1); bf16 convolutions as GEMMs dominate CNN28_W
+  # wall time includes time descheduled: the sum can pass 1); the bf16 convolutions (GEMMs and their im2col
+  # copies) dominate CNN28_W. Which of the two is larger at batch 8 depends on the load (parallel test
+  # workers): 0.43 / 0.44 in one run, so only their sum and a real GEMM share are asserted.
   assert sum(groups.values()) > 0.5
-  assert max(groups, key=groups.get) == 'gemm', groups
+  assert groups.get('gemm', 0) > 0.2 and groups['gemm'] + groups.get('im2col / data movement', 0) > 0.5, groups
   assert len([r for r in rs if r['what'] == 'op']) == 3
