@@ -15,32 +15,7 @@ import pytest
 
 from fcdd_jax import feature_stack
 from fcdd_jax import fused_block
-
-
-def _np_conv(x, w, pad):
-  """float64 cross-correlation, NHWC x HWIO, stride 1, symmetric zero padding (direct sum over taps)."""
-  k = w.shape[0]
-  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  oh, ow = xp.shape[1] - k + 1, xp.shape[2] - k + 1
-  y = np.zeros(x.shape[:1] + (oh, ow, w.shape[3]))
-  for i in range(k):
-    for j in range(k):
-      y += np.einsum('nhwc,co->nhwo', xp[:, i:i + oh, j:j + ow], w[i, j])
-  return y
-
-
-def _np_conv_grads(x, w, pad, dy):
-  """Adjoint of `_np_conv`: (dx, dw)."""
-  k = w.shape[0]
-  oh, ow = dy.shape[1:3]
-  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  dxp = np.zeros_like(xp)
-  dw = np.zeros_like(w)
-  for i in range(k):
-    for j in range(k):
-      dxp[:, i:i + oh, j:j + ow] += np.einsum('nhwo,co->nhwc', dy, w[i, j])
-      dw[i, j] = np.einsum('nhwc,nhwo->co', xp[:, i:i + oh, j:j + ow], dy)
-  return dxp[:, pad:pad + x.shape[1], pad:pad + x.shape[2]], dw
+from tests import references
 
 
 def _bf16(a):
@@ -52,7 +27,7 @@ def _np_masked_forward(x, w, b, scale, bias, mask, pad, eps, pool, rnd=lambda a:
   pool max pool (first maximum, row-major). `rnd` models a low-precision compute dtype (conv operands, conv
   output, BN output). Returns (y, batch mean, batch var, intermediates for the backward)."""
   x, w = rnd(x), rnd(w)
-  z = rnd(_np_conv(x, w, pad) + b)
+  z = rnd(references.np_conv(x, w, pad) + b)
   real = z[mask > 0]
   mean, var = real.mean((0, 1, 2)), real.var((0, 1, 2))
   inv = 1 / np.sqrt(var + eps)
@@ -90,7 +65,7 @@ def _np_masked_block(x, w, b, scale, bias, mask, pad, eps, pool, dy, rnd=lambda 
   cnt = (mask > 0).sum() * z.shape[1] * z.shape[2]
   counted = (mask > 0).reshape(-1, 1, 1, 1)
   dz = inv * (dxhat - counted * (dxhat.sum((0, 1, 2)) + xhat * (dxhat * xhat).sum((0, 1, 2))) / cnt)
-  dx, dw = _np_conv_grads(x, w, pad, rnd(dz))
+  dx, dw = references.np_conv_grads(x, w, pad, rnd(dz))
   return y, mean, var, dx, dw, dscale, dbias
 
 
@@ -147,7 +122,7 @@ def test_masked_block_float32_equals_numpy_float64(plan, pool):
     np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=0, atol=1e-4 * np.abs(ref).max(), err_msg=name)
   np.testing.assert_array_equal(np.asarray(db), 0.0)
   # the far-off padding rows would shift the statistics if they were counted (the test can fail)
-  z = _np_conv(x, w, 1) + b
+  z = references.np_conv(x, w, 1) + b
   assert np.abs(z.mean((0, 1, 2)) - want[1]).max() > 1.0
 
 

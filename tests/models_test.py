@@ -7,6 +7,7 @@ import pytest
 from fcdd_jax import feature_stack
 from fcdd_jax import layers
 from fcdd_jax import models
+from tests import references
 
 SPEC_COUNTS = {
     'FCDD_CNN28': 3457, 'FCDD_CNN28_W': 413441, 'FCDD_CNN32': 258945, 'FCDD_CNN32_S': 93569,
@@ -160,32 +161,6 @@ def test_gemm_weight_gradient_conv_equals_xla_conv():
 # ----------------------------------------------------------------------------------------------------
 # bfloat16 GEMM convolution (fcdd_jax.cpu_conv) against an independent NumPy float64 reference
 
-def _np_conv(x, w, pad):
-  """float64 cross-correlation, NHWC x HWIO, stride 1, symmetric zero padding (direct sum over taps)."""
-  k = w.shape[0]
-  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  oh, ow = xp.shape[1] - k + 1, xp.shape[2] - k + 1
-  y = np.zeros(x.shape[:1] + (oh, ow, w.shape[3]))
-  for i in range(k):
-    for j in range(k):
-      y += np.einsum('nhwc,co->nhwo', xp[:, i:i + oh, j:j + ow], w[i, j])
-  return y
-
-
-def _np_conv_grads(x, w, pad, dy):
-  """Adjoint of `_np_conv` (scatter of every tap into the padded input; outer products for the weight)."""
-  k = w.shape[0]
-  oh, ow = dy.shape[1:3]
-  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-  dxp = np.zeros_like(xp)
-  dw = np.zeros_like(w)
-  for i in range(k):
-    for j in range(k):
-      dxp[:, i:i + oh, j:j + ow] += np.einsum('nhwo,co->nhwc', dy, w[i, j])
-      dw[i, j] = np.einsum('nhwc,nhwo->co', xp[:, i:i + oh, j:j + ow], dy)
-  return dxp[:, pad:pad + x.shape[1], pad:pad + x.shape[2]], dw
-
-
 def _bf16_round(a):
   return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
 
@@ -206,13 +181,13 @@ def test_gemm_conv_forward_and_gradients_equal_numpy_float64(k, pad):
   y, dx, dw = (np.asarray(a, np.float64) for a in (y, dx, dw))
   # (1) Exact arithmetic on the bf16-rounded operands: products are exact and sums accumulate in float32.
   xr, wr, dyr = _bf16_round(x), _bf16_round(w), _bf16_round(dy)
-  y_ref = _np_conv(xr, wr, pad)
-  dx_ref, dw_ref = _np_conv_grads(xr, wr, pad, dyr)
+  y_ref = references.np_conv(xr, wr, pad)
+  dx_ref, dw_ref = references.np_conv_grads(xr, wr, pad, dyr)
   for got, ref in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-5 * np.abs(ref).max())
   # (2) Against the unrounded float64 convolution: bf16 input rounding only (relative 2^-9 per operand).
-  y_ref = _np_conv(x, w, pad)
-  dx_ref, dw_ref = _np_conv_grads(x, w, pad, dy)
+  y_ref = references.np_conv(x, w, pad)
+  dx_ref, dw_ref = references.np_conv_grads(x, w, pad, dy)
   for got, ref in ((y, y_ref), (dx, dx_ref), (dw, dw_ref)):
     err = np.abs(got - ref).max() / np.abs(ref).max()
     assert err < 1.5e-2, err
@@ -225,7 +200,7 @@ def test_gemm_conv_bfloat16_input_keeps_bfloat16_input_gradient():
   w = jnp.ones((3, 3, 16, 4), jnp.float32)
   dx, dw = jax.grad(lambda a, b: jnp.sum(cpu_conv.gemm_conv(a, b, 1)), argnums=(0, 1))(x, w)
   assert dx.dtype == jnp.bfloat16 and dw.dtype == jnp.float32
-  np.testing.assert_allclose(np.asarray(dw, np.float64), _np_conv_grads(
+  np.testing.assert_allclose(np.asarray(dw, np.float64), references.np_conv_grads(
       np.ones((2, 6, 6, 16)), np.ones((3, 3, 16, 4)), 1, np.ones((2, 6, 6, 4)))[1])
 
 
@@ -304,7 +279,7 @@ def _np_block(x, w, b, scale, bias, mean, var, pad, bn, eps, act, slope, pool, d
   (PyTorch's conventions). `rnd` models a low-precision compute dtype: applied to the conv operands (x, w, and
   the conv output's cotangent), the conv output and the BN output."""
   x, w = rnd(x), rnd(w)
-  z = rnd(_np_conv(x, w, pad) + b)
+  z = rnd(references.np_conv(x, w, pad) + b)
   if bn == 'batch':
     mean, var = z.mean((0, 1, 2)), z.var((0, 1, 2))
   inv = 1 / np.sqrt(var + eps) if bn else 1.0
@@ -335,7 +310,7 @@ def _np_block(x, w, b, scale, bias, mean, var, pad, bn, eps, act, slope, pool, d
   else:
     dscale = dbias = None
     dz = g
-  dx, dw = _np_conv_grads(x, w, pad, rnd(dz))
+  dx, dw = references.np_conv_grads(x, w, pad, rnd(dz))
   return y, dx, dw, dz.sum((0, 1, 2)), dscale, dbias
 
 
@@ -379,7 +354,7 @@ def test_conv_block_float32_forward_and_gradients_equal_numpy_float64(conv, bn, 
     tol = 1e-4 * max(np.abs(r).max(), 1e-3 if name != 'db' else np.abs(want[2]).max())
     np.testing.assert_allclose(np.asarray(g, np.float64), r, rtol=0, atol=tol, err_msg=name)
   if bn == 'batch':  # the statistics returned for the running averages: batch mean, biased variance
-    z = _np_conv(x, w, pad) + b
+    z = references.np_conv(x, w, pad) + b
     np.testing.assert_allclose(np.asarray(bm), z.mean((0, 1, 2)), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(bv), z.var((0, 1, 2)), rtol=1e-4)
   else:

@@ -24,3 +24,29 @@ def np_algorithm1(a, r, j, s, H, std):
       out[:, y * j:y * j + r, x * j:x * j + r] += a[:, y, x, None, None] * G
   pad, si = (r - 1) // 2, int(s)
   return out[:, pad - si:full - (pad + si), pad - si:full - (pad + si)]
+
+
+def np_conv(x, w, pad):
+  """float64 cross-correlation, NHWC x HWIO, stride 1, symmetric zero padding (direct sum over taps)."""
+  k = w.shape[0]
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  oh, ow = xp.shape[1] - k + 1, xp.shape[2] - k + 1
+  y = np.zeros(x.shape[:1] + (oh, ow, w.shape[3]))
+  for i in range(k):
+    for j in range(k):
+      y += np.einsum('nhwc,co->nhwo', xp[:, i:i + oh, j:j + ow], w[i, j])
+  return y
+
+
+def np_conv_grads(x, w, pad, dy):
+  """Adjoint of `np_conv`: (dx, dw) (scatter of every tap into the padded input; outer products for the weight)."""
+  k = w.shape[0]
+  oh, ow = dy.shape[1:3]
+  xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+  dxp = np.zeros_like(xp)
+  dw = np.zeros_like(w)
+  for i in range(k):
+    for j in range(k):
+      dxp[:, i:i + oh, j:j + ow] += np.einsum('nhwo,co->nhwc', dy, w[i, j])
+      dw[i, j] = np.einsum('nhwc,nhwo->co', xp[:, i:i + oh, j:j + ow], dy)
+  return dxp[:, pad:pad + x.shape[1], pad:pad + x.shape[2]], dw
