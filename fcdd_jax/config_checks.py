@@ -8,6 +8,7 @@ import os
 
 import jax
 
+from fcdd_jax import losses
 from fcdd_jax import models
 
 
@@ -64,6 +65,13 @@ def check_config(config):
   eval_bs = config.eval.batch_size or config.batch_size
   if eval_bs % n_dev:
     raise ConfigError(f'config.eval.batch_size={eval_bs} is not divisible by the {n_dev} devices')
+  try:
+    top = losses.parse_image_score(config.eval.get('image_score', 'mean'))
+  except ValueError as e:
+    raise ConfigError(str(e)) from None
+  if top is not None and objective_for(config) != 'fcdd':
+    raise ConfigError(f'config.eval.image_score={config.eval.image_score!r} pools an FCDD heatmap; '
+                      f'{config.model.name} ({objective_for(config)}) scores images its own way: use mean')
   if config.model.dtype not in DTYPES:
     raise ConfigError(f'config.model.dtype={config.model.dtype!r}; allowed: {", ".join(DTYPES)}')
   name = config.model.name

@@ -80,6 +80,7 @@ def make_inference_fn(run, c_in=None):
   size = tuple(int(v) for v in p['input_size'])
   std = config.loss.gauss_std if config.loss.gauss_std > 0 else None
   threshold = run['thresholds'].get('image')
+  top = losses.parse_image_score(config.eval.get('image_score', 'mean'))   # the score the threshold is for
 
   def fn(variables, images):
     if images.ndim != 4 or images.shape[-1] != c_in:
@@ -89,7 +90,8 @@ def make_inference_fn(run, c_in=None):
     phi = net.apply(variables, x, train=False)
     low = losses.fcdd_heatmaps(phi)
     heat = receptive.upsample(low, net.reception, size, std)
-    out = {'score': losses.fcdd_scores(phi), 'heatmap': export_preprocess.heatmap_to_input(heat, (h, w), maps)}
+    out = {'score': losses.fcdd_image_scores(low, heat, top),
+           'heatmap': export_preprocess.heatmap_to_input(heat, (h, w), maps)}
     if threshold is not None:
       out['anomalous'] = out['score'] >= jnp.float32(threshold)
     return out

@@ -5,6 +5,8 @@ Labels: 0 = nominal ("concentrate"), 1 = anomalous ("push away"). Every loss tak
 `loss`, `loss_nominal`, `loss_anomalous` (means over the nominal / anomalous examples, 0 when absent) and
 `per_example`.
 """
+import re
+
 import jax
 import jax.numpy as jnp
 
@@ -66,6 +68,42 @@ def fcdd_heatmaps(phi):
 def fcdd_scores(phi):
   """Image score = mean of the low-resolution pseudo-Huber map (spec §3.5, §11.7)."""
   return jnp.mean(fcdd_heatmaps(phi), axis=(1, 2))
+
+
+IMAGE_SCORES = ('mean', 'max', 'top<p>%')
+
+
+def parse_image_score(spec):
+  """`config.eval.image_score` -> the share of the upsampled heatmap's pixels it averages, or None.
+
+  'mean' (spec §3.5, the default): None, the mean of the low-resolution map. 'max': 0.0, the largest pixel of
+  the receptive-field-upsampled map. 'top<p>%' (e.g. 'top1%'): p / 100, the mean of its largest p % pixels.
+  The pooled scores see a defect of a few hundred pixels that the image mean dilutes (see `bench/README.md`,
+  "Image score"). Raises ValueError naming the value and what is allowed."""
+  s = str(spec).strip()
+  if s == 'mean':
+    return None
+  if s == 'max':
+    return 0.0
+  m = re.fullmatch(r'top([0-9]*\.?[0-9]+)%', s)
+  if m and 0 < float(m.group(1)) <= 100:
+    return float(m.group(1)) / 100
+  raise ValueError(f'config.eval.image_score={spec!r}; allowed: mean, max or top<p>% with 0 < p <= 100 '
+                   '(e.g. top1%)')
+
+
+def fcdd_image_scores(low, up, top=None):
+  """Image scores [N] from the low-resolution maps `low` [N,h,w] and the upsampled maps `up` [N,H,W].
+
+  top=None: mean of `low` (spec §3.5); otherwise the mean of the largest max(1, round(top·H·W)) pixels of
+  `up` (top=0: its maximum); see `parse_image_score`."""
+  if top is None:
+    return jnp.mean(low, axis=(1, 2))
+  flat = jnp.asarray(up, jnp.float32).reshape(up.shape[0], -1)
+  k = max(1, int(round(top * flat.shape[1])))
+  if k == 1:
+    return jnp.max(flat, axis=1)
+  return jnp.mean(jnp.sort(flat, axis=1)[:, -k:], axis=1)   # sort, not lax.top_k: TF's StableHLO reads it
 
 
 def fcdd_loss(phi, labels, valid=None, *, stable=True, single_label_parity=True):

@@ -134,9 +134,12 @@ class Predictor:
     rec = self.reception = models.reception(name)
     std = self.config.loss.gauss_std if self.config.loss.gauss_std > 0 else None
 
+    top = losses.parse_image_score(self.config.eval.get('image_score', 'mean'))   # as the run's evaluation
+
     def fn(variables, x, keep, out):
       low = losses.fcdd_heatmaps(net.apply(variables, x))[:, :keep[0], :keep[1]]
-      return jnp.mean(low, axis=(1, 2)), receptive.upsample(low, rec, out, std)
+      up = receptive.upsample(low, rec, out, std)
+      return losses.fcdd_image_scores(low, up, top), up
 
     self._fn = jax.jit(fn, static_argnums=(2, 3))
     self._jnp = jnp

@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from fcdd_jax import config_checks
+from fcdd_jax import losses
 from fcdd_jax import models
 from fcdd_jax import receptive
 
@@ -39,6 +40,7 @@ class StepConfig:
   single_label_parity: bool = True
   blur: bool = False
   blur_r: Optional[int] = None
+  image_score_top: Optional[float] = None   # FCDD image score (losses.parse_image_score); None = spec mean
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +140,8 @@ def step_config(config, model, data, objective):
       gauss_std=config.loss.gauss_std if config.loss.gauss_std > 0 else None,
       image_size=tuple(data.image_shape[:2]), stable=config.loss.stable,
       single_label_parity=config.loss.single_label_parity, blur=config.loss.blur_heatmaps,
-      blur_r=models.reception(counterpart).r if counterpart else None)
+      blur_r=models.reception(counterpart).r if counterpart else None,
+      image_score_top=losses.parse_image_score(config.eval.get('image_score', 'mean')))
 
 
 # ----------------------------------------------------------------------------------------------------

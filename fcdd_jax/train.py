@@ -89,8 +89,8 @@ def eval_step(state, batch, *, cfg):
   if cfg.objective == 'fcdd':
     phi = state.apply_fn(variables, x, train=False)
     low = losses.fcdd_heatmaps(phi)
-    out['score'] = losses.fcdd_scores(phi)
     out['heatmap'] = receptive.upsample(low, cfg.reception, cfg.image_size, std=cfg.gauss_std)
+    out['score'] = losses.fcdd_image_scores(low, out['heatmap'], cfg.image_score_top)
     out['heatmap_lowres'] = low
   elif cfg.objective == 'hsc':
     z = state.apply_fn(variables, x, train=False)

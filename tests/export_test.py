@@ -49,6 +49,7 @@ def run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('run'))
   config = test_config.get_config()
   config.eval.train_heatmaps = False
+  config.eval.image_score = 'top5%'   # the exported score pools the heatmap as the run's evaluation did
   train.train_and_evaluate(config, wd)
   return wd
 

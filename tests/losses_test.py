@@ -163,3 +163,25 @@ def _np_kornia_blur(maps, k, sigma):
     for x in range(maps.shape[2]):
       out[:, y, x] = (padded[:, y:y + k, x:x + k] * kernel).sum((1, 2))
   return out
+
+
+def test_image_score_spec_parsing():
+  assert losses.parse_image_score('mean') is None
+  assert losses.parse_image_score('max') == 0.0
+  assert losses.parse_image_score('top1%') == pytest.approx(0.01)
+  assert losses.parse_image_score('top0.5%') == pytest.approx(0.005)
+  assert losses.parse_image_score('top100%') == pytest.approx(1.0)
+  for bad in ('median', 'top0%', 'top101%', 'top1', 'top%', ''):
+    with pytest.raises(ValueError, match='config.eval.image_score=.*allowed: mean, max or top<p>%'):
+      losses.parse_image_score(bad)
+
+
+def test_pooled_image_scores_against_numpy():
+  rng = np.random.default_rng(3)
+  low = rng.random((3, 4, 5)).astype(np.float32)
+  up = rng.random((3, 20, 24)).astype(np.float32)
+  np.testing.assert_allclose(losses.fcdd_image_scores(low, up, None), low.mean(axis=(1, 2)), rtol=1e-6)
+  np.testing.assert_allclose(losses.fcdd_image_scores(low, up, 0.0), up.max(axis=(1, 2)), rtol=1e-6)
+  flat = -np.sort(-up.reshape(3, -1), axis=1)
+  for top, k in ((0.05, 24), (0.01, 5), (1e-4, 1), (1.0, 480)):   # k = max(1, round(top * 480))
+    np.testing.assert_allclose(losses.fcdd_image_scores(low, up, top), flat[:, :k].mean(1), rtol=1e-5)

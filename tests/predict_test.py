@@ -165,6 +165,35 @@ def test_crop_mode_equals_evaluation_and_full_mode_at_training_size(run, tmp_pat
   assert maps[0].shape == (32, 32)
 
 
+def test_pooled_image_score_in_evaluation_and_prediction(tmp_path):
+  """eval.image_score='max': results.json's image AUC and crop-mode prediction use the largest pixel of the
+  upsampled heatmap (NumPy: net output -> pseudo-Huber -> spec §4 upsampling -> max)."""
+  config = test_config.get_config()
+  config.eval.image_score = 'max'
+  config.eval.train_heatmaps = False
+  wd = str(tmp_path / 'run')
+  train.train_and_evaluate(config, wd)
+  pipe = input_pipeline.create(config)
+  pred = predict.Predictor(wd, mode='crop')
+  net, rec = run_lib.create_model(config, pipe.info), pred.reception
+  want, means, labels = [], [], []
+  for b in pipe.eval_batches():
+    phi = np.asarray(jax.jit(lambda v, x: net.apply(v, x, train=False))(pred.variables, b['image']), np.float64)
+    for a, ok, y in zip(np.sqrt(phi[..., 0] ** 2 + 1) - 1, b['valid'], b['label']):
+      if ok > 0:
+        want.append(np_upsample(a, rec.r, rec.j, rec.s, 32, 32, config.loss.gauss_std).max())
+        means.append(a.mean())
+        labels.append(y)
+  want, labels = np.asarray(want), np.asarray(labels)
+  assert not np.allclose(want, means, rtol=0.05)   # the pooled score is not the spec's mean
+  got, _ = pred.predict(list(pipe.test_images))
+  np.testing.assert_allclose(got, want, rtol=1e-4)
+  pos, neg = want[labels == 1], want[labels == 0]
+  auc = ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
+  with open(os.path.join(wd, 'results.json')) as f:
+    assert json.load(f)['image_auc'] == pytest.approx(auc, abs=1e-9)
+
+
 @pytest.mark.parametrize('name', ['FCDD_CNN28', 'FCDD_CNN224',   # FCDD_CNN32_S: the crop-mode test above
                                   pytest.param('FCDD_CNN224_VGG_F', marks=pytest.mark.slow)])
 def test_prediction_net_equals_the_training_net_at_nominal_size(name):

@@ -67,6 +67,7 @@ def get_config():
 
   c.eval = e = ml_collections.ConfigDict()
   e.batch_size = 0                # 0 = batch_size
+  e.image_score = 'mean'          # mean (spec §3.5: mean of the low-res map) | max | top<p>% of the upsampled map
   e.quantile = 0.97               # heatmap normalisation quantile (figures only)
   e.pixel_auc = True
   e.pixel_auc_resolution = 'original'  # original (spec §8.2) | input
