@@ -32,6 +32,15 @@ def test_model_options_and_config_check_take_the_resolved_dtype(make_config):
     config_checks.check_config(cfg)
 
 
+def test_config_check_names_a_bad_image_score(make_config):
+  for bad in ('median', 'top0%'):
+    with pytest.raises(config_checks.ConfigError, match=f"config.eval.image_score='{bad}'; allowed: mean, max"):
+      config_checks.check_config(make_config('test', **{'eval.image_score': bad}))
+  with pytest.raises(config_checks.ConfigError, match="image_score='max' pools an FCDD heatmap; CNN32"):
+    config_checks.check_config(make_config('test', **{'eval.image_score': 'max', 'model.name': 'CNN32'}))
+  config_checks.check_config(make_config('test', **{'eval.image_score': 'top2.5%'}))
+
+
 def test_a_run_resumes_in_the_other_compute_dtype(make_config, tmp_path, monkeypatch):
   workdir = str(tmp_path / 'w')
   monkeypatch.setattr(checkpointing, 'reached_preemption', lambda step: step == 2)
