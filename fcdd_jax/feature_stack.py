@@ -63,7 +63,7 @@ class _BatchNormVariables(nn.Module):
   """The variables of a `BatchNorm` (same names); `__call__(stats_fn)` runs stats_fn(scale, bias, mean, var)
   -> (y, batch_mean, batch_var) and updates the running statistics like `BatchNorm` does."""
   features: int
-  momentum: float = 0.1
+  momentum: float = layers_lib.BN_MOMENTUM
   affine: bool = True
   unbiased_var: bool = True
   update: bool = True  # training with batch statistics

@@ -141,6 +141,9 @@ class Dense(nn.Module):
     return y
 
 
+BN_MOMENTUM = 0.1   # PyTorch's BatchNorm momentum (flax momentum = 1 - this), for every BatchNorm here
+
+
 class BatchNorm(nn.Module):
   """PyTorch-semantics BatchNorm over all axes but the last.
 
@@ -151,7 +154,7 @@ class BatchNorm(nn.Module):
   running-average update use the real rows only, as if the padding rows were not in the batch.
   """
   eps: float = 1e-4
-  momentum: float = 0.1           # PyTorch convention (flax momentum = 1 - this)
+  momentum: float = BN_MOMENTUM   # PyTorch convention (flax momentum = 1 - this)
   affine: bool = True
   unbiased_var: bool = True
   use_running: bool = False

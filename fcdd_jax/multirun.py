@@ -95,7 +95,7 @@ def train_and_evaluate_runs(config, workdir):
   eval_fn = jax.jit(functools.partial(train.eval_step, cfg=built.step_config),
                     in_shardings=(built.replicated, built.data_sharding), out_shardings=built.data_sharding)
   results = [_evaluate_and_write(workdir, run, cf, pipe, jax.tree.map(lambda x, r=r: x[r], stacked), eval_fn,
-                                 built.data_sharding, totals[r], train_seconds, is_main)
+                                 built, totals[r], train_seconds, is_main)
              for r, (run, cf, pipe) in enumerate(zip(runs, cfgs, pipes))]
   if is_main:
     from fcdd_jax import summarize  # pylint: disable=g-import-not-at-top
@@ -180,11 +180,12 @@ def _loop(config, names, pipes, totals, p_step, stacked, step_rngs, batch_shardi
   return stacked
 
 
-def _evaluate_and_write(workdir, run, cf, pipe, state, p_eval, data_sharding, steps, train_seconds, is_main):
+def _evaluate_and_write(workdir, run, cf, pipe, state, p_eval, built, steps, train_seconds, is_main):
   """Run `r` = (class c, seed s): its test outputs, AUCs, thresholds, files and final checkpoint."""
   c, s = run
-  outputs = results_lib.run_evaluation(state, pipe, p_eval, data_sharding, 'test', cf.eval.batch_size or None,
-                                       keep_images=cf.eval.num_figure_samples // 2)
+  state = train.precise_bn(cf, state, pipe, built, is_main)
+  outputs = results_lib.run_evaluation(state, pipe, p_eval, built.data_sharding, 'test',
+                                       cf.eval.batch_size or None, keep_images=cf.eval.num_figure_samples // 2)
   image_auc, pixel_auc = results_lib.compute_metrics(cf, pipe, outputs)
   rd = os.path.join(workdir, f'normal_{c}', f'seed_{s}')
   res = {'image_auc': image_auc, 'pixel_auc': pixel_auc,

@@ -128,9 +128,10 @@ def run_round(config, src, current, round_index, subsets, drop, is_anomaly=None,
   eval_fn = jax.jit(functools.partial(train.eval_step, cfg=built.step_config),
                     in_shardings=(built.replicated, built.data_sharding), out_shardings=built.data_sharding)
   bs = config.eval.batch_size or None
-  scores = np.stack([results_lib.run_evaluation(jax.tree.map(lambda x, k=k: x[k], stacked), scorer, eval_fn,
-                                                built.data_sharding, 'train', bs)['score']
-                     for k in range(subsets)])
+  models = [train.precise_bn(config, jax.tree.map(lambda x, k=k: x[k], stacked), pipes[k], built)
+            for k in range(subsets)]   # (model.precise_bn: each on its own subset, as one run would be)
+  scores = np.stack([results_lib.run_evaluation(m, scorer, eval_fn, built.data_sharding, 'train', bs)['score']
+                     for m in models])
   rd = refine.refine_round(scores, assignment, drop, indices=current, is_anomaly=is_anomaly)
   return rd, time.time() - t0
 

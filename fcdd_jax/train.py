@@ -21,6 +21,7 @@ import optax
 from fcdd_jax import checkpointing
 from fcdd_jax import config_checks
 from fcdd_jax import input_pipeline
+from fcdd_jax import layers
 from fcdd_jax import losses
 from fcdd_jax import memory
 from fcdd_jax import progress
@@ -105,6 +106,22 @@ def eval_step(state, batch, *, cfg):
     if k in batch:
       out[k] = batch[k]
   return out
+
+
+def bn_stats_step(state, batch):
+  """This batch's BatchNorm statistics for `model.precise_bn`: (stats like `state.batch_stats`, real rows).
+
+  The train-mode forward pass updates each running statistic S to S' = (1 - m)·S + m·B, B the batch's
+  mean or (unbiased) variance over its real rows; solved here for B. A BatchNorm that does not update
+  (frozen, spec §11.1 option) has S' = S and so keeps B = S."""
+  m = layers.BN_MOMENTUM
+  mask = {'mask': batch['valid']} if 'valid' in batch else {}
+  _, updates = state.apply_fn({'params': state.params, 'batch_stats': state.batch_stats}, batch['image'],
+                              train=True, mutable=['batch_stats'], rngs={'dropout': jax.random.PRNGKey(0)},
+                              **mask)
+  stats = jax.tree.map(lambda new, old: (new - (1 - m) * old) / m, updates['batch_stats'], state.batch_stats)
+  rows = jnp.sum(batch['valid']) if 'valid' in batch else jnp.float32(batch['image'].shape[0])
+  return stats, rows
 
 
 def _fault_injection():
@@ -258,6 +275,8 @@ def _loop(r, state, start_step):
     if log.due(step):
       log.write(step, metrics)
     preempt = checkpointing.reached_preemption(step)
+    if step == r.total_steps:
+      state = precise_bn(r.config, state, r.pipeline, r.built, r.is_main)
     if step % r.config.checkpoint_every_steps == 0 or step == r.total_steps or preempt:
       train_log.check_finite(jax.device_get(metrics), step, 'before saving')
       r.ckpt.save(step, state, {'step': step, 'finished': step == r.total_steps,
@@ -269,6 +288,37 @@ def _loop(r, state, start_step):
       raise SystemExit(0)
   r.ckpt.wait()
   return state
+
+
+def precise_bn(config, state, pipeline, built, verbose=False):
+  """`model.precise_bn`: the running BatchNorm statistics replaced, after the last step, by the statistics
+  the final net produces on the training images (evaluation transform, training batch size): per layer the
+  mean over batches of `bn_stats_step`'s statistics, weighted by real rows (PreciseBN). A short run's
+  running averages still hold the statistics of the first steps' nets (after 35 steps at momentum 0.1,
+  2.5 % of step 1 and 35 % from steps 1-25), which evaluation then applies to a net that has moved on;
+  `bench/README.md`, "Precise BatchNorm", has what it does to detection. Returns the state (unchanged when
+  off or the net has no BatchNorm); one run saves it as its final checkpoint, many-runs mode and
+  refinement call it per model before evaluating."""
+  if not config.model.precise_bn or not state.batch_stats:
+    return state
+  split, bs = 'train', config.batch_size
+  track = progress.Progress('recomputing BatchNorm statistics on the training images',
+                            pipeline.num_eval_batches(split, bs), 'batches', enabled=verbose)
+  repl, data = built.replicated, built.data_sharding
+
+  def add(acc, st, batch):   # running sums in one program (multi-host arrays never leave jit)
+    stats, n = bn_stats_step(st, batch)
+    return jax.tree.map(lambda t, v: t + v * n, acc[0], stats), acc[1] + n
+
+  zeros = jax.jit(lambda bs_: (jax.tree.map(jnp.zeros_like, bs_), jnp.float32(0)), out_shardings=repl)
+  add = jax.jit(add, in_shardings=(repl, repl, data), out_shardings=repl, donate_argnums=(0,))
+  mean = jax.jit(lambda acc: jax.tree.map(lambda t: t / jnp.maximum(acc[1], 1), acc[0]), out_shardings=repl)
+  acc = zeros(state.batch_stats)
+  for gb in input_pipeline.prefetch_to_device(pipeline.eval_batches(split=split, batch_size=bs), data):
+    acc = add(acc, state, gb)
+    track.update()
+  track.close()
+  return state.replace(batch_stats=mean(acc))
 
 
 def _compile_padded_step(r, state, step_rng, start_step):

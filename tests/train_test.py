@@ -2,14 +2,17 @@
 import json
 import os
 
+import flax.linen as nn
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 from sklearn import metrics
 
 from fcdd_jax import checkpointing
 from fcdd_jax import config_checks
+from fcdd_jax import layers
 from fcdd_jax import results as results_lib
 from fcdd_jax import run
 from fcdd_jax import train
@@ -196,3 +199,70 @@ def test_padded_last_batch_is_compiled_before_the_first_step(make_config, tmp_pa
   assert res['steps'] == 6
   assert [s for s, _ in at_step] == [1, 2, 3, 4, 5, 6]
   assert {n for _, n in at_step} == {2}      # unpadded + padded program, both before step 1 ends
+
+
+class _BNNet(nn.Module):
+  """x -> BatchNorm: its batch statistics are those of the input."""
+  frozen: bool = False
+
+  @nn.compact
+  def __call__(self, x, train=False, mask=None):
+    return layers.BatchNorm(use_running=self.frozen)(x, train, mask=mask)
+
+
+@pytest.mark.parametrize('frozen', [False, True])
+def test_bn_stats_step_against_numpy(frozen):
+  """The batch's mean and unbiased variance over real rows, whatever the running statistics held before; a
+  BatchNorm that never updates (frozen) keeps them."""
+  rng = np.random.default_rng(0)
+  x = rng.normal(2.0, 3.0, (6, 3, 4, 2)).astype(np.float32)
+  valid = np.array([1, 1, 1, 1, 0, 0], np.float32)
+  x[4:] = 100.0                                                      # padding rows must not count
+  net = _BNNet(frozen)
+  variables = net.init(jax.random.PRNGKey(0), x)
+  old = {'BatchNorm_0': {'mean': np.float32([0.5, -1.0]), 'var': np.float32([2.0, 0.25])}}
+  state = run.TrainState.create(apply_fn=net.apply, params=variables['params'], tx=optax.sgd(0.1),
+                                batch_stats=old)
+  stats, rows = jax.jit(train.bn_stats_step)(state, {'image': x, 'valid': valid})
+  assert float(rows) == 4.0
+  real = x[:4].reshape(-1, 2).astype(np.float64)
+  want_mean, want_var = (old['BatchNorm_0']['mean'], old['BatchNorm_0']['var']) if frozen else (
+      real.mean(0), real.var(0, ddof=1))
+  np.testing.assert_allclose(stats['BatchNorm_0']['mean'], want_mean, rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(stats['BatchNorm_0']['var'], want_var, rtol=1e-5, atol=1e-5)
+
+
+def test_precise_bn_run_saves_the_final_nets_training_statistics(make_config, tmp_path):
+  """model.precise_bn on 8 devices: the final checkpoint holds, per BatchNorm, the row-weighted mean over the
+  training split's evaluation batches of the batch statistics of the final parameters (computed here through
+  flax directly: zero running statistics, one momentum-0.1 update, divided by 0.1), and the evaluation used
+  them (results.json = AUC of the scores of that state)."""
+  from fcdd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = make_config('test', **{'model.precise_bn': True, 'eval.train_heatmaps': False})
+  workdir = str(tmp_path / 'pbn')
+  res = train.train_and_evaluate(config, workdir)
+  step, state, meta = _final_params(workdir)
+  assert step == 6 and meta['finished']
+  pipe = input_pipeline.create(config)
+  net = run.create_model(config, pipe.info)
+  zero = jax.tree.map(np.zeros_like, state['batch_stats'])
+  fwd = jax.jit(lambda v, x, m: net.apply(v, x, train=True, mutable=['batch_stats'], mask=m)[1]['batch_stats'])
+  total, rows = None, 0.0
+  for b in pipe.eval_batches('train', config.batch_size):
+    st = fwd({'params': state['params'], 'batch_stats': zero}, b['image'], b['valid'])
+    n = float(b['valid'].sum())
+    st = jax.tree.map(lambda s: np.asarray(s, np.float64) / 0.1 * n, st)
+    total = st if total is None else jax.tree.map(np.add, total, st)
+    rows += n
+  assert rows == config.data.demo_num_train
+  want = jax.tree.map(lambda t: t / rows, total)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(np.asarray(g), w, rtol=2e-4, atol=1e-5),
+               state['batch_stats'], want)
+  scores, labels = [], []
+  variables = {'params': state['params'], 'batch_stats': state['batch_stats']}
+  for b in pipe.eval_batches('test'):
+    phi = np.asarray(jax.jit(lambda v, x: net.apply(v, x, train=False))(variables, b['image']), np.float64)
+    keep = b['valid'] > 0
+    scores += list((np.sqrt(phi ** 2 + 1) - 1).mean(axis=(1, 2, 3))[keep])
+    labels += list(b['label'][keep])
+  assert res['image_auc'] == pytest.approx(metrics.roc_auc_score(labels, scores), abs=1e-6)

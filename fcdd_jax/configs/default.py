@@ -48,6 +48,7 @@ def get_config():
   m.bn_unbiased_var = True        # running var from the unbiased batch var (spec §11.10)
   m.frozen_bn = 'parity'          # parity | frozen (spec §11.1)
   m.dtype = 'auto'                # compute dtype: auto (bfloat16 for 224² nets on XLA:CPU, else float32) | float32 | bfloat16
+  m.precise_bn = False           # after the last step: BatchNorm statistics recomputed on the training images (train.py)
 
   c.loss = l = ml_collections.ConfigDict()
   l.gauss_std = 1.2               # σ of the receptive-field upsampling (spec §7.2); <= 0: σ(r)
