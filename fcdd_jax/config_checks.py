@@ -16,7 +16,7 @@ class ConfigError(ValueError):
   """A configuration value that cannot work; the message names it and what is allowed."""
 
 
-OPTIMIZERS = ('sgd', 'adam')
+OPTIMIZERS = ('sgd', 'adam', 'auto')
 SCHEDULES = ('lambda', 'milestones', 'constant')
 OBJECTIVES = ('auto', 'fcdd', 'hsc', 'ae')
 DTYPES = ('auto', 'float32', 'bfloat16')
@@ -72,6 +72,9 @@ def check_config(config):
   if top is not None and objective_for(config) != 'fcdd':
     raise ConfigError(f'config.eval.image_score={config.eval.image_score!r} pools an FCDD heatmap; '
                       f'{config.model.name} ({objective_for(config)}) scores images its own way: use mean')
+  if config.data.get('generated_maps', False) and config.data.supervise_mode != 'malformed_normal_gt':
+    raise ConfigError(f'config.data.generated_maps=True trains on the maps of generated anomalies; it needs '
+                      f'config.data.supervise_mode=malformed_normal_gt, not {config.data.supervise_mode!r}')
   if config.model.dtype not in DTYPES:
     raise ConfigError(f'config.model.dtype={config.model.dtype!r}; allowed: {", ".join(DTYPES)}')
   name = config.model.name

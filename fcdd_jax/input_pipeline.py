@@ -137,8 +137,10 @@ class Pipeline:
       extra = len(self.train_images) - len(self.train_is_anomaly)   # the generated (labelled) anomalies
       self.train_is_anomaly = np.concatenate([self.train_is_anomaly, np.zeros(extra, bool)])
     n = len(self.train_images)
-    # CutPaste knows the pasted region exactly: malformed_normal_gt trains with the GT-map loss on any dataset
-    cutpaste_maps = d.supervise_mode == 'malformed_normal_gt' and d.noise_mode in cutpaste.CUTPASTE_MODES
+    # CutPaste knows the pasted region exactly: malformed_normal_gt trains with the GT-map loss on any dataset;
+    # data.generated_maps does the same for every generated anomaly (confetti: the pixels it changed)
+    cutpaste_maps = d.supervise_mode == 'malformed_normal_gt' and (
+        d.noise_mode in cutpaste.CUTPASTE_MODES or d.get('generated_maps', False))
     self.info = Info(
         name=src.name, image_shape=src.image_shape, num_classes=len(src.class_names),
         class_names=tuple(src.class_names), normal_class=int(src.normal_class), nominal_label=d.nominal_label,

@@ -99,11 +99,21 @@ def learning_rate_fn(config, steps_per_epoch):
   return fn
 
 
+def optimizer_name(config):
+  """config.optim.name resolved: 'auto' is SGD-Nesterov for nets that start from pretrained weights and Adam
+  for nets trained from scratch, the authors' own split (spec §7.2: SGD for MVTec/custom with VGG_F, Adam for
+  ImageNet-30/VOC with VGG_NOPT and for CIFAR-10)."""
+  name = config.optim.name
+  if name == 'auto':
+    return 'sgd' if config_checks.needs_pretrained(config.model.name) else 'adam'
+  return name
+
+
 def create_optimizer(config, steps_per_epoch, frozen=None):
   """SGD-Nesterov or Adam with coupled L2 weight decay (spec §7.1); frozen params get no update."""
   o = config.optim
   lr = learning_rate_fn(config, steps_per_epoch)
-  if o.name == 'sgd':
+  if optimizer_name(config) == 'sgd':
     opt = optax.sgd(lr, momentum=o.momentum, nesterov=True)
   else:
     opt = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)

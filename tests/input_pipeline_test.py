@@ -11,6 +11,7 @@ from fcdd_jax.data import anomalies
 from fcdd_jax.data import custom
 from fcdd_jax.data import cutpaste
 from fcdd_jax.data import one_vs_rest
+from fcdd_jax.data import source
 from fcdd_jax.data import transforms
 from tests import testdata
 
@@ -395,6 +396,35 @@ def test_cutpaste_gt_maps_are_the_pasted_region_after_crops_and_flips(train_geom
     inter, union = (region & moved).sum(), (region | moved).sum()
     assert region.sum() > 0 and inter / union > 0.9, (inter, union)
   assert 0 < flips < 32   # both orientations were exercised
+
+
+def test_generated_confetti_maps_only_with_generated_maps(make_config):
+  """Without data.generated_maps a dataset without masks keeps the reference's label loss for confetti
+  (spec §3.2: its loader drops the generated map); the option needs malformed_normal_gt."""
+  cfg = make_config('demo', batch_size=32, **{'data.supervise_mode': 'malformed_normal_gt',
+                                              'data.noise_mode': 'confetti'})
+  p = input_pipeline.Pipeline(cfg, _position_source('crop', 60, 48))
+  assert not p.info.train_gtmaps and 'gtmap' not in p.global_train_batch(0)
+  # with it: the map of each anomaly is the set of pixels the confetti changed (identity geometry here)
+  img = _position_source('crop', 48, 48).train_images[0]
+  t = transforms.Transform(mean=np.zeros(3, np.float32), std=np.ones(3, np.float32), input_size=(48, 48),
+                           raw_size=(48, 48), channels=3, train_geom='none', hflip=False, noise_std=0.0)
+  src = source.Source(name='demo', class_names=('x',), normal_class=0, transform=t,
+                      train_images=np.repeat(img[None], 64, 0), test_images=img[None].repeat(2, 0),
+                      test_labels=np.zeros(2, np.int32))
+  cfg.data.generated_maps = True
+  p = input_pipeline.Pipeline(cfg, src)
+  assert p.info.train_gtmaps
+  b = p.global_train_batch(1)
+  assert (b['label'] == 1).sum() >= 8
+  for x, y, g in zip(b['image'], b['label'], b['gtmap']):
+    changed = (np.rint(x * 255).astype(int) != img).any(-1)
+    np.testing.assert_array_equal(g > 0, changed)
+    assert changed.any() == bool(y)
+  from fcdd_jax import config_checks  # pylint: disable=g-import-not-at-top
+  with pytest.raises(config_checks.ConfigError, match='generated_maps=True .* needs '
+                     "config.data.supervise_mode=malformed_normal_gt, not 'malformed_normal'"):
+    config_checks.check_config(make_config('demo', **{'data.generated_maps': True}))
 
 
 def test_cutpaste_names_are_accepted_and_other_supervisions_keep_their_maps(make_config):

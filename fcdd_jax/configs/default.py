@@ -28,6 +28,8 @@ def get_config():
   d.noise_mode = 'cifar100'       # confetti | gaussian | uniform | solid | blob | mixed_blob | cutpaste | cutpaste_scar | cutpaste_mixed | folder | cifar100 | emnist | imagenet | imagenet22k | mvtec | mvtec_gt
   d.oe_root = ''                  # OE folder: folder | imagenet22k synsets | imagenet val <wnid>/ (or its tars) | cifar100 copy
   d.oe_limit = -1                 # number of distinct OE images (-1 = all); per defect type for mvtec(_gt)
+  d.generated_maps = False        # malformed_normal_gt: GT-map loss with the generated anomalies' maps on every dataset
+                                  # (False: only where the reference's loader keeps maps: masks, offline, CutPaste)
   d.online_supervision = True     # spec §6.3 (False: a fixed balanced set generated once)
   d.exact_half = False            # True: exactly half of each batch is anomalous (spec §11.4 variant)
   d.preproc = 'aug1'              # lcn | lcnaug1 | aug1 | aug1_blackcenter | aug1_blackcenter_inverted | none
@@ -57,7 +59,7 @@ def get_config():
   l.blur_heatmaps = False         # HSC gradient heatmaps: blur (spec §8.3)
 
   c.optim = o = ml_collections.ConfigDict()
-  o.name = 'sgd'                  # sgd (Nesterov, momentum 0.9) | adam
+  o.name = 'sgd'                  # sgd (Nesterov, momentum 0.9) | adam | auto (pretrained nets: sgd, else adam)
   o.lr = 1e-3
   o.weight_decay = 1e-6           # coupled L2 (spec §7.1)
   o.momentum = 0.9
