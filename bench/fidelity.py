@@ -4,13 +4,15 @@
                            [--dtype float32|bfloat16] [--sets bottle,bottle_pasted] [--bottle DIR]
                            [--workdir DIR] [--steps N] [--set FIELD=VALUE ...]
 
-`configs/custom.py` (malformed_normal + confetti, aug1, SGD-Nesterov lr 1e-3, lambda 0.985, sigma 10) with
-FCDD_CNN224_VGG_NOPT from scratch, global batch 32, on
+`configs/custom.py` as users get it (its recipe: confetti with its own maps for the GT-map loss, aug1, Adam
+for a net from scratch, lambda 0.985, sigma 10, precise BatchNorm, image score = heatmap maximum; the
+authors' custom runner with `--set` overrides, see the module's README section) with FCDD_CNN224_VGG_NOPT
+from scratch, global batch 32, on
 * `bottle`: the shared MVTec bottle (256², real defects: broken_large/small, contamination; image labels only)
-  -> image AUC (label loss: the folder has no masks);
+  -> image AUC;
 * `bottle_pasted`: a masked set built here from the bottle's nominal images: 149 training images, test = 50
   nominal (test/good + 30 held-out) and 30 held-out images with one synthetic defect pasted in (a patch of
-  another bottle, a stain or a scratch; masks kept in ground_truth/) -> image and pixel AUC (GT-map loss).
+  another bottle, a stain or a scratch; masks kept in ground_truth/) -> image and pixel AUC.
   Written once to <workdir or $XDG_CACHE_HOME/fcdd_jax>/bench_fidelity/, never into the data folder.
 --bottle defaults to ../shared/data/mvtec_bottle_256/bottle next to the repository (or $FCDD_SHARED_DATA/
 mvtec_bottle_256/bottle); pass it when running from a copy. Run from the command line, the process uses the

@@ -278,6 +278,7 @@ def _loop(r, state, start_step):
     if step == r.total_steps:
       t_bn = time.time()
       state = precise_bn(r.config, state, r.pipeline, r.built, r.is_main)
+      jax.block_until_ready(state.batch_stats)
       r.timings['precise_bn_seconds'] = round(time.time() - t_bn, 2) if r.config.model.precise_bn else None
     if step % r.config.checkpoint_every_steps == 0 or step == r.total_steps or preempt:
       train_log.check_finite(jax.device_get(metrics), step, 'before saving')
