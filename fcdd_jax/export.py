@@ -6,7 +6,8 @@
 The exported function is the whole inference path of the run: uint8 images [N,H,W,C] (any N; any H, W
 unless --input_size fixes them) -> the run's test preprocessing (channels, resize/crop, normalisation or
 LCN, from RUN/preprocessing.json) -> the net of the newest readable checkpoint (BatchNorm in inference
-mode) -> score [N] (mean of the low-resolution pseudo-Huber map, as in evaluation) and the Gaussian
+mode) -> score [N] (the run's evaluation score, `eval.image_score`: by default the mean of the
+low-resolution pseudo-Huber map, or the maximum / top p % of the heatmap before it is mapped back) and the Gaussian
 receptive-field upsampled heatmap, mapped back onto the input pixels: heatmap [N,H,W] float32. When
 RUN/results.json stores an image threshold, `anomalous [N]` (bool, score >= threshold) is a third output.
 
@@ -136,7 +137,9 @@ def metadata(run, c_in, input_size, platforms, files):
   import jax  # pylint: disable=g-import-not-at-top
   from fcdd_jax import models  # pylint: disable=g-import-not-at-top
   name = run['config'].model.name
-  outputs = {'score': 'float32 [N]: mean of the low-resolution pseudo-Huber map (as evaluation)',
+  how = run['config'].eval.get('image_score', 'mean')
+  outputs = {'score': f'float32 [N]: the evaluation score (eval.image_score={how}: mean = of the low-resolution '
+                      'pseudo-Huber map; max / top<p>% = of the upsampled heatmap)',
              'heatmap': 'float32 [N,H,W]: Gaussian receptive-field upsampled map on the input pixels'}
   thr = run['thresholds']
   if thr.get('image') is not None:

@@ -22,12 +22,13 @@ file's own width and height. FCDD nets are fully convolutional, so the net runs 
      bottom/right by reflection to a multiple of the net's stride j;
   3. low-resolution pseudo-Huber map; cells whose receptive-field centre i*j + s lies outside the scaled image
      (created by the padding) are dropped;
-  4. score = mean of the remaining low-resolution cells: the evaluation score (spec §11.7, mean of the
-     low-resolution pseudo-Huber map), taken over the whole image instead of the training crop;
+  4. score = the run's evaluation score (`eval.image_score`) over the whole image instead of the training
+     crop: the mean of the remaining low-resolution cells (spec §11.7, the default), or the maximum / top p %
+     of the heatmap of step 5 at the scaled size (`max`, `top<p>%`: `configs/custom.py` uses `max`);
   5. heatmap = Gaussian receptive-field upsampling of those cells to the scaled size (spec §4, separable per
      axis), then a bilinear resize to the file's width x height.
-How a non-training size maps to the score: the score is a per-cell MEAN, so it does not grow with the image
-size; an image that evaluation would bring exactly to the input size without cropping (a square image, in a
+How a non-training size maps to the score: the score is a per-cell mean (or a maximum), so it does not grow
+with the image size; an image that evaluation would bring exactly to the input size without cropping (a square image, in a
 run without test_center, e.g. MVTec or the demo) gives the evaluation score up to resampling differences
 (one resize here, the run's resize chain there); where evaluation crops (custom data without masks), full
 mode also scores the border that the crop never shows, so its score can differ from the evaluation score of
