@@ -248,7 +248,7 @@ def test_precise_bn_run_saves_the_final_nets_training_statistics(make_config, tm
   zero = jax.tree.map(np.zeros_like, state['batch_stats'])
   fwd = jax.jit(lambda v, x, m: net.apply(v, x, train=True, mutable=['batch_stats'], mask=m)[1]['batch_stats'])
   total, rows = None, 0.0
-  for b in pipe.eval_batches('train', config.batch_size):
+  for b in pipe.eval_batches('train', min(config.batch_size, 8 * jax.device_count())):
     st = fwd({'params': state['params'], 'batch_stats': zero}, b['image'], b['valid'])
     n = float(b['valid'].sum())
     st = jax.tree.map(lambda s: np.asarray(s, np.float64) / 0.1 * n, st)
