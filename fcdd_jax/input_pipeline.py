@@ -139,13 +139,13 @@ class Pipeline:
     n = len(self.train_images)
     # CutPaste knows the pasted region exactly: malformed_normal_gt trains with the GT-map loss on any dataset;
     # data.generated_maps does the same for every generated anomaly (confetti: the pixels it changed)
-    cutpaste_maps = d.supervise_mode == 'malformed_normal_gt' and (
+    generated_maps = d.supervise_mode == 'malformed_normal_gt' and (
         d.noise_mode in cutpaste.CUTPASTE_MODES or d.get('generated_maps', False))
     self.info = Info(
         name=src.name, image_shape=src.image_shape, num_classes=len(src.class_names),
         class_names=tuple(src.class_names), normal_class=int(src.normal_class), nominal_label=d.nominal_label,
         num_train=n * max(1, int(d.enlarge)), steps_per_epoch=steps_per_epoch(n, d.enlarge, config.batch_size),
-        train_gtmaps=bool(src.train_gtmaps or self.train_maps is not None or cutpaste_maps), test_gtmaps=src.test_gtmaps,
+        train_gtmaps=bool(src.train_gtmaps or self.train_maps is not None or generated_maps), test_gtmaps=src.test_gtmaps,
         num_test=len(src.test_images), preprocessing=src.transform.describe(src.name, src.normal_class))
     self.test_images = src.test_images
     self.test_labels = np.asarray(src.test_labels, np.int32)

@@ -70,16 +70,13 @@ def fcdd_scores(phi):
   return jnp.mean(fcdd_heatmaps(phi), axis=(1, 2))
 
 
-IMAGE_SCORES = ('mean', 'max', 'top<p>%')
-
-
 def parse_image_score(spec):
   """`config.eval.image_score` -> the share of the upsampled heatmap's pixels it averages, or None.
 
   'mean' (spec §3.5, the default): None, the mean of the low-resolution map. 'max': 0.0, the largest pixel of
   the receptive-field-upsampled map. 'top<p>%' (e.g. 'top1%'): p / 100, the mean of its largest p % pixels.
   The pooled scores see a defect of a few hundred pixels that the image mean dilutes (see `bench/README.md`,
-  "Image score"). Raises ValueError naming the value and what is allowed."""
+  "Recipe for real defects"). Raises ValueError naming the value and what is allowed."""
   s = str(spec).strip()
   if s == 'mean':
     return None

@@ -28,11 +28,12 @@ file's own width and height. FCDD nets are fully convolutional, so the net runs 
   5. heatmap = Gaussian receptive-field upsampling of those cells to the scaled size (spec §4, separable per
      axis), then a bilinear resize to the file's width x height.
 How a non-training size maps to the score: the score is a per-cell mean (or a maximum), so it does not grow
-with the image size; an image that evaluation would bring exactly to the input size without cropping (a square image, in a
-run without test_center, e.g. MVTec or the demo) gives the evaluation score up to resampling differences
-(one resize here, the run's resize chain there); where evaluation crops (custom data without masks), full
-mode also scores the border that the crop never shows, so its score can differ from the evaluation score of
-the same file. The stored thresholds were fitted on evaluation scores.
+with the image size; an image that evaluation would bring exactly to the input size without cropping (a square
+image, in a run without test_center, e.g. MVTec or the demo) gives the evaluation score up to resampling
+differences (one resize here, the run's resize chain there); where evaluation crops (custom data without
+masks), full mode also scores the border that the crop never shows, so its score can differ from the
+evaluation score of the same file.
+The stored thresholds were fitted on evaluation scores.
 --mode=crop: the evaluation transform itself (resize, centre-crop or squash to the training input size); the
 score is exactly the evaluation score of the image; overlay and mask show that crop at the net's input size.
 
