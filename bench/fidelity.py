@@ -21,10 +21,27 @@ is the process's peak so far (the first run's is its own).
 Prints one JSON line per run (AUCs, training img/s, peak RSS) and one per set with image/pixel AUC mean ± std over the seeds. `--set` passes
 config overrides (e.g. `--set data.exact_half=True`) to compare variants; `--steps` replaces --epochs (smoke
 tests).
+
+Panel mode (issue 24: a recipe is judged on every kind of real defect data, never on one set):
+
+  python -m bench.fidelity --panel --workdir W [--seeds 0,1,2] [--sets tire,aitex,elpv,bottle]
+                           [--set FIELD=VALUE ...] [--name NAME] [--no_authors] [--table]
+
+trains `configs/custom.py` with the `--set` overrides (the candidate recipe; none = the shipped default) and
+the authors' custom recipe (AUTHORS_RECIPE) on every panel set (../shared/data/panel: MVTec 3D-AD tire, AITEX
+fabric tiles, ELPV solar cells) plus the bottle, at the fixed budget (FCDD_CNN224_VGG_NOPT from scratch,
+batch 32, 5 epochs, the default dtype), seed by seed (all sets for seed 0 first, so a partial run already
+compares both recipes everywhere). Every run lives in W/panel/<recipe>/<set>-seed<k>/ and a finished run
+(its results.json) is never trained again: rerun the same command to resume after a stop, add seeds or sets
+later. It prints one table: per set image AUC, pixel AUC, AUPRO (masked sets) and the border measure (share
+of the top 1 % nominal heatmap pixels within 16 px of the border / that band's share of the area; 1 = no
+border bias) as mean ± std over the seeds, candidate next to the authors' recipe, the panel mean, and a
+leave-one-set-out check over every recipe in W. `--table` only prints the table of what W holds.
 """
 import argparse
 import ast
 import hashlib
+import json
 import os
 import shutil
 import statistics
@@ -38,6 +55,17 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOTTLE = os.path.join(os.environ.get('FCDD_SHARED_DATA', os.path.join(os.path.dirname(_REPO), 'shared', 'data')),
                       'mvtec_bottle_256', 'bottle')
 PASTED_VERSION = 'bottle_pasted-v2'
+_DATA = os.path.dirname(os.path.dirname(BOTTLE))
+PANEL = {   # set -> MVTec-layout root (../shared/data/README.md, "panel/")
+    'tire': os.path.join(_DATA, 'panel', 'mvtec3d_tire_256', 'mvtec3d_tire'),
+    'aitex': os.path.join(_DATA, 'panel', 'aitex_256', 'aitex'),
+    'elpv': os.path.join(_DATA, 'panel', 'elpv_mono_256', 'elpv_mono'),
+    'bottle': BOTTLE,
+}
+# The authors' custom runner on the same code (README, parity table).
+AUTHORS_RECIPE = ('data.supervise_mode=malformed_normal', 'data.generated_maps=False', 'optim.name=sgd',
+                  'model.precise_bn=False', 'eval.image_score=mean')
+METRICS = ('image_auc', 'pixel_auc', 'aupro', 'border')
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -139,8 +167,134 @@ def _override(c, item):
 
 
 def run_one(root, seed, a, workdir):
-  from bench import train_loop  # pylint: disable=g-import-not-at-top
   from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  c = _config(root, seed, a, workdir)
+  for item in a.set:
+    _override(c, item)
+  return train.train_and_evaluate(c, os.path.join(workdir, f'run-{os.path.basename(root)}-seed{seed}'))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Panel mode
+
+def _budget_tag(a):
+  budget = f's{a.steps}' if a.steps > 0 else f'e{a.epochs}'
+  return f'{a.net}-b{a.batch}-{budget}-{a.dtype}'
+
+
+def _recipe_key(name, overrides):
+  if name:
+    return name
+  if not overrides:
+    return 'default'
+  return 'r-' + hashlib.sha1(repr(sorted(overrides)).encode()).hexdigest()[:8]
+
+
+def _run_metrics(res):
+  border = (res.get('border') or {}).get('ratio')
+  return {'image_auc': res.get('image_auc'), 'pixel_auc': res.get('pixel_auc'), 'aupro': res.get('aupro'),
+          'border': border}
+
+
+def panel_run(a, recipe_dir, overrides, set_name, seed):
+  """One panel run (trained unless its results.json exists): its metrics."""
+  run_dir = os.path.join(recipe_dir, f'{set_name}-seed{seed}')
+  done = os.path.join(run_dir, 'results.json')
+  if not os.path.exists(done):
+    from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+    c = _config(PANEL[set_name], seed, a, os.path.dirname(os.path.dirname(recipe_dir)))
+    c.checkpoint_every_steps = 1 << 30    # the final checkpoint only (kept: eval-only variants need it)
+    for item in overrides:
+      _override(c, item)
+    train.train_and_evaluate(c, run_dir)
+  with open(done) as f:
+    res = json.load(f)
+  return res
+
+
+def read_panel(root):
+  """{recipe: {'overrides': [...], 'runs': {(set, seed): metrics}}} of every recipe under `root`."""
+  out = {}
+  for key in sorted(os.listdir(root)) if os.path.isdir(root) else []:
+    meta = os.path.join(root, key, 'recipe.json')
+    if not os.path.exists(meta):
+      continue
+    with open(meta) as f:
+      rec = {'overrides': json.load(f)['overrides'], 'runs': {}}
+    for d in os.listdir(os.path.join(root, key)):
+      path = os.path.join(root, key, d, 'results.json')
+      set_name, _, seed = d.rpartition('-seed')
+      if os.path.exists(path) and set_name in PANEL and seed.isdigit():
+        with open(path) as f:
+          rec['runs'][(set_name, int(seed))] = _run_metrics(json.load(f))
+    out[key] = rec
+  return out
+
+
+def _stats(runs, set_name, metric, seeds):
+  return _mean_std([runs[(set_name, s)][metric] for s in seeds if (set_name, s) in runs])
+
+
+def _quality(runs, set_name, seeds):
+  """A set's quality score: the mean of its image AUC, pixel AUC and AUPRO means (those it has)."""
+  ms = [_stats(runs, set_name, m, seeds)[0] for m in ('image_auc', 'pixel_auc', 'aupro')]
+  ms = [m for m in ms if m is not None]
+  return statistics.mean(ms) if ms else None
+
+
+def panel_table(recipes, sets, seeds, candidate, reference='authors'):
+  """Markdown lines: per set and metric, candidate and reference mean ± std; the panel means; LOSO."""
+  fmt = lambda ms: '–' if ms[0] is None else f'{ms[0]:.3f} ± {ms[1]:.3f}'
+  names = [candidate] + ([reference] if reference in recipes and reference != candidate else [])
+  lines = [f'| set | metric | ' + ' | '.join(names) + ' |', '|---|---|' + '---|' * len(names)]
+  for set_name in sets:
+    for m in METRICS:
+      cells = [_stats(recipes[n]['runs'], set_name, m, seeds) for n in names]
+      if all(c[0] is None for c in cells):
+        continue
+      n_seeds = [sum((set_name, s) in recipes[n]['runs'] for s in seeds) for n in names]
+      label = {'border': 'border ratio (1 = none)'}.get(m, m.replace('_auc', ' AUC'))
+      lines.append(f'| {set_name} | {label} | ' + ' | '.join(
+          f'{fmt(c)} (n={k})' for c, k in zip(cells, n_seeds)) + ' |')
+  for m in METRICS:
+    means = []
+    for n in names:
+      per_set = [_stats(recipes[n]['runs'], s, m, seeds)[0] for s in sets]
+      per_set = [x for x in per_set if x is not None]
+      means.append(statistics.mean(per_set) if per_set else None)
+    if any(x is not None for x in means):
+      label = {'border': 'border ratio'}.get(m, m.replace('_auc', ' AUC'))
+      lines.append(f'| **panel mean** | {label} | ' + ' | '.join(
+          '–' if x is None else f'**{x:.3f}**' for x in means) + ' |')
+  return lines + [''] + loso_lines(recipes, sets, seeds, reference)
+
+
+def loso_lines(recipes, sets, seeds, reference='authors'):
+  """Leave one set out: the recipe with the best mean quality on the other sets, judged on the one left out
+  against the reference (at least as good within one std on each of image AUC, pixel AUC and AUPRO)."""
+  if reference not in recipes or len(recipes) < 2:
+    return []
+  lines = ['leave-one-set-out (choose on the other sets by mean of image/pixel AUC and AUPRO, judge on the left-out):']
+  complete = [n for n, r in recipes.items() if all((s, k) in r['runs'] for s in sets for k in seeds)]
+  for out in sets:
+    rest = [s for s in sets if s != out]
+    scored = [(statistics.mean([_quality(recipes[n]['runs'], s, seeds) for s in rest]), n) for n in complete]
+    if not scored:
+      return lines + ['  (no recipe has every set and seed yet)']
+    best = max(scored)[1]
+    verdicts = []
+    for m in ('image_auc', 'pixel_auc', 'aupro'):
+      c, r = _stats(recipes[best]['runs'], out, m, seeds), _stats(recipes[reference]['runs'], out, m, seeds)
+      if c[0] is None or r[0] is None:
+        continue
+      ok = c[0] >= r[0] - max(c[1], r[1])
+      verdicts.append(f"{m} {c[0]:.3f} vs {r[0]:.3f} {'ok' if ok else 'WORSE'}")
+    lines.append(f'  {out:>7}: chosen {best}: ' + ', '.join(verdicts))
+  return lines
+
+
+def _config(root, seed, a, workdir):
+  from bench import train_loop  # pylint: disable=g-import-not-at-top
   c = train_loop.custom_config()
   c.data.root = root
   c.data.cache_dir = os.path.join(workdir, 'cache')
@@ -155,9 +309,51 @@ def run_one(root, seed, a, workdir):
   c.keep_checkpoints = 1
   c.eval.train_heatmaps = False
   c.eval.num_figure_samples = 0
-  for item in a.set:
-    _override(c, item)
-  return train.train_and_evaluate(c, os.path.join(workdir, f'run-{os.path.basename(root)}-seed{seed}'))
+  return c
+
+
+def main_panel(a, seeds):
+  sets = [s for s in a.sets.split(',') if s] if a.sets != 'bottle,bottle_pasted' else list(PANEL)
+  unknown = set(sets) - set(PANEL)
+  if unknown:
+    raise SystemExit(f'--sets: unknown {sorted(unknown)}; panel sets: {", ".join(PANEL)}')
+  missing = [s for s in sets if not os.path.isdir(PANEL[s])]
+  if missing:
+    raise SystemExit(f'panel data missing: {", ".join(PANEL[s] for s in missing)} (../shared/data/README.md)')
+  if not a.workdir:
+    raise SystemExit('--panel needs --workdir (runs are kept there and resumed)')
+  root = os.path.join(a.workdir, 'panel', _budget_tag(a))
+  candidate = _recipe_key(a.name, a.set)
+  plan = [(candidate, list(a.set))] + ([] if a.no_authors or candidate == 'authors'
+                                       else [('authors', list(AUTHORS_RECIPE))])
+  if not a.table:
+    for key, overrides in plan:
+      os.makedirs(os.path.join(root, key), exist_ok=True)
+      meta = os.path.join(root, key, 'recipe.json')
+      if os.path.exists(meta):
+        with open(meta) as f:
+          old = json.load(f)['overrides']
+        if sorted(old) != sorted(overrides):
+          raise SystemExit(f'{meta}: recipe {key!r} was run with {old}, not {overrides}: choose another --name')
+      else:
+        with open(meta, 'w') as f:
+          json.dump({'name': key, 'overrides': overrides}, f)
+    for seed in seeds:
+      for set_name in sets:
+        for key, overrides in plan:
+          res = panel_run(a, os.path.join(root, key), overrides, set_name, seed)
+          common.emit(impl='fidelity_panel', recipe=key, set=set_name, seed=seed, **_run_metrics(res),
+                      img_per_s=res.get('train_images_per_second'),
+                      peak_rss_gb=(round(res['peak_rss_bytes'] / 2**30, 2) if res.get('peak_rss_bytes') else None),
+                      device_kind=common.cpu_kind(), load=common.load_avg())
+  recipes = read_panel(root)
+  if candidate not in recipes:
+    raise SystemExit(f'no runs of recipe {candidate!r} under {root}')
+  lines = panel_table(recipes, sets, seeds, candidate)
+  print(f'\npanel {_budget_tag(a)}, seeds {",".join(map(str, seeds))}, recipe {candidate}: '
+        f'{recipes[candidate]["overrides"] or "configs/custom.py as shipped"}')
+  print('\n'.join(lines), flush=True)
+  return recipes
 
 
 def _mean_std(xs):
@@ -174,14 +370,23 @@ def main(argv=None):
   p.add_argument('--steps', type=int, default=0, help='> 0: train this many steps instead of --epochs')
   p.add_argument('--batch', type=int, default=32)
   p.add_argument('--net', default='FCDD_CNN224_VGG_NOPT')
-  p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
+  p.add_argument('--dtype', default=None, choices=['auto', 'float32', 'bfloat16'],
+                 help='default: float32; with --panel the config default (auto: bfloat16 for 224² nets on CPU)')
   p.add_argument('--sets', default='bottle,bottle_pasted')
   p.add_argument('--bottle', default=BOTTLE, help='MVTec-layout bottle folder')
   p.add_argument('--workdir', default='', help='runs and the masked set (default: a temporary directory; the '
                  'masked set then goes to $XDG_CACHE_HOME/fcdd_jax/bench_fidelity)')
   p.add_argument('--set', action='append', default=[], metavar='FIELD=VALUE', help='config override')
+  p.add_argument('--panel', action='store_true', help='the panel: tire, aitex, elpv, bottle (module doc)')
+  p.add_argument('--name', default='', help='--panel: the candidate recipe\'s name (default: from --set)')
+  p.add_argument('--no_authors', action='store_true', help='--panel: do not train the authors\' recipe')
+  p.add_argument('--table', action='store_true', help='--panel: only print the table of what --workdir holds')
   a = p.parse_args(argv)
   seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
+  if a.dtype is None:
+    a.dtype = 'auto' if a.panel else 'float32'
+  if a.panel:
+    return main_panel(a, seeds)
   sets = [s for s in a.sets.split(',') if s]
   unknown = set(sets) - {'bottle', 'bottle_pasted'}
   if unknown:

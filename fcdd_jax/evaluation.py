@@ -174,3 +174,25 @@ def resize_nearest(x, size):
   rows = np.minimum(np.floor(np.arange(oh, dtype=np.float32) * sh).astype(np.int64), ih - 1)
   cols = np.minimum(np.floor(np.arange(ow, dtype=np.float32) * sw).astype(np.int64), iw - 1)
   return x[rows][:, cols]
+
+
+def border_share(heatmaps, band=16, top=0.01):
+  """Where a detector's hottest pixels lie: the mean over images of the share of each image's top `top`
+  fraction of heatmap pixels that lie within `band` pixels of the image border, and that band's share of the
+  image area (the share a heatmap without spatial bias would give). On nominal images a ratio well above 1
+  means the detector lights up the borders (the padding/border artefact), not the content.
+  """
+  shares, area = [], None
+  for h in heatmaps:
+    h = np.asarray(h, np.float64)
+    rows, cols = h.shape
+    b = min(band, rows // 2, cols // 2)
+    edge = np.ones((rows, cols), bool)
+    edge[b:rows - b, b:cols - b] = False
+    k = max(1, int(np.ceil(top * h.size)))
+    hot = np.argpartition(h.reshape(-1), h.size - k)[h.size - k:]
+    shares.append(float(edge.reshape(-1)[hot].mean()))
+    area = float(edge.mean())
+  if not shares:
+    raise ValueError('border_share: no heatmaps')
+  return float(np.mean(shares)), area

@@ -87,7 +87,8 @@ def compute_metrics(config, pipeline, outputs):
 
 
 def thresholds_and_aupro(config, outputs):
-  """Thresholds stored with the run (image and pixel) and AUPRO where masks exist.
+  """Thresholds stored with the run (image and pixel), AUPRO where masks exist, and where the hottest nominal
+  heatmap pixels lie (`border`: evaluation.border_share, 16 px band, top 1 %).
 
   Labelled test data: the F1-maximising threshold; nominal-only data: the config.eval.threshold_quantile
   quantile of nominal scores (pixels: of nominal heatmap values).
@@ -123,6 +124,9 @@ def thresholds_and_aupro(config, outputs):
       nominal = heat[labels == 0] if (labels == 0).any() else heat
       out['thresholds']['pixel'] = float(evaluation.quantile_threshold(nominal.reshape(-1), q))
       out['thresholds']['pixel_rule'] = f'quantile {q} of nominal heatmap pixels'
+    if (labels == 0).any():  # the border artefact: where the hottest 1 % of nominal heatmap pixels lie
+      share, area = evaluation.border_share(heat[labels == 0], band=16, top=0.01)
+      out['border'] = {'top1_share': share, 'band_area': area, 'ratio': share / area, 'band_px': 16}
   return out
 
 

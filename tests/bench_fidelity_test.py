@@ -27,3 +27,51 @@ def test_fidelity_bench_runs_both_sets(tmp_path, capsys):
     mask = np.asarray(Image.open(os.path.join(root, 'ground_truth', 'pasted', f'{i:03d}_mask.png'))) > 0
     assert 0 < mask.mean() < 0.1 and mask.shape == img.shape[:2]
   assert not os.path.exists(os.path.join(fidelity.BOTTLE, 'ground_truth'))   # nothing written into the source
+
+
+def _recipes(per_set):
+  """read_panel-shaped results: {recipe: {(set, seed): (image, pixel, aupro)}}."""
+  out = {}
+  for name, sets in per_set.items():
+    runs = {}
+    for set_name, seeds in sets.items():
+      for seed, (img, pix, pro) in enumerate(seeds):
+        runs[(set_name, seed)] = {'image_auc': img, 'pixel_auc': pix, 'aupro': pro, 'border': 1.0}
+    out[name] = {'overrides': [], 'runs': runs}
+  return out
+
+
+def test_panel_table_means_and_leave_one_set_out():
+  recipes = _recipes({
+      'authors': {'a': [(0.6, 0.8, 0.5), (0.7, 0.8, 0.5)], 'b': [(0.8, None, None), (0.8, None, None)]},
+      'x': {'a': [(0.9, 0.9, 0.6), (0.9, 0.9, 0.6)], 'b': [(0.5, None, None), (0.5, None, None)]},
+  })
+  lines = fidelity.panel_table(recipes, ['a', 'b'], [0, 1], 'x')
+  text = '\n'.join(lines)
+  assert '| a | image AUC | 0.900 ± 0.000 (n=2) | 0.650 ± 0.071 (n=2) |' in text
+  assert '| **panel mean** | image AUC | **0.700** | **0.725** |' in text   # (0.9+0.5)/2, (0.65+0.8)/2
+  # leaving out b, x wins on a and is judged on b: 0.5 < 0.8 - 0 -> WORSE; leaving out a, authors wins on b
+  assert any(l.strip().startswith('b: chosen x') and 'WORSE' in l for l in lines)
+  assert any(l.strip().startswith('a: chosen authors') for l in lines)
+
+
+def test_panel_resumes_finished_runs(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_train(c, run_dir):
+    calls.append(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, 'results.json'), 'w') as f:
+      f.write('{"image_auc": 0.5, "pixel_auc": null, "border": {"ratio": 2.0}}')
+
+  from fcdd_jax import train
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
+  monkeypatch.setattr(fidelity, 'PANEL', {'s1': str(tmp_path), 's2': str(tmp_path)})
+  args = ['--panel', '--seeds', '0,1', '--sets', 's1,s2', '--workdir', str(tmp_path / 'w')]
+  recipes = fidelity.main(args)
+  assert len(calls) == 8 and set(recipes) == {'default', 'authors'}
+  assert recipes['default']['runs'][('s2', 1)]['border'] == 2.0
+  fidelity.main(args + ['--seeds', '0,1,2'])        # resume: only seed 2 is new
+  assert len(calls) == 12
+  with pytest.raises(SystemExit, match='was run with'):  # a name bound to other flags is refused
+    fidelity.main(args + ['--name', 'default', '--set', 'optim.lr=1'])

@@ -96,3 +96,23 @@ def test_resize_nearest_formula():
   rows = [int(np.floor(i * 2 / 4)) for i in range(4)]
   cols = [int(np.floor(j * 5 / 3)) for j in range(3)]
   np.testing.assert_array_equal(out, x[np.ix_(rows, cols)])
+
+
+def test_border_share_against_a_loop_reference():
+  rng = np.random.default_rng(3)
+  maps = rng.random((5, 40, 30))
+  maps[0, :3, :] += 5.0         # image 0: the hottest pixels are in the top rows, inside the 4-px band
+  maps[1, 15:20, 12:18] += 5.0  # image 1: a hot blob in the centre
+  band, top = 4, 0.02
+  shares = []
+  for h in maps:                # independent reference: sort all pixels, walk the hottest k, test each one
+    k = int(np.ceil(top * h.size))
+    order = np.argsort(-h.reshape(-1), kind='stable')[:k]
+    ys, xs = np.unravel_index(order, h.shape)
+    near = [(y < band or y >= h.shape[0] - band or x < band or x >= h.shape[1] - band) for y, x in zip(ys, xs)]
+    shares.append(np.mean(near))
+  area = 1 - (40 - 2 * band) * (30 - 2 * band) / (40 * 30)
+  share, band_area = evaluation.border_share(list(maps), band=band, top=top)
+  assert share == pytest.approx(np.mean(shares)) and band_area == pytest.approx(area)
+  assert evaluation.border_share([maps[0]], band=band, top=top)[0] == 1.0
+  assert evaluation.border_share([maps[1]], band=band, top=top)[0] == 0.0
