@@ -37,6 +37,9 @@ later. It prints one table: per set image AUC, pixel AUC, AUPRO (masked sets) an
 of the top 1 % nominal heatmap pixels within 16 px of the border / that band's share of the area; 1 = no
 border bias) as mean ± std over the seeds, candidate next to the authors' recipe, the panel mean, and a
 leave-one-set-out check over every recipe in W. `--table` only prints the table of what W holds.
+`--rescore RECIPE --name NEW --set eval.image_score=max` makes an eval-only variant of a trained recipe (its
+finished runs' final checkpoints re-evaluated; training is identical, so the variant is that recipe with the
+eval flags), e.g. to compare image scores on every set without training again.
 """
 import argparse
 import ast
@@ -196,10 +199,17 @@ def _run_metrics(res):
           'border': border}
 
 
-def panel_run(a, recipe_dir, overrides, set_name, seed):
-  """One panel run (trained unless its results.json exists): its metrics."""
+def panel_run(a, recipe_dir, overrides, set_name, seed, source_dir=None):
+  """One panel run (trained unless its results.json exists): its results, or None where `source_dir` (a
+  recipe whose finished runs are re-evaluated with other eval.* settings) has no finished run yet."""
   run_dir = os.path.join(recipe_dir, f'{set_name}-seed{seed}')
   done = os.path.join(run_dir, 'results.json')
+  if not os.path.exists(done) and source_dir:
+    src = os.path.join(source_dir, f'{set_name}-seed{seed}')
+    if not os.path.exists(os.path.join(src, 'results.json')):
+      return None
+    shutil.copytree(src, run_dir, dirs_exist_ok=True, symlinks=True,
+                    ignore=shutil.ignore_patterns('results.json', '*.png', 'overlays', 'events.*'))
   if not os.path.exists(done):
     from fcdd_jax import train  # pylint: disable=g-import-not-at-top
     c = _config(PANEL[set_name], seed, a, os.path.dirname(os.path.dirname(recipe_dir)))
@@ -272,13 +282,14 @@ def panel_table(recipes, sets, seeds, candidate, reference='authors'):
 def loso_lines(recipes, sets, seeds, reference='authors'):
   """Leave one set out: the recipe with the best mean quality on the other sets, judged on the one left out
   against the reference (at least as good within one std on each of image AUC, pixel AUC and AUPRO)."""
-  if reference not in recipes or len(recipes) < 2:
+  if reference not in recipes or len(recipes) < 2 or len(sets) < 2:
     return []
   lines = ['leave-one-set-out (choose on the other sets by mean of image/pixel AUC and AUPRO, judge on the left-out):']
   complete = [n for n, r in recipes.items() if all((s, k) in r['runs'] for s in sets for k in seeds)]
   for out in sets:
     rest = [s for s in sets if s != out]
-    scored = [(statistics.mean([_quality(recipes[n]['runs'], s, seeds) for s in rest]), n) for n in complete]
+    scored = [(statistics.mean([_quality(recipes[n]['runs'], s, seeds) or 0.0 for s in rest]), n)
+              for n in complete]
     if not scored:
       return lines + ['  (no recipe has every set and seed yet)']
     best = max(scored)[1]
@@ -324,8 +335,17 @@ def main_panel(a, seeds):
     raise SystemExit('--panel needs --workdir (runs are kept there and resumed)')
   root = os.path.join(a.workdir, 'panel', _budget_tag(a))
   candidate = _recipe_key(a.name, a.set)
-  plan = [(candidate, list(a.set))] + ([] if a.no_authors or candidate == 'authors'
-                                       else [('authors', list(AUTHORS_RECIPE))])
+  source_dir = None
+  if a.rescore:   # eval-only variant of a trained recipe: same training, other eval.* settings
+    bad = [x for x in a.set if not x.startswith('eval.')]
+    if bad or not a.name:
+      raise SystemExit(f'--rescore needs --name and eval.* overrides only (got {bad or "no --name"})')
+    source_dir = os.path.join(root, a.rescore)
+    with open(os.path.join(source_dir, 'recipe.json')) as f:
+      plan = [(candidate, json.load(f)['overrides'] + list(a.set))]
+  else:
+    plan = [(candidate, list(a.set))] + ([] if a.no_authors or candidate == 'authors'
+                                         else [('authors', list(AUTHORS_RECIPE))])
   if not a.table:
     for key, overrides in plan:
       os.makedirs(os.path.join(root, key), exist_ok=True)
@@ -341,7 +361,10 @@ def main_panel(a, seeds):
     for seed in seeds:
       for set_name in sets:
         for key, overrides in plan:
-          res = panel_run(a, os.path.join(root, key), overrides, set_name, seed)
+          res = panel_run(a, os.path.join(root, key), overrides, set_name, seed, source_dir)
+          if res is None:
+            print(f'fidelity: {a.rescore} has no finished {set_name} seed {seed} yet: skipped', flush=True)
+            continue
           common.emit(impl='fidelity_panel', recipe=key, set=set_name, seed=seed, **_run_metrics(res),
                       img_per_s=res.get('train_images_per_second'),
                       peak_rss_gb=(round(res['peak_rss_bytes'] / 2**30, 2) if res.get('peak_rss_bytes') else None),
@@ -381,6 +404,8 @@ def main(argv=None):
   p.add_argument('--name', default='', help='--panel: the candidate recipe\'s name (default: from --set)')
   p.add_argument('--no_authors', action='store_true', help='--panel: do not train the authors\' recipe')
   p.add_argument('--table', action='store_true', help='--panel: only print the table of what --workdir holds')
+  p.add_argument('--rescore', default='', metavar='RECIPE',
+                 help="--panel: re-evaluate RECIPE's finished runs with the eval.* --set overrides (no training)")
   a = p.parse_args(argv)
   seeds = [int(s) for s in a.seeds.split(',') if s.strip()]
   if a.dtype is None:

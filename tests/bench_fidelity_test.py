@@ -75,3 +75,26 @@ def test_panel_resumes_finished_runs(tmp_path, monkeypatch):
   assert len(calls) == 12
   with pytest.raises(SystemExit, match='was run with'):  # a name bound to other flags is refused
     fidelity.main(args + ['--name', 'default', '--set', 'optim.lr=1'])
+
+
+def test_panel_rescore_reuses_the_trained_runs(tmp_path, monkeypatch):
+  calls = []
+
+  def fake_train(c, run_dir):
+    calls.append((run_dir, c.eval.image_score, os.path.exists(os.path.join(run_dir, 'checkpoints', 'x'))))
+    os.makedirs(os.path.join(run_dir, 'checkpoints'), exist_ok=True)
+    open(os.path.join(run_dir, 'checkpoints', 'x'), 'w').close()
+    with open(os.path.join(run_dir, 'results.json'), 'w') as f:
+      f.write('{"image_auc": %s, "pixel_auc": null}' % (0.9 if c.eval.image_score == 'max' else 0.5))
+
+  from fcdd_jax import train
+  monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
+  monkeypatch.setattr(fidelity, 'PANEL', {'s1': str(tmp_path)})
+  base = ['--panel', '--seeds', '0', '--sets', 's1', '--workdir', str(tmp_path / 'w')]
+  fidelity.main(base)
+  with pytest.raises(SystemExit, match='eval'):
+    fidelity.main(base + ['--rescore', 'authors', '--name', 'v', '--set', 'optim.lr=1'])
+  recipes = fidelity.main(base + ['--rescore', 'authors', '--name', 'authors_max', '--set', 'eval.image_score=max'])
+  assert calls[-1][1:] == ('max', True)       # evaluated on a copy of the trained run's checkpoints
+  assert recipes['authors_max']['runs'][('s1', 0)]['image_auc'] == 0.9
+  assert recipes['authors']['runs'][('s1', 0)]['image_auc'] == 0.5
