@@ -39,7 +39,8 @@ border bias) as mean ± std over the seeds, candidate next to the authors' recip
 leave-one-set-out check over every recipe in W. `--table` only prints the table of what W holds.
 `--rescore RECIPE --name NEW --set eval.image_score=max` makes an eval-only variant of a trained recipe (its
 finished runs' final checkpoints re-evaluated; training is identical, so the variant is that recipe with the
-eval flags), e.g. to compare image scores on every set without training again.
+eval flags), e.g. to compare image scores on every set without training again; `--set model.precise_bn=True`
+there recomputes the BatchNorm statistics of the final net first (what the flag does after the last step).
 """
 import argparse
 import ast
@@ -216,10 +217,41 @@ def panel_run(a, recipe_dir, overrides, set_name, seed, source_dir=None):
     c.checkpoint_every_steps = 1 << 30    # the final checkpoint only (kept: eval-only variants need it)
     for item in overrides:
       _override(c, item)
+    if source_dir and c.model.precise_bn:
+      _precise_bn_in_place(c, run_dir)
     train.train_and_evaluate(c, run_dir)
   with open(done) as f:
     res = json.load(f)
   return res
+
+
+def _precise_bn_in_place(c, run_dir):
+  """A copied finished run given `model.precise_bn` after the fact: its final checkpoint's BatchNorm
+  statistics recomputed (train.precise_bn, as a run does after its last step) and config.json set to `c`, so
+  that train_and_evaluate then only evaluates it. Training up to the last step is the same either way."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import checkpointing, input_pipeline, run, train, workdir  # pylint: disable=g-import-not-at-top
+  ckdir = os.path.join(run_dir, 'checkpoints')
+  with open(os.path.join(run_dir, 'config.json')) as f:
+    if json.load(f)['model'].get('precise_bn'):
+      return                                  # done before an interruption
+  pipeline = input_pipeline.create(c)
+  built = run.build_run(c, pipeline.info, pipeline.info.steps_per_epoch)
+  ck = checkpointing.Checkpointer(ckdir, max_to_keep=1, asynchronous=False)
+  state, meta, step = ck.restore_latest(built.init_state(jax.random.PRNGKey(0)))
+  ck.close()
+  if state is None or not meta.get('finished'):
+    raise SystemExit(f'{run_dir}: no finished checkpoint to recompute BatchNorm statistics for')
+  state = jax.block_until_ready(train.precise_bn(c, state, pipeline, built))
+  tmp = ckdir + '.pbn'
+  shutil.rmtree(tmp, ignore_errors=True)
+  ck = checkpointing.Checkpointer(tmp, max_to_keep=1, asynchronous=False)
+  ck.save(step, state, meta)
+  ck.close()
+  shutil.rmtree(ckdir)
+  os.rename(tmp, ckdir)
+  with open(os.path.join(run_dir, 'config.json'), 'w') as f:
+    f.write(workdir.config_json(c))
 
 
 def read_panel(root):
@@ -337,9 +369,10 @@ def main_panel(a, seeds):
   candidate = _recipe_key(a.name, a.set)
   source_dir = None
   if a.rescore:   # eval-only variant of a trained recipe: same training, other eval.* settings
-    bad = [x for x in a.set if not x.startswith('eval.')]
+    bad = [x for x in a.set if not x.startswith('eval.') and x != 'model.precise_bn=True']
     if bad or not a.name:
-      raise SystemExit(f'--rescore needs --name and eval.* overrides only (got {bad or "no --name"})')
+      raise SystemExit(f'--rescore needs --name and eval.* / model.precise_bn=True overrides only '
+                       f'(got {bad or "no --name"})')
     source_dir = os.path.join(root, a.rescore)
     with open(os.path.join(source_dir, 'recipe.json')) as f:
       plan = [(candidate, json.load(f)['overrides'] + list(a.set))]
