@@ -75,6 +75,9 @@ def check_config(config):
   if config.data.get('generated_maps', False) and config.data.supervise_mode != 'malformed_normal_gt':
     raise ConfigError(f'config.data.generated_maps=True trains on the maps of generated anomalies; it needs '
                       f'config.data.supervise_mode=malformed_normal_gt, not {config.data.supervise_mode!r}')
+  gmin = config.data.get('gt_min_change', 0)
+  if isinstance(gmin, bool) or not isinstance(gmin, int) or not 0 <= gmin < 255:
+    raise ConfigError(f'config.data.gt_min_change={gmin!r}: expected an integer number of uint8 levels in 0..254')
   if config.model.dtype not in DTYPES:
     raise ConfigError(f'config.model.dtype={config.model.dtype!r}; allowed: {", ".join(DTYPES)}')
   name = config.model.name

@@ -215,7 +215,8 @@ class Pipeline:
             and self.noise_mode in anomalies.NOISE_MODES):
           res = anomalies.resampling(tuple(self.train_original_sizes[src_index]), self.train_resize, (h, w))
         img, gt = anomalies.make_anomaly(mode, self.noise_mode, rng, img, oe_image=oe, oe_mask=oe_mask,
-                                         size_scale=self.size_scale, resampling=res)
+                                         size_scale=self.size_scale, resampling=res,
+                                         gt_min_change=self.config.data.get('gt_min_change', 0))
         label = 1
     if self.flip_labels:
       label = 1 - label

@@ -169,3 +169,51 @@ def test_offline_confetti_on_the_demo_trains(tmp_path, make_config):
   assert all((g.min() == 1) if y == 1 else (g.max() == 0) for y, g in zip(b['label'], b['gtmap']))
   r = train.train_and_evaluate(c, str(tmp_path / 'run'))
   assert r['image_auc'] == pytest.approx(testdata.roc_area(tmp_path / 'run'), abs=1e-9)
+
+
+def test_confetti_pm_darkens_and_brightens_where_confetti_only_darkens():
+  gray = np.full((96, 96, 3), 128, np.uint8)
+  signs = {'confetti': set(), 'confetti_pm': set()}
+  for mode in signs:
+    for seed in range(30):
+      out, gt = anomalies.make_anomaly('malformed_normal_gt', mode, np.random.default_rng(seed), gray,
+                                       size_scale=0.3)
+      diff = out.astype(int) - 128
+      signs[mode] |= {int(np.sign(v)) for v in (diff.min(), diff.max()) if v}
+      np.testing.assert_array_equal(gt > 0, np.abs(diff).max(-1) > 0)
+  assert signs['confetti'] == {-1} and signs['confetti_pm'] == {-1, 1}
+
+
+def test_confetti_draws_unchanged_by_the_signed_variant():
+  """Pinned from the implementation before confetti_pm existed (00bac8f): same seeds, same anomalies."""
+  a = anomalies.confetti(np.random.default_rng(5), (120, 120, 3), size_scale=0.4)
+  assert int(a.sum()) == -365929 and a.max() <= 0
+  img = np.random.default_rng(2).integers(0, 256, (80, 80, 3)).astype(np.uint8)
+  sums = [int(anomalies.make_anomaly('malformed_normal_gt', 'confetti', np.random.default_rng(s), img,
+                                     size_scale=0.4)[0].astype(int).sum()) for s in range(3)]
+  assert sums == [2233397, 2331893, 2253412]
+
+
+@pytest.mark.parametrize('t', [0, 16, 60])
+def test_gt_min_change_marks_only_visible_changes(t):
+  rng = np.random.default_rng(1)
+  img = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+  img[:, :32] = rng.integers(0, 20, (64, 32, 3))      # a dark half: dark confetti changes it little
+  for seed in range(5):
+    out, gt = anomalies.make_anomaly('malformed_normal_gt', 'confetti', np.random.default_rng(seed), img,
+                                     size_scale=0.3, gt_min_change=t)
+    ref = np.zeros(img.shape[:2], bool)             # independent reference: a loop over pixels and channels
+    for y in range(64):
+      for x in range(64):
+        ref[y, x] = max(abs(int(out[y, x, ch]) - int(img[y, x, ch])) for ch in range(3)) > t
+    np.testing.assert_array_equal(gt > 0, ref)
+
+
+@pytest.mark.parametrize('bad', [-1, 255, 2.5, True])
+def test_gt_min_change_checked(bad):
+  from fcdd_jax import config_checks
+  from fcdd_jax.configs import default
+  c = default.get_config()
+  c.data.gt_min_change = bad
+  with pytest.raises(config_checks.ConfigError, match='gt_min_change'):
+    config_checks.check_config(c)

@@ -23,7 +23,8 @@ from scipy import sparse
 
 from fcdd_jax.data import cutpaste
 
-NOISE_MODES = ('confetti', 'gaussian', 'uniform', 'solid', 'blob', 'mixed_blob')   # additive noises
+NOISE_MODES = ('confetti', 'confetti_pm', 'gaussian', 'uniform', 'solid', 'blob', 'mixed_blob')   # additive
+CONFETTI_MODES = ('confetti', 'confetti_pm')
 SYNTHETIC_MODES = NOISE_MODES + cutpaste.CUTPASTE_MODES   # every noise_mode generated without OE images
 
 
@@ -88,24 +89,29 @@ def _blur(x, size_scale):
   return out
 
 
-def _confetti_layer(rng, shape_hwc, size_scale=1.0):
-  """The unblurred confetti map (coloured + gray rotated squares), int32, values <= 0."""
+def _confetti_layer(rng, shape_hwc, size_scale=1.0, signed=False):
+  """The unblurred confetti map (coloured + gray rotated squares), int16: values <= 0 (the reference), or
+  with `signed` each colour group (one per blob size, spec §6.2) darkens or brightens with probability 1/2."""
   h, w, c = shape_hwc
   sides = _scaled_sides(8, 54, size_scale)
-  coloured = _blob_map(rng, (h, w, c), 0.000018, sides, lambda ch: rng.integers(-256, 0, ch))
-  coloured += _blob_map(rng, (h, w, c), 0.000012, sides, lambda ch: np.full(ch, -255))   # gray; >= -511
+  sign = (lambda: int(rng.choice((-1, 1)))) if signed else (lambda: 1)   # unsigned: the reference's draws
+  coloured = _blob_map(rng, (h, w, c), 0.000018, sides, lambda ch: sign() * rng.integers(-256, 0, ch))
+  coloured += _blob_map(rng, (h, w, c), 0.000012, sides, lambda ch: np.full(ch, -255 * sign()))  # |.| <= 511
   return coloured
 
 
-def confetti(rng, shape_hwc, *, size_scale=1.0):
-  """Confetti noise (spec §6.2; MVTec default): coloured + gray rotated squares, blurred; values <= 0."""
-  return _blur(_confetti_layer(rng, shape_hwc, size_scale), size_scale).astype(np.int32)
+def confetti(rng, shape_hwc, *, size_scale=1.0, signed=False):
+  """Confetti noise (spec §6.2; MVTec default): coloured + gray rotated squares, blurred; values <= 0.
+  `signed` (noise_mode `confetti_pm`): each colour group darkens or brightens. Dark-only confetti teaches a
+  net trained on its pixel maps that dark means anomalous: it then lights up shadows, dark parts of the
+  object and vignetted corners of nominal images (bench/README.md, "Panel")."""
+  return _blur(_confetti_layer(rng, shape_hwc, size_scale, signed), size_scale).astype(np.int32)
 
 
 def noise(mode, rng, shape_hwc, *, size_scale=1.0):
   h, w, c = shape_hwc
-  if mode == 'confetti':
-    return confetti(rng, shape_hwc, size_scale=size_scale)
+  if mode in CONFETTI_MODES:
+    return confetti(rng, shape_hwc, size_scale=size_scale, signed=mode == 'confetti_pm')
   if mode == 'gaussian':
     return (rng.standard_normal((h, w, c)) * 64).astype(np.float32)
   if mode == 'uniform':
@@ -218,8 +224,8 @@ class Resampling:
   def noise(self, mode, rng, channels, size_scale=1.0):
     """Noise of `mode` drawn at the original size, on the stored grid (float64 [h,w,C])."""
     shape = self.orig_hw + (int(channels),)
-    if mode == 'confetti':
-      return self.apply(_confetti_layer(rng, shape, size_scale), blur_scale=size_scale)
+    if mode in CONFETTI_MODES:
+      return self.apply(_confetti_layer(rng, shape, size_scale, mode == 'confetti_pm'), blur_scale=size_scale)
     return self.apply(np.rint(noise(mode, rng, shape, size_scale=size_scale)))
 
 
@@ -238,7 +244,7 @@ def _to_u8(x):
 
 
 def make_anomaly(supervise_mode, noise_mode, rng, nominal, *, oe_image=None, oe_mask=None, offline=False,
-                 size_scale=1.0, resampling=None):
+                 size_scale=1.0, resampling=None, gt_min_change=0):
   """Returns (anomaly uint8 [H,W,C], gtmap float32 [H,W]) for one nominal uint8 image (spec §6).
 
   resampling: a `Resampling` from the image's original size to its stored size; malformed_normal(_gt) then
@@ -247,7 +253,9 @@ def make_anomaly(supervise_mode, noise_mode, rng, nominal, *, oe_image=None, oe_
   CutPaste modes (`cutpaste.CUTPASTE_MODES`): the anomaly is the nominal image with a patch of itself pasted
   elsewhere, for noise, malformed_normal and malformed_normal_gt alike (it is made from the nominal image in
   every mode); the map is the exact pasted region for malformed_normal_gt and all ones otherwise, as for the
-  other noises (spec §6.4). oe_image, offline and size_scale do not apply; `resampling` is ignored: the patch
+  other noises (spec §6.4). `gt_min_change` (data.gt_min_change): malformed_normal_gt's map of an additive
+  noise marks the pixels where some channel changed by more than this many uint8 levels (0: any change, the
+  reference), so that a blob too faint to see (dark confetti on a dark region) is not a pixel to detect. oe_image, offline and size_scale do not apply; `resampling` is ignored: the patch
   sizes are relative to the image that is pasted into (scar sizes scale with sqrt(H·W)/256)."""
   x = np.asarray(nominal)
   h, w, c = x.shape
@@ -286,7 +294,8 @@ def make_anomaly(supervise_mode, noise_mode, rng, nominal, *, oe_image=None, oe_
       n = -n
   out = np.clip(np.rint(xi + n), 0, 255).astype(np.uint8)
   if supervise_mode == 'malformed_normal_gt':
-    gt = np.any(out != x, axis=-1).astype(np.float32)
+    change = np.abs(out.astype(np.int16) - x.astype(np.int16)).max(axis=-1)
+    gt = (change > gt_min_change).astype(np.float32)
   else:
     gt = np.ones((h, w), np.float32)
   return out, gt

@@ -19,7 +19,7 @@ def offline_supervise(config, nominal, oe_images=None, size_scale=1.0):
     rng = streams.rng(config.seed, 'offline', i)
     oe = None if oe_images is None else oe_images[int(rng.integers(len(oe_images)))]
     img, gt = anomalies.make_anomaly(d.supervise_mode, d.noise_mode, rng, nominal[i], oe_image=oe, offline=True,
-                                     size_scale=size_scale)
+                                     size_scale=size_scale, gt_min_change=d.get('gt_min_change', 0))
     anoms.append(img)
     maps.append(gt)
   images = np.concatenate([np.asarray(nominal), np.stack(anoms).astype(np.uint8)])
