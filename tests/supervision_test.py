@@ -209,7 +209,7 @@ def test_gt_min_change_marks_only_visible_changes(t):
     np.testing.assert_array_equal(gt > 0, ref)
 
 
-@pytest.mark.parametrize('bad', [-1, 255, 2.5, True])
+@pytest.mark.parametrize('bad', [-1, 255, True])   # (a float is refused by the ConfigDict itself)
 def test_gt_min_change_checked(bad):
   from fcdd_jax import config_checks
   from fcdd_jax.configs import default
