@@ -69,7 +69,9 @@ PANEL = {   # set -> MVTec-layout root (../shared/data/README.md, "panel/")
 # The authors' custom runner on the same code (README, parity table).
 AUTHORS_RECIPE = ('data.supervise_mode=malformed_normal', 'data.generated_maps=False', 'optim.name=sgd',
                   'model.precise_bn=False', 'eval.image_score=mean')
-METRICS = ('image_auc', 'pixel_auc', 'aupro', 'border')
+METRICS = ('image_auc', 'pixel_auc', 'aupro', 'border', 'border32')
+LABELS = {'image_auc': 'image AUC', 'pixel_auc': 'pixel AUC', 'aupro': 'AUPRO',
+          'border': 'border ratio 16 px (1 = none)', 'border32': 'border ratio 32 px (1 = none)'}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -195,9 +197,9 @@ def _recipe_key(name, overrides):
 
 
 def _run_metrics(res):
-  border = (res.get('border') or {}).get('ratio')
+  border = res.get('border') or {}
   return {'image_auc': res.get('image_auc'), 'pixel_auc': res.get('pixel_auc'), 'aupro': res.get('aupro'),
-          'border': border}
+          'border': border.get('ratio'), 'border32': border.get('ratio32')}
 
 
 def panel_run(a, recipe_dir, overrides, set_name, seed, source_dir=None):
@@ -295,7 +297,7 @@ def panel_table(recipes, sets, seeds, candidate, reference='authors'):
       if all(c[0] is None for c in cells):
         continue
       n_seeds = [sum((set_name, s) in recipes[n]['runs'] for s in seeds) for n in names]
-      label = {'border': 'border ratio (1 = none)'}.get(m, m.replace('_auc', ' AUC'))
+      label = LABELS[m]
       lines.append(f'| {set_name} | {label} | ' + ' | '.join(
           f'{fmt(c)} (n={k})' for c, k in zip(cells, n_seeds)) + ' |')
   for m in METRICS:
@@ -305,7 +307,7 @@ def panel_table(recipes, sets, seeds, candidate, reference='authors'):
       per_set = [x for x in per_set if x is not None]
       means.append(statistics.mean(per_set) if per_set else None)
     if any(x is not None for x in means):
-      label = {'border': 'border ratio'}.get(m, m.replace('_auc', ' AUC'))
+      label = LABELS[m]
       lines.append(f'| **panel mean** | {label} | ' + ' | '.join(
           '–' if x is None else f'**{x:.3f}**' for x in means) + ' |')
   return lines + [''] + loso_lines(recipes, sets, seeds, reference)

@@ -88,7 +88,8 @@ def compute_metrics(config, pipeline, outputs):
 
 def thresholds_and_aupro(config, outputs):
   """Thresholds stored with the run (image and pixel), AUPRO where masks exist, and where the hottest nominal
-  heatmap pixels lie (`border`: evaluation.border_share, 16 px band, top 1 %).
+  heatmap pixels lie (`border`: evaluation.border_share, top 1 %, 16 and 32 px bands; corner blobs of a
+  224² heatmap sit about 20 px in).
 
   Labelled test data: the F1-maximising threshold; nominal-only data: the config.eval.threshold_quantile
   quantile of nominal scores (pixels: of nominal heatmap values).
@@ -126,7 +127,9 @@ def thresholds_and_aupro(config, outputs):
       out['thresholds']['pixel_rule'] = f'quantile {q} of nominal heatmap pixels'
     if (labels == 0).any():  # the border artefact: where the hottest 1 % of nominal heatmap pixels lie
       share, area = evaluation.border_share(heat[labels == 0], band=16, top=0.01)
-      out['border'] = {'top1_share': share, 'band_area': area, 'ratio': share / area, 'band_px': 16}
+      share32, area32 = evaluation.border_share(heat[labels == 0], band=32, top=0.01)
+      out['border'] = {'top1_share': share, 'band_area': area, 'ratio': share / area, 'band_px': 16,
+                       'top1_share32': share32, 'band_area32': area32, 'ratio32': share32 / area32}
   return out
 
 

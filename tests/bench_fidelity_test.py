@@ -36,7 +36,7 @@ def _recipes(per_set):
     runs = {}
     for set_name, seeds in sets.items():
       for seed, (img, pix, pro) in enumerate(seeds):
-        runs[(set_name, seed)] = {'image_auc': img, 'pixel_auc': pix, 'aupro': pro, 'border': 1.0}
+        runs[(set_name, seed)] = {'image_auc': img, 'pixel_auc': pix, 'aupro': pro, 'border': 1.0, 'border32': 1.0}
     out[name] = {'overrides': [], 'runs': runs}
   return out
 
