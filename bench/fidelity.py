@@ -34,9 +34,10 @@ batch 32, 5 epochs, the default dtype), seed by seed (all sets for seed 0 first,
 compares both recipes everywhere). Every run lives in W/panel/<recipe>/<set>-seed<k>/ and a finished run
 (its results.json) is never trained again: rerun the same command to resume after a stop, add seeds or sets
 later. It prints one table: per set image AUC, pixel AUC, AUPRO (masked sets) and the border measure (share
-of the top 1 % nominal heatmap pixels within 16 px of the border / that band's share of the area; 1 = no
-border bias) as mean ± std over the seeds, candidate next to the authors' recipe, the panel mean, and a
-leave-one-set-out check over every recipe in W. `--table` only prints the table of what W holds.
+of the top 1 % nominal heatmap pixels within 16 and 32 px of the border / that band's share of the area; 1 =
+no border bias) as mean ± std over the seeds, candidate next to the authors' recipe, the panel mean, and a
+leave-one-set-out check over every recipe in W. `--table` only prints the table of what W holds. A finished
+run whose results.json is deleted is evaluated again from its final checkpoint (no training) on the next call.
 `--rescore RECIPE --name NEW --set eval.image_score=max` makes an eval-only variant of a trained recipe (its
 finished runs' final checkpoints re-evaluated; training is identical, so the variant is that recipe with the
 eval flags), e.g. to compare image scores on every set without training again; `--set model.precise_bn=True`
