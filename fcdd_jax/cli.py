@@ -1,12 +1,10 @@
 """What the inference commands (`fcdd_jax.predict`, `fcdd_jax.export`) share: exit codes, one-line errors and
-warnings in the package's `prog: warning: ...` style, TensorFlow's native start-up lines kept off the terminal.
+warnings in the package's `prog: warning: ...` style.
 
 Exit codes (README, "Exit codes"): 0 done, 1 nothing could be done (e.g. no input image decoded),
-2 bad input (flags, run, images), 4 file system (--output absent/unwritable/in use/not empty, disk full).
+2 bad input (flags, run, images), 4 file system (--output a file, under a file, unwritable, in use or not empty; disk full).
 """
-import contextlib
 import logging
-import os
 import sys
 
 EXIT_OK, EXIT_NOTHING_DONE, EXIT_BAD_INPUT, EXIT_FILE_SYSTEM = 0, 1, 2, 4
@@ -50,26 +48,3 @@ def setup_logging(prog):
   root.addHandler(handler)   # present before the libraries load: their logging.basicConfig() then does nothing
   root.setLevel(logging.WARNING)
 
-
-@contextlib.contextmanager
-def native_stderr_silenced():
-  """Points file descriptor 2 at /dev/null while importing a library whose C++ start-up writes banners there
-  directly (TensorFlow: oneDNN, absl::InitializeLog); Python exceptions still raise normally."""
-  sys.stderr.flush()
-  saved = os.dup(2)
-  try:
-    with open(os.devnull, 'w') as null:
-      os.dup2(null.fileno(), 2)
-      yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
-def import_tensorflow():
-  """TensorFlow without its start-up banners and with accelerators hidden from it (JAX owns them)."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  with native_stderr_silenced():
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
-  return tf

@@ -18,6 +18,12 @@ Written to DIR:
   DIR/metadata.json       thresholds, preprocessing, net, checkpoint step, input/output spec (also copied
                           to DIR/<version>/assets.extra/fcdd_metadata.json)
 
+DIR must be absent or empty; an earlier export in it (metadata.json) is replaced whole with --overwrite and
+kept otherwise; a file or a folder with other files is refused. The export is built in a temporary sibling under
+a lock and renamed into place when complete (`output_dir`), so DIR never mixes two exports. metadata.json
+records `training_finished` (false, with one warning, for a run whose training had not ended). Exit codes: 0,
+2 bad flags or run, 4 --output unusable or a write failed.
+
 Preprocessing is `data.transforms.make_test_transform` (the evaluation transform, predict --mode crop)
 reproduced in jnp (`export_preprocess`: bit-exact Pillow resizes), so `score` equals
 `fcdd_jax.predict.Predictor(mode='crop')` for images of any size, to float rounding. The heatmap goes back to
@@ -31,7 +37,9 @@ import os
 import shutil
 import sys
 
-import numpy as np
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')   # before TensorFlow loads: no C++ start-up banners
+
+import numpy as np  # pylint: disable=g-import-not-at-top
 
 from fcdd_jax import cli
 from fcdd_jax import export_preprocess
@@ -123,8 +131,9 @@ def export_stablehlo(fn, variables, c_in, input_size=None, platforms=('cpu',)):
 
 def export_savedmodel(fn, variables, c_in, path, input_size=None, platforms=('cpu',)):
   """Writes a SavedModel (signature serving_default: images uint8 [N,H,W,C]) with params as variables."""
-  tf = cli.import_tensorflow()   # before jax2tf imports it: no start-up banners
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
+  tf.config.set_visible_devices([], 'GPU')
   tf_fn = jax2tf.convert(fn, polymorphic_shapes=[None, input_shape_spec(c_in, input_size)], with_gradient=False,
                          native_serialization_platforms=tuple(platforms))
   module = tf.Module()

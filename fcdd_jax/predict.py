@@ -34,11 +34,21 @@ differences (one resize here, the run's resize chain there); where evaluation cr
 masks), full mode also scores the border that the crop never shows, so its score can differ from the
 evaluation score of the same file.
 The stored thresholds were fitted on evaluation scores.
---mode=crop: the evaluation transform itself (resize, centre-crop or squash to the training input size); the
-score is exactly the evaluation score of the image; overlay and mask show that crop at the net's input size.
+--mode=crop: the evaluation transform itself (resize, centre-crop or squash to the training input size) and
+evaluation's net program (same dtype, same fused blocks): the score equals the evaluation score of the image
+to float rounding (1e-5) in every dtype; overlay and mask show that crop at the net's input size.
 
 The net runs in the run's dtype (config.model.dtype). jit compiles once per distinct scaled size; images of
 one size are batched, at most --batch_size training inputs' worth of pixels per batch.
+
+--output (`output_dir`): absent or empty; an earlier predict output (scores.csv) only with --overwrite, which
+replaces it whole; written into a temporary sibling under a lock and renamed into place when complete, so the
+folder never holds a mix of two calls. Memory: before any scoring every file is checked (at most
+MAX_FILE_PIXELS pixels, a scaled longer side of at most MAX_SIDE, and a net program of at most --max_memory_gb,
+estimated from XLA's memory analysis of the net at its training size); a file over a limit stops the call with
+one line naming it and the --scale that fits. Exit codes: 0 done, 1 no image decoded, 2 bad input (flags, run,
+an image over the limits), 4 --output unusable (a file, under a file, read-only, in use, not empty) or a
+write failed.
 """
 import argparse
 import csv
@@ -69,11 +79,12 @@ class ImageTooLarge(ValueError):
 
 
 def prediction_net(config):
-  """The run's FCDD net (`run.model_options`: same parameter tree, layers and dtype) with `any_size=True`: the
-  fully convolutional net on inputs of any size. Unfused feature stacks (remat=False): no backward pass."""
+  """The run's FCDD net as evaluation builds it (`run.model_options`: same parameter tree, layers, dtype and
+  fused CPU blocks, so crop mode runs evaluation's own program in every dtype) with `any_size=True`: the
+  fully convolutional net on inputs of any size."""
   from fcdd_jax import models  # pylint: disable=g-import-not-at-top
   from fcdd_jax import run  # pylint: disable=g-import-not-at-top
-  return models.create(config.model.name, any_size=True, remat=False, **run.model_options(config))
+  return models.create(config.model.name, any_size=True, **run.model_options(config))
 
 
 def scaled_size(preprocessing, h, w, scale=None):

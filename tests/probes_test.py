@@ -297,3 +297,15 @@ def test_export_of_unfinished_run_says_so_and_prints_no_tf_banner(run, tmp_path)
   code, _, err, _ = call('export', '--workdir', run, '--output', tmp_path / 'exp2', '--format', 'savedmodel')
   assert code == 0 and err == ''
   assert json.load(open(tmp_path / 'exp2' / 'metadata.json'))['training_finished'] is True
+
+
+def test_banded_overlay_equals_the_whole_image_overlay():
+  """The large-file overlay (bands of rows, no full-size float64 copies) is figures.overlay of local_norm."""
+  from fcdd_jax import figures  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  img = rng.integers(0, 256, (45, 31, 3), dtype=np.uint8)
+  heat = (rng.random((45, 31)) * 3 + 0.5).astype(np.float32)
+  want = figures.overlay(img, figures.local_norm(heat, 0.97))
+  np.testing.assert_array_equal(predict._overlay(img, heat, None, band=7), want)  # pylint: disable=protected-access
+  want_t = figures.overlay(img, np.clip(heat / (2 * 1.7), 0, 1))
+  np.testing.assert_array_equal(predict._overlay(img, heat, 1.7, band=4), want_t)  # pylint: disable=protected-access
