@@ -245,17 +245,22 @@ class Predictor:
   def check_fits(self, size, name='image', file_size=None):
     """Raises ImageTooLarge (a ValueError, one line) when one image of scaled `size` cannot be scored
     within MAX_SIDE and --max_memory_gb; says which --scale would fit."""
-    need = self.program_bytes(size, 1)
-    if max(size) <= MAX_SIDE and need <= self.max_memory:
-      return
-    fits = min(MAX_SIDE / max(size), math.sqrt(self.max_memory / need))
     what = f'{file_size[0]}x{file_size[1]} pixels, ' if file_size else ''
     now = self.scale or (size[0] / file_size[0] if file_size else None)   # the factor applied to the file
-    hint = f'--scale {fits * now:.3g} or smaller, ' if self.mode == 'full' and now else ""
+    if max(size) > MAX_SIDE:   # no compile needed to know
+      fits, why, more = MAX_SIDE / max(size), f'has a longer side over {MAX_SIDE}', ''
+    else:
+      need = self.program_bytes(size, 1)
+      if need <= self.max_memory:
+        return
+      fits, why, more = math.sqrt(self.max_memory / need), (f'would need about {need / 1e9:.1f} GB for the net '
+                                                            f'(limit --max_memory_gb={self.max_memory / 1e9:g})'), \
+          ', or raise --max_memory_gb'
+
+    hint = f'--scale {fits * now:.3g} or smaller, ' if self.mode == 'full' and now else ''
     raise ImageTooLarge(
-        f'{name}: {what}scored at {size[0]}x{size[1]} ({self.mode} mode) would need about {need / 1e9:.1f} GB '
-        f'(limit --max_memory_gb={self.max_memory / 1e9:g}, longer side at most {MAX_SIDE}); use {hint}'
-        'crop or split the image, or raise --max_memory_gb')
+        f'{name}: {what}scored at {size[0]}x{size[1]} ({self.mode} mode) {why}; use {hint}crop or split the '
+        f'image{more}')
 
   # -- scoring ---------------------------------------------------------------------------------------
 

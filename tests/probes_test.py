@@ -229,7 +229,7 @@ def test_thin_and_huge_images_stay_bounded_or_are_refused_before_work(run, tmp_p
     code, stdout, err, peak = call('predict', '--workdir', run, '--input', path, '--output', tmp_path / 'o')
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f'fcdd_jax.predict: error: {path}: {hw[0]}x{hw[1]} pixels, scored at '
-                          f'{scaled[0]}x{scaled[1]} (full mode) would need about') and '--scale' in err
+                          f'{scaled[0]}x{scaled[1]} (full mode) has a longer side over 8192; use --scale ')
     assert 'scored' not in stdout and not os.path.exists(tmp_path / 'o') and peak < 3 * GB
     # at its own pixels it is scored
     code, _, err, peak = call('predict', '--workdir', run, '--input', path, '--output', tmp_path / 'o', '--scale', 1,
