@@ -5,8 +5,10 @@ CPU blocks) on evaluation's batches, reduced in NumPy float64; the stored image 
 scores the run evaluated. On 00bac8f predict ran unfused feature stacks: equal in float32, not in bfloat16."""
 import json
 import os
+import shutil
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -17,10 +19,10 @@ from fcdd_jax import predict
 from fcdd_jax import run as run_lib
 from fcdd_jax import train
 
-# float32: float rounding only. bfloat16: crop mode is evaluation's program (same rounding); the export's
-# in-graph resize/normalisation differs from Pillow+NumPy by float rounding (<= 2e-5 of the values), which
-# can move bfloat16 input roundings: the tolerance stated in docs/DEPLOYING.md.
-EXPORT_RTOL = {'float32': 1e-4, 'bfloat16': 1e-2}
+# Export vs predict, as docs/DEPLOYING.md states: 1e-4 in float32, 1e-3 in bfloat16 (the in-graph
+# normalisation differs from NumPy's by float rounding, <= 2e-5 of the values, which can move a bfloat16
+# rounding of the net's input; measured on this net: 0.0 in bfloat16, 1.2e-7 in float32).
+EXPORT_RTOL = {'float32': 1e-4, 'bfloat16': 1e-3}
 
 
 def _auc(scores, labels):
@@ -28,13 +30,28 @@ def _auc(scores, labels):
   return ((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg))
 
 
-@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-def test_evaluation_crop_and_export_scores_agree(dtype, tmp_path):
+@pytest.fixture(scope='module')
+def run32(tmp_path_factory):
+  wd = str(tmp_path_factory.mktemp('run'))
   config = test_config.get_config()
-  config.model.dtype = dtype
+  config.model.dtype = 'float32'
   config.eval.train_heatmaps = False
-  wd = str(tmp_path / 'run')
   train.train_and_evaluate(config, wd)
+  return wd, config
+
+
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
+def test_evaluation_crop_and_export_scores_agree(run32, dtype, tmp_path):
+  """The float32 run as trained, and the same checkpoint in bfloat16 (config.json model.dtype: a run may be
+  resumed, evaluated and served in either compute dtype; params are float32 in both)."""
+  wd, config = run32
+  if dtype != 'float32':
+    wd = str(tmp_path / 'run')
+    shutil.copytree(run32[0], wd)
+    config = ml_collections.ConfigDict(json.load(open(os.path.join(wd, 'config.json'))))
+    config.model.dtype = dtype
+    with open(os.path.join(wd, 'config.json'), 'w') as f:
+      json.dump(config.to_dict(), f)
   pipe = input_pipeline.create(config)
   pred = predict.Predictor(wd, mode='crop')
   net = run_lib.create_model(config, pipe.info)
@@ -44,11 +61,11 @@ def test_evaluation_crop_and_export_scores_agree(dtype, tmp_path):
     phi = np.asarray(apply(pred.variables, b['image']), np.float64)
     want += list((np.sqrt(phi ** 2 + 1) - 1).mean(axis=(1, 2, 3))[b['valid'] > 0])
   want = np.asarray(want)
-  with open(os.path.join(wd, 'results.json')) as f:
-    assert _auc(want, pipe.test_labels) == pytest.approx(json.load(f)['image_auc'], abs=1e-9)
+  if dtype == 'float32':   # the scores the run evaluated
+    with open(os.path.join(wd, 'results.json')) as f:
+      assert _auc(want, pipe.test_labels) == pytest.approx(json.load(f)['image_auc'], abs=1e-9)
   images = list(pipe.test_images)
   got, _ = pred.predict(images)
-  print('MEASURE crop', dtype, np.max(np.abs(got - want) / np.abs(want)), flush=True)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # the export (StableHLO, same net and dtype, preprocessing in-graph) against predict on the same images
   assert export.main(['--workdir', wd, '--output', str(tmp_path / 'exp'), '--format', 'stablehlo']) == 0
@@ -57,5 +74,4 @@ def test_evaluation_crop_and_export_scores_agree(dtype, tmp_path):
   odd = [rng.integers(0, 256, (50, 40, 3), dtype=np.uint8) for _ in range(3)]   # resized inside the export
   for batch in (np.stack(images[:8]), np.stack(odd)):
     ref, _ = pred.predict(list(batch))
-    print('MEASURE', dtype, np.max(np.abs(np.asarray(exp.call(batch)['score']) - ref) / np.abs(ref)), flush=True)
     np.testing.assert_allclose(np.asarray(exp.call(batch)['score']), ref, rtol=EXPORT_RTOL[dtype])
