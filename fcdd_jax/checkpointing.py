@@ -278,21 +278,24 @@ def newest_readable(ckdir, *, on_unreadable=None):
                                 'damaged); rerun the training command to repair the run')
 
 
-def restore_for_inference(ckdir, *, prog='fcdd_jax'):
-  """The newest readable checkpoint for prediction: returns (state, step) and prints which step it used.
+def restore_for_inference(ckdir, *, prog='fcdd_jax', details=False):
+  """The newest readable checkpoint for prediction: returns (state, step) — with details=True
+  (state, step, finished), finished = the checkpoint was saved at the run's last step — and prints which step
+  it used.
 
   An unreadable step gets one warning line on stderr and the previous one is used; nothing is changed on disk
   (the training command repairs a run)."""
   def warn(step, e):
     print(f'{prog}: warning: checkpoint step {step} in {ckdir} is unreadable ({orbax_noise.short_error(e)}); '
           'trying an earlier one (rerun the training command to repair the run)', file=sys.stderr, flush=True)
+  ckdir = os.path.abspath(ckdir)   # orbax refuses relative paths (--workdir run/ from the command line)
   state, meta, step = newest_readable(ckdir, on_unreadable=warn)
   newest = step_dirs(ckdir)[-1]
   print(f'{prog}: using checkpoint step {step} of {ckdir}'
         + ('' if meta.get('finished', True) else ' (training had not finished)')
         + ('' if step == newest else f', not the newest ({newest}): thresholds in results.json may not fit'),
         flush=True)
-  return state, step
+  return (state, step, bool(meta.get('finished', True))) if details else (state, step)
 
 
 _SIGTERM = {'received': False, 'installed': False}

@@ -18,6 +18,12 @@ Written to DIR:
   DIR/metadata.json       thresholds, preprocessing, net, checkpoint step, input/output spec (also copied
                           to DIR/<version>/assets.extra/fcdd_metadata.json)
 
+DIR must be absent or empty; an earlier export in it (metadata.json) is replaced whole with --overwrite and
+kept otherwise; a file or a folder with other files is refused. The export is built in a temporary sibling under
+a lock and renamed into place when complete (`output_dir`), so DIR never mixes two exports. metadata.json
+records `training_finished` (false, with one warning, for a run whose training had not ended). Exit codes: 0,
+2 bad flags or run, 4 --output unusable or a write failed.
+
 Preprocessing is `data.transforms.make_test_transform` (the evaluation transform, predict --mode crop)
 reproduced in jnp (`export_preprocess`: bit-exact Pillow resizes), so `score` equals
 `fcdd_jax.predict.Predictor(mode='crop')` for images of any size, to float rounding. The heatmap goes back to
@@ -31,9 +37,16 @@ import os
 import shutil
 import sys
 
-import numpy as np
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')   # before TensorFlow loads: no C++ start-up banners
 
+import numpy as np  # pylint: disable=g-import-not-at-top
+
+from fcdd_jax import cli
 from fcdd_jax import export_preprocess
+from fcdd_jax import output_dir
+
+PROG = 'fcdd_jax.export'
+METADATA = 'metadata.json'
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -57,10 +70,11 @@ def load_run(workdir):
   if os.path.exists(rpath):
     with open(rpath) as f:
       thresholds = json.load(f).get('thresholds') or {}
-  state, step = checkpointing.restore_for_inference(os.path.join(workdir, 'checkpoints'), prog='fcdd_jax.export')
+  state, step, finished = checkpointing.restore_for_inference(os.path.join(workdir, 'checkpoints'), prog=PROG,
+                                                              details=True)
   variables = {'params': state['params'], 'batch_stats': state.get('batch_stats') or {}}
   return dict(config=config, preprocessing=preprocessing, variables=variables, thresholds=thresholds,
-              step=int(step), workdir=os.path.abspath(workdir))
+              step=int(step), finished=finished, workdir=os.path.abspath(workdir))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -145,7 +159,8 @@ def metadata(run, c_in, input_size, platforms, files):
   if thr.get('image') is not None:
     outputs['anomalous'] = f'bool [N]: score >= thresholds.image ({thr["image"]:.6g})'
   hw = ['H', 'W'] if input_size is None else [int(v) for v in input_size]
-  return {'format_version': 1, 'workdir': run['workdir'], 'checkpoint_step': run['step'], 'model': name,
+  return {'format_version': 1, 'workdir': run['workdir'], 'checkpoint_step': run['step'],
+          'training_finished': run['finished'], 'model': name,
           'reception': dict(models.reception(name)._asdict()), 'gauss_std': float(run['config'].loss.gauss_std),
           'input': {'name': 'images', 'dtype': 'uint8', 'shape': ['N'] + hw + [int(c_in)]},
           'outputs': outputs, 'thresholds': thr, 'preprocessing': run['preprocessing'],
@@ -172,53 +187,64 @@ def main(argv=None):
   ap.add_argument('--input_size', default=None, help='HxW to fix the image size (default: any size)')
   ap.add_argument('--platforms', default='cpu', help='comma-separated lowering platforms: cpu, cuda, rocm, tpu')
   ap.add_argument('--version', type=int, default=1, help='SavedModel version directory DIR/<version>')
-  ap.add_argument('--overwrite', action='store_true')
+  ap.add_argument('--overwrite', action='store_true', help='replace an earlier export in --output whole')
   a = ap.parse_args(argv)
+  cli.setup_logging(PROG)
   try:
-    input_size = parse_size(a.input_size) if a.input_size else None
-    platforms = tuple(s.strip() for s in a.platforms.split(',') if s.strip())
-    bad = [s for s in platforms if s not in ('cpu', 'cuda', 'rocm', 'tpu')]
-    if bad or not platforms:
-      raise export_preprocess.ExportError(
-          f'--platforms={a.platforms!r}: expected a comma-separated subset of cpu, cuda, rocm, tpu')
-    if a.version < 1:
-      raise export_preprocess.ExportError(
-          f'--version={a.version}: expected a positive integer (TF Serving version directory)')
-    sm_dir = os.path.join(a.output, str(a.version))
-    targets = ([sm_dir] if a.format in ('savedmodel', 'both') else []) + (
-        [os.path.join(a.output, 'model.stablehlo')] if a.format in ('stablehlo', 'both') else [])
-    existing = [t for t in targets if os.path.exists(t)]
-    if existing and not a.overwrite:
-      raise export_preprocess.ExportError(
-          f'{existing[0]} exists; pass --overwrite or choose another --output/--version')
-    run = load_run(a.workdir)
-    c_in = int(run['preprocessing']['channels']) if a.input_channels is None else a.input_channels
-    fn = make_inference_fn(run, c_in)
+    input_size, platforms = check_flags(a)
+    with output_dir.staged(a.output, a.overwrite, marker=METADATA) as tmp:
+      run = load_run(a.workdir)
+      if not run['finished']:
+        cli.warn(PROG, f'training of {run["workdir"]} had not finished (checkpoint step {run["step"]}); exporting '
+                 f'it anyway, marked "training_finished": false in {METADATA}')
+      c_in = int(run['preprocessing']['channels']) if a.input_channels is None else a.input_channels
+      meta = write_export(run, make_inference_fn(run, c_in), tmp, a.format, c_in, input_size, platforms, a.version)
+  except output_dir.OutputError as e:
+    return cli.error(PROG, e, cli.EXIT_FILE_SYSTEM)
   except (ValueError, FileNotFoundError) as e:  # ExportError, NoUsableCheckpointError, ...
-    print(f'fcdd_jax.export: error: {e}', file=sys.stderr)
-    return 2
-  os.makedirs(a.output, exist_ok=True)
+    return cli.error(PROG, e, cli.EXIT_BAD_INPUT)
+  except OSError as e:   # writing the artefacts (disk full, ...): nothing of this call is left in --output
+    return cli.error(PROG, cli.os_error_message(e), cli.EXIT_FILE_SYSTEM)
+  thr = run['thresholds'].get('image')
+  print(f'exported {meta["model"]} (checkpoint step {run["step"]}) -> {a.output}: '
+        f'{", ".join(sorted(meta["files"].values()))}, {METADATA}'
+        + (f' (image threshold {thr:.6g})' if thr is not None else ' (no threshold)'))
+  return cli.EXIT_OK
+
+
+def check_flags(a):
+  """(input_size, platforms) from the flags; ExportError (one line) for a bad value."""
+  input_size = parse_size(a.input_size) if a.input_size else None
+  platforms = tuple(s.strip() for s in a.platforms.split(',') if s.strip())
+  bad = [s for s in platforms if s not in ('cpu', 'cuda', 'rocm', 'tpu')]
+  if bad or not platforms:
+    raise export_preprocess.ExportError(
+        f'--platforms={a.platforms!r}: expected a comma-separated subset of cpu, cuda, rocm, tpu')
+  if a.version < 1:
+    raise export_preprocess.ExportError(
+        f'--version={a.version}: expected a positive integer (TF Serving version directory)')
+  return input_size, platforms
+
+
+def write_export(run, fn, out, fmt, c_in, input_size, platforms, version):
+  """Writes the chosen formats and metadata.json into the (fresh) folder `out`; returns the metadata."""
   files = {}
-  if a.format in ('stablehlo', 'both'):
+  if fmt in ('stablehlo', 'both'):
     exp = export_stablehlo(fn, run['variables'], c_in, input_size, platforms)
-    with open(os.path.join(a.output, 'model.stablehlo'), 'wb') as f:
+    with open(os.path.join(out, 'model.stablehlo'), 'wb') as f:
       f.write(exp.serialize())
     files['stablehlo'] = 'model.stablehlo'
-  if a.format in ('savedmodel', 'both'):
-    if os.path.exists(sm_dir):
-      shutil.rmtree(sm_dir)
+  sm_dir = os.path.join(out, str(version))
+  if fmt in ('savedmodel', 'both'):
     export_savedmodel(fn, run['variables'], c_in, sm_dir, input_size, platforms)
-    files['savedmodel'] = str(a.version)
+    files['savedmodel'] = str(version)
   meta = metadata(run, c_in, input_size, platforms, files)
-  with open(os.path.join(a.output, 'metadata.json'), 'w') as f:
+  with open(os.path.join(out, METADATA), 'w') as f:
     json.dump(meta, f, indent=2)
   if 'savedmodel' in files:
     os.makedirs(os.path.join(sm_dir, 'assets.extra'), exist_ok=True)
-    shutil.copy(os.path.join(a.output, 'metadata.json'), os.path.join(sm_dir, 'assets.extra', 'fcdd_metadata.json'))
-  thr = run['thresholds'].get('image')
-  print(f'exported {meta["model"]} (checkpoint step {run["step"]}) -> {a.output}: {", ".join(sorted(files.values()))}, '
-        f'metadata.json' + (f' (image threshold {thr:.6g})' if thr is not None else ' (no threshold)'))
-  return 0
+    shutil.copy(os.path.join(out, METADATA), os.path.join(sm_dir, 'assets.extra', 'fcdd_metadata.json'))
+  return meta
 
 
 if __name__ == '__main__':

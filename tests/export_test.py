@@ -177,8 +177,8 @@ def test_fixed_size_export_and_errors(run, tmp_path, capsys):
   np.testing.assert_allclose(got['score'], scores, rtol=1e-4)
   np.testing.assert_allclose(got['heatmap'], np.stack(maps), rtol=1e-4, atol=1e-4 * np.abs(maps).max())
   # refuses to overwrite, names bad flags and unexportable preprocessing in one line
-  assert export.main(['--workdir', run, '--output', str(out), '--format', 'stablehlo']) == 2
-  assert 'exists; pass --overwrite' in capsys.readouterr().err
+  assert export.main(['--workdir', run, '--output', str(out), '--format', 'stablehlo']) == 4
+  assert 'holds an earlier output (metadata.json); pass --overwrite' in capsys.readouterr().err
   assert export.main(['--workdir', run, '--output', str(tmp_path / 'x'), '--input_size', '32by32']) == 2
   assert "--input_size='32by32'" in capsys.readouterr().err
   bad = tmp_path / 'badrun'

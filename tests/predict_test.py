@@ -284,8 +284,9 @@ def test_errors_exit_nonzero_with_one_line(run, tmp_path, capsys, caplog):
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(gifs / 'only.gif')
   with caplog.at_level(logging.WARNING):
     assert predict.main(['--workdir', run, '--input', str(gifs), '--output', str(tmp_path / 'o3')]) == 2
-  err = capsys.readouterr().err.strip().splitlines()
-  assert len(err) == 1 and 'no images in --input' in err[0] and str(gifs) in err[0]
+  warning, error = capsys.readouterr().err.strip().splitlines()
+  assert error.startswith('fcdd_jax.predict: error: no images in --input') and str(gifs) in error
+  assert warning.startswith('fcdd_jax.predict: warning: skipped 1 file') and 'only.gif' in warning   # no WARNING:root:
   assert any('only.gif' in r.getMessage() for r in caplog.records)   # the GIF is named
   assert predict.main(['--workdir', run, '--input', str(p), '--output', str(tmp_path / 'o4'), '--scale', '0']) == 2
   assert '--scale' in capsys.readouterr().err
