@@ -29,6 +29,7 @@ from fcdd_jax import results as results_lib
 from fcdd_jax import run as run_lib
 from fcdd_jax import train
 from fcdd_jax import train_log
+from fcdd_jax import workdir as workdir_lib
 
 
 def model_axis_mode():
@@ -84,11 +85,18 @@ def train_and_evaluate_runs(config, workdir):
   config_checks.check_config(config)
   runs = parse_runs(config.runs)
   is_main = jax.process_index() == 0
+  lock = workdir_lib.prepare(config, workdir, is_main=is_main)   # checked and locked before any work
+  try:
+    return _train_and_evaluate_runs(config, workdir, runs, is_main)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_and_evaluate_runs(config, workdir, runs, is_main):
   cfgs = [_run_config(config, c, s) for c, s in runs]
   pipes = [input_pipeline.create(cf, jax.process_index(), jax.process_count()) for cf in cfgs]
   keys = [tuple(jax.random.split(jax.random.PRNGKey(cf.seed))) for cf in cfgs]   # (init, step) as in one run
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
   t0 = time.time()
   built, stacked, totals = train_stacked(config, pipes, keys, names=[f'normal_{c}/seed_{s}' for c, s in runs])
   train_seconds = time.time() - t0

@@ -124,28 +124,6 @@ def bn_stats_step(state, batch):
   return stats, rows
 
 
-def _fault_injection():
-  """Test hook: FCDD_FAULT_INJECTION='kill@12' (SIGKILL itself after step 12), 'sigterm@8' (preemption
-  signal), optionally restricted to one process with ':p<i>' (e.g. 'kill@10:p1'). Used by the
-  multi-process tests to kill runs at a known step; unset in normal use."""
-  spec = os.environ.get('FCDD_FAULT_INJECTION', '')
-  if not spec:
-    return None
-  what, _, rest = spec.partition('@')
-  step, _, proc = rest.partition(':p')
-  if proc and int(proc) != jax.process_index():
-    return None
-  return what, int(step)
-
-
-def _inject(fault, step, metrics):
-  if fault and fault[1] == step:
-    import signal  # pylint: disable=g-import-not-at-top
-    jax.block_until_ready(metrics)
-    os.kill(os.getpid(), signal.SIGKILL if fault[0] == 'kill' else signal.SIGTERM)
-    time.sleep(0.5)  # let the signal handler / preemption notifier run
-
-
 def default_workdir(config_name):
   return os.path.join('runs', f'{config_name}-{time.strftime("%Y%m%d-%H%M%S")}')
 
@@ -259,7 +237,6 @@ def _loop(r, state, start_step):
   batches = input_pipeline.start_global(r.pipeline, r.built.data_sharding, start_step)
   log = train_log.TrainLog(r.config, r.workdir, r.writer, r.pipeline.info.steps_per_epoch, r.total_steps,
                              start_step, r.timings, r.is_main)
-  fault = _fault_injection()
   prev_metrics = None
   progress.say(f'compiling the train step and running step {start_step + 1} ...', r.is_main)
   padded_fn = _compile_padded_step(r, state, step_rng, start_step)
@@ -270,7 +247,6 @@ def _loop(r, state, start_step):
     if prev_metrics is not None:      # at most one step in flight: host time tracks device progress
       jax.block_until_ready(prev_metrics)
     prev_metrics = metrics
-    _inject(fault, step, metrics)
     log.add(step, metrics)
     if log.due(step):
       log.write(step, metrics)
