@@ -219,3 +219,21 @@ def _main_module(flag_values):
     if flag_values.get_flags_for_module(name):
       return name
   return sys.argv[0]
+
+
+# ----------------------------------------------------------------------------------------------------
+# The tools' command lines (pretrained, summarize): absl flags like `main`, in their own FlagValues
+
+def parse_tool_flags(prog, usage, flag_values, argv=None):
+  """(positional arguments, None) after parsing `argv` (default: sys.argv[1:]) into `flag_values`, or
+  (None, exit code): 0 after --help (the usage and every flag with its help text), 2 after a one-line error."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if any(a in ('--help', '-help', '--helpshort', '--helpfull', '-h', '-?') for a in argv):
+    print(usage.strip() + '\n\nFlags:\n' + (flag_values.get_help(include_special_flags=False) or '  (none)'))
+    return None, 0
+  try:
+    return flag_values([prog, *argv])[1:], None
+  except flags.Error as e:
+    print(f'{prog}: error: {_first_line(e)} (see --help)', file=sys.stderr)
+    return None, 2

@@ -133,8 +133,14 @@ def setup_logging(is_verbose):
   handler.setFormatter(OneLineFormatter())
 
 
+class NoDeviceError(RuntimeError):
+  """JAX has no usable device for the platforms asked for (exit code 2)."""
+  exit_code = EXIT_CONFIG
+
+
 def init_distributed(coordinator_address, num_processes, process_id, mode, **timeouts):
-  """jax.distributed for an explicit coordinator (all three flags) or `mode='auto'` (TPU VMs, SLURM)."""
+  """jax.distributed for an explicit coordinator (all three flags) or `mode='auto'` (TPU VMs, SLURM); then
+  the devices, or a one-line NoDeviceError when JAX cannot start the platforms JAX_PLATFORMS names."""
   import jax  # pylint: disable=g-import-not-at-top
   if coordinator_address or num_processes:
     if not (coordinator_address and num_processes and process_id is not None):
@@ -143,6 +149,13 @@ def init_distributed(coordinator_address, num_processes, process_id, mode, **tim
                                process_id=process_id, **timeouts)
   elif mode == 'auto':
     jax.distributed.initialize(**timeouts)
+  try:
+    return jax.devices()
+  except Exception as e:  # pylint: disable=broad-except  (jax raises RuntimeError, or AssertionError in 0.10)
+    raise NoDeviceError(
+        f"JAX found no usable device for JAX_PLATFORMS={os.environ.get('JAX_PLATFORMS', '')!r} "
+        f'({type(e).__name__}: {first_line(e)}); install the accelerator wheel (pip install -U "jax[cuda12]" '
+        'for NVIDIA GPUs, "jax[tpu]" on TPU VMs) or unset JAX_PLATFORMS to run on the CPU') from e
 
 
 def finish_pending():

@@ -96,6 +96,15 @@ def test_exit_codes_are_the_readme_table(tmp_path):
     assert code in readme, code
 
 
+def test_no_device_for_jax_platforms_is_one_line(tmp_path):
+  """README "Troubleshooting", no GPU found: JAX_PLATFORMS naming a platform without its wheel."""
+  env = dict(os.environ, JAX_PLATFORMS='cuda')
+  proc = subprocess.run([sys.executable, '-m', 'fcdd_jax.main', '--config', 'test', '--workdir', str(tmp_path / 'w'),
+                         '--allocator=glibc'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  _assert_one_line_error(proc, r"JAX found no usable device for JAX_PLATFORMS='cuda' .*jax\[cuda12\]")
+  assert not os.path.exists(tmp_path / 'w')
+
+
 def test_shipped_config_by_name_from_another_directory(tmp_path):
   """`--config test` (a name: the file inside the package, as from an installed wheel) from a directory with
   no configs/; the overrides apply to it."""
