@@ -19,7 +19,6 @@ finished round (its kept and dropped indices and its record); a rerun skips thos
 the same) and the final run resumes from its own checkpoints. Multi-host like a normal run: every process
 computes the same rounds; process 0 writes the files.
 """
-import functools
 import json
 import os
 import time
@@ -98,11 +97,9 @@ def run_round(config, src, current, round_index, subsets, drop, is_anomaly=None,
           f'{len(current)} training samples ({min(map(len, parts))}..{max(map(len, parts))} each), one program',
           flush=True)
   built, stacked, _ = multirun.train_stacked(config, pipes, model_keys(config.seed, round_index, subsets),
-                                             names=[f'round {round_index + 1} model {k}' for k in range(subsets)],
-                                             shared_schedule=True)
+                                             names=[f'round {round_index + 1} model {k}' for k in range(subsets)])
   scorer = input_pipeline.Pipeline(config, src, pi, pc, train_indices=current)
-  eval_fn = jax.jit(functools.partial(train.eval_step, cfg=built.step_config),
-                    in_shardings=(built.replicated, built.data_sharding), out_shardings=built.data_sharding)
+  eval_fn = train.compile_eval(built)
   bs = config.eval.batch_size or None
   models = [train.precise_bn(config, jax.tree.map(lambda x, k=k: x[k], stacked), pipes[k], built)
             for k in range(subsets)]   # (model.precise_bn: each on its own subset, as one run would be)
