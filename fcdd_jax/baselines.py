@@ -7,7 +7,6 @@ reconstruction [N,H,W,C]).
 gradient heatmaps.
 """
 import math
-from typing import Any, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -35,28 +34,16 @@ for _n, _cp in (('CNN224_VGG', 'FCDD_CNN224_VGG'), ('CNN224_VGG_F', 'FCDD_CNN224
                    ('vgg', 4096, 4096) + ((1000,) if _n.endswith('1000') else ()), _cp)
 
 
-class HSCNet(nn.Module):
+class HSCNet(feature_stack.Net):
   """An HSC net; subclasses set NAME (architecture from HSC_ARCHS)."""
-  NAME = None
   fcdd_counterpart = None
-  bias: bool = True
-  torch_init: bool = True
-  bn_unbiased_var: bool = True
-  frozen_bn: str = 'parity'
-  dtype: Any = jnp.float32
-  remat: Optional[bool] = None
 
   @nn.compact
   def __call__(self, x, train=False, mask=None):
     shape, layers, head, _ = HSC_ARCHS[self.NAME]
     feature_stack.check_input(self.NAME, x, shape)
     vgg = head[0] == 'vgg'
-    frozen = self.NAME.endswith('_F') and self.frozen_bn == 'frozen'
-    frozen_bn = feature_stack.VGG_FROZEN_INDICES if frozen else ()
-    x = feature_stack.FeatureStack(layers, vgg=vgg, bias=self.bias, torch_init=self.torch_init,
-                                   bn_unbiased_var=self.bn_unbiased_var, frozen_bn_indices=frozen_bn,
-                                   dtype=self.dtype, fused=feature_stack.use_fused_blocks(self.remat),
-                                   name='features')(x, train, mask)
+    x = self.features(layers, vgg, x, train, mask)
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # flatten in PyTorch (C,H,W) order
     kw = dict(torch_init=self.torch_init, dtype=self.dtype)
     if vgg:  # classifier: Linear ReLU Dropout Linear [ReLU Dropout Linear]
@@ -113,25 +100,16 @@ for _n in ('AE224_VGG', 'AE224_VGG_F', 'AE224_VGG_NOPT'):
   AE_ARCHS[_n] = (_n.replace('AE', 'CNN'), _VGG_DEC, None)
 
 
-class AENet(nn.Module):
+class AENet(feature_stack.Net):
   """An AE net; subclasses set NAME (encoder and decoder steps from AE_ARCHS)."""
-  NAME = None
   fcdd_counterpart = None
-  bias: bool = True
-  torch_init: bool = True
-  bn_unbiased_var: bool = True
-  frozen_bn: str = 'parity'
-  dtype: Any = jnp.float32
-  remat: Optional[bool] = None
 
   @nn.compact
   def __call__(self, x, train=False, mask=None):
     enc_name, steps, gain = AE_ARCHS[self.NAME]
     channels = x.shape[-1]
     vgg = 'VGG' in self.NAME
-    z = HSC_CLASSES[enc_name](bias=self.bias, torch_init=self.torch_init, bn_unbiased_var=self.bn_unbiased_var,
-                              frozen_bn=self.frozen_bn, dtype=self.dtype, remat=self.remat,
-                              name='encoder')(x, train, mask)
+    z = HSC_CLASSES[enc_name](**self.net_options(), name='encoder')(x, train, mask)
     h = z
     eps = 1e-5 if vgg else 1e-4
     for i, st in enumerate(steps):

@@ -1,8 +1,12 @@
-"""Config validation in one place: what can be checked before data is read (`check_config`) and what needs
-the data's shape and size (`check_image_fits`, `total_steps`, `check_many_runs`).
+"""Config validation in one place: what can be checked before data is read (`check_config`, run by `main`
+before any work starts and again by each run driver: the net, objective, optimiser, batch and devices, the
+data modes, `data.pollution`, `refine.*`) and what needs the data's shape and size (`check_image_fits`,
+`total_steps`, `check_many_runs`, `check_refine(num_train=...)`).
 
-Every failure is a `ConfigError` (a ValueError, exit code 2 in `main`) with a one-line message naming the
-field, its value and what is allowed.
+Every failure is a `ConfigError` (errors.py: a ValueError, exit code 2 in `main`) with a one-line message
+naming the field, its value and what is allowed. The data layer's checks that need the files (layouts,
+image sizes, class ranges) stay with the data and raise the same class; so does `workdir.check_config`, the
+comparison with the configuration a workdir was trained with.
 """
 import os
 
@@ -10,10 +14,11 @@ import jax
 
 from fcdd_jax import losses
 from fcdd_jax import models
-
-
-class ConfigError(ValueError):
-  """A configuration value that cannot work; the message names it and what is allowed."""
+from fcdd_jax import refine
+from fcdd_jax.data import anomalies
+from fcdd_jax.data import checks as data_checks
+from fcdd_jax.data import pollution
+from fcdd_jax.errors import ConfigError   # pylint: disable=unused-import  (re-exported: config_checks.ConfigError)
 
 
 OPTIMIZERS = ('sgd', 'adam', 'auto')
@@ -48,6 +53,8 @@ def needs_pretrained(name):
 
 def check_config(config):
   """Validates what can be checked before any data is read."""
+  check_data(config)
+  check_refine(config)
   check_model_name(config.model.name)
   objective_for(config)
   if config.optim.name not in OPTIMIZERS:
@@ -93,6 +100,75 @@ def check_config(config):
       raise ConfigError(f'config.model.pretrained_path={config.model.pretrained_path!r}: no such file')
 
 
+def check_data(config):
+  """config.seed range; data.name, supervise_mode, noise_mode (OE sources only where the dataset loads them),
+  data.pollution and online/offline supervision (spec §6)."""
+  d = config.data
+  if not 0 <= int(config.seed) < 2**32:
+    raise ConfigError(f'config.seed={config.seed} is out of range: expected 0 <= seed < 2**32 (the random streams '
+                      'of the data, data/streams.py, take it as one 32-bit word)')
+  if d.name not in data_checks.DATASETS:
+    raise ConfigError(f'config.data.name={d.name!r} is unknown; known datasets: {", ".join(data_checks.DATASETS)}')
+  if d.supervise_mode not in data_checks.SUPERVISE_MODES:
+    raise ConfigError(f'config.data.supervise_mode={d.supervise_mode!r} is unknown; allowed: '
+                      + ', '.join(data_checks.SUPERVISE_MODES))
+  generates = d.supervise_mode in data_checks.GENERATING_MODES
+  modes = (anomalies.SYNTHETIC_MODES + (data_checks.OE_MODES if d.name in data_checks.OE_DATASETS else ())
+           + (data_checks.TRUE_ANOMALY_MODES if d.name in ('mvtec', 'custom') else ()))
+  if generates and d.noise_mode not in modes:
+    raise ConfigError(f'config.data.noise_mode={d.noise_mode!r} is not available for data.name={d.name!r} with '
+                      f'supervise_mode={d.supervise_mode!r}; allowed: ' + ', '.join(modes))
+  if generates and d.noise_mode == 'folder' and not d.oe_root:
+    raise ConfigError('config.data.noise_mode=folder needs --config.data.oe_root=<image folder>')
+  if pollution.ratio_of(config) > 0:
+    if d.name not in data_checks.POLLUTION_DATASETS:
+      raise ConfigError(f'config.data.pollution={d.pollution} is not available for {d.name}; datasets with known '
+                        'anomalies to mix in: ' + ', '.join(data_checks.POLLUTION_DATASETS))
+    if d.supervise_mode == 'other':
+      raise ConfigError(f'config.data.pollution={d.pollution} needs an unlabelled (nominal-only) training set; '
+                        "supervise_mode='other' trains on labelled anomalies")
+  if not d.online_supervision:  # spec §6.3: where the reference supports offline supervision
+    if d.name in ('imagenet', 'pascal_voc') and d.supervise_mode != 'unsupervised':
+      raise ConfigError(f'config.data.online_supervision=False is not available for {d.name} with supervise_mode='
+                        f'{d.supervise_mode!r} (spec §6.3: only unsupervised); use online supervision')
+    if d.name == 'custom':
+      raise ConfigError('config.data.online_supervision=False is not available for custom data (spec §6.3); use '
+                        'online supervision')
+    if generates and d.noise_mode in data_checks.TRUE_ANOMALY_MODES:
+      raise ConfigError(f'config.data.online_supervision=False is not available with noise_mode={d.noise_mode!r} '
+                        '(spec §6.3); use online supervision')
+
+
+def check_refine(config, num_train=None):
+  """refine.rounds / subsets / drop, and what refinement cannot be combined with; with `num_train` (the
+  training set's size, known once the data is read) also that every subset gets a sample.
+  Returns (rounds, subsets, drop as a share or 'auto'; None when off)."""
+  r = config.get('refine', None)
+  if r is None:
+    return 0, 0, None
+  rounds, subsets, drop = r.rounds, r.subsets, r.drop
+  if int(rounds) != rounds or rounds < 0:
+    raise ConfigError(f'config.refine.rounds={rounds!r}: expected an integer >= 0 (0 = no refinement)')
+  if rounds == 0:
+    return 0, int(subsets), None
+  if int(subsets) != subsets or subsets < 2:
+    raise ConfigError(f'config.refine.subsets={subsets!r}: expected an integer >= 2 (each sample is scored by the '
+                      'models that did not train on it)')
+  drop = refine.parse_drop(drop)
+  if num_train is not None and num_train < subsets:
+    raise ConfigError(f'config.refine.subsets={subsets} is more than the {num_train} training samples')
+  d = config.data
+  if not d.online_supervision:
+    raise ConfigError('config.refine.rounds > 0 needs config.data.online_supervision=True: offline supervision '
+                      'adds labelled anomalies to the training set that the refinement would score and drop')
+  if d.supervise_mode == 'other':
+    raise ConfigError("config.refine.rounds > 0 refines an unlabelled training set; supervise_mode='other' "
+                      'trains on labelled anomalies')
+  if config.runs:
+    raise ConfigError('config.refine.rounds > 0 is one run; it cannot be combined with config.runs')
+  return int(rounds), int(subsets), drop
+
+
 def check_image_fits(config, data):
   """The data's images (data.image_shape, data.name) have the net's nominal height and width."""
   name = config.model.name
@@ -111,7 +187,7 @@ def total_steps(config, info):
   if spe <= 0:
     raise ConfigError(
         f'the training set of data.root={config.data.root!r} has no examples ({info.num_train} per epoch); '
-        'check the folder layout (README, "Running experiments")')
+        'check the folder layout (README, "Datasets")')
   total = config.num_train_steps if config.num_train_steps > 0 else config.num_epochs * spe
   if total <= 0:
     raise ConfigError(

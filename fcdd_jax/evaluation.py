@@ -75,8 +75,9 @@ def pixel_auc(masks, heatmaps, chunk=1 << 22):
   return num / (float(n_pos) * float(n_neg))
 
 
-def roc_curve(labels, scores):
-  """(fpr, tpr, thresholds) as sklearn.metrics.roc_curve(drop_intermediate=False)."""
+def _cumulative_counts(labels, scores):
+  """(labels as bool, distinct scores in descending order, true positives, false positives) when predicting
+  anomalous for every score >= each distinct score: the cumulative sums under ROC and F1."""
   labels = np.asarray(labels).reshape(-1).astype(bool)
   scores = np.asarray(scores, np.float64).reshape(-1)
   order = np.argsort(-scores, kind='stable')
@@ -84,28 +85,28 @@ def roc_curve(labels, scores):
   last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
   tps = np.cumsum(l)[last].astype(np.float64)
   fps = (last + 1) - tps
+  return labels, s[last], tps, fps
+
+
+def roc_curve(labels, scores):
+  """(fpr, tpr, thresholds) as sklearn.metrics.roc_curve(drop_intermediate=False)."""
+  _, distinct, tps, fps = _cumulative_counts(labels, scores)
   p, n = tps[-1] if len(tps) else 0, fps[-1] if len(fps) else 0
   tpr = np.r_[0.0, tps / p if p else np.full_like(tps, np.nan)]
   fpr = np.r_[0.0, fps / n if n else np.full_like(fps, np.nan)]
-  thresholds = np.r_[np.inf, s[last]]
+  thresholds = np.r_[np.inf, distinct]
   return fpr, tpr, thresholds
 
 
 def f1_max_threshold(labels, scores):
   """The threshold t (predict anomalous when score >= t) maximising F1 on labelled data; returns (t, f1)."""
-  labels = np.asarray(labels).reshape(-1).astype(bool)
-  scores = np.asarray(scores, np.float64).reshape(-1)
-  order = np.argsort(-scores, kind='stable')
-  s, l = scores[order], labels[order]
-  last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-  tps = np.cumsum(l)[last].astype(np.float64)
-  fps = (last + 1) - tps
+  labels, distinct, tps, fps = _cumulative_counts(labels, scores)
   p = float(labels.sum())
   if p == 0:
     raise ValueError('f1_max_threshold needs at least one positive label')
   f1 = 2 * tps / (p + tps + fps)
   i = int(np.argmax(f1))
-  return float(s[last[i]]), float(f1[i])
+  return float(distinct[i]), float(f1[i])
 
 
 def quantile_threshold(nominal_scores, q):

@@ -41,7 +41,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')   # before TensorFlow loads: 
 
 import numpy as np  # pylint: disable=g-import-not-at-top
 
-from fcdd_jax import cli
+from fcdd_jax import serving_cli
 from fcdd_jax import export_preprocess
 from fcdd_jax import output_dir
 
@@ -189,27 +189,27 @@ def main(argv=None):
   ap.add_argument('--version', type=int, default=1, help='SavedModel version directory DIR/<version>')
   ap.add_argument('--overwrite', action='store_true', help='replace an earlier export in --output whole')
   a = ap.parse_args(argv)
-  cli.setup_logging(PROG)
+  serving_cli.setup_logging(PROG)
   try:
     input_size, platforms = check_flags(a)
     with output_dir.staged(a.output, a.overwrite, marker=METADATA) as tmp:
       run = load_run(a.workdir)
       if not run['finished']:
-        cli.warn(PROG, f'training of {run["workdir"]} had not finished (checkpoint step {run["step"]}); exporting '
+        serving_cli.warn(PROG, f'training of {run["workdir"]} had not finished (checkpoint step {run["step"]}); exporting '
                  f'it anyway, marked "training_finished": false in {METADATA}')
       c_in = int(run['preprocessing']['channels']) if a.input_channels is None else a.input_channels
       meta = write_export(run, make_inference_fn(run, c_in), tmp, a.format, c_in, input_size, platforms, a.version)
   except output_dir.OutputError as e:
-    return cli.error(PROG, e, cli.EXIT_FILE_SYSTEM)
+    return serving_cli.error(PROG, e, serving_cli.EXIT_FILE_SYSTEM)
   except (ValueError, FileNotFoundError) as e:  # ExportError, NoUsableCheckpointError, ...
-    return cli.error(PROG, e, cli.EXIT_BAD_INPUT)
+    return serving_cli.error(PROG, e, serving_cli.EXIT_BAD_INPUT)
   except OSError as e:   # writing the artefacts (disk full, ...): nothing of this call is left in --output
-    return cli.error(PROG, cli.os_error_message(e), cli.EXIT_FILE_SYSTEM)
+    return serving_cli.error(PROG, serving_cli.os_error_message(e), serving_cli.EXIT_FILE_SYSTEM)
   thr = run['thresholds'].get('image')
   print(f'exported {meta["model"]} (checkpoint step {run["step"]}) -> {a.output}: '
         f'{", ".join(sorted(meta["files"].values()))}, {METADATA}'
         + (f' (image threshold {thr:.6g})' if thr is not None else ' (no threshold)'))
-  return cli.EXIT_OK
+  return serving_cli.EXIT_OK
 
 
 def check_flags(a):

@@ -168,3 +168,35 @@ def check_input(name, x, shape):
   """Raises ValueError unless x [N,H,W,C] has the nominal height and width shape[:2] of net `name`."""
   if tuple(x.shape[1:3]) != tuple(shape[:2]):
     raise ValueError(f'net {name} takes inputs [N,{shape[0]},{shape[1]},C]; got shape {tuple(x.shape)}')
+
+
+# The options every net takes (FCDD, HSC and AE nets; `models.create(name, **options)`), declared once.
+NET_OPTIONS = ('bias', 'torch_init', 'bn_unbiased_var', 'frozen_bn', 'dtype', 'remat')
+
+
+class Net(nn.Module):
+  """Base of every net: the NET_OPTIONS fields and the feature stack built with them.
+
+  bias: conv biases; torch_init: PyTorch's default init (spec §1.1); bn_unbiased_var: running variance from
+  the unbiased batch variance (spec §11.10); frozen_bn: 'parity' | 'frozen' (spec §11.1; `_F` nets only);
+  dtype: compute dtype (params stay float32); remat: fused conv-BN-activation-pool blocks that keep only each
+  block's input and conv output for the backward pass (None = on XLA:CPU only, `use_fused_blocks`)."""
+  NAME = None
+  bias: bool = True
+  torch_init: bool = True
+  bn_unbiased_var: bool = True
+  frozen_bn: str = 'parity'
+  dtype: Any = jnp.float32
+  remat: Any = None
+
+  def net_options(self):
+    """{option: value} of this net, to build another net (e.g. an AE's encoder) with the same options."""
+    return {k: getattr(self, k) for k in NET_OPTIONS}
+
+  def features(self, layers, vgg, x, train, mask):
+    """The feature stack `layers` of this net on x (parameters under 'features')."""
+    frozen = self.NAME.endswith('_F') and self.frozen_bn == 'frozen'
+    return FeatureStack(layers, vgg=vgg, bias=self.bias, torch_init=self.torch_init,
+                        bn_unbiased_var=self.bn_unbiased_var,
+                        frozen_bn_indices=VGG_FROZEN_INDICES if frozen else (), dtype=self.dtype,
+                        fused=use_fused_blocks(self.remat), name='features')(x, train, mask)

@@ -27,6 +27,7 @@ import os
 import jax
 import numpy as np
 
+from fcdd_jax import config_checks
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import checks
 from fcdd_jax.data import custom
@@ -52,6 +53,7 @@ LOADERS = {
     'pascal_voc': voc.load,
 }
 DATASETS = tuple(LOADERS)
+assert DATASETS == checks.DATASETS, 'data/checks.DATASETS lists the datasets of LOADERS'
 
 
 
@@ -80,7 +82,7 @@ def steps_per_epoch(num_train, enlarge, batch_size):
 def load_source(config):
   """The checked `Source` of config.data.name (see LOADERS): read once, it can feed several pipelines (e.g.
   the refinement's models on disjoint subsets of the training set, `Pipeline(train_indices=...)`)."""
-  checks.check_common(config, DATASETS)
+  config_checks.check_data(config)
   return LOADERS[config.data.name](config)
 
 

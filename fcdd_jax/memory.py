@@ -8,7 +8,7 @@ the faults but fragments its single heap: the resident set grew to 21 GB and the
 
 mimalloc (shipped as the `cmeel-mimalloc` wheel) keeps freed pages for reuse in size-segregated arenas:
 76x fewer page faults than glibc on that step and a resident set bounded by the step's working set
-(bench/README.md, "Allocator"). An allocator must be chosen before the process starts, so
+(bench/README.md, "As users run it" and "Memory (float32 / bfloat16, batch 32)"). An allocator must be chosen before the process starts, so
 `exec_with_allocator` re-executes the current command with the library in LD_PRELOAD (same pid, same
 arguments) once, at the top of the command-line entry points.
 """

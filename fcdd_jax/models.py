@@ -5,12 +5,10 @@ HSC nets a feature vector [N,d], AE nets a reconstruction [N,H,W,C] (the HSC and
 `baselines`). Variables: {'params', 'batch_stats'}. Every FCDD net class carries `.reception` (spec §1.2),
 computed from its class-level layer list (the layer tuples of `feature_stack`).
 """
-from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from fcdd_jax import baselines
 from fcdd_jax import feature_stack
@@ -51,16 +49,9 @@ def _rf_layers(layers):
   return out + [(1, 1, 0)]  # the final 1x1 conv
 
 
-class FCDDNet(nn.Module):
+class FCDDNet(feature_stack.Net):
   """A fully convolutional FCDD net; subclasses set NAME (architecture from FCDD_ARCHS)."""
-  NAME = None
   reception = None
-  bias: bool = True
-  torch_init: bool = True
-  bn_unbiased_var: bool = True
-  frozen_bn: str = 'parity'
-  dtype: Any = jnp.float32
-  remat: Optional[bool] = None
   any_size: bool = False      # accept inputs of any height and width (prediction); else the nominal size only
 
   @nn.compact
@@ -69,12 +60,7 @@ class FCDDNet(nn.Module):
     if not self.any_size:
       feature_stack.check_input(self.NAME, x, shape)
     vgg = self.NAME in VGG_FCDD
-    frozen = self.NAME.endswith('_F') and self.frozen_bn == 'frozen'
-    frozen_bn = feature_stack.VGG_FROZEN_INDICES if frozen else ()
-    x = feature_stack.FeatureStack(layers, vgg=vgg, bias=self.bias, torch_init=self.torch_init,
-                                   bn_unbiased_var=self.bn_unbiased_var, frozen_bn_indices=frozen_bn,
-                                   dtype=self.dtype, fused=feature_stack.use_fused_blocks(self.remat),
-                                   name='features')(x, train, mask)
+    x = self.features(layers, vgg, x, train, mask)
     x = layers_lib.Conv(1, 1, 1, 0, use_bias=self.bias or vgg, torch_init=self.torch_init, dtype=self.dtype,
                         out_dtype=jnp.float32, name='final')(x)
     return x.astype(jnp.float32)
@@ -104,12 +90,9 @@ def _check_name(name):
 
 
 def create(name, **options):
-  """Builds net `name`. Options: bias=True, torch_init=True (PyTorch default init, spec §1.1),
-  bn_unbiased_var=True (spec §11.10), frozen_bn='parity'|'frozen' (spec §11.1), dtype (compute dtype;
-  params stay float32), remat=None (feature stacks as fused conv-BN-activation-pool blocks that keep only
-  each block's input and conv output for the backward pass, `fused_block.conv_block`; None = on XLA:CPU only,
-  see `feature_stack.use_fused_blocks`); FCDD nets also any_size=False (True: inputs of any height and
-  width, as the fully convolutional net allows; training configs keep the nominal-size check)."""
+  """Builds net `name`. Options: `feature_stack.NET_OPTIONS` (bias, torch_init, bn_unbiased_var, frozen_bn,
+  dtype, remat; meanings and defaults in `feature_stack.Net`); FCDD nets also any_size=False (True: inputs of
+  any height and width, as the fully convolutional net allows; training configs keep the nominal-size check)."""
   _check_name(name)
   if options.get('frozen_bn', 'parity') not in ('parity', 'frozen'):
     raise ValueError(f"frozen_bn={options['frozen_bn']!r}; allowed: parity, frozen")
@@ -156,7 +139,3 @@ def flax_traverse(params):
   for kp, _ in jax.tree_util.tree_flatten_with_path(params)[0]:
     paths.append(tuple(getattr(k, 'key', getattr(k, 'name', str(k))) for k in kp))
   return paths
-
-
-def count_params(params):
-  return int(sum(np.prod(p.shape) for p in jax.tree.leaves(params)))

@@ -29,6 +29,7 @@ from fcdd_jax import results as results_lib
 from fcdd_jax import run as run_lib
 from fcdd_jax import train
 from fcdd_jax import train_log
+from fcdd_jax import workdir as workdir_lib
 
 
 def model_axis_mode():
@@ -84,16 +85,24 @@ def train_and_evaluate_runs(config, workdir):
   config_checks.check_config(config)
   runs = parse_runs(config.runs)
   is_main = jax.process_index() == 0
+  lock = workdir_lib.prepare(config, workdir, is_main=is_main)   # checked and locked before any work
+  try:
+    return _train_and_evaluate_runs(config, workdir, runs, is_main)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_and_evaluate_runs(config, workdir, runs, is_main):
   cfgs = [_run_config(config, c, s) for c, s in runs]
   pipes = [input_pipeline.create(cf, jax.process_index(), jax.process_count()) for cf in cfgs]
   keys = [tuple(jax.random.split(jax.random.PRNGKey(cf.seed))) for cf in cfgs]   # (init, step) as in one run
-  if is_main:
-    os.makedirs(workdir, exist_ok=True)
+  config_checks.check_many_runs(config, [p.info.steps_per_epoch for p in pipes])   # one shared schedule
   t0 = time.time()
-  built, stacked, totals = train_stacked(config, pipes, keys, names=[f'normal_{c}/seed_{s}' for c, s in runs])
+  built, stacked, totals = train_stacked(config, pipes, keys, names=[f'normal_{c}/seed_{s}' for c, s in runs],
+                                         workdir=workdir)
   train_seconds = time.time() - t0
-  eval_fn = jax.jit(functools.partial(train.eval_step, cfg=built.step_config),
-                    in_shardings=(built.replicated, built.data_sharding), out_shardings=built.data_sharding)
+  eval_fn = train.compile_eval(built)
   results = [_evaluate_and_write(workdir, run, cf, pipe, jax.tree.map(lambda x, r=r: x[r], stacked), eval_fn,
                                  built, totals[r], train_seconds, is_main)
              for r, (run, cf, pipe) in enumerate(zip(runs, cfgs, pipes))]
@@ -103,18 +112,18 @@ def train_and_evaluate_runs(config, workdir):
   return results
 
 
-def train_stacked(config, pipes, keys, names=None, shared_schedule=False):
+def train_stacked(config, pipes, keys, names=None, workdir=None):
   """Trains len(pipes) models of `config` as ONE program: model m on the training stream of pipes[m], from
   keys[m] = (init key, step key), for its own number of steps (shorter ones repeat their last batch with the
   update masked). The run builder is the single run's (`run.build_run`: pretrained weights, blur, loss
-  options). Returns (the built run, the stacked final states [M, ...], the steps of each model). `names`
-  label the models in messages. shared_schedule=True accepts different steps per epoch: every model follows
-  the per-epoch learning-rate schedule counted in pipes[0]'s epochs (the refinement's subsets, whose sizes
-  differ by at most one sample); otherwise they must agree (`config_checks.check_many_runs`)."""
+  options); every model follows the per-epoch learning-rate schedule counted in pipes[0]'s epochs (callers
+  that need equal steps per epoch check it: `config_checks.check_many_runs`; the refinement's subsets differ
+  by at most one sample). The loop is the single run's (`train.run_steps` with a `TrainLog` over the models:
+  lines, non-finite checks per model; TensorBoard scalars and history.json in `workdir` when given).
+  Returns (the built run, the stacked final states [M, ...], the steps of each model). `names` label the
+  models in messages."""
   names = names or [f'model {m}' for m in range(len(pipes))]
   spes = [p.info.steps_per_epoch for p in pipes]
-  if not shared_schedule:
-    config_checks.check_many_runs(config, spes)
   totals = [config_checks.total_steps(config, p.info) for p in pipes]
   built = run_lib.build_run(config, pipes[0].info, spes[0])   # the same model, step settings and weights as one run
   states = [built.init_state(k[0]) for k in keys]
@@ -123,11 +132,20 @@ def train_stacked(config, pipes, keys, names=None, shared_schedule=False):
   step_rngs = jax.device_put(jnp.stack([k[1] for k in keys]), built.replicated)
   batch_sharding = NamedSharding(built.mesh, P(None, 'data'))
   p_step, mode = _compile_multi_step(built, batch_sharding)
-  if jax.process_index() == 0:
+  is_main = jax.process_index() == 0
+  if is_main:
     print(f'fcdd_jax: {len(pipes)} models as one program ({config.model.name}, {pipes[0].info.name}, model axis: '
           f'{mode}), {max(totals)} steps (per model {min(totals)}..{max(totals)}), global batch '
           f'{config.batch_size} per model', flush=True)
-  stacked = _loop(config, names, pipes, totals, p_step, stacked, step_rngs, batch_sharding)
+  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
+  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main or workdir is None,
+                                                asynchronous=True)
+  log = train_log.TrainLog(config, workdir, writer, spes[0], max(totals), 0, {'t_start': time.time()}, is_main,
+                           names=names)
+  progress.say('compiling the train step of all models and running step 1 ...', is_main)
+  step_fn = lambda state, item, step: p_step(state, item[0], step_rngs, item[1])
+  stacked = train.run_steps(log, stacked, 0, max(totals), _stacked_batches(pipes, totals, batch_sharding), step_fn)
+  writer.flush()
   return built, stacked, totals
 
 
@@ -149,13 +167,12 @@ def _compile_multi_step(built, batch_sharding):
                  donate_argnums=(0,)), mode
 
 
-def _loop(config, names, pipes, totals, p_step, stacked, step_rngs, batch_sharding):
-  """All models step by step; a finished model repeats its last batch with its update masked."""
-  T = max(totals)
+def _stacked_batches(pipes, totals, batch_sharding):
+  """(global batch [M, B, ...], active [M]) per step: every model's own batch; a finished model repeats its
+  last batch (its update masked by `active`)."""
   iters = [p.train_batches(0) for p in pipes]
   last = [None] * len(pipes)
-  t0 = time.time()
-  for step in range(1, T + 1):
+  for step in range(1, max(totals) + 1):
     local = []
     for r, it in enumerate(iters):
       if step <= totals[r] or last[r] is None:
@@ -165,45 +182,27 @@ def _loop(config, names, pipes, totals, p_step, stacked, step_rngs, batch_shardi
     if 'valid' in keys:
       local = [b if 'valid' in b else {**b, 'valid': np.ones(len(b['image']), np.float32)} for b in local]
     batch = input_pipeline.to_global({k: np.stack([b[k] for b in local]) for k in sorted(keys)}, batch_sharding)
-    active = jnp.asarray([step <= t for t in totals])
-    stacked, metrics = p_step(stacked, batch, step_rngs, active)
-    if step % config.log_every_steps == 0 or step == T:
-      loss = np.asarray(jax.device_get(metrics['loss']))
-      if not np.isfinite(loss[np.asarray(active)]).all():
-        raise train_log.NonFiniteError(f'non-finite loss at step {step} in '
-                                       f'{[names[i] for i in np.flatnonzero(~np.isfinite(loss))]}; nothing saved')
-      if jax.process_index() == 0:
-        rate = step / max(time.time() - t0, 1e-9)
-        print(f'step {step}/{T}  mean loss {float(loss.mean()):.4f}  {rate:.2f} steps/s  '
-              f'{rate * config.batch_size * len(pipes):.0f} img/s (all models)  '
-              f'ETA {progress.fmt_time((T - step) / max(rate, 1e-9))}', flush=True)
-  return stacked
+    yield batch, jnp.asarray([step <= t for t in totals])
 
 
-def _evaluate_and_write(workdir, run, cf, pipe, state, p_eval, built, steps, train_seconds, is_main):
-  """Run `r` = (class c, seed s): its test outputs, AUCs, thresholds, files and final checkpoint."""
+def _evaluate_and_write(workdir, run, cf, pipe, state, eval_fn, built, steps, train_seconds, is_main):
+  """Run `r` = (class c, seed s) in DIR/normal_<c>/seed_<s>/: precise BN, the single run's evaluation and
+  files (`train.evaluate`, `train.write_results`; config.json, preprocessing.json) and its final checkpoint."""
   c, s = run
   state = train.precise_bn(cf, state, pipe, built, is_main)
-  outputs = results_lib.run_evaluation(state, pipe, p_eval, built.data_sharding, 'test',
-                                       cf.eval.batch_size or None, keep_images=cf.eval.num_figure_samples // 2)
-  image_auc, pixel_auc = results_lib.compute_metrics(cf, pipe, outputs)
+  outputs, _, res = train.evaluate(cf, pipe, state, eval_fn, built.data_sharding, is_main, train_heatmaps=False)
+  res.update(steps=int(steps), train_seconds_all_runs=round(train_seconds, 2))
   rd = os.path.join(workdir, f'normal_{c}', f'seed_{s}')
-  res = {'image_auc': image_auc, 'pixel_auc': pixel_auc,
-         'runs': [{'normal_class': c, 'seed': s, 'image_auc': image_auc, 'pixel_auc': pixel_auc}],
-         'steps': int(steps), 'train_seconds_all_runs': round(train_seconds, 2)}
-  if pipe.pollution:   # data.pollution: the known true anomalies in the training set
-    res['pollution'] = pipe.pollution
   if is_main:
     os.makedirs(rd, exist_ok=True)
-    res.update(results_lib.thresholds_and_aupro(cf, outputs))
-    with open(os.path.join(rd, 'config.json'), 'w') as f:
-      f.write(cf.to_json_best_effort(indent=2, sort_keys=True))
+    with open(os.path.join(rd, workdir_lib.CONFIG_NAME), 'w') as f:
+      f.write(workdir_lib.config_json(cf))
     results_lib.write_json(rd, 'preprocessing.json', pipe.info.preprocessing)
     results_lib.write_json(rd, 'results.json', res)
   ck = checkpointing.Checkpointer(os.path.join(rd, 'checkpoints'), max_to_keep=1, asynchronous=False)
   ck.save(int(steps), state, {'step': int(steps), 'finished': True, 'multirun': True})
   ck.close()
   if is_main:
-    results_lib.write_figures(rd, cf, pipe, outputs)
-    print(f'fcdd_jax: normal_{c}/seed_{s}: image AUC {image_auc}  pixel AUC {pixel_auc}', flush=True)
+    train.write_results(rd, cf, pipe, res, outputs)
+    print(f'fcdd_jax: normal_{c}/seed_{s}: image AUC {res["image_auc"]}  pixel AUC {res["pixel_auc"]}', flush=True)
   return res

@@ -60,7 +60,7 @@ import time
 
 import numpy as np
 
-from fcdd_jax import cli
+from fcdd_jax import serving_cli
 from fcdd_jax import output_dir
 from fcdd_jax import progress
 from fcdd_jax.data import transforms
@@ -345,7 +345,7 @@ def plan(pred, files):
     try:
       hw = _file_size(f)
     except ValueError as e:
-      cli.warn(PROG, str(e))
+      serving_cli.warn(PROG, str(e))
       continue
     if hw[0] * hw[1] > MAX_FILE_PIXELS:
       raise ImageTooLarge(f'{f}: {hw[0]}x{hw[1]} pixels; at most {MAX_FILE_PIXELS} pixels per file (its heatmap '
@@ -411,7 +411,7 @@ def score_files(pred, groups, out_dir, stems, pix_t):
           imgs.append(image_io.load_image(f))
           names.append(f)
         except ValueError as e:   # header readable, pixels not (truncated file)
-          cli.warn(PROG, str(e))
+          serving_cli.warn(PROG, str(e))
           prog.update()
       if not imgs:
         continue
@@ -452,7 +452,7 @@ def main(argv=None):
   p.add_argument('--max_memory_gb', type=float, default=MAX_MEMORY_GB,
                  help='memory for the net program of one batch; larger images are refused before any scoring')
   a = p.parse_args(argv)
-  cli.setup_logging(PROG)
+  serving_cli.setup_logging(PROG)
   t0 = time.time()
   try:
     files = collect(a.input)
@@ -463,15 +463,15 @@ def main(argv=None):
       scores = score_files(pred, groups, tmp, _stems(files), pred.thresholds.get('pixel'))
       write_scores(os.path.join(tmp, SCORES), files, scores, threshold)
   except output_dir.OutputError as e:
-    return cli.error(PROG, e, cli.EXIT_FILE_SYSTEM)
+    return serving_cli.error(PROG, e, serving_cli.EXIT_FILE_SYSTEM)
   except (ValueError, FileNotFoundError) as e:
-    return cli.error(PROG, e, cli.EXIT_BAD_INPUT)
+    return serving_cli.error(PROG, e, serving_cli.EXIT_BAD_INPUT)
   except OSError as e:   # writing the outputs (disk full, ...): nothing of this call is left in --output
-    return cli.error(PROG, cli.os_error_message(e), cli.EXIT_FILE_SYSTEM)
+    return serving_cli.error(PROG, serving_cli.os_error_message(e), serving_cli.EXIT_FILE_SYSTEM)
   print(f'scored {len(scores)} of {len(files)} images ({a.mode} mode) in {time.time() - t0:.1f} s '
         f'-> {os.path.join(a.output, SCORES)}'
         + (f' (threshold {threshold:.6g})' if threshold is not None else ' (no threshold)'))
-  return cli.EXIT_OK if scores else cli.EXIT_NOTHING_DONE
+  return serving_cli.EXIT_OK if scores else serving_cli.EXIT_NOTHING_DONE
 
 
 if __name__ == '__main__':

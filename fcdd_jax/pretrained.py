@@ -10,11 +10,13 @@ Keys are torchvision's state-dict names (`features.<i>.weight|bias|running_mean|
 `classifier.<i>.weight|bias`). Conv weights OIHW -> HWIO; Linear [out,in] -> [in,out] (the first classifier
 layer's input is permuted from PyTorch's (C,H,W) flattening to ours, which the nets reproduce explicitly).
 """
-import argparse
 import os
 import sys
 
+from absl import flags
 import numpy as np
+
+from fcdd_jax import cli
 
 # torchvision vgg11_bn "features" layout: (conv index, bn index, cin, cout)
 VGG11_CONVS = ((0, 1, 3, 64), (4, 5, 64, 128), (8, 9, 128, 256), (11, 12, 256, 256), (15, 16, 256, 512),
@@ -101,18 +103,26 @@ def apply_pretrained(name, variables, path, weights=None):
 
 
 def main(argv=None):
-  p = argparse.ArgumentParser(description='Convert torchvision vgg11_bn .pth weights to a torch-free .npz')
-  p.add_argument('--pth', required=True)
-  p.add_argument('--out', required=True)
-  a = p.parse_args(argv)
+  """python -m fcdd_jax.pretrained --pth FILE.pth --out FILE.npz"""
+  fv = flags.FlagValues()
+  flags.DEFINE_string('pth', None, "torchvision's vgg11_bn checkpoint (vgg11_bn-6002323d.pth; needs torch).",
+                      flag_values=fv)
+  flags.DEFINE_string('out', None, 'The .npz file to write (for --config.model.pretrained_path; no torch needed).',
+                      flag_values=fv)
+  rest, code = cli.parse_tool_flags('fcdd_jax.pretrained', __doc__, fv, argv)
+  if code is not None:
+    return code
+  if rest or not fv.pth or not fv.out:
+    print('fcdd_jax.pretrained: error: needs --pth FILE and --out FILE, and nothing else (see --help)', file=sys.stderr)
+    return 2
   try:
-    w = load_vgg11_bn(a.pth)
-    _check(w, a.pth, [k for k in expected_shapes() if k.startswith('features')])
+    w = load_vgg11_bn(fv.pth)
+    _check(w, fv.pth, [k for k in expected_shapes() if k.startswith('features')])
   except (ValueError, FileNotFoundError) as e:
     print(f'fcdd_jax.pretrained: error: {e}', file=sys.stderr)
     return 2
-  np.savez(a.out, **w)
-  print(f'wrote {a.out} ({len(w)} arrays)')
+  np.savez(fv.out, **w)
+  print(f'wrote {fv.out} ({len(w)} arrays)')
   return 0
 
 

@@ -42,13 +42,6 @@ def gaussian_kernel_1d(r: int, std: float):
   return np.concatenate([odd[:c + 1], odd[c:c + 1], odd[c + 1:]]) / 2.0
 
 
-def gaussian_kernel(r: int, std: float):
-  """2-D kernel G = g ⊗ g of spec §4 (peak 1 for odd r, 0.25 for even r; not normalised)."""
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  g = gaussian_kernel_1d(r, std)
-  return np.outer(g, g)
-
-
 def upsample_matrix(in_size: int, reception: Reception, out_size: int, std=None):
   """[out_size, in_size] matrix M with out = M @ A @ M.T equal to Algorithm 1 (spec §4).
 

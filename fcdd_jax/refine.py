@@ -12,8 +12,8 @@ trained on too low (it has fitted them), which makes its verdict on them worthle
 
 * each sample is judged only by the K − 1 models that did NOT train on it (out-of-subset scores);
 * the judges' scores are put on one scale, a robust z-score per model (median and MAD over the samples that
-  model did not train on), and averaged: `out_of_subset_scores`. `srr_consensus` keeps SRR's any-model-
-  flags rule on the same out-of-subset scores, for comparison.
+  model did not train on), and averaged: `out_of_subset_scores`. (tests/refine_test.py keeps SRR's
+  any-model-flags rule on the same out-of-subset scores, `srr_consensus`, for comparison.)
 
 Which samples go (`choose_dropped`): `refine.drop = p` drops the round(p·N) highest out-of-subset scores
 (ties: lower index first), so the share is exact; `refine.drop = auto` drops the samples whose score is
@@ -30,13 +30,14 @@ import numpy as np
 
 from fcdd_jax import evaluation
 from fcdd_jax.data import streams
+from fcdd_jax.errors import ConfigError
 
 AUTO_Z = 2.5
 MAD_TO_STD = 1.4826   # MAD of a normal distribution times this = its standard deviation
 
 
 def parse_drop(drop):
-  """refine.drop as a float share in (0, 1) or the string 'auto'; a one-line error otherwise. Accepts the
+  """refine.drop as a float share in (0, 1) or the string 'auto'; a one-line ConfigError otherwise. Accepts the
   strings a command line gives ('0.1', 'auto')."""
   if isinstance(drop, str) and drop.strip().lower() == 'auto':
     return 'auto'
@@ -45,23 +46,9 @@ def parse_drop(drop):
   except (TypeError, ValueError):
     p = float('nan')
   if not 0.0 < p < 1.0:
-    raise ValueError(f"refine.drop={drop!r}: expected the share of training samples dropped per round, "
-                     "0 < share < 1, or 'auto'")
+    raise ConfigError(f"config.refine.drop={drop!r}: expected the share of training samples dropped per round, "
+                      "0 < share < 1, or 'auto'")
   return p
-
-
-def check_settings(rounds, subsets, drop, num_train=None):
-  """Validates refine.rounds / refine.subsets / refine.drop (one-line errors naming the field)."""
-  if int(rounds) != rounds or rounds < 0:
-    raise ValueError(f'refine.rounds={rounds!r}: expected an integer >= 0 (0 = no refinement)')
-  if rounds == 0:
-    return
-  if int(subsets) != subsets or subsets < 2:
-    raise ValueError(f'refine.subsets={subsets!r}: expected an integer >= 2 (each sample is scored by the models '
-                     'that did not train on it)')
-  parse_drop(drop)
-  if num_train is not None and num_train < subsets:
-    raise ValueError(f'refine.subsets={subsets} is more than the {num_train} training samples')
 
 
 def split_subsets(n, k, seed, round_index=0):
@@ -145,22 +132,6 @@ def choose_dropped(oos, drop):
   order = np.argsort(-x, kind='stable')
   dropped[order[:m]] = True
   return dropped, (float(x[order[m - 1]]) if m else float('inf'))
-
-
-def srr_consensus(scores, assignment, share):
-  """bool [N]: SRR's rule (a sample stays only if every model calls it normal, model k's threshold the
-  (1 − share) quantile of its scores) on out-of-subset scores: dropped if any model that did not train on
-  it scores it above that model's quantile over the samples it did not train on."""
-  s, a = _check_scores(scores, assignment)
-  p = parse_drop(share)
-  if p == 'auto':
-    raise ValueError("refine: SRR's consensus rule needs a share, not 'auto'")
-  out = np.zeros(s.shape[1], bool)
-  for k in range(s.shape[0]):
-    held = a != k
-    thr = np.quantile(s[k, held], 1.0 - p)
-    out |= held & (s[k] > thr)
-  return out
 
 
 @dataclasses.dataclass(frozen=True)

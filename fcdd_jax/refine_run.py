@@ -19,7 +19,6 @@ finished round (its kept and dropped indices and its record); a rerun skips thos
 the same) and the final run resumes from its own checkpoints. Multi-host like a normal run: every process
 computes the same rounds; process 0 writes the files.
 """
-import functools
 import json
 import os
 import time
@@ -27,27 +26,15 @@ import time
 import jax
 import numpy as np
 
+from fcdd_jax import config_checks
 from fcdd_jax import input_pipeline
 from fcdd_jax import multirun
 from fcdd_jax import refine
 from fcdd_jax import results as results_lib
 from fcdd_jax import train
+from fcdd_jax import workdir as workdir_lib
 
 STATE_FILE = 'refinement.json'
-
-
-def settings(config):
-  """(rounds, subsets, drop) of config.refine (rounds 0 when the group is absent), checked."""
-  r = config.get('refine', None)
-  if r is None:
-    return 0, 0, None
-  rounds, subsets, drop = int(r.rounds), int(r.subsets), r.drop
-  refine.check_settings(rounds, subsets, drop)
-  return rounds, subsets, (refine.parse_drop(drop) if rounds else None)
-
-
-def enabled(config):
-  return settings(config)[0] > 0
 
 
 def model_keys(seed, round_index, subsets):
@@ -56,18 +43,6 @@ def model_keys(seed, round_index, subsets):
   base = jax.random.PRNGKey(int(seed))
   return [tuple(jax.random.split(jax.random.fold_in(base, 1 + round_index * subsets + k)))
           for k in range(subsets)]
-
-
-def _check_config(config):
-  d = config.data
-  if not d.online_supervision:
-    raise ValueError('config.refine.rounds > 0 needs config.data.online_supervision=True: offline supervision '
-                     'adds labelled anomalies to the training set that the refinement would score and drop')
-  if d.supervise_mode == 'other':
-    raise ValueError("config.refine.rounds > 0 refines an unlabelled training set; supervise_mode='other' "
-                     'trains on labelled anomalies')
-  if config.runs:
-    raise ValueError('config.refine.rounds > 0 is one run; it cannot be combined with config.runs')
 
 
 def _identity(config, num_train, subsets, drop):
@@ -96,7 +71,7 @@ def load_state(workdir, identity):
   if saved.get('identity') != identity:
     diff = {k: (saved.get('identity', {}).get(k), v) for k, v in identity.items()
             if saved.get('identity', {}).get(k) != v}
-    raise ValueError(f'{path} was written with other settings {diff} (saved, now); rerun with the same settings, '
+    raise config_checks.ConfigError(f'{path} was written with other settings {diff} (saved, now); rerun with the same settings, '
                      '--restart, or a new --workdir')
   return saved['rounds']
 
@@ -122,11 +97,9 @@ def run_round(config, src, current, round_index, subsets, drop, is_anomaly=None,
           f'{len(current)} training samples ({min(map(len, parts))}..{max(map(len, parts))} each), one program',
           flush=True)
   built, stacked, _ = multirun.train_stacked(config, pipes, model_keys(config.seed, round_index, subsets),
-                                             names=[f'round {round_index + 1} model {k}' for k in range(subsets)],
-                                             shared_schedule=True)
+                                             names=[f'round {round_index + 1} model {k}' for k in range(subsets)])
   scorer = input_pipeline.Pipeline(config, src, pi, pc, train_indices=current)
-  eval_fn = jax.jit(functools.partial(train.eval_step, cfg=built.step_config),
-                    in_shardings=(built.replicated, built.data_sharding), out_shardings=built.data_sharding)
+  eval_fn = train.compile_eval(built)
   bs = config.eval.batch_size or None
   models = [train.precise_bn(config, jax.tree.map(lambda x, k=k: x[k], stacked), pipes[k], built)
             for k in range(subsets)]   # (model.precise_bn: each on its own subset, as one run would be)
@@ -138,13 +111,23 @@ def run_round(config, src, current, round_index, subsets, drop, is_anomaly=None,
 
 def train_and_evaluate(config, workdir):
   """The refinement rounds (skipping those recorded in workdir/refinement.json), then the final run on the
-  kept set; returns its results with `refinement` (module doc)."""
-  rounds, subsets, drop = settings(config)
-  _check_config(config)
+  kept set; returns its results with `refinement` (module doc). The workdir is checked and locked before
+  round 1 and stays locked until the final run has written its results."""
+  config_checks.check_config(config)
+  rounds, subsets, drop = config_checks.check_refine(config)
   is_main = jax.process_index() == 0
+  lock = workdir_lib.prepare(config, workdir, is_main=is_main)   # (the final run re-enters it)
+  try:
+    return _rounds_and_final_run(config, workdir, rounds, subsets, drop, is_main)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _rounds_and_final_run(config, workdir, rounds, subsets, drop, is_main):
   src = input_pipeline.load_source(config)
   n = len(src.train_images)
-  refine.check_settings(rounds, subsets, drop, num_train=n)
+  config_checks.check_refine(config, num_train=n)
   is_anomaly = None if src.pollution is None else np.asarray(src.train_is_anomaly, bool)
   identity = _identity(config, n, subsets, drop)
   done = load_state(workdir, identity)[:rounds]

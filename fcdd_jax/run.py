@@ -19,6 +19,7 @@ import numpy as np
 import optax
 
 from fcdd_jax import config_checks
+from fcdd_jax import feature_stack
 from fcdd_jax import losses
 from fcdd_jax import models
 from fcdd_jax import receptive
@@ -71,9 +72,8 @@ def compute_dtype(config, backend=None):
 
 def model_options(config):
   """models.create options from config.model (bias, init, BN variance, frozen BN, compute dtype)."""
-  m = config.model
-  return dict(bias=m.bias, torch_init=m.torch_init, bn_unbiased_var=m.bn_unbiased_var, frozen_bn=m.frozen_bn,
-              dtype=jnp.bfloat16 if compute_dtype(config) == 'bfloat16' else jnp.float32)
+  options = {k: config.model[k] for k in feature_stack.NET_OPTIONS if k not in ('dtype', 'remat')}
+  return dict(options, dtype=jnp.bfloat16 if compute_dtype(config) == 'bfloat16' else jnp.float32)
 
 
 def create_model(config, data, **options):

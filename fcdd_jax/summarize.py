@@ -15,7 +15,10 @@ import os
 import re
 import sys
 
+from absl import flags
 import numpy as np
+
+from fcdd_jax import cli
 
 
 def aggregate(directory):
@@ -84,11 +87,14 @@ def markdown(summary):
 
 
 def main(argv=None):
-  argv = sys.argv[1:] if argv is None else argv
-  if len(argv) != 1:
-    print('usage: python -m fcdd_jax.summarize DIR', file=sys.stderr)
+  """python -m fcdd_jax.summarize DIR"""
+  rest, code = cli.parse_tool_flags('fcdd_jax.summarize', __doc__, flags.FlagValues(), argv)
+  if code is not None:
+    return code
+  if len(rest) != 1:
+    print('fcdd_jax.summarize: error: usage: python -m fcdd_jax.summarize DIR (see --help)', file=sys.stderr)
     return 2
-  d = argv[0]
+  d = rest[0]
   try:
     s = aggregate(d)
   except ValueError as e:

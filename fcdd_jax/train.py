@@ -108,6 +108,13 @@ def eval_step(state, batch, *, cfg):
   return out
 
 
+def compile_eval(built):
+  """The jitted `eval_step` of a built run (params replicated, batch and outputs sharded on 'data'): the one
+  compiled evaluation of single runs, many runs and refinement rounds."""
+  return jax.jit(functools.partial(eval_step, cfg=built.step_config), in_shardings=(built.replicated,
+                 built.data_sharding), out_shardings=built.data_sharding)
+
+
 def bn_stats_step(state, batch):
   """This batch's BatchNorm statistics for `model.precise_bn`: (stats like `state.batch_stats`, real rows).
 
@@ -122,28 +129,6 @@ def bn_stats_step(state, batch):
   stats = jax.tree.map(lambda new, old: (new - (1 - m) * old) / m, updates['batch_stats'], state.batch_stats)
   rows = jnp.sum(batch['valid']) if 'valid' in batch else jnp.float32(batch['image'].shape[0])
   return stats, rows
-
-
-def _fault_injection():
-  """Test hook: FCDD_FAULT_INJECTION='kill@12' (SIGKILL itself after step 12), 'sigterm@8' (preemption
-  signal), optionally restricted to one process with ':p<i>' (e.g. 'kill@10:p1'). Used by the
-  multi-process tests to kill runs at a known step; unset in normal use."""
-  spec = os.environ.get('FCDD_FAULT_INJECTION', '')
-  if not spec:
-    return None
-  what, _, rest = spec.partition('@')
-  step, _, proc = rest.partition(':p')
-  if proc and int(proc) != jax.process_index():
-    return None
-  return what, int(step)
-
-
-def _inject(fault, step, metrics):
-  if fault and fault[1] == step:
-    import signal  # pylint: disable=g-import-not-at-top
-    jax.block_until_ready(metrics)
-    os.kill(os.getpid(), signal.SIGKILL if fault[0] == 'kill' else signal.SIGTERM)
-    time.sleep(0.5)  # let the signal handler / preemption notifier run
 
 
 def default_workdir(config_name):
@@ -207,9 +192,7 @@ def _setup(config, workdir, pipeline=None):
   repl, data = built.replicated, built.data_sharding
   train_fn = jax.jit(functools.partial(train_step, cfg=built.step_config, frozen=built.frozen),
                      in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=(0,))
-  eval_fn = jax.jit(functools.partial(eval_step, cfg=built.step_config), in_shardings=(repl, data),
-                    out_shardings=data)
-  return _Run(config, workdir, is_main, pipeline, built, total_steps, ckpt, writer, train_fn, eval_fn,
+  return _Run(config, workdir, is_main, pipeline, built, total_steps, ckpt, writer, train_fn, compile_eval(built),
               {'t_begin': t_begin})
 
 
@@ -253,27 +236,39 @@ def _restore(r):
   return state, start_step, finished
 
 
+def run_steps(log, state, start_step, total_steps, batches, step_fn, after_step=None):
+  """The training loop of every run driver (one run, many runs, refinement rounds): steps start_step+1 ..
+  total_steps, `step_fn(state, next(batches), step) -> (state, metrics)`, at most one step in flight (host
+  time tracks device progress), `log` (a TrainLog: lines, scalars, non-finite checks), then
+  `after_step(step, state, metrics) -> state` (checkpoints, preemption, precise BN of one run)."""
+  prev_metrics = None
+  for step in range(start_step + 1, total_steps + 1):
+    state, metrics = step_fn(state, next(batches), step)
+    if prev_metrics is not None:
+      jax.block_until_ready(prev_metrics)
+    prev_metrics = metrics
+    log.add(step, metrics)
+    if log.due(step):
+      log.write(step, metrics)
+    if after_step is not None:
+      state = after_step(step, state, metrics)
+  return state
+
+
 def _loop(r, state, start_step):
   """Trains from `start_step` to the last step: logs, checkpoints, exits cleanly on preemption."""
   _, step_rng = jax.random.split(jax.random.PRNGKey(r.config.seed))
   batches = input_pipeline.start_global(r.pipeline, r.built.data_sharding, start_step)
   log = train_log.TrainLog(r.config, r.workdir, r.writer, r.pipeline.info.steps_per_epoch, r.total_steps,
-                             start_step, r.timings, r.is_main)
-  fault = _fault_injection()
-  prev_metrics = None
+                           start_step, r.timings, r.is_main)
   progress.say(f'compiling the train step and running step {start_step + 1} ...', r.is_main)
   padded_fn = _compile_padded_step(r, state, step_rng, start_step)
-  for step in range(start_step + 1, r.total_steps + 1):
-    batch = next(batches)
+
+  def step_fn(state, batch, step):  # pylint: disable=unused-argument
     fn = padded_fn if padded_fn is not None and 'valid' in batch else r.train_fn
-    state, metrics = fn(state, batch, step_rng)
-    if prev_metrics is not None:      # at most one step in flight: host time tracks device progress
-      jax.block_until_ready(prev_metrics)
-    prev_metrics = metrics
-    _inject(fault, step, metrics)
-    log.add(step, metrics)
-    if log.due(step):
-      log.write(step, metrics)
+    return fn(state, batch, step_rng)
+
+  def after_step(step, state, metrics):
     preempt = checkpointing.reached_preemption(step)
     if step == r.total_steps:
       t_bn = time.time()
@@ -289,6 +284,9 @@ def _loop(r, state, start_step):
       print(f'fcdd_jax: preemption at step {step}: checkpoint written, exiting; rerun the same command '
             'to resume', flush=True)
       raise SystemExit(0)
+    return state
+
+  state = run_steps(log, state, start_step, r.total_steps, batches, step_fn, after_step)
   r.ckpt.wait()
   return state
 
@@ -344,32 +342,54 @@ def _compile_padded_step(r, state, step_rng, start_step):
   return r.train_fn.lower(state, example, step_rng).compile()
 
 
-def _evaluate(r, state):
-  """Test outputs, AUCs, thresholds/AUPRO (process 0) and the results dict; training heatmaps if asked."""
-  t_eval = time.time()
-  config, data = r.config, r.built.data_sharding
+def evaluate(config, pipeline, state, eval_fn, data_sharding, is_main, train_heatmaps=True):
+  """The evaluation every run driver shares: test outputs, image and pixel AUCs, thresholds/AUPRO (process 0),
+  training heatmaps (config.eval.train_heatmaps, when `train_heatmaps`). Returns (outputs, train outputs or
+  None, results: AUCs, `runs`, thresholds, `pollution`)."""
   bs = config.eval.batch_size or None
-  outputs = results_lib.run_evaluation(state, r.pipeline, r.eval_fn, data, 'test', bs,
-                                       keep_images=config.eval.num_figure_samples // 2, verbose=r.is_main)
-  image_auc, pixel_auc = results_lib.compute_metrics(config, r.pipeline, outputs)
+  outputs = results_lib.run_evaluation(state, pipeline, eval_fn, data_sharding, 'test', bs,
+                                       keep_images=config.eval.num_figure_samples // 2, verbose=is_main)
+  image_auc, pixel_auc = results_lib.compute_metrics(config, pipeline, outputs)
   train_outputs = None
-  if config.eval.train_heatmaps:  # training heatmaps (spec §8.1) from the first batch of nominal train images
-    train_outputs = results_lib.run_evaluation(state, r.pipeline, r.eval_fn, data, 'train', bs, max_batches=1)
-  extra = {}
-  if r.is_main:
+  if train_heatmaps and config.eval.train_heatmaps:  # training heatmaps (spec §8.1): first batch of train images
+    train_outputs = results_lib.run_evaluation(state, pipeline, eval_fn, data_sharding, 'train', bs, max_batches=1)
+  results = {'image_auc': image_auc, 'pixel_auc': pixel_auc,
+             'runs': [{'normal_class': int(pipeline.info.normal_class), 'seed': int(config.seed),
+                       'image_auc': image_auc, 'pixel_auc': pixel_auc}]}
+  if is_main:
     try:
-      extra = results_lib.thresholds_and_aupro(config, outputs)
+      results.update(results_lib.thresholds_and_aupro(config, outputs))
     except Exception as e:  # pylint: disable=broad-except  (never lose a finished run over extras)
       logging.exception('thresholds/AUPRO failed: %s', e)
+  if pipeline.pollution:   # data.pollution: the known true anomalies in the training set
+    results['pollution'] = pipeline.pollution
+  return outputs, train_outputs, results
+
+
+def write_results(workdir, config, pipeline, results, outputs, train_outputs=None):
+  """results.json (before figures: a figure problem never loses the numbers), reports and figures, then
+  results.json again with the figures' time and the peak memory. Process 0 only."""
+  results['peak_rss_bytes'] = memory.peak_rss_bytes()
+  results['allocator'] = memory.active_allocator()
+  results_lib.write_json(workdir, 'results.json', results)
+  t_fig = time.time()
+  progress.say('writing figures ...')
+  results_lib.write_figures(workdir, config, pipeline, outputs, train_outputs, results=results)
+  results['figures_seconds'] = round(time.time() - t_fig, 2)
+  results['peak_rss_bytes'] = memory.peak_rss_bytes()
+  results_lib.write_json(workdir, 'results.json', results)
+
+
+def _evaluate(r, state):
+  """`evaluate` plus the run's phase timings."""
+  t_eval = time.time()
+  config = r.config
+  outputs, train_outputs, results = evaluate(config, r.pipeline, state, r.eval_fn, r.built.data_sharding,
+                                             r.is_main)
   t = r.timings
   loop_seconds = (t['train_seconds'] - t.get('compile_seconds', 0.0)
                   - (t.get('precise_bn_seconds') or 0.0))
-  results = {
-      'image_auc': image_auc,
-      'pixel_auc': pixel_auc,
-      'runs': [{'normal_class': int(r.pipeline.info.normal_class), 'seed': int(config.seed),
-                'image_auc': image_auc, 'pixel_auc': pixel_auc}],
-      **extra,
+  results.update({
       'load_seconds': t.get('load_seconds'),
       'compile_seconds': t.get('compile_seconds'),
       'precise_bn_seconds': t.get('precise_bn_seconds'),   # inside train_seconds, not in the img/s
@@ -379,9 +399,7 @@ def _evaluate(r, state):
       'eval_seconds': round(time.time() - t_eval, 2),
       'steps': int(r.total_steps),
       'dtype': run_lib.compute_dtype(config),
-  }
-  if r.pipeline.pollution:   # data.pollution: the known true anomalies in the training set
-    results['pollution'] = r.pipeline.pollution
+  })
   return outputs, train_outputs, results
 
 
@@ -391,15 +409,7 @@ def _write(r, results, outputs, train_outputs):
     return
   scalars = {'eval/image_auc': results['image_auc'], 'eval/pixel_auc': results['pixel_auc']}
   r.writer.write_scalars(r.total_steps, {k: v for k, v in scalars.items() if v is not None})
-  results['peak_rss_bytes'] = memory.peak_rss_bytes()
-  results['allocator'] = memory.active_allocator()
-  results_lib.write_json(r.workdir, 'results.json', results)
-  t_fig = time.time()
-  progress.say('writing figures ...')
-  results_lib.write_figures(r.workdir, r.config, r.pipeline, outputs, train_outputs, results=results)
-  results['figures_seconds'] = round(time.time() - t_fig, 2)
-  results['peak_rss_bytes'] = memory.peak_rss_bytes()
-  results_lib.write_json(r.workdir, 'results.json', results)
+  write_results(r.workdir, r.config, r.pipeline, results, outputs, train_outputs)
   fmt = lambda v: 'n/a' if v is None else f'{v:.4f}'
   t, ips = r.timings, results['train_images_per_second']
   ft = progress.fmt_time

@@ -16,6 +16,7 @@ import os
 import time
 
 from fcdd_jax import workdir_lock
+from fcdd_jax.workdir_lock import WorkdirAccessError   # cannot create/write the workdir (exit code 4)
 from fcdd_jax.workdir_lock import WorkdirError   # the error of the whole workdir handling (lock included)
 
 CONFIG_NAME = 'config.json'
@@ -44,14 +45,14 @@ def check_path(workdir):
   try:
     os.makedirs(workdir, exist_ok=True)
   except OSError as e:
-    raise WorkdirError(f'cannot create the workdir {workdir}: {e.strerror or e}') from None
+    raise WorkdirAccessError(f'cannot create the workdir {workdir}: {e.strerror or e}') from None
   probe = os.path.join(workdir, f'.write_test.{os.getpid()}')
   try:
     with open(probe, 'w') as f:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise WorkdirError(f'the workdir {workdir} is not writable: {e.strerror or e}') from None
+    raise WorkdirAccessError(f'the workdir {workdir} is not writable: {e.strerror or e}') from None
 
 
 def has_trained_model(workdir):

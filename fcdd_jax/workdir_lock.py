@@ -26,6 +26,11 @@ class WorkdirError(ValueError):
   """The workdir cannot be used as asked; the message (one line) says why and what to do."""
 
 
+class WorkdirAccessError(WorkdirError):
+  """The file system refuses the workdir (cannot create or write it): exit code 4, not 2."""
+  exit_code = 4
+
+
 def proc_start(pid):
   """Start time of `pid` in clock ticks since boot (Linux), '' when unknown; tells a reused pid apart."""
   try:
@@ -165,7 +170,7 @@ class Lock:
           continue
         fd = os.open(self.path, os.O_WRONLY | os.O_TRUNC)
       except OSError as e:
-        raise WorkdirError(f'cannot create the lock file {self.path}: {e.strerror or e}') from None
+        raise WorkdirAccessError(f'cannot create the lock file {self.path}: {e.strerror or e}') from None
       with os.fdopen(fd, 'w') as f:
         json.dump(self._me(), f)
       break

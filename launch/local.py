@@ -37,8 +37,9 @@ def _workdir(args):
 
 
 def launch(main_args, num_processes=2, devices_per_process=1, port=None, grace=90, timeout=None,
-           python=sys.executable, extra_env=None, return_all=False):
-  """Starts the processes and waits; returns the exit code (0 when all succeeded).
+           python=sys.executable, extra_env=None, return_all=False, module='fcdd_jax.main'):
+  """Starts the processes (`python -m <module>`, fcdd_jax.main) and waits; returns the exit code (0 when all
+  succeeded).
 
   With return_all=True returns (code, per-process exit codes, per-process 'killed by the launcher').
   """
@@ -51,7 +52,7 @@ def launch(main_args, num_processes=2, devices_per_process=1, port=None, grace=9
     env = dict(os.environ, JAX_PLATFORMS='cpu',
                XLA_FLAGS=f'--xla_force_host_platform_device_count={devices_per_process}')
     env.update(extra_env or {})
-    cmd = [python, '-m', 'fcdd_jax.main', *main_args, f'--coordinator_address=127.0.0.1:{port}',
+    cmd = [python, '-m', module, *main_args, f'--coordinator_address=127.0.0.1:{port}',
            f'--num_processes={num_processes}', f'--process_id={i}']
     if i == 0:
       out = None

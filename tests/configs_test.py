@@ -51,14 +51,14 @@ def test_each_experiment_docstring_gives_its_command():
 def test_configs_are_addressable_by_path_and_by_name():
   """`configs/<name>.py` in a checkout (a link to the package's configs), the shipped file by name from any
   directory (an installed wheel), and an unknown name left unchanged for the error message."""
-  from fcdd_jax import main  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import cli  # pylint: disable=g-import-not-at-top
   from tests.paths import ROOT  # pylint: disable=g-import-not-at-top
   shipped = str(CONFIG_DIR / 'custom.py')
   assert pathlib.Path(ROOT, 'configs', 'custom.py').resolve() == pathlib.Path(shipped).resolve()
-  assert set(main.shipped_configs()) == set(NAMES)
+  assert set(cli.shipped_configs()) == set(NAMES)
   for value in ('custom', 'custom.py', 'configs/custom.py', 'fcdd_jax/configs/custom.py'):
-    resolved = main.resolve_config_path(value)
+    resolved = cli.resolve_config_path(value)
     assert pathlib.Path(resolved).resolve() == pathlib.Path(shipped).resolve(), value
-  assert main.resolve_config_path('custom:arg').endswith('custom.py:arg')
-  assert main.resolve_config_path('configs/nope.py') == 'configs/nope.py'
-  assert main.resolve_config_path('/elsewhere/custom.py') == '/elsewhere/custom.py'
+  assert cli.resolve_config_path('custom:arg').endswith('custom.py:arg')
+  assert cli.resolve_config_path('configs/nope.py') == 'configs/nope.py'
+  assert cli.resolve_config_path('/elsewhere/custom.py') == '/elsewhere/custom.py'

@@ -11,6 +11,7 @@ import pytest
 
 from launch import local
 from launch import sweep
+from tests import fault_injection
 from tests.paths import ROOT
 
 STEPS = 12
@@ -70,7 +71,7 @@ def test_killed_peer_makes_the_others_exit_in_bounded_time(tmp_path):
   code, codes, killed = local.launch(
       [*ARGS, '--config.num_train_steps=100000', '--workdir', wd, '--heartbeat_timeout=20'],
       num_processes=2, devices_per_process=1, timeout=300, grace=180,
-      extra_env={'FCDD_FAULT_INJECTION': 'kill@3:p1'}, return_all=True)
+      extra_env={'FCDD_FAULT_INJECTION': 'kill@3:p1'}, return_all=True, module=fault_injection.MODULE)
   elapsed = time.time() - t0
   assert code != 0 and codes[1] == -9
   # Process 0 noticed the dead peer and stopped by itself with an error, in bounded time (<= 2 min).
@@ -90,13 +91,13 @@ def test_preemption_then_sigkill_then_restart_resumes(two_procs, tmp_path):
   run resumes from the newest readable checkpoint and ends with the uninterrupted run's AUCs."""
   wd = str(tmp_path / 'faults')
   code = local.launch([*ARGS, '--workdir', wd], num_processes=2, devices_per_process=2, timeout=400,
-                      extra_env={'FCDD_FAULT_INJECTION': 'sigterm@5:p0'})
+                      extra_env={'FCDD_FAULT_INJECTION': 'sigterm@5:p0'}, module=fault_injection.MODULE)
   assert code == 0
   assert not os.path.exists(os.path.join(wd, 'results.json'))
   preempted = _steps(wd)
   assert preempted and max(preempted) < 9, preempted   # the agreed step, before the kill below
   code = local.launch([*ARGS, '--workdir', wd], num_processes=2, devices_per_process=2, timeout=400,
-                      grace=60, extra_env={'FCDD_FAULT_INJECTION': 'kill@9'})
+                      grace=60, extra_env={'FCDD_FAULT_INJECTION': 'kill@9'}, module=fault_injection.MODULE)
   assert code != 0
   assert not os.path.exists(os.path.join(wd, 'results.json'))
   assert max(_steps(wd)) <= 9
@@ -109,7 +110,7 @@ def test_single_process_sigterm_preemption(tmp_path):
   wd = str(tmp_path / 'sp')
   env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1',
              FCDD_FAULT_INJECTION='sigterm@3')
-  proc = subprocess.run([sys.executable, '-m', 'fcdd_jax.main', *ARGS, '--workdir', wd], cwd=ROOT, env=env,
+  proc = subprocess.run([sys.executable, '-m', fault_injection.MODULE, *ARGS, '--workdir', wd], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'preemption at step 3' in proc.stdout

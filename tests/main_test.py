@@ -34,6 +34,77 @@ def test_missing_config_file(tmp_path):
   _assert_one_line_error(proc, r"config file 'configs/nope.py' does not exist.*fmnist")
 
 
+def test_help_lists_every_config_field_with_its_default_and_meaning():
+  """Issue 26/28 item 9: `--help` exits 0 and lists the flags and every field of configs/default.py."""
+  from fcdd_jax import cli  # pylint: disable=g-import-not-at-top
+  proc = support.run_cli(['--help'])
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  out = proc.stdout
+  assert '--workdir' in out and '--allocator' in out
+  assert '--config.optim.lr (default: 0.001)\n        learning rate' in out
+  assert "--config.data.noise_mode (default: 'cifar100')" in out and '[refine] training-data refinement' in out
+  for field, default in cli.default_fields().items():
+    assert f'--config.{field} (default: {default!r})' in out, field
+  docs = [f for _, _, fields in cli.field_docs() for f in fields]
+  assert len(docs) == len(cli.default_fields()) and all(meaning for _, _, meaning in docs), \
+      [f for f, _, m in docs if not m]   # every field has its meaning next to it in default.py
+  assert support.run_cli(['--helpfull']).returncode == 0
+
+
+def _config_file(tmp_path, body):
+  path = tmp_path / 'my_config.py'
+  path.write_text(body)
+  return str(path)
+
+
+def test_config_file_typo_is_refused_with_the_file_the_field_and_the_closest_name(tmp_path):
+  """Issue 28 item 4: a misspelled field in a config FILE is refused like one on the command line."""
+  path = _config_file(tmp_path, 'from fcdd_jax.configs import test\ndef get_config():\n  c = test.get_config()\n'
+                                '  c.optim.lrr = 5.0\n  return c\n')
+  proc = support.run_cli(['--config', path, '--workdir', str(tmp_path / 'w')])
+  _assert_one_line_error(proc, rf"config file '{path}' sets unknown config field 'config.optim.lrr' \(did you mean "
+                               r"'config.optim.lr'\?\)")
+  assert not os.path.exists(tmp_path / 'w')
+
+
+def test_config_file_without_get_config_or_whose_get_config_raises(tmp_path):
+  """Issue 28 item 6: one line naming the file and the error, no traceback."""
+  path = _config_file(tmp_path, 'X = 1\n')
+  _assert_one_line_error(support.run_cli(['--config', path]), rf"config file '{path}' defines no get_config\(\)")
+  path = _config_file(tmp_path, 'def get_config():\n  raise RuntimeError("no data root set")\n')
+  _assert_one_line_error(support.run_cli(['--config', path]),
+                         rf"config file '{path}': get_config\(\) raised RuntimeError: no data root set$")
+  path = _config_file(tmp_path, 'def get_config(:\n')
+  _assert_one_line_error(support.run_cli(['--config', path]), rf"cannot load config file '{path}': SyntaxError")
+
+
+def test_default_config_names_the_field_before_loading_data(tmp_path):
+  """Issue 28 item 8: `--config default` (demo data with the OE mode cifar100) fails before any data is read,
+  naming config.data.noise_mode."""
+  proc = support.run_cli(['--config', 'default', '--workdir', str(tmp_path / 'w')])
+  _assert_one_line_error(proc, r"config.data.noise_mode='cifar100' is not available for data.name='demo'.*confetti")
+  assert 'fcdd_jax: workdir' not in proc.stdout and not os.path.exists(tmp_path / 'w')
+
+
+def test_exit_codes_are_the_readme_table(tmp_path):
+  """Issue 28 item 9: a workdir the file system refuses exits 4 (README, "Exit codes")."""
+  with support.read_only_dir(tmp_path / 'ro') as ro:
+    proc = support.run_cli(['--config', 'configs/test.py', '--workdir', os.path.join(ro, 'w')])
+    _assert_one_line_error(proc, r'cannot create the workdir .*(Read-only file system|Permission denied)', code=4)
+  readme = open(os.path.join(ROOT, 'README.md')).read()
+  for code in ('| 2 |', '| 3 |', '| 4 |', '| 130 |'):
+    assert code in readme, code
+
+
+def test_no_device_for_jax_platforms_is_one_line(tmp_path):
+  """README "Troubleshooting", no GPU found: JAX_PLATFORMS naming a platform without its wheel."""
+  env = dict(os.environ, JAX_PLATFORMS='cuda')
+  proc = subprocess.run([sys.executable, '-m', 'fcdd_jax.main', '--config', 'test', '--workdir', str(tmp_path / 'w'),
+                         '--allocator=glibc'], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  _assert_one_line_error(proc, r"JAX found no usable device for JAX_PLATFORMS='cuda' .*jax\[cuda12\]")
+  assert not os.path.exists(tmp_path / 'w')
+
+
 def test_shipped_config_by_name_from_another_directory(tmp_path):
   """`--config test` (a name: the file inside the package, as from an installed wheel) from a directory with
   no configs/; the overrides apply to it."""
@@ -80,11 +151,11 @@ def test_manual_download_sources_say_which_files_go_where(tmp_path):
 
 
 def test_accelerator_visibility_follows_jax_platforms(monkeypatch):
-  from fcdd_jax import main  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import process  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
-  assert not main._accelerator_visible()  # pylint: disable=protected-access
+  assert not process.accelerator_visible()
   monkeypatch.setenv('JAX_PLATFORMS', 'tpu,cpu')
-  assert main._accelerator_visible()  # pylint: disable=protected-access
+  assert process.accelerator_visible()
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -350,6 +421,7 @@ def test_config_overrides_without_config_apply_to_the_demo_config(tmp_path, capf
   from fcdd_jax import main  # pylint: disable=g-import-not-at-top
   main.parse_flags(['fcdd_jax', '--config.seed=5', '--workdir', '/nonexistent'])
   assert main.FLAGS.config.seed == 5 and main.FLAGS['config'].config_filename.endswith(os.path.join('configs', 'demo.py'))
+  capfd.readouterr()
   f = tmp_path / 'file'
   f.write_text('x')
   code, out, err = run_main(['--config.seed=5', '--workdir', str(f)], capfd)   # stops at the workdir check
@@ -383,9 +455,8 @@ def test_folder_where_every_image_is_corrupt_with_skip(tmp_path, capfd):
 
 def test_every_failure_becomes_one_line_with_its_exit_code():
   import errno  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import checkpointing, main, train_log, workdir  # pylint: disable=g-import-not-at-top
-  main.parse_flags(['fcdd_jax', '--workdir', '/w'])
-  d = main._describe  # pylint: disable=protected-access
+  from fcdd_jax import checkpointing, config_checks, process, train_log, workdir  # pylint: disable=g-import-not-at-top
+  d = lambda e: process.describe(e, '/w')
   assert d(OSError(errno.ENOSPC, 'No space left on device')) == (
       'no space left on the device while writing into /w', 4)
   assert d(OSError(errno.EACCES, 'Permission denied', '/w/results.json')) == (
@@ -394,4 +465,7 @@ def test_every_failure_becomes_one_line_with_its_exit_code():
       'cannot write checkpoint step 3 to /w: x', 4)
   assert d(workdir.WorkdirError('in use\nsecond line'))[1] == 2 and d(workdir.WorkdirError('a\nb'))[0] == 'a'
   assert d(train_log.NonFiniteError('non-finite loss'))[1] == 3
+  assert d(workdir.WorkdirAccessError('the workdir /w is not writable: Read-only file system')) == (
+      'the workdir /w is not writable: Read-only file system', 4)
+  assert d(config_checks.ConfigError('config.x=1 is bad')) == ('config.x=1 is bad', 2)
   assert d(RuntimeError('boom')) == ('unexpected RuntimeError: boom (rerun with --verbose for the traceback)', 1)

@@ -9,6 +9,12 @@ from fcdd_jax import receptive
 from tests import references
 
 
+def gaussian_kernel(r, std):
+  """2-D kernel G = g ⊗ g of spec §4 (peak 1 for odd r, 0.25 for even r; not normalised)."""
+  g = receptive.gaussian_kernel_1d(r, std)
+  return np.outer(g, g)
+
+
 @pytest.mark.parametrize('r,j,s,h,H,std', [
     (16, 4, 1.5, 7, 28, 1.2),     # FCDD_CNN28_W
     (22, 4, 1.5, 8, 32, 1.2),     # FCDD_CNN32_LW3K
@@ -30,7 +36,7 @@ def test_upsample_equals_algorithm1(r, j, s, h, H, std):
 @pytest.mark.parametrize('r,std,total', [(16, 1.2, 4.016), (22, 1.2, 4.016), (62, 12, 236.4), (62, 8, 110.8),
                                          (59, 10, 624.3)])
 def test_kernel_sums_and_peaks(r, std, total):
-  k = receptive.gaussian_kernel(r, std)
+  k = gaussian_kernel(r, std)
   assert k.shape == (r, r)
   assert k.sum() == pytest.approx(total, abs=0.05)
   assert k.max() == pytest.approx(1.0 if r % 2 else 0.25)

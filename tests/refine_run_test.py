@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 
+from fcdd_jax import config_checks
 from fcdd_jax import input_pipeline
 from fcdd_jax import multirun
 from fcdd_jax import refine_run
@@ -68,7 +69,7 @@ def test_rerun_resumes_without_retraining_finished_rounds(refined, make_config, 
   assert _read(wd, 'refinement.json') == before
   assert res['refinement']['final_train_size'] == 40
   # other settings in the same workdir: a one-line error, nothing overwritten
-  with pytest.raises(ValueError, match='other settings'):
+  with pytest.raises(ValueError, match=r"refine.drop '0.1' -> '0.2'"):
     refine_run.train_and_evaluate(_config(make_config, **{'refine.drop': '0.2'}), wd)
   # the anomaly generation is part of what a finished round depends on
   with pytest.raises(ValueError, match="noise_mode"):
@@ -86,12 +87,58 @@ def test_same_seed_same_kept_set_other_seed_other_split(refined, tmp_path, make_
 
 
 def test_settings_are_checked(make_config):
-  with pytest.raises(ValueError, match='refine.subsets=1'):
-    refine_run.settings(_config(make_config, **{'refine.subsets': 1}))
-  with pytest.raises(ValueError, match="refine.drop='lots'"):
-    refine_run.settings(_config(make_config, **{'refine.drop': 'lots'}))
-  assert refine_run.settings(_config(make_config, **{'refine.drop': 'auto'})) == (2, 3, 'auto')
-  assert not refine_run.enabled(make_config('test'))
+  with pytest.raises(config_checks.ConfigError, match='refine.subsets=1'):
+    config_checks.check_refine(_config(make_config, **{'refine.subsets': 1}))
+  with pytest.raises(config_checks.ConfigError, match="refine.drop='lots'"):
+    config_checks.check_refine(_config(make_config, **{'refine.drop': 'lots'}))
+  assert config_checks.check_refine(_config(make_config, **{'refine.drop': 'auto'})) == (2, 3, 'auto')
+  assert config_checks.check_refine(make_config('test'))[0] == 0
+  for kw, field in [({'data.online_supervision': False}, 'online_supervision'),
+                    ({'data.supervise_mode': 'other'}, "supervise_mode='other'"), ({'runs': '0x0-1'}, 'config.runs')]:
+    with pytest.raises(config_checks.ConfigError, match=field):   # (was a plain ValueError of refine_run)
+      config_checks.check_config(_config(make_config, **kw))
   k = refine_run.model_keys(0, 1, 3)
   flat = [np.asarray(x).tobytes() for pair in k for x in pair]
   assert len(set(flat)) == 6
+
+
+def _no_training(monkeypatch):
+  def no_training(*a, **k):
+    raise AssertionError('a round was trained')
+  monkeypatch.setattr(multirun, 'train_stacked', no_training)
+  monkeypatch.setattr(input_pipeline, 'load_source', no_training)
+
+
+def test_a_second_refinement_on_a_workdir_in_use_is_refused_before_round_one(make_config, tmp_path, monkeypatch):
+  """Issue 28 item 5: the refinement takes the workdir lock before training round 1; a second run on the same
+  workdir (here held by another process) is refused at once, without loading data or training."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import workdir  # pylint: disable=g-import-not-at-top
+  from tests.paths import ROOT  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path / 'w')
+  code = (f'import time; from fcdd_jax import workdir_lock; workdir_lock.Lock.acquire({wd!r}); '
+          'print("locked", flush=True); time.sleep(60)')
+  holder = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+  try:
+    assert holder.stdout.readline().strip() == 'locked'
+    _no_training(monkeypatch)
+    with pytest.raises(workdir.WorkdirError, match=f'in use by another fcdd_jax run .*pid {holder.pid}'):
+      refine_run.train_and_evaluate(_config(make_config, **{'refine.rounds': 1}), wd)
+  finally:
+    holder.kill()
+    holder.wait()
+  assert not os.path.exists(os.path.join(wd, 'refinement.json'))
+
+
+def test_a_workdir_that_cannot_be_used_fails_before_round_one(make_config, tmp_path, monkeypatch):
+  from fcdd_jax import workdir  # pylint: disable=g-import-not-at-top
+  f = tmp_path / 'file'
+  f.write_text('x')
+  _no_training(monkeypatch)
+  with pytest.raises(workdir.WorkdirError, match='is an existing file'):
+    refine_run.train_and_evaluate(_config(make_config, **{'refine.rounds': 1}), str(f))
+  from tests import support  # pylint: disable=g-import-not-at-top
+  with support.read_only_dir(tmp_path / 'ro') as ro:
+    with pytest.raises(workdir.WorkdirAccessError, match='cannot create the workdir'):
+      refine_run.train_and_evaluate(_config(make_config, **{'refine.rounds': 1}), os.path.join(ro, 'w'))

@@ -3,7 +3,26 @@ the dropped samples, precision/recall."""
 import numpy as np
 import pytest
 
+from fcdd_jax import config_checks
 from fcdd_jax import refine
+
+
+def srr_consensus(scores, assignment, share):
+  """SRR's own rule, kept here for comparison with the out-of-subset rule (not used by fcdd_jax).
+
+  bool [N]: SRR's rule (a sample stays only if every model calls it normal, model k's threshold the
+  (1 − share) quantile of its scores) on out-of-subset scores: dropped if any model that did not train on
+  it scores it above that model's quantile over the samples it did not train on."""
+  s, a = refine._check_scores(scores, assignment)  # pylint: disable=protected-access
+  p = refine.parse_drop(share)
+  if p == 'auto':
+    raise ValueError("refine: SRR's consensus rule needs a share, not 'auto'")
+  out = np.zeros(s.shape[1], bool)
+  for k in range(s.shape[0]):
+    held = a != k
+    thr = np.quantile(s[k, held], 1.0 - p)
+    out |= held & (s[k] > thr)
+  return out
 
 
 @pytest.mark.parametrize('n,k', [(10, 2), (101, 5), (5000, 5), (7, 7)])
@@ -138,7 +157,7 @@ def test_srr_consensus_reference():
   n, k = 50, 3
   a = refine.split_subsets(n, k, seed=0)
   s = rng.random((k, n))
-  got = refine.srr_consensus(s, a, 0.2)
+  got = srr_consensus(s, a, 0.2)
   ref = np.zeros(n, bool)
   for i in range(n):
     for j in range(k):
@@ -150,16 +169,16 @@ def test_srr_consensus_reference():
   np.testing.assert_array_equal(got, ref)
 
 
-def test_settings_and_score_errors_are_one_line():
-  refine.check_settings(0, 1, 'nonsense')      # off: nothing else is checked
-  for args, field in [((-1, 5, 0.1), 'refine.rounds'), ((1.5, 5, 0.1), 'refine.rounds'),
-                      ((1, 1, 0.1), 'refine.subsets'), ((1, 5, 1.0), 'refine.drop'),
+def test_settings_and_score_errors_are_one_line(make_config):
+  settings = lambda r, k, p: make_config('test', **{'refine.rounds': r, 'refine.subsets': k, 'refine.drop': str(p)})
+  config_checks.check_refine(settings(0, 1, 'nonsense'))      # off: nothing else is checked
+  for args, field in [((-1, 5, 0.1), 'refine.rounds'), ((1, 1, 0.1), 'refine.subsets'), ((1, 5, 1.0), 'refine.drop'),
                       ((1, 5, 'most'), 'refine.drop'), ((1, 5, 0.0), 'refine.drop')]:
-    with pytest.raises(ValueError, match=field) as e:
-      refine.check_settings(*args)
+    with pytest.raises(config_checks.ConfigError, match='config.' + field) as e:
+      config_checks.check_refine(settings(*args))
     assert '\n' not in str(e.value)
-  with pytest.raises(ValueError, match='more than the 3 training samples'):
-    refine.check_settings(1, 5, 'auto', num_train=3)
+  with pytest.raises(config_checks.ConfigError, match='more than the 3 training samples'):
+    config_checks.check_refine(settings(1, 5, 'auto'), num_train=3)
   assert refine.parse_drop('AUTO') == 'auto' and refine.parse_drop('0.25') == 0.25
   a = np.array([0, 1, 0, 1])
   with pytest.raises(ValueError, match='non-finite'):

@@ -1,4 +1,5 @@
 """Shared test support (no tests here): the CLI in a subprocess, a damaged checkpoint, fake VGG weights."""
+import contextlib
 import os
 import subprocess
 import sys
@@ -40,3 +41,25 @@ def fake_vgg_weights(seed=0, classifier=False):
     else:
       w[k] = (rng.normal(size=shape) * (0.05 if len(shape) > 1 else 0.5)).astype(np.float32)
   return w
+
+
+@contextlib.contextmanager
+def read_only_dir(path):
+  """`path` as a directory nobody can write into, root included: a read-only tmpfs mounted there, or a
+  chmod 500 directory when mounting is not allowed (skips the test when that is still writable)."""
+  import pytest  # pylint: disable=g-import-not-at-top
+  os.makedirs(path, exist_ok=True)
+  mounted = not subprocess.run(['mount', '-t', 'tmpfs', '-o', 'ro,size=1m', 'tmpfs', str(path)],
+                               capture_output=True).returncode
+  if not mounted:
+    os.chmod(path, 0o500)
+    if os.access(path, os.W_OK):
+      os.chmod(path, 0o700)
+      pytest.skip('cannot make a read-only directory here')
+  try:
+    yield str(path)
+  finally:
+    if mounted:
+      subprocess.run(['umount', '-l', str(path)], check=False)
+    else:
+      os.chmod(path, 0o700)

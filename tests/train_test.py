@@ -266,3 +266,14 @@ def test_precise_bn_run_saves_the_final_nets_training_statistics(make_config, tm
     scores += list((np.sqrt(phi ** 2 + 1) - 1).mean(axis=(1, 2, 3))[keep])
     labels += list(b['label'][keep])
   assert res['image_auc'] == pytest.approx(metrics.roc_auc_score(labels, scores), abs=1e-6)
+
+
+def test_check_finite_names_the_models_of_many_runs():
+  """Many runs (`multirun`) go through the same TrainLog checks: [M] metrics, the failing models named."""
+  train_log.check_finite({'loss': np.float32(1.0), 'l2_grads': np.float32(2.0)}, 3, 'log step')
+  train_log.check_finite({'loss': np.ones(2)}, 3, 'log step', ['a', 'b'])
+  with pytest.raises(train_log.NonFiniteError, match=r"non-finite loss, l2_grads in \['b'\] at step 3 \(log step\)"):
+    train_log.check_finite({'loss': np.array([1.0, np.nan]), 'l2_grads': np.array([1.0, np.inf])}, 3, 'log step',
+                           ['a', 'b'])
+  with pytest.raises(train_log.NonFiniteError, match=r'non-finite loss=nan at step 4 \(before saving\)'):
+    train_log.check_finite({'loss': np.float32('nan')}, 4, 'before saving')

@@ -8,17 +8,17 @@ import ml_collections
 
 def get_config():
   c = ml_collections.ConfigDict()
-  c.seed = 0
-  c.num_epochs = 1
+  c.seed = 0                      # seed of the init, the data streams and the anomalies (0 <= seed < 2**32)
+  c.num_epochs = 1                # passes over the (enlarged) training set
   c.num_train_steps = -1          # > 0 overrides num_epochs * steps_per_epoch
   c.batch_size = 128              # GLOBAL optimiser-step batch (all devices, all hosts)
-  c.log_every_steps = 50
-  c.checkpoint_every_steps = 500
-  c.keep_checkpoints = 2
+  c.log_every_steps = 50          # a progress line, TensorBoard scalars and the non-finite check every N steps
+  c.checkpoint_every_steps = 500  # orbax checkpoint every N steps (and always at the last step)
+  c.keep_checkpoints = 2          # newest checkpoints kept in <workdir>/checkpoints
   c.objective = 'auto'            # auto (from the net family) | fcdd | hsc | ae
   c.runs = ''                     # many runs in one program: 'CLASSESxSEEDS', e.g. '0-9x0-4' (see multirun.py)
 
-  c.data = d = ml_collections.ConfigDict()
+  c.data = d = ml_collections.ConfigDict()   # the data, its anomalies and preprocessing (fcdd_jax/data/)
   d.name = 'demo'                 # demo | fmnist | cifar10 | mvtec | custom | imagenet | pascal_voc
   d.root = ''                     # directory with the data ('' = dataset default / tfds)
   d.tfds_data_dir = ''            # tensorflow-datasets data_dir ('' = tfds default)
@@ -38,46 +38,46 @@ def get_config():
   d.on_bad_image = 'error'        # error | skip (skip: warn and leave the file out)
   d.remove_oe_from_test = False   # mvtec_gt: drop the labelled anomalies from the test set (spec §11.8)
   d.cache_dir = ''                # decoded/resized arrays cache ('' = $XDG_CACHE_HOME/fcdd_jax; never under root)
-  d.demo_num_train = 512
-  d.demo_num_test = 256
-  d.demo_image_size = 32
+  d.demo_num_train = 512          # demo data: generated training images
+  d.demo_num_test = 256           # demo data: generated test images (half anomalous)
+  d.demo_image_size = 32          # demo data: image side in pixels
   d.pollution = 0.0               # share of true anomalies mixed, unlabelled, into the training set (data/pollution.py)
 
-  c.model = m = ml_collections.ConfigDict()
-  m.name = 'FCDD_CNN32_S'
+  c.model = m = ml_collections.ConfigDict()   # the net (fcdd_jax/models.py, baselines.py)
+  m.name = 'FCDD_CNN32_S'         # net name (models.NAMES): FCDD_* (FCDD), CNN* (HSC), AE* (autoencoder)
   m.pretrained_path = ''          # .npz or .pth of torchvision vgg11_bn (VGG / VGG_F nets)
-  m.bias = True
+  m.bias = True                   # bias terms in the convolutions
   m.torch_init = True             # PyTorch default init (spec §1.1)
   m.bn_unbiased_var = True        # running var from the unbiased batch var (spec §11.10)
   m.frozen_bn = 'parity'          # parity | frozen (spec §11.1)
   m.dtype = 'auto'                # compute dtype: auto (bfloat16 for 224² nets on XLA:CPU, else float32) | float32 | bfloat16
   m.precise_bn = False           # after the last step: BatchNorm statistics recomputed on the training images (train.py)
 
-  c.loss = l = ml_collections.ConfigDict()
+  c.loss = l = ml_collections.ConfigDict()    # the objective (fcdd_jax/losses.py)
   l.gauss_std = 1.2               # σ of the receptive-field upsampling (spec §7.2); <= 0: σ(r)
   l.stable = True                 # stable anomalous term (spec §11.2); False = reference form
   l.single_label_parity = True    # spec §11.3: single-label batch treated as nominal
   l.blur_heatmaps = False         # HSC gradient heatmaps: blur (spec §8.3)
 
-  c.optim = o = ml_collections.ConfigDict()
+  c.optim = o = ml_collections.ConfigDict()   # optimiser and learning-rate schedule (fcdd_jax/run.py)
   o.name = 'sgd'                  # sgd (Nesterov, momentum 0.9) | adam | auto (pretrained nets: sgd, else adam)
-  o.lr = 1e-3
+  o.lr = 1e-3                     # learning rate
   o.weight_decay = 1e-6           # coupled L2 (spec §7.1)
-  o.momentum = 0.9
+  o.momentum = 0.9                # sgd: Nesterov momentum
   o.schedule = 'lambda'           # lambda (lr·gamma^epoch) | milestones | constant
-  o.gamma = 0.985
-  o.milestones = (400, 500)
-  o.milestone_factor = 0.1
+  o.gamma = 0.985                 # lambda schedule: lr x gamma^epoch
+  o.milestones = (400, 500)       # milestones schedule: epochs at which lr is multiplied by milestone_factor
+  o.milestone_factor = 0.1        # milestones schedule: the factor
 
-  c.eval = e = ml_collections.ConfigDict()
+  c.eval = e = ml_collections.ConfigDict()    # evaluation, thresholds and figures (fcdd_jax/results.py)
   e.batch_size = 0                # 0 = batch_size
   e.image_score = 'mean'          # mean (spec §3.5: mean of the low-res map) | max | top<p>% of the upsampled map
   e.quantile = 0.97               # heatmap normalisation quantile (figures only)
-  e.pixel_auc = True
+  e.pixel_auc = True              # pixel AUC where ground-truth maps exist
   e.pixel_auc_resolution = 'original'  # original (spec §8.2) | input
-  e.train_heatmaps = True
+  e.train_heatmaps = True         # figure of heatmaps of training images (spec §8.1)
   e.threshold_quantile = 0.99     # nominal-only data: threshold = this quantile of nominal scores
-  e.num_figure_samples = 20
+  e.num_figure_samples = 20       # test images shown in the heatmap figures
 
   c.refine = rf = ml_collections.ConfigDict()   # training-data refinement (fcdd_jax/refine_run.py)
   rf.rounds = 0                   # 0 = off; else rounds of K models on disjoint subsets dropping suspected anomalies

@@ -18,6 +18,7 @@ from fcdd_jax.data import pollution
 from fcdd_jax.data import source
 from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
+from fcdd_jax.errors import ConfigError
 
 CUSTOM_PREPROC = ('aug1', 'none')   # the reference's custom runner (spec §5.9); '' and 'default' mean none
 
@@ -34,7 +35,7 @@ def detect_layout(root):
       return 'normal_anomalous'
     if classes:
       return 'ovr'
-  raise ValueError(
+  raise ConfigError(
       f'config.data.root={root!r} has no known layout; expected train/good + test/<defect> '
       '[+ ground_truth/<defect>/<name>_mask.png] (MVTec layout), train/<class>/* + test/<class>/* (one-vs-rest), '
       'or train/<class>/normal + test/<class>/{normal,anomalous}')
@@ -206,7 +207,7 @@ def load(config):
   root = d.root
   pre = 'none' if d.preproc in ('', 'default') else d.preproc
   if pre not in CUSTOM_PREPROC:
-    raise ValueError(f'config.data.preproc={d.preproc!r} is not available for custom data; allowed: '
+    raise ConfigError(f'config.data.preproc={d.preproc!r} is not available for custom data; allowed: '
                      f'{", ".join(CUSTOM_PREPROC)} (spec §5.9; lcn/lcnaug1 need per-class constants)')
   layout = detect_layout(root)
   inp = (224, 224)
@@ -225,7 +226,7 @@ def load(config):
     names = (os.path.basename(os.path.normpath(root)),)
     c = checks.check_class(config, 1, names)
     if d.supervise_mode == 'other':
-      raise ValueError(f'config.data.supervise_mode=other needs labelled training anomalies, but {root} has the '
+      raise ConfigError(f'config.data.supervise_mode=other needs labelled training anomalies, but {root} has the '
                        'MVTec layout (train/good only); use train/<class>/{normal,anomalous} or one-vs-rest folders')
     data = read_mvtec_layout(root, 3, test_size, d.on_bad_image, cache, image_resize=how)
     train_paths = data['train_paths']
@@ -257,7 +258,7 @@ def load(config):
       folder = os.path.join(root, 'train', names[c], 'anomalous')
       anom_paths = image_io.list_images(folder) if os.path.isdir(folder) else []
     if not anom_paths:
-      raise ValueError(f'config.data.supervise_mode=other needs labelled training anomalies: '
+      raise ConfigError(f'config.data.supervise_mode=other needs labelled training anomalies: '
                        + ('images of other classes in train/' if layout == 'ovr' else
                           f'{os.path.join(root, "train", names[c], "anomalous")}/ holds none'))
     anom, anom_paths = image_io.read_images(anom_paths, 3, train_size, **read_kw)
@@ -309,13 +310,13 @@ def _pollute(config, layout, root, names, c, data, train_input, sizes, train_siz
     folder = os.path.join(root, 'train', names[c], 'anomalous')
     pool_paths = image_io.list_images(folder) if os.path.isdir(folder) else []
   if pool_paths is not None and not pool_paths:
-    raise ValueError(f'config.data.pollution={config.data.pollution}: {root} has no images to mix in (other '
+    raise ConfigError(f'config.data.pollution={config.data.pollution}: {root} has no images to mix in (other '
                      'classes in train/, or train/<class>/anomalous/)')
   plan, drawn, record = pollution_plan(config, len(data['train']), data, pool_paths)
   drawn = drawn['paths']
   drawn_imgs, kept = image_io.read_images(drawn, 3, train_size, **read_kw)
   if len(kept) != len(drawn):
-    raise ValueError(f'config.data.pollution: {len(drawn) - len(kept)} of the drawn anomalies are unreadable')
+    raise ConfigError(f'config.data.pollution: {len(drawn) - len(kept)} of the drawn anomalies are unreadable')
   train = plan.gather(data['train'], drawn=drawn_imgs)
   if train_input is not None:
     train_input = plan.gather(train_input, drawn=image_io.read_images(drawn, 3, inp, **read_kw)[0])

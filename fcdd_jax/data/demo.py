@@ -6,6 +6,7 @@ from fcdd_jax.data import pollution
 from fcdd_jax.data import source
 from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
+from fcdd_jax.errors import ConfigError
 
 
 def load(config):
@@ -14,7 +15,7 @@ def load(config):
   (`demo_data.make_defective`, stream 'pollution') into the training set, unlabelled."""
   d = config.data
   if d.normal_class != 0:
-    raise ValueError(f'config.data.normal_class={d.normal_class} is out of range for the demo (1 class: 0)')
+    raise ConfigError(f'config.data.normal_class={d.normal_class} is out of range for the demo (1 class: 0)')
   data = demo_data.make_demo(seed=config.seed, num_train=d.demo_num_train, num_test=d.demo_num_test,
                              size=d.demo_image_size)
   train = data['train_images']

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from fcdd_jax.data import streams
+from fcdd_jax.errors import ConfigError
 
 FIELD = 'data.pollution'
 
@@ -33,7 +34,7 @@ def check_ratio(ratio):
   except (TypeError, ValueError):
     r = float('nan')
   if not 0.0 <= r < 1.0:
-    raise ValueError(f'{FIELD}={ratio!r} is out of range: expected the share of true anomalies in the polluted '
+    raise ConfigError(f'config.{FIELD}={ratio!r} is out of range: expected the share of true anomalies in the polluted '
                      'training set, 0 <= share < 1 (0 = clean)')
   return r
 
