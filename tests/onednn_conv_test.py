@@ -192,7 +192,7 @@ def test_whole_net_gradients_equal_xla_path(name, dtype, padded):
 
 def _run_python(code, impl):
   env = dict(os.environ, JAX_PLATFORMS='cpu', FCDD_CONV_IMPL=impl)
-  env.pop('XLA_FLAGS', None)
+  env.pop('XLA_FLAGS', None)   # one CPU device (auto uses oneDNN with one device only)
   return subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
 

@@ -15,8 +15,8 @@ the fused blocks call the three ops directly (`cpu_conv.conv_forward` / `conv_ba
 
 Which path runs: `conv_impl()`, from the environment variable FCDD_CONV_IMPL = auto | xla | onednn (an
 environment variable, not a config field, so that it also reaches benchmarks, export and tests without a
-config). `auto` (default) uses oneDNN on XLA:CPU when the extension loads, else XLA; `onednn` raises where it
-cannot run; `xla` never loads it. The choice (and a reason when oneDNN is unavailable) is said once on stderr.
+config). `auto` (default) uses oneDNN on XLA:CPU with one device when the extension loads, else XLA (the custom
+calls have no sharding rule); `onednn` forces it (several devices: unpartitioned) and raises where it cannot run; `xla` never loads it. The choice (and a reason when oneDNN is unavailable) is said once on stderr.
 """
 import ctypes
 import functools
@@ -33,7 +33,7 @@ import numpy as np
 
 ENV = 'FCDD_CONV_IMPL'
 CHOICES = ('auto', 'xla', 'onednn')
-DEFAULT = 'xla'   # FCDD_CONV_IMPL unset
+DEFAULT = 'auto'   # FCDD_CONV_IMPL unset: oneDNN where it loads (faster in every measured step, bench/README.md)
 _TARGETS = {'fcdd_onednn_conv_fwd': 'FcddOnednnConvFwd', 'fcdd_onednn_conv_bwd_data': 'FcddOnednnConvBwdData',
             'fcdd_onednn_conv_bwd_weights': 'FcddOnednnConvBwdWeights'}
 _DTYPES = ('float32', 'bfloat16')
@@ -118,6 +118,10 @@ def conv_impl(backend=None):
     if req == 'onednn':
       raise RuntimeError(f'{ENV}=onednn: oneDNN convolutions run on XLA:CPU only; the backend is {backend}')
     impl, why = 'xla', f'backend {backend}'
+  elif req == 'auto' and jax.device_count() > 1:
+    # the custom calls have no sharding rule: in a program partitioned over several devices XLA would gather
+    # their operands onto every device
+    impl, why = 'xla', f'{jax.device_count()} devices: oneDNN runs unpartitioned programs only'
   elif load():
     impl, why = 'onednn', info()
   else:
