@@ -74,7 +74,7 @@ if sys.platform.startswith('linux') and platform.machine().lower() in ('x86_64',
       'fcdd_jax.onednn._onednn_conv',
       sources=[os.path.join(ONEDNN_DIR, 'onednn_conv.cc')],
       language='c++',
-      extra_compile_args=['-O2', '-std=c++17', '-fvisibility=hidden', '-Wno-return-type'],
+      extra_compile_args=['-O2', '-g0', '-std=c++17', '-fvisibility=hidden', '-Wno-return-type'],
       # installed wheel: <prefix>/lib/pythonX.Y/site-packages/fcdd_jax/onednn -> <prefix>/lib (libdnnl.so.3);
       # fcdd_jax.onednn also preloads the library by path, which covers editable installs
       extra_link_args=['-Wl,-rpath,$ORIGIN/../../../..'],

@@ -107,47 +107,21 @@ def test_forward_with_fused_bias_and_bf16_output(dtype):
                              'bfloat16' else 1e-5, atol=1e-4)
 
 
+ONEDNN_PLAN = ('onednn', 'onednn', 'onednn')
+
+
 @needs_onednn
 @pytest.mark.parametrize('pool', [2, 0])
 def test_masked_block_float32_equals_numpy_float64(pool):
   """The fused block on a padded last batch (mask) with oneDNN's convs: output, statistics and all gradients
-  equal fused_block_test's float64 reference; the conv bias's gradient is exactly 0."""
-  x, w, b, scale, bias, mask, dy = fused_block_test._case(2, pool=pool)
-  spec = fused_block.BlockSpec(pad=1, bn='batch', eps=1e-4, act='relu', slope=0.0, pool=pool, dtype='float32',
-                               conv='onednn')
-  f32 = lambda a: jnp.asarray(a, jnp.float32)
-  c = w.shape[-1]
-  (y, bm, bv), vjp = jax.vjp(lambda *a: fused_block.conv_block(spec, *a, jnp.zeros(c), jnp.ones(c), f32(mask)),
-                             f32(x), f32(w), f32(b), f32(scale), f32(bias))
-  dx, dw, db, dscale, dbias = vjp((f32(dy), jnp.zeros(c), jnp.zeros(c)))
-  want = fused_block_test._np_masked_block(x, w, b, scale, bias, mask, 1, 1e-4, pool, dy)
-  for name, got, ref in zip(('y', 'mean', 'var', 'dx', 'dw', 'dscale', 'dbias'), (y, bm, bv, dx, dw, dscale, dbias),
-                            want):
-    assert got.dtype == jnp.float32 and got.shape == ref.shape, name
-    np.testing.assert_allclose(np.asarray(got, np.float64), ref, rtol=0, atol=1e-4 * np.abs(ref).max(), err_msg=name)
-  np.testing.assert_array_equal(np.asarray(db), 0.0)
+  equal fused_block_test's float64 reference; the conv bias's gradient is exactly 0 (that test, oneDNN plan)."""
+  fused_block_test.test_masked_block_float32_equals_numpy_float64(ONEDNN_PLAN, pool)
 
 
 @needs_onednn
 def test_masked_block_bfloat16_close_to_numpy_float64():
   """Padded batch, bfloat16: the float64 reference with bf16 roundings modelled, and the unrounded one."""
-  x, w, b, scale, bias, mask, dy = fused_block_test._case(3, cin=16, cout=16, hw=(8, 8))
-  spec = fused_block.BlockSpec(pad=1, bn='batch', eps=1e-5, act='relu', slope=0.0, pool=2, dtype='bfloat16',
-                               conv='onednn')
-  f32 = lambda a: jnp.asarray(a, jnp.float32)
-  (y, bm, bv), vjp = jax.vjp(lambda *a: fused_block.conv_block(spec, *a, jnp.zeros(16), jnp.ones(16), f32(mask)),
-                             f32(x), f32(w), f32(b), f32(scale), f32(bias))
-  assert y.dtype == jnp.bfloat16
-  dx, dw, db, dscale, dbias = vjp((jnp.asarray(dy, jnp.bfloat16), jnp.zeros(16), jnp.zeros(16)))
-  got = (y, bm, bv, dx, dw, dscale, dbias)
-  for rnd, tol in ((fused_block_test._bf16, 1e-2), (lambda a: a, 0.1)):
-    want = fused_block_test._np_masked_block(x, w, b, scale, bias, mask, 1, 1e-5, 2, fused_block_test._bf16(dy),
-                                             rnd=rnd)
-    for name, g, r in zip(('y', 'mean', 'var', 'dx', 'dw', 'dscale', 'dbias'), got, want):
-      g = np.asarray(g, np.float64)
-      rel = np.sqrt(np.mean((g - r) ** 2) / np.mean(r ** 2))
-      assert rel < tol, (name, rel)
-  assert np.abs(np.asarray(db)).max() < 1e-6
+  fused_block_test.test_masked_block_bfloat16_close_to_numpy_float64(ONEDNN_PLAN)
 
 
 def _net_grads(name, impl, dtype, n=2, mask=None):

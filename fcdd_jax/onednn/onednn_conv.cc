@@ -114,66 +114,63 @@ void Finish(Entry* e, const memory::desc& prim_wei, bool to_user, const std::str
   if (Verbose()) std::fprintf(stderr, "fcdd_onednn: %s -> %s\n", key.c_str(), e->impl.c_str());
 }
 
-Entry* GetFwd(const Geometry& g) {
-  std::string key = g.Key("fwd");
+// The cached primitive of kind `kind` for g, built by make(entry) (which sets prim, src, dst, impl and returns the
+// primitive's weights / weight-gradient desc) on first use.
+template <typename Make>
+Entry* Get(const char* kind, const Geometry& g, bool wei_to_user, Make make) {
+  std::string key = g.Key(kind);
   auto& c = Cache();
   auto it = c.find(key);
   if (it != c.end()) return it->second.get();
   auto e = std::make_unique<Entry>();
-  auto pd = FwdPd(g, g.dst_dt, g.bias);
-  e->prim = dnnl::convolution_forward(pd);
-  e->src = pd.src_desc();
-  e->dst = pd.dst_desc();
   e->user_wei = memory::desc(g.Wei(), memory::data_type::f32, tag::hwio);
-  e->impl = pd.impl_info_str();
-  Finish(e.get(), pd.weights_desc(), false, key);
+  memory::desc prim_wei = make(e.get());
+  Finish(e.get(), prim_wei, wei_to_user, key);
   return (c[key] = std::move(e)).get();
+}
+
+Entry* GetFwd(const Geometry& g) {
+  return Get("fwd", g, false, [&](Entry* e) {
+    auto pd = FwdPd(g, g.dst_dt, g.bias);
+    e->prim = dnnl::convolution_forward(pd);
+    e->src = pd.src_desc();
+    e->dst = pd.dst_desc();
+    e->impl = pd.impl_info_str();
+    return pd.weights_desc();
+  });
 }
 
 Entry* GetBwdData(const Geometry& g) {
   // g.src_dt: diff_dst's dtype (the compute dtype), g.dst_dt: diff_src's
-  std::string key = g.Key("bwd_data");
-  auto& c = Cache();
-  auto it = c.find(key);
-  if (it != c.end()) return it->second.get();
-  auto e = std::make_unique<Entry>();
-  auto& eng = Engine();
-  auto hint = FwdPd(g, g.src_dt, false);
-  memory::desc diff_src(g.Src(), g.dst_dt, tag::nhwc);
-  memory::desc wei(g.Wei(), g.src_dt, tag::any);
-  memory::desc diff_dst(g.Dst(), g.src_dt, tag::nhwc);
-  auto pd = dnnl::convolution_backward_data::primitive_desc(eng, dnnl::algorithm::convolution_direct, diff_src, wei,
-                                                            diff_dst, g.Strides(), g.Pads(), g.Pads(), hint);
-  e->prim = dnnl::convolution_backward_data(pd);
-  e->src = pd.diff_src_desc();
-  e->dst = pd.diff_dst_desc();
-  e->user_wei = memory::desc(g.Wei(), memory::data_type::f32, tag::hwio);
-  e->impl = pd.impl_info_str();
-  Finish(e.get(), pd.weights_desc(), false, key);
-  return (c[key] = std::move(e)).get();
+  return Get("bwd_data", g, false, [&](Entry* e) {
+    memory::desc diff_src(g.Src(), g.dst_dt, tag::nhwc);
+    memory::desc wei(g.Wei(), g.src_dt, tag::any);
+    memory::desc diff_dst(g.Dst(), g.src_dt, tag::nhwc);
+    auto pd = dnnl::convolution_backward_data::primitive_desc(Engine(), dnnl::algorithm::convolution_direct, diff_src,
+                                                              wei, diff_dst, g.Strides(), g.Pads(), g.Pads(),
+                                                              FwdPd(g, g.src_dt, false));
+    e->prim = dnnl::convolution_backward_data(pd);
+    e->src = pd.diff_src_desc();
+    e->dst = pd.diff_dst_desc();
+    e->impl = pd.impl_info_str();
+    return pd.weights_desc();
+  });
 }
 
 Entry* GetBwdWeights(const Geometry& g) {
-  std::string key = g.Key("bwd_weights");
-  auto& c = Cache();
-  auto it = c.find(key);
-  if (it != c.end()) return it->second.get();
-  auto e = std::make_unique<Entry>();
-  auto& eng = Engine();
-  auto hint = FwdPd(g, g.src_dt, false);
-  memory::desc src(g.Src(), g.src_dt, tag::nhwc);
-  memory::desc diff_wei(g.Wei(), memory::data_type::f32, tag::any);
-  memory::desc diff_dst(g.Dst(), g.src_dt, tag::nhwc);
-  auto pd = dnnl::convolution_backward_weights::primitive_desc(eng, dnnl::algorithm::convolution_direct, src,
-                                                               diff_wei, diff_dst, g.Strides(), g.Pads(), g.Pads(),
-                                                               hint);
-  e->prim = dnnl::convolution_backward_weights(pd);
-  e->src = pd.src_desc();
-  e->dst = pd.diff_dst_desc();
-  e->user_wei = memory::desc(g.Wei(), memory::data_type::f32, tag::hwio);
-  e->impl = pd.impl_info_str();
-  Finish(e.get(), pd.diff_weights_desc(), true, key);
-  return (c[key] = std::move(e)).get();
+  return Get("bwd_weights", g, true, [&](Entry* e) {
+    memory::desc src(g.Src(), g.src_dt, tag::nhwc);
+    memory::desc diff_wei(g.Wei(), memory::data_type::f32, tag::any);
+    memory::desc diff_dst(g.Dst(), g.src_dt, tag::nhwc);
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(Engine(), dnnl::algorithm::convolution_direct, src,
+                                                                 diff_wei, diff_dst, g.Strides(), g.Pads(), g.Pads(),
+                                                                 FwdPd(g, g.src_dt, false));
+    e->prim = dnnl::convolution_backward_weights(pd);
+    e->src = pd.src_desc();
+    e->dst = pd.diff_dst_desc();
+    e->impl = pd.impl_info_str();
+    return pd.diff_weights_desc();
+  });
 }
 
 ffi::Error CheckRank(const ffi::AnyBuffer& b, size_t rank, const char* what) {
