@@ -124,6 +124,18 @@ def test_masked_block_bfloat16_close_to_numpy_float64():
   fused_block_test.test_masked_block_bfloat16_close_to_numpy_float64(ONEDNN_PLAN)
 
 
+@needs_onednn
+def test_vmapped_conv_and_gradients_equal_xla():
+  """Under vmap (several models as one program) the custom calls run once per mapped element."""
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.normal(size=(3, 2, 8, 8, 4)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(3, 3, 3, 4, 5)), jnp.float32)
+  f = lambda conv: jax.jit(jax.vmap(jax.value_and_grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, 1, 'float32'))),
+                                                       (0, 1))))
+  for got, want in zip(jax.tree.leaves(f(onednn.conv)(x, w)), jax.tree.leaves(f(_xla_conv)(x, w))):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-4, atol=1e-4)
+
+
 def _net_grads(name, impl, dtype, n=2, mask=None):
   """(output, parameter gradients) of net `name` in training mode with FCDD_CONV_IMPL=impl while tracing."""
   from bench import compare  # pylint: disable=g-import-not-at-top

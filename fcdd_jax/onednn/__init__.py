@@ -143,6 +143,11 @@ def _pad_attr(pad):
   return np.int64(pad)
 
 
+def _call(target, out):
+  # vmap (several models as one program, `config.runs`): one custom call per mapped element
+  return jax.ffi.ffi_call(target, out, vmap_method='sequential')
+
+
 def conv_fwd(x, w, b=None, pad=0, out_dtype=jnp.float32):
   """y = conv(x, w) (+ b): x [N,H,W,Ci] (f32 | bf16), w [k,k,Ci,Co] (cast to float32), b [Co] or None;
   stride 1, zero padding `pad`, float32 accumulation, y in out_dtype."""
@@ -150,19 +155,19 @@ def conv_fwd(x, w, b=None, pad=0, out_dtype=jnp.float32):
   k, co = w.shape[0], w.shape[3]
   out = jax.ShapeDtypeStruct((n, h + 2 * pad - k + 1, wd + 2 * pad - k + 1, co), jnp.dtype(out_dtype))
   b = jnp.zeros((0,), jnp.float32) if b is None else b.astype(jnp.float32)
-  return jax.ffi.ffi_call('fcdd_onednn_conv_fwd', out)(x, w.astype(jnp.float32), b, pad=_pad_attr(pad))
+  return _call('fcdd_onednn_conv_fwd', out)(x, w.astype(jnp.float32), b, pad=_pad_attr(pad))
 
 
 def conv_bwd_data(dy, w, pad, x_shape, out_dtype=None):
   """dx [x_shape] (out_dtype, default dy's) of conv_fwd for the cotangent dy [N,Ho,Wo,Co]."""
   out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.dtype(out_dtype or dy.dtype))
-  return jax.ffi.ffi_call('fcdd_onednn_conv_bwd_data', out)(dy, w.astype(jnp.float32), pad=_pad_attr(pad))
+  return _call('fcdd_onednn_conv_bwd_data', out)(dy, w.astype(jnp.float32), pad=_pad_attr(pad))
 
 
 def conv_bwd_weights(x, dy, k, pad):
   """dw [k,k,Ci,Co] float32 of conv_fwd for the cotangent dy (x and dy in one dtype)."""
   out = jax.ShapeDtypeStruct((k, k, x.shape[-1], dy.shape[-1]), jnp.float32)
-  return jax.ffi.ffi_call('fcdd_onednn_conv_bwd_weights', out)(x, dy.astype(x.dtype), pad=_pad_attr(pad))
+  return _call('fcdd_onednn_conv_bwd_weights', out)(x, dy.astype(x.dtype), pad=_pad_attr(pad))
 
 
 def conv(x, w, pad, dtype=jnp.float32):
