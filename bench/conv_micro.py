@@ -35,12 +35,12 @@ def main():
   p.add_argument('--steps', type=int, default=5)
   p.add_argument('--layers', default=None)
   p.add_argument('--impls', default='xla_f32,xla_bf16,gemm_bf16,torch_nchw,torch_cl',
-                 help='xla_f32, xla_bf16, model_f32, gemm_bf16, gemm_f32, torch_nchw, torch_cl')
+                 help='xla_f32, xla_bf16, model_f32, gemm_bf16, gemm_f32, onednn_f32, onednn_bf16, torch_nchw, torch_cl')
   a = p.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import cpu_conv, layers  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import cpu_conv, layers, onednn  # pylint: disable=g-import-not-at-top
 
   def lax_conv(x, w, pad, dt):
     return jax.lax.conv_general_dilated(x.astype(dt), w.astype(dt), (1, 1), [(pad, pad)] * 2,
@@ -56,12 +56,14 @@ def main():
     wn = (rng.normal(size=(k, k, ci, co)) / np.sqrt(k * k * ci)).astype(np.float32)
     fns = {}
     for impl in impls:
-      if impl.startswith(('xla', 'gemm', 'model')):
+      if impl.startswith(('xla', 'gemm', 'model', 'onednn')):
         dt = jnp.bfloat16 if impl.endswith('bf16') else jnp.float32
         if impl == 'model_f32':  # the float32 path of layers.Conv: XLA conv, weight gradient as k*k GEMMs
           conv = lambda x, w, pad=pad: layers.conv_s1(x, w, pad)
         elif impl.startswith('xla'):
           conv = functools_partial(lax_conv, pad=pad, dt=dt)
+        elif impl.startswith('onednn'):  # fcdd_jax.onednn: oneDNN primitives through XLA FFI
+          conv = lambda x, w, pad=pad, dt=dt: onednn.conv(x, w, pad, dt)
         else:
           conv = lambda x, w, pad=pad, dt=dt: cpu_conv.gemm_conv(x, w, pad, dt)
         def loss(x, wt, conv=conv):

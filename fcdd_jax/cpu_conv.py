@@ -26,6 +26,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from fcdd_jax import onednn
+
 
 def as_bits(x):
   """Same-width unsigned-integer view of x: XLA:CPU upcasts bfloat16 data movement (pad, slice,
@@ -122,11 +124,14 @@ def conv_plan(conv, k, ci, co, hw):
     'gemm'   one GEMM over an im2col ([R, k*k*C] @ [k*k*C, C']; bf16 operands on CPU, float32 accumulation),
     'taps'   weight gradient as k*k GEMMs dz^T @ x_tap over shifted copies of x (no k*k-wide im2col),
     'cols_t' weight gradient colsT @ dz over a transposed im2col of x (first layers: x has 1-3 channels),
-    'filter' XLA's backward-filter convolution.
-  `conv` is the block's family ('gemm': bf16 GEMMs on XLA:CPU; 'xla': XLA convolutions), hw the output's
+    'filter' XLA's backward-filter convolution,
+    'onednn' oneDNN's convolution primitives (`fcdd_jax.onednn`, XLA FFI custom calls).
+  `conv` is the block's family ('gemm': bf16 GEMMs on XLA:CPU; 'xla': XLA convolutions; 'onednn'), hw the output's
   H*W. Measured per layer of FCDD_CNN224_VGG_NOPT at batch 32 (bench/README.md): an im2col costs about as
   much as its GEMM when the GEMM's output has <= 128 channels at >= 56x56 pixels, where YNNPACK's float32
   convolution is the faster one; the k*k tap GEMMs beat one GEMM over the k*k-wide im2col (half the copies)."""
+  if conv == 'onednn':
+    return 'onednn', 'onednn', 'onednn'
   if conv == 'gemm':
     fwd = 'xla' if co <= 128 and ci >= 8 and hw >= 56 * 56 else 'gemm'
     dx = 'xla' if ci <= 128 and co >= 8 and hw >= 56 * 56 else 'gemm'
@@ -164,10 +169,25 @@ def conv_forward(spec, xc, w):
   k = w.shape[0]
   oh, ow = xc.shape[1] + 2 * spec.pad - k + 1, xc.shape[2] + 2 * spec.pad - k + 1
   fwd, _, dw = _plan(spec, w, (0, oh, ow))
+  if fwd == 'onednn':
+    return onednn.conv_fwd(xc, w, None, spec.pad), None
   if fwd == 'gemm':
     y, cols = _fwd_impl(xc, w, spec.pad, dtype)
     return y, (cols if dw == 'gemm' and cols.size * cols.dtype.itemsize <= KEEP_COLS_BYTES else None)
   return _lax_conv(xc, w.astype(dtype), spec.pad), None
+
+
+def conv_forward_biased(spec, xc, w, b):
+  """(z = conv(xc, w) + b rounded to the compute dtype, cols) of `conv_forward`; b [Cout] or shape (0,). On
+  oneDNN the bias and the rounding are the primitive's (float32 accumulation + bias, one rounding: the same
+  values), so no float32 z is written and read back."""
+  dtype = jnp.dtype(spec.dtype)
+  if _plan(spec, w, (0, 1, 1))[0] == 'onednn':
+    return onednn.conv_fwd(xc, w, b if b.shape[0] else None, spec.pad, dtype), None
+  z, cols = conv_forward(spec, xc, w)
+  if b.shape[0]:
+    z = z + b.astype(jnp.float32)
+  return z.astype(dtype), cols
 
 
 def conv_backward(spec, xc, w, dz, cols=None):
@@ -179,14 +199,18 @@ def conv_backward(spec, xc, w, dz, cols=None):
   k, _, ci, co = w.shape
   _, dx_how, dw_how = _plan(spec, w, dz.shape)
   dzc = dz.astype(dtype)
-  if dx_how == 'gemm':
+  if dx_how == 'onednn':
+    dx = onednn.conv_bwd_data(dzc, w, spec.pad, xc.shape, dtype)
+  elif dx_how == 'gemm':
     dx = _conv_input_grad(dz, w, spec.pad, dtype, xc.shape)
   else:  # a forward conv of dz with the flipped, transposed kernel (padding k-1-pad; crop when negative)
     bp = k - 1 - spec.pad
     dx = _lax_conv(dzc, jnp.flip(w, (0, 1)).transpose(0, 1, 3, 2).astype(dtype), max(bp, 0))
     if bp < 0:
       dx = dx[:, -bp:-bp + xc.shape[1], -bp:-bp + xc.shape[2], :]
-  if dw_how == 'cols_t':
+  if dw_how == 'onednn':
+    dw = onednn.conv_bwd_weights(xc, dzc, k, spec.pad)
+  elif dw_how == 'cols_t':
     # colsT @ dz: dz is used in its own layout. (dz^T @ cols makes XLA fuse the whole dz computation into a
     # transposing copy with strided reads: 0.6 s of a 7.6 s FCDD_CNN224_VGG_NOPT bf16 step.)
     dw = _wgrad_transposed(xc, dz, k, spec.pad, dtype)

@@ -21,7 +21,8 @@ class BlockSpec(NamedTuple):
   'running' (with given statistics: eval mode or frozen BN) or None. eps: BN epsilon. act: 'relu', 'leaky'
   or None; slope: leaky slope. pool: k of a non-overlapping k x k max pool after the activation, or 0.
   dtype: compute dtype ('float32' | 'bfloat16'). conv: the conv family, 'gemm' (bf16 GEMMs on XLA:CPU where
-  they pay, `cpu_conv.gemm_conv`'s formulation) or 'xla' (XLA's convolutions); plan: None (per layer,
+  they pay, `cpu_conv.gemm_conv`'s formulation), 'xla' (XLA's convolutions) or 'onednn' (oneDNN's, XLA FFI
+  custom calls: `fcdd_jax.onednn`); plan: None (per layer,
   `cpu_conv.conv_plan`) or an explicit (forward, input gradient, weight gradient) plan."""
   pad: int
   bn: Optional[str]
@@ -181,10 +182,7 @@ def _block_forward(spec, x, w, b, scale, bias, mean, var, mask):
   """Returns (y, batch_mean, batch_var, residuals)."""
   dtype = jnp.dtype(spec.dtype)
   xc = x.astype(dtype)
-  z, cols = cpu_conv.conv_forward(spec, xc, w)
-  if b.shape[0]:
-    z = z + _f32(b)
-  z = z.astype(dtype)  # the unfused Conv's output dtype; kept for the backward pass
+  z, cols = cpu_conv.conv_forward_biased(spec, xc, w, b)  # in the unfused Conv's output dtype; kept for the backward
   if spec.bn == 'batch':
     mean, var = _batch_stats(_f32(z), mask)
   inv = jax.lax.rsqrt(var + spec.eps) if spec.bn else None

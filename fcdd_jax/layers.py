@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fcdd_jax import cpu_conv
+from fcdd_jax import onednn
 
 LEAKY = 0.01  # slope of every leaky ReLU of the nets (spec §1.3)
 
@@ -82,6 +83,13 @@ def use_gemm_conv(dtype, stride, cin, backend=None):
   return (backend or jax.default_backend()) == 'cpu'
 
 
+def use_onednn_conv(dtype, stride, x):
+  """Whether a conv of x (compute dtype `dtype`) runs on oneDNN (`fcdd_jax.onednn`: XLA:CPU, stride 1, float32
+  or bfloat16, FCDD_CONV_IMPL). Shapes must be concrete: exported programs (symbolic shapes, `export`) keep XLA's
+  portable convolutions."""
+  return all(isinstance(d, int) for d in x.shape) and onednn.use_onednn(dtype, stride)
+
+
 class Conv(nn.Module):
   """2-D convolution with PyTorch padding semantics and (optionally) PyTorch default init."""
   features: int
@@ -107,7 +115,9 @@ class Conv(nn.Module):
       k_init = nn.initializers.lecun_normal()
     b_init = torch_uniform(fan_in) if self.torch_init else nn.initializers.zeros
     kernel = self.param('kernel', k_init, (self.kernel, self.kernel, cin, self.features))
-    if use_gemm_conv(self.dtype, self.stride, cin):
+    if use_onednn_conv(self.dtype, self.stride, x):  # float32 output, bias added in float32 below
+      y = onednn.conv(x, kernel, self.padding, self.dtype)
+    elif use_gemm_conv(self.dtype, self.stride, cin):
       # float32 output (float32 accumulation); the bias is added in float32 before rounding to bf16, so
       # its gradient is a float32 sum too.
       y = cpu_conv.gemm_conv(x.astype(self.dtype), kernel, self.padding, self.dtype)

@@ -68,6 +68,13 @@ def test_compare_bench_same_process_ratio():
   assert ratio['best_torch_img_per_s'] == best  # float32 PyTorch only: autocast-bf16 is reported, not a ratio
   jax_bf16 = [r['img_per_s'] for r in rs if r.get('dtype') == 'bfloat16'][0]
   assert ratio['jax_bfloat16_vs_best_torch'] == pytest.approx(jax_bf16 / best, abs=2e-3)
+  # like for like: bf16 vs PyTorch autocast-bf16, float32 vs its best float32 layout, default dtype vs its fastest
+  torch_bf16 = [r['img_per_s'] for r in rs if r.get('layout') == 'channels_last-autocast-bf16'][0]
+  assert ratio['jax_bfloat16_vs_torch_bf16'] == pytest.approx(jax_bf16 / torch_bf16, abs=2e-3)
+  assert ratio['default_dtype'] == 'float32' and 'jax_float32_vs_torch_f32' in ratio
+  fastest = max(r['img_per_s'] for r in rs if r['impl'] == 'torch')
+  jax_f32 = [r['img_per_s'] for r in rs if r.get('dtype') == 'float32'][0]
+  assert ratio['jax_default_vs_torch_fastest'] == pytest.approx(jax_f32 / fastest, abs=2e-3)
 
 
 def test_train_gflop_per_image_counts_conv_passes():

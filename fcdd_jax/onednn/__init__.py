@@ -1,0 +1,200 @@
+"""Stride-1 NHWC convolutions on oneDNN through XLA FFI custom calls (XLA:CPU on Linux x86_64).
+
+The kernels PyTorch's CPU convolutions use (oneDNN's brgconv / jit convolutions: AVX-512, AVX512-BF16, AMX
+where the CPU has them) are called from jitted programs as three FFI custom calls (`onednn_conv.cc`, built
+by `pip install` as `fcdd_jax/onednn/_onednn_conv*.so` against the `onednn-devel-cpu-gomp` wheel, linked
+to `onednn-cpu-gomp`'s `libdnnl.so.3`):
+
+  conv_fwd(x, w, b, pad, out_dtype)          y  [N,Ho,Wo,Co]  (float32 accumulation, optional float32 bias)
+  conv_bwd_data(dy, w, pad, x_shape, dtype)  dx [N,H,W,Ci]
+  conv_bwd_weights(x, dy, k, pad)            dw [k,k,Ci,Co] float32
+
+x / dy in float32 or bfloat16 (NHWC), w float32 HWIO (a bf16 conv rounds it to bf16 in oneDNN's weight
+reorder, like `w.astype(bfloat16)`). `conv` is the custom-VJP convolution built from them (`layers.Conv`);
+the fused blocks call the three ops directly (`cpu_conv.conv_forward` / `conv_backward`, plan 'onednn').
+
+Which path runs: `conv_impl()`, from the environment variable FCDD_CONV_IMPL = auto | xla | onednn (an
+environment variable, not a config field, so that it also reaches benchmarks, export and tests without a
+config). `auto` (default) uses oneDNN on XLA:CPU with one device when the extension loads, else XLA (the custom
+calls have no sharding rule); `onednn` forces it (several devices: unpartitioned) and raises where it cannot run; `xla` never loads it. The choice (and a reason when oneDNN is unavailable) is said once on stderr.
+"""
+import ctypes
+import functools
+import glob
+import importlib.machinery
+import importlib.metadata
+import os
+import platform
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+ENV = 'FCDD_CONV_IMPL'
+CHOICES = ('auto', 'xla', 'onednn')
+DEFAULT = 'auto'   # FCDD_CONV_IMPL unset: oneDNN where it loads (faster in every measured step, bench/README.md)
+_TARGETS = {'fcdd_onednn_conv_fwd': 'FcddOnednnConvFwd', 'fcdd_onednn_conv_bwd_data': 'FcddOnednnConvBwdData',
+            'fcdd_onednn_conv_bwd_weights': 'FcddOnednnConvBwdWeights'}
+_DTYPES = ('float32', 'bfloat16')
+_state = {'lib': None, 'error': None, 'loaded': False, 'logged': None}
+
+
+def _libdnnl_candidates():
+  """Paths where onednn-cpu-gomp's libdnnl.so.3 may be: the wheel's recorded files, then <prefix>/lib."""
+  out = []
+  try:
+    for f in importlib.metadata.files('onednn-cpu-gomp') or ():
+      if f.name.startswith('libdnnl.so'):
+        out.append(str(f.locate()))
+  except importlib.metadata.PackageNotFoundError:
+    pass
+  for prefix in (sys.prefix, sys.base_prefix):
+    out.append(os.path.join(prefix, 'lib', 'libdnnl.so.3'))
+  return [p for p in dict.fromkeys(out) if os.path.exists(p)]
+
+
+def _extension_path():
+  here = os.path.dirname(os.path.abspath(__file__))
+  for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+    hits = glob.glob(os.path.join(here, '_onednn_conv' + suffix))
+    if hits:
+      return hits[0]
+  return None
+
+
+def load():
+  """Loads the extension and registers its FFI targets once; returns True when it is usable. The reason it
+  is not is in `unavailable_reason()`."""
+  if _state['loaded']:
+    return _state['lib'] is not None
+  _state['loaded'] = True
+  try:
+    if not sys.platform.startswith('linux') or platform.machine().lower() not in ('x86_64', 'amd64'):
+      raise RuntimeError(f'oneDNN convolutions are built for Linux x86_64 only (this is {sys.platform} '
+                         f'{platform.machine()})')
+    ext = _extension_path()
+    if ext is None:
+      raise RuntimeError('the extension fcdd_jax/onednn/_onednn_conv*.so was not built (pip install -e . builds '
+                         'it when a C++ compiler and the onednn-devel-cpu-gomp wheel are available)')
+    libs = _libdnnl_candidates()
+    if libs:  # resolves the extension's DT_NEEDED libdnnl.so.3 by soname, whatever its rpath
+      ctypes.CDLL(libs[0], mode=ctypes.RTLD_GLOBAL)
+    lib = ctypes.CDLL(ext)
+    for name, symbol in _TARGETS.items():
+      jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform='cpu')
+    lib.fcdd_onednn_info.restype = ctypes.c_char_p
+    _state['lib'] = lib
+  except (OSError, RuntimeError, AttributeError) as e:
+    _state['error'] = f'{type(e).__name__}: {e}'
+  return _state['lib'] is not None
+
+
+def unavailable_reason():
+  load()
+  return _state['error']
+
+
+def info():
+  """oneDNN's version and the ISA it dispatches to, or None when the extension is not loaded."""
+  return _state['lib'].fcdd_onednn_info().decode() if load() else None
+
+
+def requested():
+  v = os.environ.get(ENV, DEFAULT).strip().lower() or DEFAULT
+  if v not in CHOICES:
+    raise ValueError(f'{ENV}={v!r}: expected one of {", ".join(CHOICES)}')
+  return v
+
+
+def conv_impl(backend=None):
+  """'onednn' or 'xla': the convolution path of this process for `backend` (default: JAX's default backend).
+  Said once on stderr (the first time a conv asks, and again only if it changes)."""
+  req = requested()
+  backend = backend or jax.default_backend()
+  if req == 'xla':
+    impl, why = 'xla', f'{ENV}=xla'
+  elif backend != 'cpu':
+    if req == 'onednn':
+      raise RuntimeError(f'{ENV}=onednn: oneDNN convolutions run on XLA:CPU only; the backend is {backend}')
+    impl, why = 'xla', f'backend {backend}'
+  elif req == 'auto' and jax.device_count() > 1:
+    # the custom calls have no sharding rule: in a program partitioned over several devices XLA would gather
+    # their operands onto every device
+    impl, why = 'xla', f'{jax.device_count()} devices: oneDNN runs unpartitioned programs only'
+  elif load():
+    impl, why = 'onednn', info()
+  else:
+    if req == 'onednn':
+      raise RuntimeError(f'{ENV}=onednn but the oneDNN extension is unavailable: {unavailable_reason()}')
+    impl, why = 'xla', f'oneDNN unavailable: {unavailable_reason()}'
+  if _state['logged'] != impl:
+    _state['logged'] = impl
+    print(f'fcdd_jax: convolutions: {impl} ({why})', file=sys.stderr, flush=True)
+  return impl
+
+
+def use_onednn(dtype, stride=1, backend=None):
+  """Whether a conv in compute dtype `dtype` with `stride` runs on oneDNN in this process."""
+  return stride == 1 and jnp.dtype(dtype).name in _DTYPES and conv_impl(backend) == 'onednn'
+
+
+def _pad_attr(pad):
+  return np.int64(pad)
+
+
+def _call(target, out):
+  # vmap (several models as one program, `config.runs`): one custom call per mapped element
+  return jax.ffi.ffi_call(target, out, vmap_method='sequential')
+
+
+def conv_fwd(x, w, b=None, pad=0, out_dtype=jnp.float32):
+  """y = conv(x, w) (+ b): x [N,H,W,Ci] (f32 | bf16), w [k,k,Ci,Co] (cast to float32), b [Co] or None;
+  stride 1, zero padding `pad`, float32 accumulation, y in out_dtype."""
+  n, h, wd, _ = x.shape
+  k, co = w.shape[0], w.shape[3]
+  out = jax.ShapeDtypeStruct((n, h + 2 * pad - k + 1, wd + 2 * pad - k + 1, co), jnp.dtype(out_dtype))
+  b = jnp.zeros((0,), jnp.float32) if b is None else b.astype(jnp.float32)
+  return _call('fcdd_onednn_conv_fwd', out)(x, w.astype(jnp.float32), b, pad=_pad_attr(pad))
+
+
+def conv_bwd_data(dy, w, pad, x_shape, out_dtype=None):
+  """dx [x_shape] (out_dtype, default dy's) of conv_fwd for the cotangent dy [N,Ho,Wo,Co]."""
+  out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.dtype(out_dtype or dy.dtype))
+  return _call('fcdd_onednn_conv_bwd_data', out)(dy, w.astype(jnp.float32), pad=_pad_attr(pad))
+
+
+def conv_bwd_weights(x, dy, k, pad):
+  """dw [k,k,Ci,Co] float32 of conv_fwd for the cotangent dy (x and dy in one dtype)."""
+  out = jax.ShapeDtypeStruct((k, k, x.shape[-1], dy.shape[-1]), jnp.float32)
+  return _call('fcdd_onednn_conv_bwd_weights', out)(x, dy.astype(x.dtype), pad=_pad_attr(pad))
+
+
+def conv(x, w, pad, dtype=jnp.float32):
+  """Stride-1 convolution of x [N,H,W,Cin] with w [k,k,Cin,Cout] (HWIO) in compute dtype `dtype` (float32
+  accumulation), custom VJP on oneDNN. Returns float32 [N,H',W',Cout]; x's cotangent in x's dtype, w's in
+  w's dtype (computed in float32)."""
+  return _conv(int(pad), jnp.dtype(dtype).name)(x, w)
+
+
+@functools.lru_cache(maxsize=None)
+def _conv(pad, dtype_name):
+  dtype = jnp.dtype(dtype_name)
+
+  @jax.custom_vjp
+  def f(x, w):
+    return conv_fwd(x.astype(dtype), w, None, pad)
+
+  def fwd(x, w):
+    xc = x.astype(dtype)
+    return conv_fwd(xc, w, None, pad), (xc, w, jnp.zeros((0,), x.dtype))
+
+  def bwd(res, dy):
+    xc, w, x_dtype = res
+    dyc = dy.astype(dtype)
+    dx = conv_bwd_data(dyc, w, pad, xc.shape, dtype).astype(x_dtype.dtype)
+    dw = conv_bwd_weights(xc, dyc, w.shape[0], pad).astype(w.dtype)
+    return dx, dw
+
+  f.defvjp(fwd, bwd)
+  return f
