@@ -4,9 +4,8 @@
                            [--dtype float32|bfloat16] [--sets bottle,bottle_pasted] [--bottle DIR]
                            [--workdir DIR] [--steps N] [--set FIELD=VALUE ...]
 
-`configs/custom.py` as users get it (its recipe: confetti with its own maps for the GT-map loss, aug1, Adam
-for a net from scratch, lambda 0.985, sigma 10, precise BatchNorm, image score = heatmap maximum; the
-authors' custom runner with `--set` overrides, see the module's README section) with FCDD_CNN224_VGG_NOPT
+`configs/custom.py` as users get it (the authors' custom runner with the heatmap maximum as the image score;
+`--set` overrides change it, see bench/README.md "Panel") with FCDD_CNN224_VGG_NOPT
 from scratch, global batch 32, on
 * `bottle`: the shared MVTec bottle (256², real defects: broken_large/small, contamination; image labels only)
   -> image AUC;

@@ -62,3 +62,13 @@ def test_configs_are_addressable_by_path_and_by_name():
   assert cli.resolve_config_path('custom:arg').endswith('custom.py:arg')
   assert cli.resolve_config_path('configs/nope.py') == 'configs/nope.py'
   assert cli.resolve_config_path('/elsewhere/custom.py') == '/elsewhere/custom.py'
+
+
+def test_custom_recipe_is_the_panel_choice():
+  """configs/custom.py's recipe was chosen on the panel (bench/README.md, "Panel"): the authors' custom runner
+  (confetti, label loss, SGD, running BatchNorm statistics) with the heatmap maximum as the image score."""
+  from fcdd_jax.configs import custom  # pylint: disable=g-import-not-at-top
+  c = custom.get_config()
+  assert (c.data.supervise_mode, c.data.noise_mode, c.data.generated_maps, c.data.gt_min_change) == (
+      'malformed_normal', 'confetti', False, 0)
+  assert (c.optim.name, c.model.precise_bn, c.eval.image_score) == ('sgd', False, 'max')
