@@ -117,6 +117,7 @@ def test_a_second_refinement_on_a_workdir_in_use_is_refused_before_round_one(mak
   from fcdd_jax import workdir  # pylint: disable=g-import-not-at-top
   from tests.paths import ROOT  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / 'w')
+  os.makedirs(wd)
   code = (f'import time; from fcdd_jax import workdir_lock; workdir_lock.Lock.acquire({wd!r}); '
           'print("locked", flush=True); time.sleep(60)')
   holder = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True)

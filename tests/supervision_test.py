@@ -157,7 +157,7 @@ def test_offline_supervision_not_available_where_the_reference_refuses(tmp_path,
   with pytest.raises(ValueError, match="noise_mode='mvtec_gt'"):
     input_pipeline.create(c)
   c = make_config(**{'data.name': 'fmnist', 'data.supervise_mode': 'noise', 'data.noise_mode': 'mvtec'})
-  with pytest.raises(ValueError, match='not available for fmnist'):
+  with pytest.raises(ValueError, match="not available for data.name='fmnist'"):
     input_pipeline.create(c)
 
 
@@ -212,8 +212,8 @@ def test_gt_min_change_marks_only_visible_changes(t):
 @pytest.mark.parametrize('bad', [-1, 255, True])   # (a float is refused by the ConfigDict itself)
 def test_gt_min_change_checked(bad):
   from fcdd_jax import config_checks
-  from fcdd_jax.configs import default
-  c = default.get_config()
+  from fcdd_jax.configs import custom
+  c = custom.get_config()
   c.data.gt_min_change = bad
   with pytest.raises(config_checks.ConfigError, match='gt_min_change'):
     config_checks.check_config(c)
