@@ -86,7 +86,7 @@ def parse_flags(argv):
   argv = _parse(argv)
   if os.path.abspath(sys.argv[0]) == os.path.abspath(__file__):
     process.use_allocator(FLAGS.allocator)   # may replace this process: it then parses its flags again
-  if FLAGS['config'].config_filename == cli.DEMO_CONFIG and argv.defaulted:
+  if argv.defaulted and FLAGS['config'].config_filename == cli.DEMO_CONFIG:
     print('fcdd_jax: no --config given: the --config.* overrides apply to the demo config (configs/demo.py)',
           flush=True)
   return argv

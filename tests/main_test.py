@@ -472,3 +472,15 @@ def test_every_failure_becomes_one_line_with_its_exit_code():
       'the workdir /w is not writable: Read-only file system', 4)
   assert d(config_checks.ConfigError('config.x=1 is bad')) == ('config.x=1 is bad', 2)
   assert d(RuntimeError('boom')) == ('unexpected RuntimeError: boom (rerun with --verbose for the traceback)', 1)
+
+
+def test_bare_command_parses_to_the_demo_config(tmp_path):
+  """`python -m fcdd_jax.main` with no --config (README's first command) runs the demo: the flags parse and
+  the config is configs/demo.py's, without the override notice."""
+  from fcdd_jax import cli, main  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.configs import demo  # pylint: disable=g-import-not-at-top
+  args = main.parse_flags(['fcdd_jax', '--allocator=glibc', '--workdir', str(tmp_path / 'w')])
+  assert not args.defaulted and main.FLAGS.config is None     # main() then loads configs/demo.py itself
+  assert cli.load_config_file(cli.DEMO_CONFIG).to_dict() == demo.get_config().to_dict()
+  args = main.parse_flags(['fcdd_jax', '--allocator=glibc', '--config.seed=3'])
+  assert args.defaulted and main.FLAGS['config'].config_filename == cli.DEMO_CONFIG and main.FLAGS.config.seed == 3
