@@ -61,7 +61,8 @@ def test_compare_bench_same_process_ratio():
   for r in rs:
     if r['impl'] in ('jax', 'torch'):
       assert r['gflop_per_s'] == pytest.approx(r['img_per_s'] * gflop, rel=0.01, abs=0.1)
-      assert r['step_mem_mb_per_img'] is None or r['step_mem_mb_per_img'] >= 0
+      # a difference of RSS readings around the step: other threads freeing memory can make it a hair negative
+      assert r['step_mem_mb_per_img'] is None or r['step_mem_mb_per_img'] >= -0.5
       assert (r['temp_mb_per_img'] is not None and r['temp_mb_per_img'] > 0) == (r['impl'] == 'jax')
   (ratio,) = [r for r in rs if r['impl'] == 'ratio']
   best = max(r['img_per_s'] for r in rs if r['impl'] == 'torch' and 'autocast' not in r['layout'])
