@@ -1,5 +1,5 @@
-"""Builds the optional oneDNN convolution extension (fcdd_jax/onednn/_onednn_conv*.so, XLA FFI custom calls;
-fcdd_jax/onednn/__init__.py). Everything else is declared in pyproject.toml.
+"""Builds the optional oneDNN convolution extension (fcdd_jax/models/cpu/onednn/_onednn_conv*.so, XLA FFI custom calls;
+fcdd_jax/models/cpu/onednn/__init__.py). Everything else is declared in pyproject.toml.
 
 On Linux x86_64 the build requirements (pyproject.toml) bring oneDNN's headers and library
 (onednn-devel-cpu-gomp) and the XLA FFI headers (jaxlib). When they are missing or the compiler fails, the
@@ -13,7 +13,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-ONEDNN_DIR = os.path.join('fcdd_jax', 'onednn')
+ONEDNN_DIR = os.path.join('fcdd_jax', 'models', 'cpu', 'onednn')
 
 
 def _onednn_paths():
@@ -71,13 +71,13 @@ class OptionalBuildExt(build_ext):
 ext_modules = []
 if sys.platform.startswith('linux') and platform.machine().lower() in ('x86_64', 'amd64'):
   ext_modules.append(Extension(
-      'fcdd_jax.onednn._onednn_conv',
+      'fcdd_jax.models.cpu.onednn._onednn_conv',
       sources=[os.path.join(ONEDNN_DIR, 'onednn_conv.cc')],
       language='c++',
       extra_compile_args=['-O2', '-g0', '-std=c++17', '-fvisibility=hidden', '-Wno-return-type'],
-      # installed wheel: <prefix>/lib/pythonX.Y/site-packages/fcdd_jax/onednn -> <prefix>/lib (libdnnl.so.3);
-      # fcdd_jax.onednn also preloads the library by path, which covers editable installs
-      extra_link_args=['-Wl,-rpath,$ORIGIN/../../../..'],
+      # installed wheel: <prefix>/lib/pythonX.Y/site-packages/fcdd_jax/models/cpu/onednn -> <prefix>/lib (libdnnl.so.3);
+      # fcdd_jax.models.cpu.onednn also preloads the library by path, which covers editable installs
+      extra_link_args=['-Wl,-rpath,$ORIGIN/../../../../../..'],
   ))
 
 setup(ext_modules=ext_modules, cmdclass={'build_ext': OptionalBuildExt})

@@ -10,11 +10,12 @@ NETS = {'FCDD_CNN28_W': 128, 'FCDD_CNN32_LW3K': 128, 'FCDD_CNN224_VGG_F': 16, 'F
 
 
 def build_run(net_name, dtype='float32', steps_per_epoch=100, **model_options):
-  """The engine's run builder (`fcdd_jax.run.build_run`) for `net_name` at its nominal input size, with the
+  """The engine's run builder (`fcdd_jax.pipeline.run.build_run`) for `net_name` at its nominal input size, with the
   default config and SGD: (built, state, input shape). The state is created unsharded (one device), as the
   benchmarks time the compiled step itself. `model_options` override the config's (e.g. remat)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import models, run  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models import nets as models  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import run
   from fcdd_jax.configs import default  # pylint: disable=g-import-not-at-top
   cfg = default.get_config()
   cfg.model.name = net_name
@@ -64,7 +65,8 @@ def train_gflop_per_image(net_name):
   """GFLOP of one train step per image of an FCDD net, convolutions only (2 per multiply-add): forward, weight
   gradient of every trainable conv, input gradient of every conv above the first trainable one (frozen `_F`
   layers and the image need none). Pools, BN and activations are not counted."""
-  from fcdd_jax import feature_stack, models  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models import feature_stack  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models import nets as models
   (h, w, cin), layers = models.FCDD_ARCHS[net_name]
   frozen = set(feature_stack.VGG_FROZEN_INDICES) if net_name.endswith('_F') else set()
   convs = []  # (flop of one pass, trainable)

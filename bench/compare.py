@@ -13,7 +13,7 @@ vs PyTorch autocast-bf16 channels_last (`*_vs_torch_bf16`), fcdd_jax's default d
 --keep_freed_memory calls `memory.keep_freed_memory()` (glibc mallopt) at start, for both frameworks:
 XLA:CPU otherwise mmaps and page-faults an executable's whole temporary space at every step.
 --remat: the fcdd_jax model option (fused conv-BN-activation-pool blocks); a list builds one jax step per value.
---conv_impl: the convolution path (FCDD_CONV_IMPL while the step is built, `fcdd_jax.onednn`); a list builds one
+--conv_impl: the convolution path (FCDD_CONV_IMPL while the step is built, `fcdd_jax.models.cpu.onednn`); a list builds one
 jax step per value (keys `jax_<dtype>_conv-<impl>`), e.g. `xla,onednn` for an A/B of the oneDNN path.
 PyTorch autocast-bf16 (`torch.autocast("cpu", bfloat16)`, channels_last) is alternated with the others unless
 --no_torch_bf16 (--torch_bf16_steps is accepted for old command lines and has no effect).
@@ -45,7 +45,7 @@ TORCH_BF16 = 'torch_channels_last-autocast-bf16'
 @contextlib.contextmanager
 def conv_impl_env(impl):
   """FCDD_CONV_IMPL=impl while a step is traced and compiled (None: leave the environment as it is)."""
-  from fcdd_jax import onednn  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models.cpu import onednn  # pylint: disable=g-import-not-at-top
   old = os.environ.get(onednn.ENV)
   if impl is not None:
     os.environ[onednn.ENV] = impl
@@ -61,7 +61,7 @@ def conv_impl_env(impl):
 
 def default_dtype(net):
   """fcdd_jax's compute dtype for `net` under the default config ('auto', `run.compute_dtype`)."""
-  from fcdd_jax import run  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import run  # pylint: disable=g-import-not-at-top
   from fcdd_jax.configs import default  # pylint: disable=g-import-not-at-top
   cfg = default.get_config()
   cfg.model.name = net
@@ -136,7 +136,7 @@ def compare(net, batch, steps, dtypes, layouts, threads=None, warmup=2, remats=(
 
 
 def _resolved(impl):
-  from fcdd_jax import onednn  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models.cpu import onednn  # pylint: disable=g-import-not-at-top
   with conv_impl_env(impl):
     return onednn.conv_impl()
 
@@ -158,7 +158,7 @@ def main():
   a = p.parse_args()
   from bench import train_step  # pylint: disable=g-import-not-at-top
   if a.keep_freed_memory:
-    from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.utils import memory  # pylint: disable=g-import-not-at-top
     common.emit(impl='setup', keep_freed_memory=memory.keep_freed_memory(), device_kind=common.cpu_kind())
   remats = tuple(train_step.remat_option(v) for v in a.remat.split(','))
   for n in [a.net] if a.net else list(common.NETS):

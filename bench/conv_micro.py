@@ -40,7 +40,9 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import cpu_conv, layers, onednn  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models.cpu import cpu_conv  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models import layers
+  from fcdd_jax.models.cpu import onednn
 
   def lax_conv(x, w, pad, dt):
     return jax.lax.conv_general_dilated(x.astype(dt), w.astype(dt), (1, 1), [(pad, pad)] * 2,
@@ -62,7 +64,7 @@ def main():
           conv = lambda x, w, pad=pad: layers.conv_s1(x, w, pad)
         elif impl.startswith('xla'):
           conv = functools_partial(lax_conv, pad=pad, dt=dt)
-        elif impl.startswith('onednn'):  # fcdd_jax.onednn: oneDNN primitives through XLA FFI
+        elif impl.startswith('onednn'):  # fcdd_jax.models.cpu.onednn: oneDNN primitives through XLA FFI
           conv = lambda x, w, pad=pad, dt=dt: onednn.conv(x, w, pad, dt)
         else:
           conv = lambda x, w, pad=pad, dt=dt: cpu_conv.gemm_conv(x, w, pad, dt)

@@ -13,7 +13,7 @@ def measure(net_name, batch, steps):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import train  # pylint: disable=g-import-not-at-top
   built, state, shape = common.build_run(net_name, steps_per_epoch=1)
   scfg = built.step_config
   fn = jax.jit(functools.partial(train.eval_step, cfg=scfg))

@@ -7,7 +7,7 @@
 RUN is exported (both formats) into a temporary directory; then, on the same random uint8 images (default:
 the run's raw size, i.e. what evaluation resizes a test image to), one process times, round-robin step by
 step so that machine load hits all alike:
-  predict_crop   fcdd_jax.predict.Predictor(mode='crop').predict: host preprocessing (Pillow/NumPy) + jitted
+  predict_crop   fcdd_jax.serving.predictor.Predictor(mode='crop').predict: host preprocessing (Pillow/NumPy) + jitted
                  net; the outputs the export reproduces (heatmaps stay at the net input size)
   predict_full   Predictor(mode='full') (predict's default: whole image at the run's scale; other work)
   stablehlo      jax.jit(jax.export.deserialize(model.stablehlo).call), params as constants
@@ -66,7 +66,8 @@ def measure(workdir, batches, steps, image_size=None, impls=IMPLS):
   import jax  # pylint: disable=g-import-not-at-top
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   tf.config.set_visible_devices([], 'GPU')
-  from fcdd_jax import export, predict  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.serving import exporter as export  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.serving import predictor as predict
   out = tempfile.mkdtemp(prefix='fcdd_export_')
   t = time.perf_counter()
   if export.main(['--workdir', workdir, '--output', out, '--overwrite']) != 0:

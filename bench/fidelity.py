@@ -173,7 +173,7 @@ def _override(c, item):
 
 
 def run_one(root, seed, a, workdir):
-  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import train  # pylint: disable=g-import-not-at-top
   c = _config(root, seed, a, workdir)
   for item in a.set:
     _override(c, item)
@@ -214,7 +214,7 @@ def panel_run(a, recipe_dir, overrides, set_name, seed, source_dir=None):
     shutil.copytree(src, run_dir, dirs_exist_ok=True, symlinks=True,
                     ignore=shutil.ignore_patterns('results.json', '*.png', 'overlays', 'events.*'))
   if not os.path.exists(done):
-    from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.pipeline import train  # pylint: disable=g-import-not-at-top
     c = _config(PANEL[set_name], seed, a, os.path.dirname(os.path.dirname(recipe_dir)))
     c.checkpoint_every_steps = 1 << 30    # the final checkpoint only (kept: eval-only variants need it)
     for item in overrides:
@@ -232,7 +232,11 @@ def _precise_bn_in_place(c, run_dir):
   statistics recomputed (train.precise_bn, as a run does after its last step) and config.json set to `c`, so
   that train_and_evaluate then only evaluates it. Training up to the last step is the same either way."""
   import jax  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import checkpointing, input_pipeline, run, train, workdir  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import checkpointing
+  from fcdd_jax.pipeline import run
+  from fcdd_jax.pipeline import train
+  from fcdd_jax.utils import workdir
   ckdir = os.path.join(run_dir, 'checkpoints')
   with open(os.path.join(run_dir, 'config.json')) as f:
     if json.load(f)['model'].get('precise_bn'):
@@ -488,6 +492,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-  from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import memory  # pylint: disable=g-import-not-at-top
   memory.exec_with_allocator('auto')   # as fcdd_jax.main runs (re-executes this command once)
   main()

@@ -19,7 +19,7 @@ def main():
   p.add_argument('--mode', default='both', choices=['both', 'vmap', 'map', 'unroll'])
   a = p.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import train  # pylint: disable=g-import-not-at-top
   built, _, shape = common.build_run(a.net)
   scfg = built.step_config
   make = jax.jit(built.make_state)
@@ -40,7 +40,7 @@ def _measure(a, mode, make, scfg, shape, train):
     elif mode == 'map':
       step = jax.jit(lambda s, b, k: jax.lax.map(lambda x: fn(*x), (s, b, k)), donate_argnums=(0,))
     else:
-      from fcdd_jax import multirun  # pylint: disable=g-import-not-at-top
+      from fcdd_jax.pipeline import multirun  # pylint: disable=g-import-not-at-top
       step = jax.jit(functools.partial(multirun.unrolled, fn), donate_argnums=(0,))
     rng = np.random.default_rng(0)
     batch = {'image': jnp.asarray(rng.normal(size=(m, a.batch) + shape), jnp.float32),

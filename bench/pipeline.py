@@ -22,7 +22,9 @@ def main():
   p.add_argument('--batch', type=int, default=200)
   a = p.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import input_pipeline, run, train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import run
+  from fcdd_jax.pipeline import train
   from fcdd_jax.configs import cifar10  # pylint: disable=g-import-not-at-top
   cfg = cifar10.get_config()
   cfg.data.root = a.root

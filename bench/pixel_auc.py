@@ -23,7 +23,7 @@ def _child(n, impl):
   base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
   t = time.perf_counter()
   if impl == 'jax':
-    from fcdd_jax import evaluation  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.evaluation import metrics as evaluation  # pylint: disable=g-import-not-at-top
     auc = evaluation.pixel_auc(masks, maps)
   else:
     from sklearn import metrics  # pylint: disable=g-import-not-at-top

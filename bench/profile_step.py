@@ -50,7 +50,7 @@ def main():
   p.add_argument('--remat', default='auto', choices=['auto', 'on', 'off'])
   a = p.parse_args()
   if a.keep_freed_memory:
-    from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.utils import memory  # pylint: disable=g-import-not-at-top
     memory.keep_freed_memory()
   import jax  # pylint: disable=g-import-not-at-top
   run, _, hlo = train_step.build(a.net, a.batch, a.dtype, with_hlo=True, remat=train_step.remat_option(a.remat))

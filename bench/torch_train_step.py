@@ -52,10 +52,10 @@ def main():
   p.add_argument('--threads', type=int, default=None)
   p.add_argument('--layout', default='both', choices=['both', 'nchw', 'channels_last'])
   p.add_argument('--keep_freed_memory', action='store_true',
-                 help='glibc mallopt: keep freed memory mapped (fcdd_jax.memory.keep_freed_memory)')
+                 help='glibc mallopt: keep freed memory mapped (fcdd_jax.utils.memory.keep_freed_memory)')
   a = p.parse_args()
   if a.keep_freed_memory:
-    from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.utils import memory  # pylint: disable=g-import-not-at-top
     memory.keep_freed_memory()
   nets = [a.net] if a.net else list(common.NETS)
   for n in nets:

@@ -75,7 +75,7 @@ def pipeline_rate(config, batches):
 
 
 def loop_rate(config, workdir):
-  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import train  # pylint: disable=g-import-not-at-top
   res = train.train_and_evaluate(config, os.path.join(workdir, 'run'))
   return res['train_images_per_second'], res
 
@@ -93,7 +93,7 @@ def main():
   a = p.parse_args()
   if not os.path.isdir(a.root):
     p.error(f'--root={a.root} is not a directory (an MVTec-layout folder: train/good, test/<defect>)')
-  from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import memory  # pylint: disable=g-import-not-at-top
   memory.exec_with_allocator('auto')   # as fcdd_jax.main runs: mimalloc on CPU hosts (all measurements)
   from bench import train_step  # pylint: disable=g-import-not-at-top
   before = train_step.measure(a.net, a.batch, a.steps, a.dtype)

@@ -28,7 +28,7 @@ def build(net_name, batch, dtype='float32', with_hlo=False, remat=None, padded=F
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import train  # pylint: disable=g-import-not-at-top
   built, state, shape = common.build_run(net_name, dtype, **({} if remat is None else {'remat': remat}))
   scfg, frozen = built.step_config, built.frozen
   step = jax.jit(functools.partial(train.train_step, cfg=scfg, frozen=frozen), donate_argnums=(0,))
@@ -75,14 +75,14 @@ def main():
   p.add_argument('--steps', type=int, default=None)
   p.add_argument('--dtype', default='float32', choices=['float32', 'bfloat16'])
   p.add_argument('--keep_freed_memory', action='store_true',
-                 help='glibc mallopt: keep freed memory mapped (fcdd_jax.memory.keep_freed_memory)')
+                 help='glibc mallopt: keep freed memory mapped (fcdd_jax.utils.memory.keep_freed_memory)')
   p.add_argument('--remat', default='auto', choices=['auto', 'on', 'off'],
                  help="models.create's remat option (fused conv-BN-activation-pool blocks; auto = the default)")
   p.add_argument('--padded', action='store_true',
                  help="the step of an epoch's padded last batch (a quarter of the rows padding, `valid`)")
   a = p.parse_args()
   if a.keep_freed_memory:
-    from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.utils import memory  # pylint: disable=g-import-not-at-top
     memory.keep_freed_memory()
   for n in [a.net] if a.net else list(common.NETS):
     measure(n, a.batch or common.NETS[n], a.steps or (5 if '224' in n else 10), a.dtype, remat_option(a.remat),

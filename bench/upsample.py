@@ -16,7 +16,7 @@ def main(argv=None):
   p.add_argument('--steps', type=int, default=20)
   a = p.parse_args(argv)
   import jax  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import receptive  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models import receptive  # pylint: disable=g-import-not-at-top
   x = np.random.default_rng(0).random((a.n, 28, 28)).astype(np.float32)
   rec = receptive.Reception(62, 8, 3.5)
   fn = jax.jit(lambda h: receptive.upsample(h, rec, 224, 12.0))

@@ -5,7 +5,7 @@
 
 `bench.compare` runs both frameworks in one process, so both get the same allocator. Users get different
 ones: `fcdd_jax.main` re-executes itself with mimalloc preloaded on CPU hosts (`--allocator=auto`,
-`fcdd_jax.memory`), PyTorch runs on glibc malloc. Here every implementation (fcdd_jax per dtype, PyTorch
+`fcdd_jax.utils.memory`), PyTorch runs on glibc malloc. Here every implementation (fcdd_jax per dtype, PyTorch
 per layout) is its own worker process with its own allocator, and this process alternates single steps
 between the workers (one step each, round after round, after a short untimed idle gap), so a varying
 machine load hits all alike, as in `bench.compare`.
@@ -32,7 +32,7 @@ def _worker(impl, variant, net, batch, threads):
   else:
     from bench import torch_train_step  # pylint: disable=g-import-not-at-top
     run, compile_s = torch_train_step.build(net, batch, variant, threads), None
-  from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import memory  # pylint: disable=g-import-not-at-top
   print(json.dumps({'ready': True, 'compile_s': compile_s, 'allocator': memory.active_allocator()}), flush=True)
   for line in sys.stdin:
     if line.strip() != 'step':
@@ -47,7 +47,7 @@ class _Worker:
   """A worker process; `step()` runs one step in it and returns (seconds, step memory bytes)."""
 
   def __init__(self, impl, variant, net, batch, threads):
-    from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.utils import memory  # pylint: disable=g-import-not-at-top
     env = dict(os.environ)
     if impl == 'jax':  # what fcdd_jax.main does on this host (--allocator=auto)
       lib = memory.mimalloc_library() if memory.resolve('auto') == 'mimalloc' else None

@@ -27,7 +27,7 @@ import os
 import jax
 import numpy as np
 
-from fcdd_jax import config_checks
+from fcdd_jax.pipeline import config_checks
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import checks
 from fcdd_jax.data import custom

@@ -64,7 +64,7 @@ def test_panel_resumes_finished_runs(tmp_path, monkeypatch):
     with open(os.path.join(run_dir, 'results.json'), 'w') as f:
       f.write('{"image_auc": 0.5, "pixel_auc": null, "border": {"ratio": 2.0}}')
 
-  from fcdd_jax import train
+  from fcdd_jax.pipeline import train
   monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
   monkeypatch.setattr(fidelity, 'PANEL', {'s1': str(tmp_path), 's2': str(tmp_path)})
   args = ['--panel', '--seeds', '0,1', '--sets', 's1,s2', '--workdir', str(tmp_path / 'w')]
@@ -87,7 +87,7 @@ def test_panel_rescore_reuses_the_trained_runs(tmp_path, monkeypatch):
     with open(os.path.join(run_dir, 'results.json'), 'w') as f:
       f.write('{"image_auc": %s, "pixel_auc": null}' % (0.9 if c.eval.image_score == 'max' else 0.5))
 
-  from fcdd_jax import train
+  from fcdd_jax.pipeline import train
   monkeypatch.setattr(train, 'train_and_evaluate', fake_train)
   monkeypatch.setattr(fidelity, 'PANEL', {'s1': str(tmp_path)})
   base = ['--panel', '--seeds', '0', '--sets', 's1', '--workdir', str(tmp_path / 'w')]

@@ -18,7 +18,7 @@ def test_user_path_workers_use_their_users_allocators_and_the_ratio_is_theirs():
   rs = [json.loads(l) for l in out.stdout.splitlines() if l.startswith('{')]
   by = {(r['impl'], r.get('dtype') or r.get('layout')): r for r in rs}
   assert set(by) == {('jax', 'float32'), ('torch', 'nchw'), ('torch', 'channels_last'), ('ratio', None)}
-  from fcdd_jax import memory  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import memory  # pylint: disable=g-import-not-at-top
   # fcdd_jax.main's choice on a CPU host (mimalloc when the wheel is installed); PyTorch as shipped (glibc)
   assert by['jax', 'float32']['allocator'] == memory.resolve('auto')
   assert by['torch', 'nchw']['allocator'] == by['torch', 'channels_last']['allocator'] == 'glibc'

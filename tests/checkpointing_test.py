@@ -6,7 +6,7 @@ import sys
 import numpy as np
 import pytest
 
-from fcdd_jax import checkpointing
+from fcdd_jax.utils import checkpointing
 
 from tests.paths import ROOT
 from tests import support
@@ -136,7 +136,7 @@ def test_a_save_killed_midway_is_ignored_and_cleaned_up(tmp_path):
   _save_steps(ckdir, [3])
   script = (
       f'import os, signal, sys; sys.path.insert(0, {ROOT!r}); import numpy as np\n'
-      'from fcdd_jax import checkpointing\n'
+      'from fcdd_jax.utils import checkpointing\n'
       f'ck = checkpointing.Checkpointer({ckdir!r}, asynchronous=True)\n'
       'ck.save(6, {"w": np.ones((64, 1024, 1024), np.float32)}, {"step": 6})\n'   # 256 MiB: still writing
       f'assert any(".orbax-checkpoint-tmp" in n for n in os.listdir({ckdir!r}))\n'

@@ -51,7 +51,7 @@ def test_each_experiment_docstring_gives_its_command():
 def test_configs_are_addressable_by_path_and_by_name():
   """`configs/<name>.py` in a checkout (a link to the package's configs), the shipped file by name from any
   directory (an installed wheel), and an unknown name left unchanged for the error message."""
-  from fcdd_jax import cli  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.app import cli  # pylint: disable=g-import-not-at-top
   from tests.paths import ROOT  # pylint: disable=g-import-not-at-top
   shipped = str(CONFIG_DIR / 'custom.py')
   assert pathlib.Path(ROOT, 'configs', 'custom.py').resolve() == pathlib.Path(shipped).resolve()

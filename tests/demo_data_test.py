@@ -1,7 +1,7 @@
 """The embedded demo dataset is deterministic and its masks mark exactly the changed pixels' defects."""
 import numpy as np
 
-from fcdd_jax import demo_data
+from fcdd_jax.data import demo_data
 
 
 def test_deterministic_and_well_formed():

@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from fcdd_jax.configs import test as test_config
-from fcdd_jax import export
+from fcdd_jax.serving import exporter as export
 from fcdd_jax import input_pipeline
-from fcdd_jax import predict
-from fcdd_jax import run as run_lib
-from fcdd_jax import train
+from fcdd_jax.serving import predictor as predict
+from fcdd_jax.pipeline import run as run_lib
+from fcdd_jax.pipeline import train
 
 # Export vs predict, as docs/DEPLOYING.md states: 1e-4 in float32, 1e-3 in bfloat16 (the in-graph
 # normalisation differs from NumPy's by float rounding, <= 2e-5 of the values, which can move a bfloat16

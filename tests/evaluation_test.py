@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from fcdd_jax import evaluation
+from fcdd_jax.evaluation import metrics as evaluation
 
 
 @pytest.mark.parametrize('seed', range(4))

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from sklearn import metrics
 
-from fcdd_jax import results
-from fcdd_jax import train
+from fcdd_jax.evaluation import results
+from fcdd_jax.pipeline import train
 from tests import support
 from tests import testdata
 

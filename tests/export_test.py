@@ -1,4 +1,4 @@
-"""Export to SavedModel and StableHLO: reloaded without fcdd_jax, the artefacts reproduce fcdd_jax.predict."""
+"""Export to SavedModel and StableHLO: reloaded without fcdd_jax, the artefacts reproduce fcdd_jax.serving.predictor."""
 import json
 import os
 import shutil
@@ -12,10 +12,10 @@ import pytest
 from PIL import Image
 
 from fcdd_jax.configs import test as test_config
-from fcdd_jax import export
-from fcdd_jax import export_preprocess
-from fcdd_jax import predict
-from fcdd_jax import train
+from fcdd_jax.serving import exporter as export
+from fcdd_jax.serving import export_preprocess
+from fcdd_jax.serving import predictor as predict
+from fcdd_jax.pipeline import train
 from fcdd_jax.data import transforms
 
 # Runs in a fresh interpreter that must never import fcdd_jax: plain TensorFlow for the SavedModel,

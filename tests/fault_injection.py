@@ -13,7 +13,7 @@ from absl import app
 import jax
 
 from fcdd_jax import main
-from fcdd_jax import train_log
+from fcdd_jax.pipeline import train_log
 
 MODULE = 'tests.fault_injection'   # for launch.local.launch(module=...)
 

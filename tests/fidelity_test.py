@@ -19,10 +19,10 @@ from PIL import Image
 from scipy import ndimage
 
 from fcdd_jax import input_pipeline
-from fcdd_jax import layers
-from fcdd_jax import models
-from fcdd_jax import run
-from fcdd_jax import train
+from fcdd_jax.models import layers
+from fcdd_jax.models import nets as models
+from fcdd_jax.pipeline import run
+from fcdd_jax.pipeline import train
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import transforms
 

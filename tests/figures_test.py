@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcdd_jax import figures
+from fcdd_jax.evaluation import figures
 from fcdd_jax import input_pipeline
-from fcdd_jax import train
+from fcdd_jax.pipeline import train
 from tests import paths
 
 BOTTLE = os.path.join(paths.DATA, 'mvtec_bottle_256', 'bottle')

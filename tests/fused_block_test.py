@@ -1,4 +1,4 @@
-"""Fused conv-BN-activation-pool blocks (fcdd_jax.fused_block) on a padded batch (issue 12: bf16 memory).
+"""Fused conv-BN-activation-pool blocks (fcdd_jax.models.cpu.fused_block) on a padded batch (issue 12: bf16 memory).
 
 The epoch's padded last batch normalises with the real rows' statistics (`mask`). It runs inside the fused
 block like every other batch: checked here against a NumPy float64 forward and backward written out by hand
@@ -13,8 +13,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcdd_jax import feature_stack
-from fcdd_jax import fused_block
+from fcdd_jax.models import feature_stack
+from fcdd_jax.models.cpu import fused_block
 from tests import references
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from fcdd_jax import input_pipeline
-from fcdd_jax import train
+from fcdd_jax.pipeline import train
 from fcdd_jax.data import constants
 from fcdd_jax.data import tfds_io
 from tests import testdata

@@ -18,7 +18,7 @@ def _modules():
   for info in pkgutil.walk_packages([PACKAGE_DIR], prefix='fcdd_jax.'):
     path = os.path.join(PACKAGE_DIR, *info.name.split('.')[1:])
     if not info.ispkg and not os.path.exists(path + '.py'):
-      continue                    # a compiled extension (fcdd_jax/onednn/_onednn_conv*.so): no source to read
+      continue                    # a compiled extension (fcdd_jax/models/cpu/onednn/_onednn_conv*.so): no source to read
     out[info.name] = os.path.join(path, '__init__.py') if info.ispkg else path + '.py'
   return out
 

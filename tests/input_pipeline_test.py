@@ -421,7 +421,7 @@ def test_generated_confetti_maps_only_with_generated_maps(make_config):
     changed = (np.rint(x * 255).astype(int) != img).any(-1)
     np.testing.assert_array_equal(g > 0, changed)
     assert changed.any() == bool(y)
-  from fcdd_jax import config_checks  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import config_checks  # pylint: disable=g-import-not-at-top
   with pytest.raises(config_checks.ConfigError, match='generated_maps=True .* needs '
                      "config.data.supervise_mode=malformed_normal_gt, not 'malformed_normal'"):
     config_checks.check_config(make_config('demo', **{'data.generated_maps': True}))
@@ -533,8 +533,8 @@ def test_training_subsets_share_one_source(make_config):
 def test_cutpaste_gt_end_to_end_trains_with_the_gt_map_loss_and_writes_the_preview(dataset, tmp_path,
                                                                                    make_config):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import run as run_lib  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import run as run_lib  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import train  # pylint: disable=g-import-not-at-top
   kw = {'data.supervise_mode': 'malformed_normal_gt', 'data.noise_mode': 'cutpaste_mixed', 'num_train_steps': 2,
         'eval.num_figure_samples': 2}
   if dataset != 'demo':

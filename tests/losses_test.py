@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcdd_jax import losses
-from fcdd_jax import receptive
+from fcdd_jax.models import losses
+from fcdd_jax.models import receptive
 from tests import references
 
 A_VALUES = [0.0, 1e-9, 1e-7, 1e-3, 1.0, 30.0]

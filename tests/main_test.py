@@ -36,7 +36,7 @@ def test_missing_config_file(tmp_path):
 
 def test_help_lists_every_config_field_with_its_default_and_meaning():
   """Issue 26/28 item 9: `--help` exits 0 and lists the flags and every field of configs/default.py."""
-  from fcdd_jax import cli  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.app import cli  # pylint: disable=g-import-not-at-top
   proc = support.run_cli(['--help'])
   assert proc.returncode == 0, proc.stderr[-2000:]
   out = proc.stdout
@@ -151,7 +151,7 @@ def test_manual_download_sources_say_which_files_go_where(tmp_path):
 
 
 def test_accelerator_visibility_follows_jax_platforms(monkeypatch):
-  from fcdd_jax import process  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.app import process  # pylint: disable=g-import-not-at-top
   monkeypatch.setenv('JAX_PLATFORMS', 'cpu')
   assert not process.accelerator_visible()
   monkeypatch.setenv('JAX_PLATFORMS', 'tpu,cpu')
@@ -244,7 +244,7 @@ def _copy(trained, tmp_path):
 def _predict(wd, tmp_path, capfd):
   """fcdd_jax.predict on two small images: (exit code, stdout, stderr)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import predict  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.serving import predictor as predict  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   inp = tmp_path / 'images'
   os.makedirs(inp, exist_ok=True)
@@ -309,7 +309,7 @@ def test_changed_model_is_refused_with_the_fields_and_both_ways_out(trained, tmp
 
 def test_second_run_on_a_workdir_in_use_is_refused(trained, tmp_path, capfd):
   wd = _copy(trained, tmp_path)
-  code = (f'import sys, time; from fcdd_jax import workdir_lock; '
+  code = (f'import sys, time; from fcdd_jax.utils import workdir_lock; '
           f'workdir_lock.Lock.acquire({wd!r}); print("locked", flush=True); time.sleep(60)')
   holder = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
   try:
@@ -331,7 +331,7 @@ def test_workdir_that_is_a_file_and_verbose_traceback(tmp_path, capfd):
   code, _, err = run_main(['--config', 'configs/test.py', '--workdir', str(f)], capfd)
   _the_error(err, code, 2, r'--workdir .*file is an existing file, not a directory')
   assert f.read_text() == 'mine'
-  from fcdd_jax import workdir  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import workdir  # pylint: disable=g-import-not-at-top
   with pytest.raises(workdir.WorkdirError):
     run_main(['--config', 'configs/test.py', '--workdir', str(f), '--verbose'], capfd)
 
@@ -352,7 +352,8 @@ def test_nan_with_a_checkpoint_every_step_stops_without_temporary_directories(tr
 _KILL_DURING_SAVE = """
 import os, signal, sys, threading
 import tests.conftest
-from fcdd_jax import checkpointing, main
+from fcdd_jax import main
+from fcdd_jax.utils import checkpointing
 real_save = checkpointing.Checkpointer.save
 def save(self, step, *a, **k):
   if step == 6:   # SIGKILL as soon as orbax's temporary directory of step 6 exists: mid-way through the save
@@ -397,7 +398,7 @@ def test_disk_full_while_saving_is_one_line(trained, tmp_path, capfd, monkeypatc
   if r.returncode:
     pytest.skip('cannot mount a tmpfs here (not root)')
   try:
-    from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.utils import checkpointing  # pylint: disable=g-import-not-at-top
     real_save = checkpointing.Checkpointer.save
     def save(self, step, *a, **k):
       if step == 6:
@@ -458,7 +459,11 @@ def test_folder_where_every_image_is_corrupt_with_skip(tmp_path, capfd):
 
 def test_every_failure_becomes_one_line_with_its_exit_code():
   import errno  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import checkpointing, config_checks, process, train_log, workdir  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import checkpointing  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import config_checks
+  from fcdd_jax.app import process
+  from fcdd_jax.pipeline import train_log
+  from fcdd_jax.utils import workdir
   d = lambda e: process.describe(e, '/w')
   assert d(OSError(errno.ENOSPC, 'No space left on device')) == (
       'no space left on the device while writing into /w', 4)
@@ -477,7 +482,8 @@ def test_every_failure_becomes_one_line_with_its_exit_code():
 def test_bare_command_parses_to_the_demo_config(tmp_path):
   """`python -m fcdd_jax.main` with no --config (README's first command) runs the demo: the flags parse and
   the config is configs/demo.py's, without the override notice."""
-  from fcdd_jax import cli, main  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import main  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.app import cli
   from fcdd_jax.configs import demo  # pylint: disable=g-import-not-at-top
   args = main.parse_flags(['fcdd_jax', '--allocator=glibc', '--workdir', str(tmp_path / 'w')])
   assert not args.defaulted and main.FLAGS.config is None     # main() then loads configs/demo.py itself

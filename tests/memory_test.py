@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from fcdd_jax import memory
+from fcdd_jax.utils import memory
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_mimalloc = pytest.mark.skipif(memory.mimalloc_library() is None, reason='cmeel-mimalloc not installed')
@@ -16,7 +16,7 @@ needs_mimalloc = pytest.mark.skipif(memory.mimalloc_library() is None, reason='c
 # pattern of a train step: temporaries freed, a few outputs kept). Prints page faults, peak RSS, allocator.
 CHILD = textwrap.dedent('''
     import ctypes, resource, sys
-    from fcdd_jax import memory
+    from fcdd_jax.utils import memory
     memory.exec_with_allocator(sys.argv[1])
     libc = ctypes.CDLL(None)           # malloc/free as the process resolves them (mimalloc when preloaded)
     libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

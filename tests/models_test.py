@@ -4,9 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcdd_jax import feature_stack
-from fcdd_jax import layers
-from fcdd_jax import models
+from fcdd_jax.models import feature_stack
+from fcdd_jax.models import layers
+from fcdd_jax.models import nets as models
 from tests import references
 
 SPEC_COUNTS = {
@@ -163,7 +163,7 @@ def test_gemm_weight_gradient_conv_equals_xla_conv():
 
 
 # ----------------------------------------------------------------------------------------------------
-# bfloat16 GEMM convolution (fcdd_jax.cpu_conv) against an independent NumPy float64 reference
+# bfloat16 GEMM convolution (fcdd_jax.models.cpu.cpu_conv) against an independent NumPy float64 reference
 
 def _bf16_round(a):
   return np.asarray(jnp.asarray(a, jnp.float32).astype(jnp.bfloat16).astype(jnp.float32), np.float64)
@@ -171,7 +171,7 @@ def _bf16_round(a):
 
 @pytest.mark.parametrize('k,pad', [(3, 0), (3, 1), (3, 2), (3, 3), (5, 0), (5, 1), (5, 2), (1, 0)])
 def test_gemm_conv_forward_and_gradients_equal_numpy_float64(k, pad):
-  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models.cpu import cpu_conv  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(k * 10 + pad)
   x = rng.normal(size=(3, 9, 7, 20))
   w = rng.normal(size=(k, k, 20, 12)) / k
@@ -199,7 +199,7 @@ def test_gemm_conv_forward_and_gradients_equal_numpy_float64(k, pad):
 
 
 def test_gemm_conv_bfloat16_input_keeps_bfloat16_input_gradient():
-  from fcdd_jax import cpu_conv  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models.cpu import cpu_conv  # pylint: disable=g-import-not-at-top
   x = jnp.ones((2, 6, 6, 16), jnp.bfloat16)
   w = jnp.ones((3, 3, 16, 4), jnp.float32)
   dx, dw = jax.grad(lambda a, b: jnp.sum(cpu_conv.gemm_conv(a, b, 1)), argnums=(0, 1))(x, w)
@@ -336,7 +336,7 @@ def _block_case(seed, k, pad, pool, c_in=6, c_out=8, n=3, hw=(8, 6)):
     ('running', 'relu', 2, 3, 1, 6), ('running', 'leaky', 0, 3, 0, 6), (None, None, 2, 5, 2, 6),
     (None, 'leaky', 0, 1, 0, 6), ('batch', 'relu', 2, 3, 1, 3), ('batch', 'leaky', 0, 5, 2, 1)])
 def test_conv_block_float32_forward_and_gradients_equal_numpy_float64(conv, bn, act, pool, k, pad, cin):
-  from fcdd_jax import fused_block  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models.cpu import fused_block  # pylint: disable=g-import-not-at-top
   x, w, b, scale, bias, mean, var, dy = _block_case(k * 7 + pad + (pool or 0), k, pad, pool, c_in=cin)
   plan = tuple(conv.split('/')) if '/' in conv else None  # every way of computing the conv and its gradients
   spec = fused_block.BlockSpec(pad=pad, bn=bn, eps=1e-4, act=act, slope=0.01, pool=pool, dtype='float32',
@@ -371,7 +371,7 @@ def test_conv_block_bfloat16_close_to_numpy_float64(act, pool, plan):
   """bf16 compute (GEMMs on bf16 operands, f32 accumulation, z and the output rounded to bf16) equals the
   float64 block with those roundings, and is within bf16 rounding of the unrounded one; parameter gradients
   stay float32."""
-  from fcdd_jax import fused_block  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models.cpu import fused_block  # pylint: disable=g-import-not-at-top
   x, w, b, scale, bias, mean, var, dy = _block_case(3, 3, 1, pool, c_in=16, c_out=16, n=4, hw=(8, 8))
   spec = fused_block.BlockSpec(pad=1, bn='batch', eps=1e-5, act=act, slope=0.01, pool=pool, dtype='bfloat16',
                             conv='gemm', plan=plan)
@@ -398,7 +398,7 @@ def test_conv_block_bfloat16_close_to_numpy_float64(act, pool, plan):
 def test_conv_block_pool_ties_route_the_gradient_to_the_first_maximum():
   """Equal values in a window (ReLU zeros aside, frequent with integer-valued or bf16 data): all of the window's
   gradient goes to the first maximum in row-major order."""
-  from fcdd_jax import fused_block  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models.cpu import fused_block  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   x = rng.integers(-2, 3, size=(2, 6, 4, 3)).astype(np.float64)  # many ties
   w = np.eye(3).reshape(1, 1, 3, 3)

@@ -7,13 +7,13 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from fcdd_jax import checkpointing
-from fcdd_jax import config_checks
-from fcdd_jax import models
-from fcdd_jax import multirun
-from fcdd_jax import pretrained
-from fcdd_jax import run as run_lib
-from fcdd_jax import train
+from fcdd_jax.utils import checkpointing
+from fcdd_jax.pipeline import config_checks
+from fcdd_jax.models import nets as models
+from fcdd_jax.pipeline import multirun
+from fcdd_jax.models import pretrained
+from fcdd_jax.pipeline import run as run_lib
+from fcdd_jax.pipeline import train
 
 
 def test_parse_runs():

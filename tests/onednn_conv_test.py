@@ -1,4 +1,4 @@
-"""oneDNN convolutions through XLA FFI (fcdd_jax.onednn): forward and both gradients, float32 and bfloat16,
+"""oneDNN convolutions through XLA FFI (fcdd_jax.models.cpu.onednn): forward and both gradients, float32 and bfloat16,
 against XLA's convolution and an independent float64 NumPy reference, for every conv layer shape of the four
 benchmark nets (small batches); the fused block on a padded last batch; whole nets; the fallback to XLA.
 
@@ -14,8 +14,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcdd_jax import fused_block
-from fcdd_jax import onednn
+from fcdd_jax.models.cpu import fused_block
+from fcdd_jax.models.cpu import onednn
 from tests import fused_block_test
 from tests import references
 from tests.paths import ROOT
@@ -139,7 +139,7 @@ def test_vmapped_conv_and_gradients_equal_xla():
 def _net_grads(name, impl, dtype, n=2, mask=None):
   """(output, parameter gradients) of net `name` in training mode with FCDD_CONV_IMPL=impl while tracing."""
   from bench import compare  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import models  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models import nets as models  # pylint: disable=g-import-not-at-top
   net = models.create(name, dtype=jnp.dtype(dtype))
   shape = models.input_shape(name)
   x = jnp.asarray(np.random.default_rng(0).normal(size=(n,) + shape), jnp.float32)
@@ -184,7 +184,8 @@ def _run_python(code, impl):
 
 _FALLBACK = '''
 import jax, jax.numpy as jnp
-from fcdd_jax import onednn, models
+from fcdd_jax.models.cpu import onednn
+from fcdd_jax.models import nets as models
 if {hide}:
   onednn._extension_path = lambda: None   # as where the extension was not built
 net = models.create('FCDD_CNN28_W')

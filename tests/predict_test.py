@@ -17,10 +17,10 @@ from PIL import Image
 
 from fcdd_jax.configs import test as test_config
 from fcdd_jax import input_pipeline
-from fcdd_jax import models
-from fcdd_jax import predict
-from fcdd_jax import run as run_lib
-from fcdd_jax import train
+from fcdd_jax.models import nets as models
+from fcdd_jax.serving import predictor as predict
+from fcdd_jax.pipeline import run as run_lib
+from fcdd_jax.pipeline import train
 
 
 @pytest.fixture(scope='module')

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcdd_jax import models
-from fcdd_jax import pretrained
+from fcdd_jax.models import nets as models
+from fcdd_jax.models import pretrained
 from tests import support
 
 

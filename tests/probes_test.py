@@ -16,10 +16,10 @@ import pytest
 from PIL import Image
 
 from fcdd_jax.configs import test as test_config
-from fcdd_jax import output_dir
-from fcdd_jax import predict
-from fcdd_jax import progress
-from fcdd_jax import train
+from fcdd_jax.serving import output_dir
+from fcdd_jax.serving import predictor as predict
+from fcdd_jax.utils import progress
+from fcdd_jax.pipeline import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GB = 1e9
@@ -308,7 +308,7 @@ def test_export_of_unfinished_run_says_so_and_prints_no_tf_banner(run, tmp_path)
 
 def test_banded_overlay_equals_the_whole_image_overlay():
   """The large-file overlay (bands of rows, no full-size float64 copies) is figures.overlay of local_norm."""
-  from fcdd_jax import figures  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
   rng = np.random.default_rng(0)
   img = rng.integers(0, 256, (45, 31, 3), dtype=np.uint8)
   heat = (rng.random((45, 31)) * 3 + 0.5).astype(np.float32)

@@ -2,8 +2,8 @@
 import pytest
 
 from configs import test as test_config
-from fcdd_jax import progress
-from fcdd_jax import train
+from fcdd_jax.utils import progress
+from fcdd_jax.pipeline import train
 
 
 class Clock:

@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcdd_jax import models
-from fcdd_jax import receptive
+from fcdd_jax.models import nets as models
+from fcdd_jax.models import receptive
 from tests import references
 
 

@@ -1,4 +1,4 @@
-"""The refinement driver (fcdd_jax/refine_run.py) end to end on the polluted demo, at a tiny budget: subset
+"""The refinement driver (fcdd_jax/pipeline/refine_run.py) end to end on the polluted demo, at a tiny budget: subset
 bookkeeping, precision/recall against a NumPy recomputation, resume at round granularity, determinism."""
 import json
 import os
@@ -6,10 +6,10 @@ import os
 import numpy as np
 import pytest
 
-from fcdd_jax import config_checks
+from fcdd_jax.pipeline import config_checks
 from fcdd_jax import input_pipeline
-from fcdd_jax import multirun
-from fcdd_jax import refine_run
+from fcdd_jax.pipeline import multirun
+from fcdd_jax.pipeline import refine_run
 
 
 def _config(make_config, **kw):
@@ -114,11 +114,11 @@ def test_a_second_refinement_on_a_workdir_in_use_is_refused_before_round_one(mak
   workdir (here held by another process) is refused at once, without loading data or training."""
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import workdir  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import workdir  # pylint: disable=g-import-not-at-top
   from tests.paths import ROOT  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / 'w')
   os.makedirs(wd)
-  code = (f'import time; from fcdd_jax import workdir_lock; workdir_lock.Lock.acquire({wd!r}); '
+  code = (f'import time; from fcdd_jax.utils import workdir_lock; workdir_lock.Lock.acquire({wd!r}); '
           'print("locked", flush=True); time.sleep(60)')
   holder = subprocess.Popen([sys.executable, '-c', code], cwd=ROOT, stdout=subprocess.PIPE, text=True)
   try:
@@ -133,7 +133,7 @@ def test_a_second_refinement_on_a_workdir_in_use_is_refused_before_round_one(mak
 
 
 def test_a_workdir_that_cannot_be_used_fails_before_round_one(make_config, tmp_path, monkeypatch):
-  from fcdd_jax import workdir  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import workdir  # pylint: disable=g-import-not-at-top
   f = tmp_path / 'file'
   f.write_text('x')
   _no_training(monkeypatch)

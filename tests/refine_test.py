@@ -3,8 +3,8 @@ the dropped samples, precision/recall."""
 import numpy as np
 import pytest
 
-from fcdd_jax import config_checks
-from fcdd_jax import refine
+from fcdd_jax.pipeline import config_checks
+from fcdd_jax.pipeline import refine
 
 
 def srr_consensus(scores, assignment, share):

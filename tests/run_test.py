@@ -6,10 +6,10 @@ import os
 import jax.numpy as jnp
 import pytest
 
-from fcdd_jax import checkpointing
-from fcdd_jax import config_checks
-from fcdd_jax import run
-from fcdd_jax import train
+from fcdd_jax.utils import checkpointing
+from fcdd_jax.pipeline import config_checks
+from fcdd_jax.pipeline import run
+from fcdd_jax.pipeline import train
 
 
 @pytest.mark.parametrize('name, backend, want', [

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from fcdd_jax import summarize
+from fcdd_jax.evaluation import summary as summarize
 from tests import support
 
 
@@ -35,7 +35,7 @@ def test_checkpoint_behind_each_run_is_named_and_mismatches_warned(tmp_path, cap
   """Each run's newest readable checkpoint is reported; a run whose results describe a step that is no longer
   readable gets one warning line."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import checkpointing  # pylint: disable=g-import-not-at-top
   for s in (0, 1):
     d = tmp_path / 'normal_0' / f'seed_{s}'
     os.makedirs(d)

@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from fcdd_jax import input_pipeline
-from fcdd_jax import train
+from fcdd_jax.pipeline import train
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import image_io
 from tests import testdata
@@ -211,7 +211,7 @@ def test_gt_min_change_marks_only_visible_changes(t):
 
 @pytest.mark.parametrize('bad', [-1, 255, True])   # (a float is refused by the ConfigDict itself)
 def test_gt_min_change_checked(bad):
-  from fcdd_jax import config_checks
+  from fcdd_jax.pipeline import config_checks
   from fcdd_jax.configs import custom
   c = custom.get_config()
   c.data.gt_min_change = bad

@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from fcdd_jax import pretrained
+from fcdd_jax.models import pretrained
 from tests.paths import ROOT
 
 

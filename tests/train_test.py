@@ -10,13 +10,13 @@ import orbax.checkpoint as ocp
 import pytest
 from sklearn import metrics
 
-from fcdd_jax import checkpointing
-from fcdd_jax import config_checks
-from fcdd_jax import layers
-from fcdd_jax import results as results_lib
-from fcdd_jax import run
-from fcdd_jax import train
-from fcdd_jax import train_log
+from fcdd_jax.utils import checkpointing
+from fcdd_jax.pipeline import config_checks
+from fcdd_jax.models import layers
+from fcdd_jax.evaluation import results as results_lib
+from fcdd_jax.pipeline import run
+from fcdd_jax.pipeline import train
+from fcdd_jax.pipeline import train_log
 from tests import support
 
 

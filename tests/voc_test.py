@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fcdd_jax import input_pipeline
-from fcdd_jax import train
+from fcdd_jax.pipeline import train
 from fcdd_jax.data import constants
 from fcdd_jax.data import tfds_io
 from tests import testdata

@@ -9,8 +9,8 @@ import time
 import ml_collections
 import pytest
 
-from fcdd_jax import workdir
-from fcdd_jax import workdir_lock
+from fcdd_jax.utils import workdir
+from fcdd_jax.utils import workdir_lock
 
 from tests.paths import ROOT
 
@@ -60,7 +60,7 @@ def test_a_lock_held_by_another_process_through_the_module(tmp_path):
   """A second process that really holds the lock (the same code path as a concurrent run)."""
   wd = str(tmp_path / 'w')
   os.makedirs(wd)
-  code = (f'import sys, time; sys.path.insert(0, {ROOT!r}); from fcdd_jax import workdir_lock; '
+  code = (f'import sys, time; sys.path.insert(0, {ROOT!r}); from fcdd_jax.utils import workdir_lock; '
           f'workdir_lock.Lock.acquire({wd!r}); print("locked", flush=True); time.sleep(60)')
   proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, text=True)
   try:

@@ -43,7 +43,7 @@ def get_config():
   d.demo_image_size = 32          # demo data: image side in pixels
   d.pollution = 0.0               # share of true anomalies mixed, unlabelled, into the training set (data/pollution.py)
 
-  c.model = m = ml_collections.ConfigDict()   # the net (fcdd_jax/models.py, baselines.py)
+  c.model = m = ml_collections.ConfigDict()   # the net (fcdd_jax/models/nets.py, baselines.py)
   m.name = 'FCDD_CNN32_S'         # net name (models.NAMES): FCDD_* (FCDD), CNN* (HSC), AE* (autoencoder)
   m.pretrained_path = ''          # .npz or .pth of torchvision vgg11_bn (VGG / VGG_F nets)
   m.bias = True                   # bias terms in the convolutions
@@ -53,13 +53,13 @@ def get_config():
   m.dtype = 'auto'                # compute dtype: auto (bfloat16 for 224² nets on XLA:CPU, else float32) | float32 | bfloat16
   m.precise_bn = False           # after the last step: BatchNorm statistics recomputed on the training images (train.py)
 
-  c.loss = l = ml_collections.ConfigDict()    # the objective (fcdd_jax/losses.py)
+  c.loss = l = ml_collections.ConfigDict()    # the objective (fcdd_jax/models/losses.py)
   l.gauss_std = 1.2               # σ of the receptive-field upsampling (spec §7.2); <= 0: σ(r)
   l.stable = True                 # stable anomalous term (spec §11.2); False = reference form
   l.single_label_parity = True    # spec §11.3: single-label batch treated as nominal
   l.blur_heatmaps = False         # HSC gradient heatmaps: blur (spec §8.3)
 
-  c.optim = o = ml_collections.ConfigDict()   # optimiser and learning-rate schedule (fcdd_jax/run.py)
+  c.optim = o = ml_collections.ConfigDict()   # optimiser and learning-rate schedule (fcdd_jax/pipeline/run.py)
   o.name = 'sgd'                  # sgd (Nesterov, momentum 0.9) | adam | auto (pretrained nets: sgd, else adam)
   o.lr = 1e-3                     # learning rate
   o.weight_decay = 1e-6           # coupled L2 (spec §7.1)
@@ -69,7 +69,7 @@ def get_config():
   o.milestones = (400, 500)       # milestones schedule: epochs at which lr is multiplied by milestone_factor
   o.milestone_factor = 0.1        # milestones schedule: the factor
 
-  c.eval = e = ml_collections.ConfigDict()    # evaluation, thresholds and figures (fcdd_jax/results.py)
+  c.eval = e = ml_collections.ConfigDict()    # evaluation, thresholds and figures (fcdd_jax/evaluation/results.py)
   e.batch_size = 0                # 0 = batch_size
   e.image_score = 'mean'          # mean (spec §3.5: mean of the low-res map) | max | top<p>% of the upsampled map
   e.quantile = 0.97               # heatmap normalisation quantile (figures only)
@@ -79,7 +79,7 @@ def get_config():
   e.threshold_quantile = 0.99     # nominal-only data: threshold = this quantile of nominal scores
   e.num_figure_samples = 20       # test images shown in the heatmap figures
 
-  c.refine = rf = ml_collections.ConfigDict()   # training-data refinement (fcdd_jax/refine_run.py)
+  c.refine = rf = ml_collections.ConfigDict()   # training-data refinement (fcdd_jax/pipeline/refine_run.py)
   rf.rounds = 0                   # 0 = off; else rounds of K models on disjoint subsets dropping suspected anomalies
   rf.subsets = 5                  # K
   rf.drop = 'auto'                # share of the training samples dropped per round ('0.1'), or 'auto'

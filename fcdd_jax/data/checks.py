@@ -3,7 +3,7 @@
 The checks of these names against a config are `config_checks.check_data` (before any file is read); the
 datasets check their own preprocessing and class range (`check_class`) with the same `ConfigError`.
 """
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 DATASETS = ('demo', 'custom', 'mvtec', 'fmnist', 'cifar10', 'imagenet', 'pascal_voc')   # input_pipeline.LOADERS
 OE_DATASETS = ('custom', 'mvtec', 'fmnist', 'cifar10', 'imagenet', 'pascal_voc')   # datasets that load OE images

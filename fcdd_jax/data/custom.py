@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from fcdd_jax import evaluation
+from fcdd_jax.evaluation import metrics as evaluation
 from fcdd_jax.data import checks
 from fcdd_jax.data import image_io
 from fcdd_jax.data import oe
@@ -18,7 +18,7 @@ from fcdd_jax.data import pollution
 from fcdd_jax.data import source
 from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 CUSTOM_PREPROC = ('aug1', 'none')   # the reference's custom runner (spec §5.9); '' and 'default' mean none
 

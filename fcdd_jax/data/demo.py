@@ -1,12 +1,12 @@
-"""The embedded demo dataset (`fcdd_jax.demo_data`) as a `Source`: generated textures, defects with exact masks."""
+"""The embedded demo dataset (`fcdd_jax.data.demo_data`) as a `Source`: generated textures, defects with exact masks."""
 import numpy as np
 
-from fcdd_jax import demo_data
+from fcdd_jax.data import demo_data
 from fcdd_jax.data import pollution
 from fcdd_jax.data import source
 from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 
 def load(config):

@@ -12,8 +12,8 @@ import tempfile
 
 import numpy as np
 
-from fcdd_jax import evaluation
-from fcdd_jax import progress
+from fcdd_jax.evaluation import metrics as evaluation
+from fcdd_jax.utils import progress
 from fcdd_jax.data import transforms
 
 # Decoded with Pillow. GIF is left out on purpose (palette-limited, often animated): list_images names it.

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from fcdd_jax import evaluation
+from fcdd_jax.evaluation import metrics as evaluation
 from fcdd_jax.data import checks
 from fcdd_jax.data import constants
 from fcdd_jax.data import custom
@@ -13,7 +13,7 @@ from fcdd_jax.data import oe
 from fcdd_jax.data import source
 from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 MVTEC_JITTER = ((0.04, 0.04, 0.04, 0.04), (0.005, 0.0005, 0.0005, 0.0005))  # spec §5.7: random choice
 

@@ -13,7 +13,7 @@ from fcdd_jax.data import pollution
 from fcdd_jax.data import source
 from fcdd_jax.data import tfds_io
 from fcdd_jax.data import transforms
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 FMNIST_DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
 

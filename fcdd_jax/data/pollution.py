@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from fcdd_jax.data import streams
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 FIELD = 'data.pollution'
 

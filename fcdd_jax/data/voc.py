@@ -20,7 +20,7 @@ from fcdd_jax.data import oe
 from fcdd_jax.data import source
 from fcdd_jax.data import tfds_io
 from fcdd_jax.data import transforms
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 HORSE = 'horse'
 

@@ -15,9 +15,9 @@ import json
 import os
 import time
 
-from fcdd_jax import workdir_lock
-from fcdd_jax.workdir_lock import WorkdirAccessError   # cannot create/write the workdir (exit code 4)
-from fcdd_jax.workdir_lock import WorkdirError   # the error of the whole workdir handling (lock included)
+from fcdd_jax.utils import workdir_lock
+from fcdd_jax.utils.workdir_lock import WorkdirAccessError   # cannot create/write the workdir (exit code 4)
+from fcdd_jax.utils.workdir_lock import WorkdirError   # the error of the whole workdir handling (lock included)
 
 CONFIG_NAME = 'config.json'
 CHANGES_NAME = 'config_changes.json'

@@ -7,9 +7,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcdd_jax import progress
-from fcdd_jax import results
-from fcdd_jax import run
+from fcdd_jax.utils import progress
+from fcdd_jax.evaluation import results
+from fcdd_jax.pipeline import run
 
 
 class NonFiniteError(FloatingPointError):

@@ -11,7 +11,7 @@ from typing import NamedTuple, Optional, Tuple
 import jax
 import jax.numpy as jnp
 
-from fcdd_jax import cpu_conv
+from fcdd_jax.models.cpu import cpu_conv
 
 
 class BlockSpec(NamedTuple):
@@ -22,7 +22,7 @@ class BlockSpec(NamedTuple):
   or None; slope: leaky slope. pool: k of a non-overlapping k x k max pool after the activation, or 0.
   dtype: compute dtype ('float32' | 'bfloat16'). conv: the conv family, 'gemm' (bf16 GEMMs on XLA:CPU where
   they pay, `cpu_conv.gemm_conv`'s formulation), 'xla' (XLA's convolutions) or 'onednn' (oneDNN's, XLA FFI
-  custom calls: `fcdd_jax.onednn`); plan: None (per layer,
+  custom calls: `fcdd_jax.models.cpu.onednn`); plan: None (per layer,
   `cpu_conv.conv_plan`) or an explicit (forward, input gradient, weight gradient) plan."""
   pad: int
   bn: Optional[str]

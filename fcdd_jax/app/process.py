@@ -14,7 +14,7 @@ import sys
 
 from absl import logging
 
-from fcdd_jax import memory
+from fcdd_jax.utils import memory
 
 EXIT_UNEXPECTED, EXIT_CONFIG, EXIT_NON_FINITE, EXIT_FILE_SYSTEM, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
 
@@ -161,7 +161,7 @@ def init_distributed(coordinator_address, num_processes, process_id, mode, **tim
 def finish_pending():
   """An aborted run: let its in-flight checkpoint save end (or clean up after it) before exiting."""
   try:
-    from fcdd_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.utils import checkpointing  # pylint: disable=g-import-not-at-top
     for m in checkpointing.finish_pending():
       print(f'fcdd_jax: warning: {m}', file=sys.stderr, flush=True)
   except Exception:  # pylint: disable=broad-except  (already exiting with the first error)
@@ -171,7 +171,7 @@ def finish_pending():
 def restart(workdir):
   """--restart: process 0 moves the old run aside; all processes then start from scratch."""
   import jax  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
   if jax.process_index() == 0:
     dest = workdir_lib.move_aside(workdir)
     if dest:
@@ -185,7 +185,7 @@ def restart(workdir):
 def run_guard(is_verbose, workdir):
   """Around the run: Ctrl-C -> exit 130, any failure -> one line and its exit code (a traceback when
   verbose); pending checkpoint saves finish and workdir locks are released either way."""
-  from fcdd_jax import workdir_lock  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import workdir_lock  # pylint: disable=g-import-not-at-top
   try:
     yield
   except KeyboardInterrupt:

@@ -12,13 +12,13 @@ import os
 
 import jax
 
-from fcdd_jax import losses
-from fcdd_jax import models
-from fcdd_jax import refine
+from fcdd_jax.models import losses
+from fcdd_jax.models import nets as models
+from fcdd_jax.pipeline import refine
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import checks as data_checks
 from fcdd_jax.data import pollution
-from fcdd_jax.errors import ConfigError   # pylint: disable=unused-import  (re-exported: config_checks.ConfigError)
+from fcdd_jax.utils.errors import ConfigError   # pylint: disable=unused-import  (re-exported: config_checks.ConfigError)
 
 
 OPTIMIZERS = ('sgd', 'adam', 'auto')

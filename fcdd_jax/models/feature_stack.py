@@ -16,8 +16,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcdd_jax import fused_block
-from fcdd_jax import layers as layers_lib  # (`layers` is FeatureStack's field)
+from fcdd_jax.models.cpu import fused_block
+from fcdd_jax.models import layers as layers_lib  # (`layers` is FeatureStack's field)
 
 
 # VGG11-BN features (torchvision configuration "A"), with torchvision module indices.

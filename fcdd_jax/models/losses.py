@@ -10,7 +10,7 @@ import re
 import jax
 import jax.numpy as jnp
 
-from fcdd_jax import receptive
+from fcdd_jax.models import receptive
 
 REFERENCE_EPS = 1e-31      # the reference's -log(1 - exp(-a) + 1e-31)
 STABLE_FLOOR = 1e-6        # below it the stable term continues linearly (finite value and gradient)

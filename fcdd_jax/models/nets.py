@@ -10,10 +10,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from fcdd_jax import baselines
-from fcdd_jax import feature_stack
-from fcdd_jax import layers as layers_lib  # (`layers` names layer lists below)
-from fcdd_jax import receptive
+from fcdd_jax.models import baselines
+from fcdd_jax.models import feature_stack
+from fcdd_jax.models import layers as layers_lib  # (`layers` names layer lists below)
+from fcdd_jax.models import receptive
 
 _conv, _pool = feature_stack.conv_layer, feature_stack.pool_layer
 

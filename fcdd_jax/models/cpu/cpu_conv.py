@@ -26,7 +26,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from fcdd_jax import onednn
+from fcdd_jax.models.cpu import onednn
 
 
 def as_bits(x):
@@ -125,7 +125,7 @@ def conv_plan(conv, k, ci, co, hw):
     'taps'   weight gradient as k*k GEMMs dz^T @ x_tap over shifted copies of x (no k*k-wide im2col),
     'cols_t' weight gradient colsT @ dz over a transposed im2col of x (first layers: x has 1-3 channels),
     'filter' XLA's backward-filter convolution,
-    'onednn' oneDNN's convolution primitives (`fcdd_jax.onednn`, XLA FFI custom calls).
+    'onednn' oneDNN's convolution primitives (`fcdd_jax.models.cpu.onednn`, XLA FFI custom calls).
   `conv` is the block's family ('gemm': bf16 GEMMs on XLA:CPU; 'xla': XLA convolutions; 'onednn'), hw the output's
   H*W. Measured per layer of FCDD_CNN224_VGG_NOPT at batch 32 (bench/README.md): an im2col costs about as
   much as its GEMM when the GEMM's output has <= 128 channels at >= 56x56 pixels, where YNNPACK's float32

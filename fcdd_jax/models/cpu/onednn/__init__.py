@@ -2,7 +2,7 @@
 
 The kernels PyTorch's CPU convolutions use (oneDNN's brgconv / jit convolutions: AVX-512, AVX512-BF16, AMX
 where the CPU has them) are called from jitted programs as three FFI custom calls (`onednn_conv.cc`, built
-by `pip install` as `fcdd_jax/onednn/_onednn_conv*.so` against the `onednn-devel-cpu-gomp` wheel, linked
+by `pip install` as `fcdd_jax/models/cpu/onednn/_onednn_conv*.so` against the `onednn-devel-cpu-gomp` wheel, linked
 to `onednn-cpu-gomp`'s `libdnnl.so.3`):
 
   conv_fwd(x, w, b, pad, out_dtype)          y  [N,Ho,Wo,Co]  (float32 accumulation, optional float32 bias)
@@ -75,7 +75,7 @@ def load():
                          f'{platform.machine()})')
     ext = _extension_path()
     if ext is None:
-      raise RuntimeError('the extension fcdd_jax/onednn/_onednn_conv*.so was not built (pip install -e . builds '
+      raise RuntimeError('the extension fcdd_jax/models/cpu/onednn/_onednn_conv*.so was not built (pip install -e . builds '
                          'it when a C++ compiler and the onednn-devel-cpu-gomp wheel are available)')
     libs = _libdnnl_candidates()
     if libs:  # resolves the extension's DT_NEEDED libdnnl.so.3 by soname, whatever its rpath

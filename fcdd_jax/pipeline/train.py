@@ -18,18 +18,18 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from fcdd_jax import checkpointing
-from fcdd_jax import config_checks
+from fcdd_jax.utils import checkpointing
+from fcdd_jax.pipeline import config_checks
 from fcdd_jax import input_pipeline
-from fcdd_jax import layers
-from fcdd_jax import losses
-from fcdd_jax import memory
-from fcdd_jax import progress
-from fcdd_jax import receptive
-from fcdd_jax import results as results_lib
-from fcdd_jax import run as run_lib
-from fcdd_jax import train_log
-from fcdd_jax import workdir as workdir_lib
+from fcdd_jax.models import layers
+from fcdd_jax.models import losses
+from fcdd_jax.utils import memory
+from fcdd_jax.utils import progress
+from fcdd_jax.models import receptive
+from fcdd_jax.evaluation import results as results_lib
+from fcdd_jax.pipeline import run as run_lib
+from fcdd_jax.pipeline import train_log
+from fcdd_jax.utils import workdir as workdir_lib
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -18,11 +18,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fcdd_jax import config_checks
-from fcdd_jax import feature_stack
-from fcdd_jax import losses
-from fcdd_jax import models
-from fcdd_jax import receptive
+from fcdd_jax.pipeline import config_checks
+from fcdd_jax.models import feature_stack
+from fcdd_jax.models import losses
+from fcdd_jax.models import nets as models
+from fcdd_jax.models import receptive
 
 
 class TrainState(train_state.TrainState):
@@ -191,7 +191,7 @@ def build_run(config, data, steps_per_epoch, model=None):
   objective = config_checks.objective_for(config)
   pretrained = None
   if config.model.pretrained_path:
-    from fcdd_jax import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top  (torch optional)
+    from fcdd_jax.models import pretrained as pretrained_lib  # pylint: disable=g-import-not-at-top  (torch optional)
     pretrained = lambda v: pretrained_lib.apply_pretrained(config.model.name, v, config.model.pretrained_path)
   make_state = functools.partial(create_train_state, config, model, data.image_shape,
                                  steps_per_epoch=steps_per_epoch, pretrained=pretrained)

@@ -26,13 +26,13 @@ import time
 import jax
 import numpy as np
 
-from fcdd_jax import config_checks
+from fcdd_jax.pipeline import config_checks
 from fcdd_jax import input_pipeline
-from fcdd_jax import multirun
-from fcdd_jax import refine
-from fcdd_jax import results as results_lib
-from fcdd_jax import train
-from fcdd_jax import workdir as workdir_lib
+from fcdd_jax.pipeline import multirun
+from fcdd_jax.pipeline import refine
+from fcdd_jax.evaluation import results as results_lib
+from fcdd_jax.pipeline import train
+from fcdd_jax.utils import workdir as workdir_lib
 
 STATE_FILE = 'refinement.json'
 

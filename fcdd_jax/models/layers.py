@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from fcdd_jax import cpu_conv
-from fcdd_jax import onednn
+from fcdd_jax.models.cpu import cpu_conv
+from fcdd_jax.models.cpu import onednn
 
 LEAKY = 0.01  # slope of every leaky ReLU of the nets (spec §1.3)
 
@@ -84,7 +84,7 @@ def use_gemm_conv(dtype, stride, cin, backend=None):
 
 
 def use_onednn_conv(dtype, stride, x):
-  """Whether a conv of x (compute dtype `dtype`) runs on oneDNN (`fcdd_jax.onednn`: XLA:CPU, stride 1, float32
+  """Whether a conv of x (compute dtype `dtype`) runs on oneDNN (`fcdd_jax.models.cpu.onednn`: XLA:CPU, stride 1, float32
   or bfloat16, FCDD_CONV_IMPL). Shapes must be concrete: exported programs (symbolic shapes, `export`) keep XLA's
   portable convolutions."""
   return all(isinstance(d, int) for d in x.shape) and onednn.use_onednn(dtype, stride)

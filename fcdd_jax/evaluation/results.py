@@ -11,9 +11,9 @@ from absl import logging
 import jax
 import numpy as np
 
-from fcdd_jax import evaluation
+from fcdd_jax.evaluation import metrics as evaluation
 from fcdd_jax import input_pipeline
-from fcdd_jax import progress
+from fcdd_jax.utils import progress
 
 
 def host_gather(tree):
@@ -177,9 +177,9 @@ def write_figures(workdir, config, pipeline, outputs, train_outputs=None, result
   is a warning, never a lost run (environment FCDD_STRICT_FIGURES: an error, for tests)."""
   try:
     if results is not None:
-      from fcdd_jax import reports  # pylint: disable=g-import-not-at-top
+      from fcdd_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
       reports.write_reports(workdir, results, outputs, read_history(workdir))
-    from fcdd_jax import figures  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
     figures.write_run_figures(workdir, config, pipeline, outputs, train_outputs)
   except Exception as e:  # pylint: disable=broad-except  (figures never lose a finished run)
     if os.environ.get('FCDD_STRICT_FIGURES'):   # tests: a figure that cannot be written is an error

@@ -4,7 +4,7 @@ import os
 
 import numpy as np
 
-from fcdd_jax import evaluation
+from fcdd_jax.evaluation import metrics as evaluation
 
 
 def _thin(*arrays, max_points=2000):

@@ -28,9 +28,9 @@ from typing import Optional
 
 import numpy as np
 
-from fcdd_jax import evaluation
+from fcdd_jax.evaluation import metrics as evaluation
 from fcdd_jax.data import streams
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 AUTO_Z = 2.5
 MAD_TO_STD = 1.4826   # MAD of a normal distribution times this = its standard deviation

@@ -22,7 +22,7 @@ import weakref
 import jax
 import orbax.checkpoint as ocp
 
-from fcdd_jax import orbax_noise
+from fcdd_jax.utils import orbax_noise
 
 TMP_MARK = '.orbax-checkpoint-tmp'
 DAMAGED_PREFIX = 'damaged-'   # not orbax's '<name>_<step>' form, so orbax never takes it for a step

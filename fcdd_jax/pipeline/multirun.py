@@ -21,15 +21,15 @@ from jax.sharding import PartitionSpec as P
 import jax.numpy as jnp
 import numpy as np
 
-from fcdd_jax import checkpointing
-from fcdd_jax import config_checks
+from fcdd_jax.utils import checkpointing
+from fcdd_jax.pipeline import config_checks
 from fcdd_jax import input_pipeline
-from fcdd_jax import progress
-from fcdd_jax import results as results_lib
-from fcdd_jax import run as run_lib
-from fcdd_jax import train
-from fcdd_jax import train_log
-from fcdd_jax import workdir as workdir_lib
+from fcdd_jax.utils import progress
+from fcdd_jax.evaluation import results as results_lib
+from fcdd_jax.pipeline import run as run_lib
+from fcdd_jax.pipeline import train
+from fcdd_jax.pipeline import train_log
+from fcdd_jax.utils import workdir as workdir_lib
 
 
 def model_axis_mode():
@@ -107,7 +107,7 @@ def _train_and_evaluate_runs(config, workdir, runs, is_main):
                                  built, totals[r], train_seconds, is_main)
              for r, (run, cf, pipe) in enumerate(zip(runs, cfgs, pipes))]
   if is_main:
-    from fcdd_jax import summarize  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.evaluation import summary as summarize  # pylint: disable=g-import-not-at-top
     summarize.main([workdir])
   return results
 

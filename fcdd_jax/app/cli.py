@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'configs')   # the shipped configs
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')   # the shipped configs
 DEMO_CONFIG = os.path.join(CONFIG_DIR, 'demo.py')
 DEFAULT_CONFIG = os.path.join(CONFIG_DIR, 'default.py')
 

@@ -1,4 +1,4 @@
-// oneDNN convolutions as XLA FFI custom calls (fcdd_jax.onednn): stride-1 2-D convolutions in NHWC with HWIO
+// oneDNN convolutions as XLA FFI custom calls (fcdd_jax.models.cpu.onednn): stride-1 2-D convolutions in NHWC with HWIO
 // float32 weights, float32 or bfloat16 activations (bfloat16 products accumulate in float32).
 //
 //   fcdd_onednn_conv_fwd         (x [N,H,W,Ci], w [k,k,Ci,Co] f32, b [Co] f32 or [0]) -> y [N,Ho,Wo,Co]

@@ -11,8 +11,8 @@ import math
 import flax.linen as nn
 import jax.numpy as jnp
 
-from fcdd_jax import feature_stack
-from fcdd_jax import layers as layers_lib  # (`layers` names layer lists below)
+from fcdd_jax.models import feature_stack
+from fcdd_jax.models import layers as layers_lib  # (`layers` names layer lists below)
 
 _conv, _pool = feature_stack.conv_layer, feature_stack.pool_layer
 
