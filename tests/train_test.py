@@ -277,3 +277,47 @@ def test_check_finite_names_the_models_of_many_runs():
                            ['a', 'b'])
   with pytest.raises(train_log.NonFiniteError, match=r'non-finite loss=nan at step 4 \(before saving\)'):
     train_log.check_finite({'loss': np.float32('nan')}, 4, 'before saving')
+
+
+def test_precise_bn_on_the_training_stream_averages_one_epoch_of_training_batches(make_config):
+  """model.precise_bn_data=stream: the statistics are the row-weighted mean, over the first epoch of the
+  training stream (augmented, with its generated anomalies; the padded last batch's padding rows excluded),
+  of the batch statistics of the given parameters (computed here through flax directly, as above)."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  config = make_config('test', **{'model.precise_bn': True, 'model.precise_bn_data': 'stream'})
+  pipe = input_pipeline.create(config)
+  built = run.build_run(config, pipe.info, pipe.info.steps_per_epoch)
+  state = built.init_state(jax.random.PRNGKey(3))
+  got = train.precise_bn(config, state, pipe, built).batch_stats
+  net = run.create_model(config, pipe.info)
+  zero = jax.tree.map(np.zeros_like, state.batch_stats)
+  fwd = jax.jit(lambda v, x, m: net.apply(v, x, train=True, mutable=['batch_stats'], mask=m)[1]['batch_stats'])
+  total, rows, labels = None, 0.0, []
+  for b in itertools.islice(pipe.train_batches(0), pipe.info.steps_per_epoch):
+    valid = b.get('valid', np.ones(len(b['image']), np.float32))
+    st = fwd({'params': state.params, 'batch_stats': zero}, b['image'], valid)
+    n = float(valid.sum())
+    st = jax.tree.map(lambda s: np.asarray(s, np.float64) / 0.1 * n, st)
+    total = st if total is None else jax.tree.map(np.add, total, st)
+    rows += n
+    labels += list(b['label'][valid > 0])
+  assert rows == config.data.demo_num_train and 0 < np.mean(labels) < 1   # one epoch, anomalies included
+  want = jax.tree.map(lambda t: t / rows, total)
+  jax.tree.map(lambda g, w: np.testing.assert_allclose(np.asarray(g), w, rtol=2e-4, atol=1e-5), got, want)
+  images = train.precise_bn(_with(config, 'images'), state, pipe, built).batch_stats
+  assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(images), jax.tree.leaves(got)))
+
+
+def _with(config, data):
+  c = config.copy_and_resolve_references()
+  c.model.precise_bn_data = data
+  return c
+
+
+def test_precise_bn_data_is_checked():
+  from fcdd_jax.configs import custom  # pylint: disable=g-import-not-at-top
+  c = custom.get_config()
+  c.model.precise_bn_data = 'nominal'
+  with pytest.raises(config_checks.ConfigError, match=r"config.model.precise_bn_data='nominal'; allowed: images, stream"):
+    config_checks.check_config(c)

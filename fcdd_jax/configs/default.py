@@ -52,6 +52,7 @@ def get_config():
   m.frozen_bn = 'parity'          # parity | frozen (spec §11.1)
   m.dtype = 'auto'                # compute dtype: auto (bfloat16 for 224² nets on XLA:CPU, else float32) | float32 | bfloat16
   m.precise_bn = False           # after the last step: BatchNorm statistics recomputed on the training images (train.py)
+  m.precise_bn_data = 'images'    # what precise_bn recomputes them on: images (nominal training images, test transform) | stream (one epoch of the training stream: augmented, with its generated anomalies)
 
   c.loss = l = ml_collections.ConfigDict()    # the objective (fcdd_jax/models/losses.py)
   l.gauss_std = 1.2               # σ of the receptive-field upsampling (spec §7.2); <= 0: σ(r)

@@ -25,6 +25,7 @@ OPTIMIZERS = ('sgd', 'adam', 'auto')
 SCHEDULES = ('lambda', 'milestones', 'constant')
 OBJECTIVES = ('auto', 'fcdd', 'hsc', 'ae')
 DTYPES = ('auto', 'float32', 'bfloat16')
+PRECISE_BN_DATA = ('images', 'stream')   # model.precise_bn_data
 
 
 def check_model_name(name):
@@ -85,6 +86,9 @@ def check_config(config):
   gmin = config.data.get('gt_min_change', 0)
   if isinstance(gmin, bool) or not isinstance(gmin, int) or not 0 <= gmin < 255:
     raise ConfigError(f'config.data.gt_min_change={gmin!r}: expected an integer number of uint8 levels in 0..254')
+  if config.model.get('precise_bn_data', 'images') not in PRECISE_BN_DATA:
+    raise ConfigError(f'config.model.precise_bn_data={config.model.precise_bn_data!r}; allowed: '
+                      f'{", ".join(PRECISE_BN_DATA)}')
   if config.model.dtype not in DTYPES:
     raise ConfigError(f'config.model.dtype={config.model.dtype!r}; allowed: {", ".join(DTYPES)}')
   name = config.model.name

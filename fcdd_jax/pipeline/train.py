@@ -8,6 +8,7 @@ sharded along 'data'. The same code runs on 1 CPU, N GPUs or a multi-host TPU po
 """
 import dataclasses
 import functools
+import itertools
 import os
 import time
 from typing import Any
@@ -293,31 +294,39 @@ def _loop(r, state, start_step):
 
 def precise_bn(config, state, pipeline, built, verbose=False):
   """`model.precise_bn`: the running BatchNorm statistics replaced, after the last step, by the statistics
-  the final net produces on the training images (evaluation transform, batches of up to 8 per device):
-  per layer the mean over batches of `bn_stats_step`'s statistics, weighted by real rows (PreciseBN).
-  A short run's running averages still hold the statistics of the first steps' nets (after 35 steps at
-  momentum 0.1, 2.5 % of step 1 and 35 % from steps 1-25), which evaluation then applies to a net that
-  has moved on; `bench/README.md`, "Recipe for real defects", has what it does to detection. Returns the
-  state (unchanged when off or the net has no BatchNorm); one run saves it as its final checkpoint,
-  many-runs mode and refinement call it per model before evaluating."""
+  the final net produces (PreciseBN): per layer the mean over batches of `bn_stats_step`'s statistics,
+  weighted by real rows. `model.precise_bn_data`: `images` = the nominal training images under the test
+  transform (batches of up to 8 per device); `stream` = one epoch of the training stream as the net was
+  trained on it (augmented, with its generated anomalies and its global batches), the distribution whose
+  batch statistics the net saw at every step. A short run's running averages still hold the statistics of
+  the first steps' nets (after 35 steps at momentum 0.1, 2.5 % of step 1 and 35 % from steps 1-25), which
+  evaluation then applies to a net that has moved on; `bench/README.md`, "Panel", has what each does to
+  detection. Returns the state (unchanged when off or the net has no BatchNorm); one run saves it as its
+  final checkpoint, many-runs mode and refinement call it per model before evaluating."""
   if not config.model.precise_bn or not state.batch_stats:
     return state
-  # batches of at most 8 images per device: the row-weighted mean of unbiased batch statistics does not
-  # depend on the batch size, the forward pass's memory does (batch 32: +0.5 GiB on VGG_NOPT at 224²)
-  split, bs = 'train', min(config.batch_size, 8 * jax.device_count())
-  track = progress.Progress('recomputing BatchNorm statistics on the training images',
-                            pipeline.num_eval_batches(split, bs), 'batches', enabled=verbose)
+  if config.model.get('precise_bn_data', 'images') == 'stream':
+    n = pipeline.info.steps_per_epoch
+    what, batches = 'the training stream', itertools.islice(pipeline.train_batches(0), n)
+  else:
+    # batches of at most 8 images per device: the row-weighted mean of unbiased batch statistics does not
+    # depend on the batch size, the forward pass's memory does (batch 32: +0.5 GiB on VGG_NOPT at 224²)
+    bs = min(config.batch_size, 8 * jax.device_count())
+    n, what, batches = pipeline.num_eval_batches('train', bs), 'the training images', pipeline.eval_batches(
+        split='train', batch_size=bs)
+  track = progress.Progress(f'recomputing BatchNorm statistics on {what}', n, 'batches', enabled=verbose)
   repl, data = built.replicated, built.data_sharding
 
   def add(acc, st, batch):   # running sums in one program (multi-host arrays never leave jit)
-    stats, n = bn_stats_step(st, batch)
-    return jax.tree.map(lambda t, v: t + v * n, acc[0], stats), acc[1] + n
+    stats, rows = bn_stats_step(st, batch)
+    return jax.tree.map(lambda t, v: t + v * rows, acc[0], stats), acc[1] + rows
 
   zeros = jax.jit(lambda bs_: (jax.tree.map(jnp.zeros_like, bs_), jnp.float32(0)), out_shardings=repl)
   add = jax.jit(add, in_shardings=(repl, repl, data), out_shardings=repl, donate_argnums=(0,))
   mean = jax.jit(lambda acc: jax.tree.map(lambda t: t / jnp.maximum(acc[1], 1), acc[0]), out_shardings=repl)
   acc = zeros(state.batch_stats)
-  for gb in input_pipeline.prefetch_to_device(pipeline.eval_batches(split=split, batch_size=bs), data):
+  batches = ({k: b[k] for k in ('image', 'valid') if k in b} for b in batches)   # what bn_stats_step reads
+  for gb in input_pipeline.prefetch_to_device(batches, data):
     acc = add(acc, state, gb)
     track.update()
   track.close()
