@@ -244,7 +244,7 @@ def _copy(trained, tmp_path):
 def _predict(wd, tmp_path, capfd):
   """fcdd_jax.predict on two small images: (exit code, stdout, stderr)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.serving import predictor as predict  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import predict  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   inp = tmp_path / 'images'
   os.makedirs(inp, exist_ok=True)

@@ -18,6 +18,7 @@ from PIL import Image
 from fcdd_jax.configs import test as test_config
 from fcdd_jax.serving import output_dir
 from fcdd_jax.serving import predictor as predict
+from fcdd_jax import predict as predict_cmd
 from fcdd_jax.utils import progress
 from fcdd_jax.pipeline import train
 
@@ -281,7 +282,7 @@ def test_progress_lines_for_long_scoring(run, tmp_path, capsys, monkeypatch):
   monkeypatch.setattr(predict, 'LARGE_FILE_PIXELS', 100 * 100)
   images(tmp_path / 'in', 2, size=(40, 48))
   _png(tmp_path / 'in' / 'large.png', 200, 120)
-  assert predict.main(['--workdir', run, '--input', str(tmp_path / 'in'), '--output', str(tmp_path / 'o')]) == 0
+  assert predict_cmd.main(['--workdir', run, '--input', str(tmp_path / 'in'), '--output', str(tmp_path / 'o')]) == 0
   out = capsys.readouterr().out
   assert 'fcdd_jax: predict: scoring 1 image(s) at 53x32 pixels (large.png) ...' in out
   assert 'fcdd_jax: predict: scored 3/3 images done in' in out

@@ -222,7 +222,13 @@ def _main_module(flag_values):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The tools' command lines (pretrained, summarize): absl flags like `main`, in their own FlagValues
+# The tools' command lines (predict, export, pretrained, summarize): absl flags like `main`, in their own FlagValues
+
+def tool_error(prog, msg, code=2):
+  """Prints `prog: error: msg` (one line) on stderr and returns `code`."""
+  print(f'{prog}: error: {msg}', file=sys.stderr, flush=True)
+  return code
+
 
 def parse_tool_flags(prog, usage, flag_values, argv=None):
   """(positional arguments, None) after parsing `argv` (default: sys.argv[1:]) into `flag_values`, or
@@ -235,5 +241,6 @@ def parse_tool_flags(prog, usage, flag_values, argv=None):
   try:
     return flag_values([prog, *argv])[1:], None
   except flags.Error as e:
-    print(f'{prog}: error: {_first_line(e)} (see --help)', file=sys.stderr)
-    return None, 2
+    missing = re.search(r'Flag --(\w+) must have a value other than None', str(e))
+    msg = f'--{missing.group(1)} is required' if missing else _first_line(e)
+    return None, tool_error(prog, f'{msg} (see --help)')
