@@ -387,9 +387,6 @@ def test_kill_during_the_async_save_resumes_from_the_previous_checkpoint(trained
   assert code == 0 and 'using checkpoint step 6 ' in out
 
 
-@pytest.mark.xfail(reason='known defect after the process.py split (session 8): orbax background threads log '
-                   'the failed save into a closed stderr ("--- Logging error ---" with a traceback) after the '
-                   'one-line error; to fix next session', strict=False)
 def test_disk_full_while_saving_is_one_line(trained, tmp_path, capfd, monkeypatch):
   """A real ENOSPC: the run's workdir on a small tmpfs that a filler file fills up just before step 6 is saved."""
   mnt = tmp_path / 'mnt'

@@ -134,9 +134,13 @@ class OneLineFormatter(logging_std.Formatter):
 
 
 def setup_logging(is_verbose):
+  """Library log records as one line each (QuietLogFilter, OneLineFormatter); without --verbose a handler
+  that cannot write (a stream closed while a library's background thread still logs, at exit or under a
+  test's capture) stays silent instead of printing Python's '--- Logging error ---' traceback."""
   logging.set_verbosity(logging.WARNING)
   if is_verbose:
     return
+  logging_std.raiseExceptions = False
   handler = logging.get_absl_handler()
   handler.addFilter(QuietLogFilter())
   handler.setFormatter(OneLineFormatter())

@@ -51,27 +51,6 @@ def unrolled(step_fn, state, batch, rngs):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
-def parse_runs(spec):
-  """'0-9x0-4' -> [(class, seed), ...] (classes outer, seeds inner)."""
-  def rng(t):
-    out = []
-    for part in t.split(','):
-      if '-' in part[1:]:
-        a, b = part.split('-', 1)
-        out += list(range(int(a), int(b) + 1))
-      elif part.strip():
-        out.append(int(part))
-    return out
-  try:
-    classes, seeds = spec.lower().split('x')
-    runs = [(c, s) for c in rng(classes) for s in rng(seeds)]
-  except ValueError:
-    runs = []
-  if not runs:
-    raise config_checks.ConfigError(f"config.runs={spec!r}: expected 'CLASSESxSEEDS', e.g. '0-9x0-4' or '0,3x0'")
-  return runs
-
-
 def _run_config(config, c, s):
   cfg = copy.deepcopy(config)
   with cfg.unlocked():
@@ -84,9 +63,9 @@ def _run_config(config, c, s):
 def train_and_evaluate_runs(config, workdir):
   """Trains the runs of config.runs as one program, then evaluates and writes each run (module doc)."""
   config_checks.check_config(config)
-  runs = parse_runs(config.runs)
+  runs = config_checks.parse_runs(config.runs)
   is_main = jax.process_index() == 0
-  lock = workdir_lib.prepare(config, workdir, is_main=is_main)   # checked and locked before any work
+  lock = workdir_lib.prepare(config, workdir, config_checks.check_resume, is_main=is_main)   # checked and locked before any work
   try:
     return _train_and_evaluate_runs(config, workdir, runs, is_main)
   finally:

@@ -117,7 +117,7 @@ def train_and_evaluate(config, workdir):
   config_checks.check_config(config)
   rounds, subsets, drop = config_checks.check_refine(config)
   is_main = jax.process_index() == 0
-  lock = workdir_lib.prepare(config, workdir, is_main=is_main)   # (the final run re-enters it)
+  lock = workdir_lib.prepare(config, workdir, config_checks.check_resume, is_main=is_main)   # (the final run re-enters it)
   try:
     return _rounds_and_final_run(config, workdir, rounds, subsets, drop, is_main)
   finally:

@@ -73,7 +73,7 @@ def _setup(config, workdir, pipeline=None):
   t_begin = time.time()
   config_checks.check_config(config)
   is_main = jax.process_index() == 0
-  run_lock = workdir_lib.prepare(config, workdir, is_main=is_main)  # lock, config check, config.json
+  run_lock = workdir_lib.prepare(config, workdir, config_checks.check_resume, is_main=is_main)  # lock, config check, config.json
   if pipeline is None:
     pipeline = input_pipeline.create(config, process_index=jax.process_index(),
                                      process_count=jax.process_count())
