@@ -17,19 +17,13 @@ from absl import flags
 from fcdd_jax.app import cli
 from fcdd_jax.serving import predictor
 
-PROG = predictor.PROG
-
 
 def define_flags():
-  """A fresh set of this command's flags (each call of `main` parses its own: no value leaks between calls)."""
-  fv = flags.FlagValues()
-  flags.DEFINE_string('workdir', None, 'The trained run (its config.json, preprocessing.json, checkpoints/ and '
-                      'results.json for the thresholds).', flag_values=fv)
+  """This command's flags, a fresh set per call."""
+  fv = cli.serving_flags('predict output')
   flags.DEFINE_multi_string('input', None, 'An image file or a folder of images; repeat the flag for more.',
                             flag_values=fv)
-  flags.DEFINE_string('output', None, 'Output folder: absent or empty (or an earlier predict output with '
-                      '--overwrite); written whole or not at all.', flag_values=fv)
-  flags.DEFINE_bool('overwrite', False, 'Replace an earlier predict output in --output whole.', flag_values=fv)
+  flags.mark_flag_as_required('input', flag_values=fv)
   flags.DEFINE_float('threshold', None, 'Image score threshold for the `anomalous` column (default: the image '
                      'threshold in RUN/results.json, else none).', flag_values=fv)
   flags.DEFINE_enum('mode', 'full', list(predictor.MODES), 'full: the whole image at its own size; crop: the '
@@ -40,21 +34,17 @@ def define_flags():
                        flag_values=fv)
   flags.DEFINE_float('max_memory_gb', predictor.MAX_MEMORY_GB, 'Memory for the net program of one batch; larger '
                      'images are refused before any scoring, naming the --scale that fits.', flag_values=fv)
-  for name in ('workdir', 'input', 'output'):
-    flags.mark_flag_as_required(name, flag_values=fv)
   return fv
+
+
+def _run(fv):
+  return predictor.run(fv.workdir, fv.input, fv.output, overwrite=fv.overwrite, threshold=fv.threshold,
+                       mode=fv.mode, scale=fv.scale, batch_size=fv.batch_size, max_memory_gb=fv.max_memory_gb)
 
 
 def main(argv=None):
   """Parses `argv` (default: sys.argv[1:]) and runs the command; returns the exit code."""
-  fv = define_flags()
-  rest, code = cli.parse_tool_flags(PROG, __doc__, fv, argv)
-  if code is not None:
-    return code
-  if rest:
-    return cli.tool_error(PROG, f'unexpected arguments: {" ".join(rest)} (flags are --name=value; see --help)')
-  return predictor.run(fv.workdir, fv.input, fv.output, overwrite=fv.overwrite, threshold=fv.threshold,
-                       mode=fv.mode, scale=fv.scale, batch_size=fv.batch_size, max_memory_gb=fv.max_memory_gb)
+  return cli.tool_main(predictor.PROG, __doc__, define_flags(), argv, _run)
 
 
 if __name__ == '__main__':

@@ -241,15 +241,15 @@ def test_thin_and_huge_images_stay_bounded_or_are_refused_before_work(run, tmp_p
   thin, tall = _png(tmp_path / 'thin.png', 1, 500), _png(tmp_path / 'tall.png', 500, 1)
   big = _png(tmp_path / 'big.png', 3000, 4000)
   for path, hw, scaled in ((thin, (1, 500), (32, 16000)), (tall, (500, 1), (16000, 32))):
+    out = tmp_path / f'o{hw[0]}x{hw[1]}'   # (one output per image: an earlier output would be refused first, exit 4)
     # default scaling: the shorter side 1 -> 32 would make the long side 16,000: refused, nothing written
-    code, stdout, err, peak = call('predict', '--workdir', run, '--input', path, '--output', tmp_path / 'o')
+    code, stdout, err, peak = call('predict', '--workdir', run, '--input', path, '--output', out)
     assert code == 2 and len(err.splitlines()) == 1, err
     assert err.startswith(f'fcdd_jax.predict: error: {path}: {hw[0]}x{hw[1]} pixels, scored at '
                           f'{scaled[0]}x{scaled[1]} (full mode) has a longer side over 8192; use --scale ')
-    assert 'scored' not in stdout and not os.path.exists(tmp_path / 'o') and peak < 3 * GB
+    assert 'scored' not in stdout and not os.path.exists(out) and peak < 3 * GB
     # at its own pixels it is scored
-    code, _, err, peak = call('predict', '--workdir', run, '--input', path, '--output', tmp_path / 'o', '--scale', 1,
-                              '--overwrite')
+    code, _, err, peak = call('predict', '--workdir', run, '--input', path, '--output', out, '--scale', 1)
     assert code == 0 and peak < 3 * GB, err
   # 4000x3000 at --scale 1: scored within the limit, or refused up front with the --scale that fits
   code, stdout, err, peak = call('predict', '--workdir', run, '--input', big, '--output', tmp_path / 'o4', '--scale', 1)
@@ -345,3 +345,22 @@ def test_serving_commands_leave_no_log_handler_behind(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, 'stderr', io.StringIO())
     logging.getLogger('some.library').warning('skipped %d file', 1)
     assert sys.stderr.getvalue() == 'fcdd_jax.predict: warning: skipped 1 file\n'
+
+
+@pytest.mark.parametrize('module', ['predict', 'export'])
+def test_serving_commands_are_absl_with_help_for_every_flag(module, capsys):
+  """Issue 26 item 4: one CLI style: `--help` exits 0 and lists every flag with its help text; errors are one
+  line (exit 2); predict's --input repeats."""
+  import importlib  # pylint: disable=g-import-not-at-top
+  cmd = importlib.import_module(f'fcdd_jax.{module}')
+  assert cmd.main(['--help']) == 0
+  out = capsys.readouterr().out
+  fv = cmd.define_flags()
+  for name in fv:
+    assert f'--{name}:' in out or f'--[no]{name}:' in out, name
+    assert fv[name].help, name
+  assert cmd.main(['--workdir', 'w']) == 2
+  assert capsys.readouterr().err == f'fcdd_jax.{module}: error: --output is required (see --help)\n'
+  if module == 'predict':
+    fv(['predict', '--workdir', 'w', '--output', 'o', '--input', 'a.png', '--input=b'])
+    assert fv.input == ['a.png', 'b']
