@@ -257,10 +257,21 @@ class Predictor:
                                                             f'(limit --max_memory_gb={self.max_memory / 1e9:g})'), \
           ', or raise --max_memory_gb'
 
-    hint = f'--scale {fits * now:.3g} or smaller, ' if self.mode == 'full' and now else ''
+    hint = f'--scale {self._fitting_scale(fits * now, file_size):.3g} or smaller, ' if self.mode == 'full' and now else ''
     raise ImageTooLarge(
         f'{name}: {what}scored at {size[0]}x{size[1]} ({self.mode} mode) {why}; use {hint}crop or split the '
         f'image{more}')
+
+  def _fitting_scale(self, estimate, file_size):
+    """The estimate rounded down to 3 digits and lowered until the file scaled by it fits (padding and the
+    upsampling matrices make the need not exactly quadratic in the scale): a hint that works when followed."""
+    s = math.floor(estimate * 1000) / 1000
+    while file_size and s > 0.001:
+      size = scaled_size(self.preprocessing, *file_size, scale=s)
+      if max(size) <= MAX_SIDE and self.program_bytes(size, 1) <= self.max_memory:
+        break
+      s = round(s - 0.001, 3)
+    return s
 
   # -- scoring ---------------------------------------------------------------------------------------
 
