@@ -70,7 +70,7 @@ def measure(workdir, batches, steps, image_size=None, impls=IMPLS):
   from fcdd_jax.serving import predictor as predict
   out = tempfile.mkdtemp(prefix='fcdd_export_')
   t = time.perf_counter()
-  if export.main(['--workdir', workdir, '--output', out, '--overwrite']) != 0:
+  if export.run(workdir, out, overwrite=True) != 0:
     raise SystemExit(f'export of {workdir} failed')
   export_s = time.perf_counter() - t
   run = export.load_run(workdir)

@@ -229,13 +229,13 @@ def panel_run(a, recipe_dir, overrides, set_name, seed, source_dir=None):
 
 def _precise_bn_in_place(c, run_dir):
   """A copied finished run given `model.precise_bn` after the fact: its final checkpoint's BatchNorm
-  statistics recomputed (train.precise_bn, as a run does after its last step) and config.json set to `c`, so
+  statistics recomputed (steps.precise_bn, as a run does after its last step) and config.json set to `c`, so
   that train_and_evaluate then only evaluates it. Training up to the last step is the same either way."""
   import jax  # pylint: disable=g-import-not-at-top
   from fcdd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from fcdd_jax.utils import checkpointing
   from fcdd_jax.pipeline import run
-  from fcdd_jax.pipeline import train
+  from fcdd_jax.pipeline import steps
   from fcdd_jax.utils import workdir
   ckdir = os.path.join(run_dir, 'checkpoints')
   with open(os.path.join(run_dir, 'config.json')) as f:
@@ -248,7 +248,7 @@ def _precise_bn_in_place(c, run_dir):
   ck.close()
   if state is None or not meta.get('finished'):
     raise SystemExit(f'{run_dir}: no finished checkpoint to recompute BatchNorm statistics for')
-  state = jax.block_until_ready(train.precise_bn(c, state, pipeline, built))
+  state = jax.block_until_ready(steps.precise_bn(c, state, pipeline, built))
   tmp = ckdir + '.pbn'
   shutil.rmtree(tmp, ignore_errors=True)
   ck = checkpointing.Checkpointer(tmp, max_to_keep=1, asynchronous=False)

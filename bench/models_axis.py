@@ -19,22 +19,22 @@ def main():
   p.add_argument('--mode', default='both', choices=['both', 'vmap', 'map', 'unroll'])
   a = p.parse_args()
   import jax  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.pipeline import train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import steps  # pylint: disable=g-import-not-at-top
   built, _, shape = common.build_run(a.net)
   scfg = built.step_config
   make = jax.jit(built.make_state)
   for mode in (['vmap', 'unroll'] if a.mode == 'both' else [a.mode]):
-    _measure(a, mode, make, scfg, shape, train)
+    _measure(a, mode, make, scfg, shape, steps)
 
 
-def _measure(a, mode, make, scfg, shape, train):
+def _measure(a, mode, make, scfg, shape, steps):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   base = None
   for m in [int(x) for x in a.models.split(',')]:
     states = jax.tree.map(lambda *xs: jnp.stack(xs), *[make(jax.random.PRNGKey(i)) for i in range(m)])
-    fn = functools.partial(train.train_step, cfg=scfg)
+    fn = functools.partial(steps.train_step, cfg=scfg)
     if mode == 'vmap':
       step = jax.jit(jax.vmap(fn), donate_argnums=(0,))
     elif mode == 'map':

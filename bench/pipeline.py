@@ -24,7 +24,7 @@ def main():
   import jax  # pylint: disable=g-import-not-at-top
   from fcdd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
   from fcdd_jax.pipeline import run
-  from fcdd_jax.pipeline import train
+  from fcdd_jax.pipeline import steps
   from fcdd_jax.configs import cifar10  # pylint: disable=g-import-not-at-top
   cfg = cifar10.get_config()
   cfg.data.root = a.root
@@ -34,7 +34,7 @@ def main():
   pipe = input_pipeline.create(cfg)
   built = run.build_run(cfg, pipe.info, pipe.info.steps_per_epoch)
   state = built.init_state(jax.random.PRNGKey(0))
-  step = jax.jit(functools.partial(train.train_step, cfg=built.step_config), donate_argnums=(0,))
+  step = jax.jit(functools.partial(steps.train_step, cfg=built.step_config), donate_argnums=(0,))
   key = jax.random.PRNGKey(1)
   it = input_pipeline.start_global(pipe, built.data_sharding)
   cached = next(it)

@@ -1,4 +1,4 @@
-"""Median images/s of one compiled fcdd_jax train step (the engine's `train.train_step`: forward, loss,
+"""Median images/s of one compiled fcdd_jax train step (the engine's `steps.train_step`: forward, loss,
 backward, SGD-Nesterov + coupled weight decay, BN statistics), compile time reported separately.
 
   python -m bench.train_step [--net NAME] [--batch B] [--steps S] [--dtype float32|bfloat16] [--keep_freed_memory]
@@ -28,10 +28,10 @@ def build(net_name, batch, dtype='float32', with_hlo=False, remat=None, padded=F
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.pipeline import train  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import steps  # pylint: disable=g-import-not-at-top
   built, state, shape = common.build_run(net_name, dtype, **({} if remat is None else {'remat': remat}))
   scfg, frozen = built.step_config, built.frozen
-  step = jax.jit(functools.partial(train.train_step, cfg=scfg, frozen=frozen), donate_argnums=(0,))
+  step = jax.jit(functools.partial(steps.train_step, cfg=scfg, frozen=frozen), donate_argnums=(0,))
   rng = np.random.default_rng(0)
   batch_data = {'image': jnp.asarray(rng.normal(size=(batch,) + shape), jnp.float32),
                 'label': jnp.asarray(np.arange(batch) % 2, jnp.int32)}

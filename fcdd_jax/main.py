@@ -13,15 +13,15 @@ in `cli`, the process set up in `process`, and the run is `train.train_and_evalu
 import os
 import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-
-from absl import app  # pylint: disable=g-import-not-at-top
+from absl import app
 from absl import flags
 from ml_collections import config_flags
 
 from fcdd_jax.app import cli
-from fcdd_jax.utils import memory
 from fcdd_jax.app import process
+from fcdd_jax.utils import memory
+
+process.quiet_tensorflow()   # before anything imports TensorFlow
 
 FLAGS = flags.FLAGS
 

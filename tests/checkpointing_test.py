@@ -159,3 +159,22 @@ def test_finish_pending_completes_an_in_flight_save(tmp_path):
   assert checkpointing.finish_pending() == []       # an aborted run: let the save end, then close
   assert sorted(os.listdir(ckdir)) == ['1']
   assert checkpointing.restore_for_inference(ckdir)[1] == 1
+
+
+def test_a_run_trained_on_two_devices_is_predicted_and_exported_on_one(tmp_path):
+  """Issue 28: inference restores onto this process's device whatever device count trained the run (before:
+  orbax's 'Topology mismatch', reported as a damaged checkpoint)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  wd = str(tmp_path / 'run')
+  proc = support.run_cli(['--config', 'configs/test.py', '--workdir', wd, '--config.num_train_steps=2',
+                          '--config.eval.num_figure_samples=2', '--config.eval.train_heatmaps=false'], devices=2)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  os.makedirs(tmp_path / 'in')
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(tmp_path / 'in' / 'a.png')
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=1')
+  for args in (['predict', '--input', str(tmp_path / 'in'), '--output', str(tmp_path / 'pred')],
+               ['export', '--output', str(tmp_path / 'exp'), '--format', 'stablehlo']):
+    proc = subprocess.run([sys.executable, '-m', f'fcdd_jax.{args[0]}', '--workdir', wd, *args[1:]], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and 'error' not in proc.stderr and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    assert f'using checkpoint step 2 of {wd}' in proc.stdout

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from fcdd_jax.configs import test as test_config
-from fcdd_jax.serving import exporter as export
+from fcdd_jax import export as export_cmd
 from fcdd_jax import input_pipeline
 from fcdd_jax.serving import predictor as predict
 from fcdd_jax.pipeline import run as run_lib
@@ -68,7 +68,7 @@ def test_evaluation_crop_and_export_scores_agree(run32, dtype, tmp_path):
   got, _ = pred.predict(images)
   np.testing.assert_allclose(got, want, rtol=1e-5)
   # the export (StableHLO, same net and dtype, preprocessing in-graph) against predict on the same images
-  assert export.main(['--workdir', wd, '--output', str(tmp_path / 'exp'), '--format', 'stablehlo']) == 0
+  assert export_cmd.main(['--workdir', wd, '--output', str(tmp_path / 'exp'), '--format', 'stablehlo']) == 0
   exp = jax.export.deserialize(bytearray((tmp_path / 'exp' / 'model.stablehlo').read_bytes()))
   rng = np.random.default_rng(0)
   odd = [rng.integers(0, 256, (50, 40, 3), dtype=np.uint8) for _ in range(3)]   # resized inside the export

@@ -13,6 +13,7 @@ from PIL import Image
 
 from fcdd_jax.configs import test as test_config
 from fcdd_jax.serving import exporter as export
+from fcdd_jax import export as export_cmd
 from fcdd_jax.serving import export_preprocess
 from fcdd_jax.serving import predictor as predict
 from fcdd_jax.pipeline import train
@@ -61,7 +62,7 @@ def _pil_resize_float(h, size):
 
 def test_exported_artefacts_reproduce_predict_without_fcdd_jax(run, tmp_path):
   out = tmp_path / 'export'
-  assert export.main(['--workdir', run, '--output', str(out)]) == 0
+  assert export_cmd.main(['--workdir', run, '--output', str(out)]) == 0
   assert os.path.exists(out / '1' / 'saved_model.pb') and os.path.exists(out / 'model.stablehlo')
   meta = json.load(open(out / 'metadata.json'))
   thr = json.load(open(os.path.join(run, 'results.json')))['thresholds']
@@ -167,7 +168,7 @@ def test_pillow_nearest_emulation_on_index_images():
 
 def test_fixed_size_export_and_errors(run, tmp_path, capsys):
   out = tmp_path / 'fixed'
-  assert export.main(['--workdir', run, '--output', str(out), '--format', 'stablehlo', '--input_size', '32x32']) == 0
+  assert export_cmd.main(['--workdir', run, '--output', str(out), '--format', 'stablehlo', '--input_size', '32x32']) == 0
   assert not os.path.exists(out / '1')
   exp = jax.export.deserialize(bytearray((out / 'model.stablehlo').read_bytes()))
   assert str(exp.in_avals[0].shape) == '(b, 32, 32, 3)'
@@ -177,16 +178,16 @@ def test_fixed_size_export_and_errors(run, tmp_path, capsys):
   np.testing.assert_allclose(got['score'], scores, rtol=1e-4)
   np.testing.assert_allclose(got['heatmap'], np.stack(maps), rtol=1e-4, atol=1e-4 * np.abs(maps).max())
   # refuses to overwrite, names bad flags and unexportable preprocessing in one line
-  assert export.main(['--workdir', run, '--output', str(out), '--format', 'stablehlo']) == 4
+  assert export_cmd.main(['--workdir', run, '--output', str(out), '--format', 'stablehlo']) == 4
   assert 'holds an earlier output (metadata.json); pass --overwrite' in capsys.readouterr().err
-  assert export.main(['--workdir', run, '--output', str(tmp_path / 'x'), '--input_size', '32by32']) == 2
+  assert export_cmd.main(['--workdir', run, '--output', str(tmp_path / 'x'), '--input_size', '32by32']) == 2
   assert "--input_size='32by32'" in capsys.readouterr().err
   bad = tmp_path / 'badrun'
   shutil.copytree(run, bad)
   p = json.load(open(bad / 'preprocessing.json'))
   json.dump(dict(p, kind='zca'), open(bad / 'preprocessing.json', 'w'))
-  assert export.main(['--workdir', str(bad), '--output', str(tmp_path / 'y')]) == 2
+  assert export_cmd.main(['--workdir', str(bad), '--output', str(tmp_path / 'y')]) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert err[-1] == "fcdd_jax.export: error: preprocessing.json kind='zca' cannot be exported; exportable: normalize, lcn"
-  assert export.main(['--workdir', str(tmp_path), '--output', str(tmp_path / 'z')]) == 2
+  assert export_cmd.main(['--workdir', str(tmp_path), '--output', str(tmp_path / 'z')]) == 2
   assert 'config.json not found' in capsys.readouterr().err

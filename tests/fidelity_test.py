@@ -22,7 +22,7 @@ from fcdd_jax import input_pipeline
 from fcdd_jax.models import layers
 from fcdd_jax.models import nets as models
 from fcdd_jax.pipeline import run
-from fcdd_jax.pipeline import train
+from fcdd_jax.pipeline import steps
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import transforms
 
@@ -300,7 +300,7 @@ def test_padded_rows_change_neither_loss_nor_batchnorm(remat, gtmaps, make_confi
     real['gtmap'] = (rng.random((5,) + shape[:2]) < 0.3).astype(np.float32) * real['label'][:, None, None]
   pad = {k: np.concatenate([v, np.full((3,) + v.shape[1:], 9, v.dtype)]) for k, v in real.items()}
   pad['valid'] = np.array([1] * 5 + [0] * 3, np.float32)
-  step = jax.jit(functools.partial(train.train_step, cfg=scfg))
+  step = jax.jit(functools.partial(steps.train_step, cfg=scfg))
   key = jax.random.PRNGKey(1)
   s1, m1 = step(state, real, key)
   s2, m2 = step(state, pad, key)
@@ -323,7 +323,7 @@ def test_padded_step_is_the_same_on_1_and_8_devices(make_config):
     mesh = jax.sharding.Mesh(np.array(devices), ('data',))
     repl = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('data'))
-    step = jax.jit(functools.partial(train.train_step, cfg=scfg), in_shardings=(repl, data, repl),
+    step = jax.jit(functools.partial(steps.train_step, cfg=scfg), in_shardings=(repl, data, repl),
                    out_shardings=(repl, repl))
     s, m = step(jax.device_put(state, repl), jax.device_put(batch, data), jax.random.PRNGKey(1))
     out.append((jax.device_get(m['loss']), jax.device_get(s.params), jax.device_get(s.batch_stats)))

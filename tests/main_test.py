@@ -244,7 +244,7 @@ def _copy(trained, tmp_path):
 def _predict(wd, tmp_path, capfd):
   """fcdd_jax.predict on two small images: (exit code, stdout, stderr)."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.serving import predictor as predict  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import predict  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   inp = tmp_path / 'images'
   os.makedirs(inp, exist_ok=True)
@@ -387,9 +387,6 @@ def test_kill_during_the_async_save_resumes_from_the_previous_checkpoint(trained
   assert code == 0 and 'using checkpoint step 6 ' in out
 
 
-@pytest.mark.xfail(reason='known defect after the process.py split (session 8): orbax background threads log '
-                   'the failed save into a closed stderr ("--- Logging error ---" with a traceback) after the '
-                   'one-line error; to fix next session', strict=False)
 def test_disk_full_while_saving_is_one_line(trained, tmp_path, capfd, monkeypatch):
   """A real ENOSPC: the run's workdir on a small tmpfs that a filler file fills up just before step 6 is saved."""
   mnt = tmp_path / 'mnt'

@@ -17,9 +17,9 @@ from fcdd_jax.pipeline import train
 
 
 def test_parse_runs():
-  assert multirun.parse_runs('0-1x0,2') == [(0, 0), (0, 2), (1, 0), (1, 2)]
+  assert config_checks.parse_runs('0-1x0,2') == [(0, 0), (0, 2), (1, 0), (1, 2)]
   with pytest.raises(config_checks.ConfigError, match="expected 'CLASSESxSEEDS'"):
-    multirun.parse_runs('oops')
+    config_checks.parse_runs('oops')
 
 
 def test_vmapped_runs_equal_separate_runs(make_config, tmp_path):

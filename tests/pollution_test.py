@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from fcdd_jax.data import pollution
+from fcdd_jax.pipeline import config_checks
 
 
 def _tagged(n, tag, shape=(6, 5, 3)):
@@ -68,9 +69,9 @@ def test_too_few_anomalies_is_a_one_line_error_with_the_numbers():
     pollution.pollute(_tagged(209, 0), _tagged(10, 1000), 0.1, seed=0)
   msg = str(e.value)
   assert '\n' not in msg and 'data.pollution=0.1' in msg and 'needs 23' in msg and 'only 10' in msg
-  for bad in (1.0, -0.1, 'lots', float('nan')):
-    with pytest.raises(ValueError, match='data.pollution'):
-      pollution.num_anomalies(10, bad)
+  for bad in (1.0, -0.1, 'lots', float('nan')):   # (refused before any data is read)
+    with pytest.raises(config_checks.ConfigError, match='data.pollution'):
+      config_checks.pollution_ratio(bad)
   with pytest.raises(ValueError, match='shape'):
     pollution.pollute(_tagged(20, 0), _tagged(20, 1000, shape=(4, 4, 3)), 0.1, seed=0)
 

@@ -19,6 +19,7 @@ from fcdd_jax.configs import test as test_config
 from fcdd_jax import input_pipeline
 from fcdd_jax.models import nets as models
 from fcdd_jax.serving import predictor as predict
+from fcdd_jax import predict as predict_cmd
 from fcdd_jax.pipeline import run as run_lib
 from fcdd_jax.pipeline import train
 
@@ -91,7 +92,7 @@ def test_640x200_image_end_to_end(run, tmp_path):
   img = wide_image(200, 640)
   Image.fromarray(img).save(tmp_path / 'wide.png')
   out = tmp_path / 'out'
-  assert predict.main(['--workdir', run, '--input', str(tmp_path / 'wide.png'), '--output', str(out)]) == 0
+  assert predict_cmd.main(['--workdir', run, '--input', str(tmp_path / 'wide.png'), '--output', str(out)]) == 0
   for kind in ('overlay', 'mask'):
     with Image.open(out / f'wide_{kind}.png') as im:
       assert im.size == (640, 200), kind                      # the file's own width x height
@@ -146,7 +147,7 @@ def test_crop_mode_equals_evaluation_and_full_mode_at_training_size(run, tmp_pat
   for k, im in enumerate(images):
     Image.fromarray(im).save(inp / f'{k:03d}.png')
   out = tmp_path / 'out'
-  assert predict.main(['--workdir', run, '--input', str(inp), '--output', str(out), '--mode', 'crop']) == 0
+  assert predict_cmd.main(['--workdir', run, '--input', str(inp), '--output', str(out), '--mode', 'crop']) == 0
   rows = read_csv(out / 'scores.csv')
   np.testing.assert_allclose([float(r['score']) for r in rows], eval_scores, rtol=2e-5)
   with Image.open(out / '000_overlay.png') as im:
@@ -241,7 +242,7 @@ def test_mixed_folder_corrupt_file_and_explicit_threshold(run, tmp_path, capsys)
     Image.fromarray(arr).save(inp / name)
   (inp / 'broken.png').write_bytes(b'garbage')
   out = tmp_path / 'out'
-  assert predict.main(['--workdir', run, '--input', str(inp), '--output', str(out), '--mode', 'crop']) == 0
+  assert predict_cmd.main(['--workdir', run, '--input', str(inp), '--output', str(out), '--mode', 'crop']) == 0
   assert 'broken.png' in capsys.readouterr().err
   rows = read_csv(out / 'scores.csv')
   assert [os.path.relpath(r['path'], inp) for r in rows] == ['a.png', 'b.png', 'broken.png', 'sub/a.png']
@@ -267,7 +268,7 @@ def test_mixed_folder_corrupt_file_and_explicit_threshold(run, tmp_path, capsys)
     assert os.path.exists(out / f'{stem}_mask.png')
   # full mode on the same folder: every overlay has its file's size
   out2 = tmp_path / 'out2'
-  assert predict.main(['--workdir', run, '--input', str(inp), '--output', str(out2), '--threshold', '1e9']) == 0
+  assert predict_cmd.main(['--workdir', run, '--input', str(inp), '--output', str(out2), '--threshold', '1e9']) == 0
   for stem, name in (('in_a', 'a.png'), ('b', 'b.png'), ('sub_a', 'sub/a.png')):
     with Image.open(out2 / f'{stem}_overlay.png') as im:
       assert im.size == (imgs[name].shape[1], imgs[name].shape[0])
@@ -277,16 +278,16 @@ def test_mixed_folder_corrupt_file_and_explicit_threshold(run, tmp_path, capsys)
 def test_errors_exit_nonzero_with_one_line(run, tmp_path, capsys, caplog):
   p = tmp_path / 'x.png'
   Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(p)
-  assert predict.main(['--workdir', str(tmp_path), '--input', str(p), '--output', str(tmp_path / 'o2')]) == 2
+  assert predict_cmd.main(['--workdir', str(tmp_path), '--input', str(p), '--output', str(tmp_path / 'o2')]) == 2
   assert 'config.json not found' in capsys.readouterr().err
   gifs = tmp_path / 'gifs'
   gifs.mkdir()
   Image.fromarray(np.zeros((8, 8), np.uint8)).save(gifs / 'only.gif')
   with caplog.at_level(logging.WARNING):
-    assert predict.main(['--workdir', run, '--input', str(gifs), '--output', str(tmp_path / 'o3')]) == 2
+    assert predict_cmd.main(['--workdir', run, '--input', str(gifs), '--output', str(tmp_path / 'o3')]) == 2
   warning, error = capsys.readouterr().err.strip().splitlines()
   assert error.startswith('fcdd_jax.predict: error: no images in --input') and str(gifs) in error
   assert warning.startswith('fcdd_jax.predict: warning: skipped 1 file') and 'only.gif' in warning   # no WARNING:root:
   assert any('only.gif' in r.getMessage() for r in caplog.records)   # the GIF is named
-  assert predict.main(['--workdir', run, '--input', str(p), '--output', str(tmp_path / 'o4'), '--scale', '0']) == 2
+  assert predict_cmd.main(['--workdir', run, '--input', str(p), '--output', str(tmp_path / 'o4'), '--scale', '0']) == 2
   assert '--scale' in capsys.readouterr().err

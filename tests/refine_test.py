@@ -14,7 +14,7 @@ def srr_consensus(scores, assignment, share):
   (1 − share) quantile of its scores) on out-of-subset scores: dropped if any model that did not train on
   it scores it above that model's quantile over the samples it did not train on."""
   s, a = refine._check_scores(scores, assignment)  # pylint: disable=protected-access
-  p = refine.parse_drop(share)
+  p = config_checks.parse_drop(share)
   if p == 'auto':
     raise ValueError("refine: SRR's consensus rule needs a share, not 'auto'")
   out = np.zeros(s.shape[1], bool)
@@ -179,7 +179,7 @@ def test_settings_and_score_errors_are_one_line(make_config):
     assert '\n' not in str(e.value)
   with pytest.raises(config_checks.ConfigError, match='more than the 3 training samples'):
     config_checks.check_refine(settings(1, 5, 'auto'), num_train=3)
-  assert refine.parse_drop('AUTO') == 'auto' and refine.parse_drop('0.25') == 0.25
+  assert config_checks.parse_drop('AUTO') == 'auto' and config_checks.parse_drop('0.25') == 0.25
   a = np.array([0, 1, 0, 1])
   with pytest.raises(ValueError, match='non-finite'):
     refine.out_of_subset_scores(np.array([[0, 1, np.nan, 2], [1, 2, 3, 4.]]), a)

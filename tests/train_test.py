@@ -15,6 +15,7 @@ from fcdd_jax.pipeline import config_checks
 from fcdd_jax.models import layers
 from fcdd_jax.evaluation import results as results_lib
 from fcdd_jax.pipeline import run
+from fcdd_jax.pipeline import steps
 from fcdd_jax.pipeline import train
 from fcdd_jax.pipeline import train_log
 from tests import support
@@ -185,7 +186,7 @@ def test_padded_last_batch_is_compiled_before_the_first_step(make_config, tmp_pa
   """40 images at batch 16: steps 1-2 full, step 3 padded (`valid`). Both programs are traced before the first
   step is timed, so no compilation falls into the training rate or ETA."""
   traces, at_step = [], []
-  original_step = train.train_step
+  original_step = steps.train_step
   def counting_step(*args, **kwargs):
     traces.append(1)
     return original_step(*args, **kwargs)
@@ -193,7 +194,7 @@ def test_padded_last_batch_is_compiled_before_the_first_step(make_config, tmp_pa
   def recording_add(self, step, metrics):
     at_step.append((step, len(traces)))
     return original_add(self, step, metrics)
-  monkeypatch.setattr(train, 'train_step', counting_step)
+  monkeypatch.setattr(steps, 'train_step', counting_step)
   monkeypatch.setattr(train_log.TrainLog, 'add', recording_add)
   res = train.train_and_evaluate(make_config(**{'data.demo_num_train': 40, 'num_train_steps': 6}), str(tmp_path))
   assert res['steps'] == 6
@@ -223,7 +224,7 @@ def test_bn_stats_step_against_numpy(frozen):
   old = {'BatchNorm_0': {'mean': np.float32([0.5, -1.0]), 'var': np.float32([2.0, 0.25])}}
   state = run.TrainState.create(apply_fn=net.apply, params=variables['params'], tx=optax.sgd(0.1),
                                 batch_stats=old)
-  stats, rows = jax.jit(train.bn_stats_step)(state, {'image': x, 'valid': valid})
+  stats, rows = jax.jit(steps.bn_stats_step)(state, {'image': x, 'valid': valid})
   assert float(rows) == 4.0
   real = x[:4].reshape(-1, 2).astype(np.float64)
   want_mean, want_var = (old['BatchNorm_0']['mean'], old['BatchNorm_0']['var']) if frozen else (
@@ -289,7 +290,7 @@ def test_precise_bn_on_the_training_stream_averages_one_epoch_of_training_batche
   pipe = input_pipeline.create(config)
   built = run.build_run(config, pipe.info, pipe.info.steps_per_epoch)
   state = built.init_state(jax.random.PRNGKey(3))
-  got = train.precise_bn(config, state, pipe, built).batch_stats
+  got = steps.precise_bn(config, state, pipe, built).batch_stats
   net = run.create_model(config, pipe.info)
   zero = jax.tree.map(np.zeros_like, state.batch_stats)
   fwd = jax.jit(lambda v, x, m: net.apply(v, x, train=True, mutable=['batch_stats'], mask=m)[1]['batch_stats'])
@@ -305,7 +306,7 @@ def test_precise_bn_on_the_training_stream_averages_one_epoch_of_training_batche
   assert rows == config.data.demo_num_train and 0 < np.mean(labels) < 1   # one epoch, anomalies included
   want = jax.tree.map(lambda t: t / rows, total)
   jax.tree.map(lambda g, w: np.testing.assert_allclose(np.asarray(g), w, rtol=2e-4, atol=1e-5), got, want)
-  images = train.precise_bn(_with(config, 'images'), state, pipe, built).batch_stats
+  images = steps.precise_bn(_with(config, 'images'), state, pipe, built).batch_stats
   assert not all(np.allclose(a, b) for a, b in zip(jax.tree.leaves(images), jax.tree.leaves(got)))
 
 

@@ -9,6 +9,7 @@ import time
 import ml_collections
 import pytest
 
+from fcdd_jax.pipeline import config_checks
 from fcdd_jax.utils import workdir
 from fcdd_jax.utils import workdir_lock
 
@@ -99,12 +100,12 @@ def test_compare_allows_schedule_logging_and_eval_fields_only(make_config):
   old = json.loads(workdir.config_json(make_config()))
   new = json.loads(workdir.config_json(make_config(**{'num_train_steps': 9, 'eval.num_figure_samples': 4,
                                                   'model.name': 'FCDD_CNN32_LW3K', 'optim.lr': 0.5})))
-  refused, allowed, added = workdir.compare(old, new)
+  refused, allowed, added = config_checks.compare(old, new)
   assert [f for f, _, _ in refused] == ['model.name', 'optim.lr']
   assert [f for f, _, _ in allowed] == ['eval.num_figure_samples', 'num_train_steps']
   assert added == []
   del old['data']['demo_image_size']     # a config.json written before this field existed
-  assert [f for f, _, _ in workdir.compare(old, new)[2]] == ['data.demo_image_size']
+  assert [f for f, _, _ in config_checks.compare(old, new)[2]] == ['data.demo_image_size']
 
 
 def _trained_workdir(path, config):
@@ -117,15 +118,16 @@ def test_prepare_refuses_a_changed_model_and_records_allowed_changes(make_config
   wd = str(tmp_path / 'w')
   _trained_workdir(wd, make_config())
   before = open(os.path.join(wd, 'config.json')).read()
-  with pytest.raises(workdir.WorkdirError) as e:
-    workdir.prepare(make_config(**{'model.name': 'FCDD_CNN32_LW3K', 'data.normal_class': 1}), wd)
+  with pytest.raises(config_checks.ConfigError) as e:
+    workdir.prepare(make_config(**{'model.name': 'FCDD_CNN32_LW3K', 'data.normal_class': 1}), wd,
+                    config_checks.check_resume)
   msg = str(e.value)
   assert '\n' not in msg
   assert "model.name 'FCDD_CNN32_S' -> 'FCDD_CNN32_LW3K'" in msg and 'data.normal_class 0 -> 1' in msg
   assert 'new --workdir' in msg and '--restart' in msg
   assert open(os.path.join(wd, 'config.json')).read() == before           # config.json still the trained run's
   assert not os.path.exists(os.path.join(wd, workdir_lock.LOCK_NAME))            # lock given back
-  lock = workdir.prepare(make_config(num_train_steps=9), wd)
+  lock = workdir.prepare(make_config(num_train_steps=9), wd, config_checks.check_resume)
   lock.release()
   assert 'num_train_steps 6 -> 9' in capsys.readouterr().out
   changes = json.load(open(os.path.join(wd, workdir.CHANGES_NAME)))
@@ -138,7 +140,7 @@ def test_prepare_without_a_trained_model_takes_any_config(make_config, tmp_path)
   os.makedirs(wd)
   with open(os.path.join(wd, 'config.json'), 'w') as f:
     f.write(workdir.config_json(make_config()))    # a run that failed before its first checkpoint
-  workdir.prepare(make_config(**{'model.name': 'FCDD_CNN32_LW3K'}), wd).release()
+  workdir.prepare(make_config(**{'model.name': 'FCDD_CNN32_LW3K'}), wd, config_checks.check_resume).release()
   assert json.load(open(os.path.join(wd, 'config.json')))['model']['name'] == 'FCDD_CNN32_LW3K'
 
 
@@ -180,6 +182,6 @@ def test_move_aside_keeps_everything_and_respects_the_lock(make_config, tmp_path
 def test_config_json_round_trip_keeps_tuples_comparable(make_config):
   c = make_config()
   assert isinstance(c.optim.milestones, tuple)
-  refused, allowed, _ = workdir.compare(json.loads(workdir.config_json(c)), json.loads(workdir.config_json(c)))
+  refused, allowed, _ = config_checks.compare(json.loads(workdir.config_json(c)), json.loads(workdir.config_json(c)))
   assert not refused and not allowed
   assert isinstance(ml_collections.ConfigDict(json.loads(workdir.config_json(c))), ml_collections.ConfigDict)

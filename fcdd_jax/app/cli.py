@@ -222,7 +222,13 @@ def _main_module(flag_values):
 
 
 # ----------------------------------------------------------------------------------------------------
-# The tools' command lines (pretrained, summarize): absl flags like `main`, in their own FlagValues
+# The tools' command lines (predict, export, pretrained, summarize): absl flags like `main`, in their own FlagValues
+
+def tool_error(prog, msg, code=2):
+  """Prints `prog: error: msg` (one line) on stderr and returns `code`."""
+  print(f'{prog}: error: {msg}', file=sys.stderr, flush=True)
+  return code
+
 
 def parse_tool_flags(prog, usage, flag_values, argv=None):
   """(positional arguments, None) after parsing `argv` (default: sys.argv[1:]) into `flag_values`, or
@@ -235,5 +241,33 @@ def parse_tool_flags(prog, usage, flag_values, argv=None):
   try:
     return flag_values([prog, *argv])[1:], None
   except flags.Error as e:
-    print(f'{prog}: error: {_first_line(e)} (see --help)', file=sys.stderr)
-    return None, 2
+    missing = re.search(r'Flag --(\w+) must have a value other than None', str(e))
+    msg = f'--{missing.group(1)} is required' if missing else _first_line(e)
+    return None, tool_error(prog, f'{msg} (see --help)')
+
+
+def serving_flags(what):
+  """A fresh FlagValues with the flags predict and export share: --workdir (the trained run), --output (a
+  folder for `what`, e.g. 'export') and --overwrite, the first two required. Each call of a command parses its own set, so
+  no value of one call leaks into the next."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  fv = flags.FlagValues()
+  flags.DEFINE_string('workdir', None, 'The trained run (its config.json, preprocessing.json, checkpoints/ and '
+                      'results.json for the thresholds).', flag_values=fv)
+  flags.DEFINE_string('output', None, f'Output folder: absent or empty (or an earlier {what} with --overwrite); '
+                      'written whole or not at all.', flag_values=fv)
+  flags.DEFINE_bool('overwrite', False, f'Replace an earlier {what} in --output whole.', flag_values=fv)
+  for name in ('workdir', 'output'):
+    flags.mark_flag_as_required(name, flag_values=fv)
+  return fv
+
+
+def tool_main(prog, usage, flag_values, argv, command):
+  """A tool's main(): parses `argv` into `flag_values` (`parse_tool_flags`), refuses positional arguments,
+  then returns `command(flag_values)` (the exit code)."""
+  rest, code = parse_tool_flags(prog, usage, flag_values, argv)
+  if code is not None:
+    return code
+  if rest:
+    return tool_error(prog, f'unexpected arguments: {" ".join(rest)} (flags are --name=value; see --help)')
+  return command(flag_values)

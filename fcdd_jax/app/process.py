@@ -73,6 +73,15 @@ def use_allocator(choice):
     error_exit(str(e))
 
 
+def quiet_tensorflow():
+  """Before TensorFlow is first imported (it reads these once, in C++): no start-up lines on stderr, i.e.
+  neither its INFO/WARNING log lines (TF_CPP_MIN_LOG_LEVEL=3) nor the oneDNN notice, which TF prints whenever
+  its own oneDNN kernels are on (TF_ENABLE_ONEDNN_OPTS=0: fcdd_jax computes with JAX; TensorFlow only loads
+  tfds data, writes summaries and SavedModels). A user's own values of the variables are kept."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
+
+
 def hide_accelerators_from_tf(quiet=True):
   try:
     with native_stderr_silenced(quiet):  # TF's C++ start-up banners (oneDNN, absl::InitializeLog) x2
@@ -125,9 +134,13 @@ class OneLineFormatter(logging_std.Formatter):
 
 
 def setup_logging(is_verbose):
+  """Library log records as one line each (QuietLogFilter, OneLineFormatter); without --verbose a handler
+  that cannot write (a stream closed while a library's background thread still logs, at exit or under a
+  test's capture) stays silent instead of printing Python's '--- Logging error ---' traceback."""
   logging.set_verbosity(logging.WARNING)
   if is_verbose:
     return
+  logging_std.raiseExceptions = False
   handler = logging.get_absl_handler()
   handler.addFilter(QuietLogFilter())
   handler.setFormatter(OneLineFormatter())

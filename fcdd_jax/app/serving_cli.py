@@ -4,10 +4,13 @@ warnings in the package's `prog: warning: ...` style.
 Exit codes (README, "Exit codes"): 0 done, 1 nothing could be done (e.g. no input image decoded),
 2 bad input (flags, run, images), 4 file system (--output a file, under a file, unwritable, in use or not empty; disk full).
 """
+import contextlib
 import logging
 import sys
 
-EXIT_OK, EXIT_NOTHING_DONE, EXIT_BAD_INPUT, EXIT_FILE_SYSTEM = 0, 1, 2, 4
+from fcdd_jax.app.process import EXIT_FILE_SYSTEM   # pylint: disable=unused-import  (the one definition: process)
+
+EXIT_OK, EXIT_NOTHING_DONE, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def error(prog, msg, code):
@@ -36,15 +39,39 @@ class _OneLine(logging.Formatter):
     return f'{self.prog}: {record.levelname.lower()}: {record.getMessage()}'
 
 
-def setup_logging(prog):
-  """Library warnings (e.g. image_io naming skipped files) as one `prog: warning: ...` line each on stderr,
-  instead of Python's `WARNING:root:` form."""
-  handler = logging.StreamHandler(sys.stderr)
+class _CurrentStderr(logging.StreamHandler):
+  """A handler that writes to the `sys.stderr` of the moment it emits, not the stream it was made with (which a
+  caller may have swapped and closed since: a test's capture, a redirected notebook cell)."""
+
+  @property
+  def stream(self):
+    return sys.stderr
+
+  @stream.setter
+  def stream(self, value):  # (StreamHandler.__init__ assigns it)
+    pass
+
+
+@contextlib.contextmanager
+def one_line_logging(prog):
+  """For the duration of a command: library warnings (e.g. image_io naming skipped files) as one
+  `prog: warning: ...` line each on stderr, instead of Python's `WARNING:root:` form. Plain stderr handlers of
+  the root logger (logging.basicConfig) are set aside meanwhile; our handler is present before the libraries
+  load, so their own basicConfig() does nothing. Afterwards the root logger is as it was: no handler of a
+  finished command is left behind for later log records (e.g. a checkpoint library's background threads)."""
+  handler = _CurrentStderr()
   handler.setFormatter(_OneLine(prog))
   root = logging.getLogger()
-  for h in list(root.handlers):   # plain stderr handlers (an earlier call, logging.basicConfig); test capture stays
-    if type(h) is logging.StreamHandler:  # pylint: disable=unidiomatic-typecheck
-      root.removeHandler(h)
-  root.addHandler(handler)   # present before the libraries load: their logging.basicConfig() then does nothing
+  set_aside = [h for h in root.handlers if type(h) is logging.StreamHandler]  # pylint: disable=unidiomatic-typecheck
+  level = root.level
+  for h in set_aside:
+    root.removeHandler(h)
+  root.addHandler(handler)
   root.setLevel(logging.WARNING)
-
+  try:
+    yield
+  finally:
+    root.removeHandler(handler)
+    root.setLevel(level)
+    for h in set_aside:
+      root.addHandler(h)

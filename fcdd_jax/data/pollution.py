@@ -17,32 +17,20 @@ from typing import Optional
 import numpy as np
 
 from fcdd_jax.data import streams
-from fcdd_jax.utils.errors import ConfigError
 
 FIELD = 'data.pollution'
 
 
 def ratio_of(config):
-  """config.data.pollution (0.0 when the field is absent), checked."""
-  return check_ratio(config.data.get('pollution', 0.0))
-
-
-def check_ratio(ratio):
-  """The ratio as a float in [0, 1), or a one-line error naming data.pollution."""
-  try:
-    r = float(ratio)
-  except (TypeError, ValueError):
-    r = float('nan')
-  if not 0.0 <= r < 1.0:
-    raise ConfigError(f'config.{FIELD}={ratio!r} is out of range: expected the share of true anomalies in the polluted '
-                     'training set, 0 <= share < 1 (0 = clean)')
-  return r
+  """config.data.pollution as a float (0.0 when the field is absent); its range is `config_checks`'s to check."""
+  return float(config.data.get('pollution', 0.0) or 0.0)
 
 
 def num_anomalies(num_nominal, ratio):
   """k anomalies so that k / (num_nominal + k) is the ratio, rounded: round(r·n / (1 − r)), at least 1 when
-  r > 0 (so a requested pollution never silently vanishes on a small set)."""
-  r = check_ratio(ratio)
+  r > 0 (so a requested pollution never silently vanishes on a small set). `ratio`: in [0, 1)
+  (`config_checks.pollution_ratio`)."""
+  r = float(ratio)
   if r == 0.0:
     return 0
   return max(1, int(np.floor(r * int(num_nominal) / (1.0 - r) + 0.5)))

@@ -1,7 +1,7 @@
 """Evaluation outputs and what a run writes from them: per-example outputs gathered from all processes,
 image/pixel AUC (spec §8.2), stored thresholds and AUPRO, results.json, history.json, reports and figures.
 
-Host-side; the jitted eval step is `train.eval_step`. Shared by the single run (`train`), many-runs mode
+Host-side; the jitted eval step is `steps.eval_step`. Shared by the single run (`train`), many-runs mode
 (`multirun`) and refinement rounds, so they gather, score and write alike.
 """
 import json

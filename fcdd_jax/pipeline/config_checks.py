@@ -1,24 +1,24 @@
 """Config validation in one place: what can be checked before data is read (`check_config`, run by `main`
 before any work starts and again by each run driver: the net, objective, optimiser, batch and devices, the
-data modes, `data.pollution`, `refine.*`) and what needs the data's shape and size (`check_image_fits`,
-`total_steps`, `check_many_runs`, `check_refine(num_train=...)`).
+data modes, `data.pollution`, `refine.*`), the comparison with the run a workdir already holds
+(`check_resume`, called by `workdir.prepare` under the workdir's lock), and what needs the data's shape and
+size (`check_image_fits`, `total_steps`, `check_many_runs`, `check_refine(num_train=...)`).
 
 Every failure is a `ConfigError` (errors.py: a ValueError, exit code 2 in `main`) with a one-line message
 naming the field, its value and what is allowed. The data layer's checks that need the files (layouts,
-image sizes, class ranges) stay with the data and raise the same class; so does `workdir.check_config`, the
-comparison with the configuration a workdir was trained with.
+image sizes, class ranges) stay with the data and raise the same class.
 """
+import json
 import os
 
 import jax
 
 from fcdd_jax.models import losses
 from fcdd_jax.models import nets as models
-from fcdd_jax.pipeline import refine
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import checks as data_checks
-from fcdd_jax.data import pollution
-from fcdd_jax.utils.errors import ConfigError   # pylint: disable=unused-import  (re-exported: config_checks.ConfigError)
+from fcdd_jax.utils import workdir as workdir_lib
+from fcdd_jax.utils.errors import ConfigError
 
 
 OPTIMIZERS = ('sgd', 'adam', 'auto')
@@ -56,6 +56,8 @@ def check_config(config):
   """Validates what can be checked before any data is read."""
   check_data(config)
   check_refine(config)
+  if config.get('runs', ''):
+    parse_runs(config.runs)
   check_model_name(config.model.name)
   objective_for(config)
   if config.optim.name not in OPTIMIZERS:
@@ -124,7 +126,7 @@ def check_data(config):
                       f'supervise_mode={d.supervise_mode!r}; allowed: ' + ', '.join(modes))
   if generates and d.noise_mode == 'folder' and not d.oe_root:
     raise ConfigError('config.data.noise_mode=folder needs --config.data.oe_root=<image folder>')
-  if pollution.ratio_of(config) > 0:
+  if pollution_ratio(d.get('pollution', 0.0)) > 0:
     if d.name not in data_checks.POLLUTION_DATASETS:
       raise ConfigError(f'config.data.pollution={d.pollution} is not available for {d.name}; datasets with known '
                         'anomalies to mix in: ' + ', '.join(data_checks.POLLUTION_DATASETS))
@@ -143,6 +145,54 @@ def check_data(config):
                         '(spec §6.3); use online supervision')
 
 
+def pollution_ratio(ratio):
+  """data.pollution as a float in [0, 1), or a one-line error naming the field."""
+  try:
+    r = float(ratio)
+  except (TypeError, ValueError):
+    r = float('nan')
+  if not 0.0 <= r < 1.0:
+    raise ConfigError(f'config.data.pollution={ratio!r} is out of range: expected the share of true anomalies in '
+                      'the polluted training set, 0 <= share < 1 (0 = clean)')
+  return r
+
+
+def parse_drop(drop):
+  """refine.drop as a float share in (0, 1) or the string 'auto'; a one-line ConfigError otherwise. Accepts the
+  strings a command line gives ('0.1', 'auto')."""
+  if isinstance(drop, str) and drop.strip().lower() == 'auto':
+    return 'auto'
+  try:
+    p = float(drop)
+  except (TypeError, ValueError):
+    p = float('nan')
+  if not 0.0 < p < 1.0:
+    raise ConfigError(f"config.refine.drop={drop!r}: expected the share of training samples dropped per round, "
+                      "0 < share < 1, or 'auto'")
+  return p
+
+
+def parse_runs(spec):
+  """'0-9x0-4' -> [(class, seed), ...] (classes outer, seeds inner)."""
+  def rng(t):
+    out = []
+    for part in t.split(','):
+      if '-' in part[1:]:
+        a, b = part.split('-', 1)
+        out += list(range(int(a), int(b) + 1))
+      elif part.strip():
+        out.append(int(part))
+    return out
+  try:
+    classes, seeds = spec.lower().split('x')
+    runs = [(c, s) for c in rng(classes) for s in rng(seeds)]
+  except ValueError:
+    runs = []
+  if not runs:
+    raise ConfigError(f"config.runs={spec!r}: expected 'CLASSESxSEEDS', e.g. '0-9x0-4' or '0,3x0'")
+  return runs
+
+
 def check_refine(config, num_train=None):
   """refine.rounds / subsets / drop, and what refinement cannot be combined with; with `num_train` (the
   training set's size, known once the data is read) also that every subset gets a sample.
@@ -158,7 +208,7 @@ def check_refine(config, num_train=None):
   if int(subsets) != subsets or subsets < 2:
     raise ConfigError(f'config.refine.subsets={subsets!r}: expected an integer >= 2 (each sample is scored by the '
                       'models that did not train on it)')
-  drop = refine.parse_drop(drop)
+  drop = parse_drop(drop)
   if num_train is not None and num_train < subsets:
     raise ConfigError(f'config.refine.subsets={subsets} is more than the {num_train} training samples')
   d = config.data
@@ -208,3 +258,55 @@ def check_many_runs(config, steps_per_epoch):
     raise ConfigError(
         f'config.runs: the runs have different steps per epoch ({sorted(set(steps_per_epoch))}); the per-epoch '
         f"{config.optim.schedule!r} schedule cannot be shared; use optim.schedule='constant' or separate runs")
+
+
+# ----------------------------------------------------------------------------------------------------
+# A workdir that already holds a run
+
+# Fields that may differ from config.json when a run is resumed: they change how long the run trains, how often
+# it logs and saves, and how it is evaluated, not the model already in the checkpoints (model.dtype is the
+# compute dtype only: params and optimiser state are float32 in both). Everything else
+# (model.*, data.*, loss.*, optim.*, seed, batch_size, objective) is fixed for the life of a workdir.
+MAY_CHANGE = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
+              'data.cache_dir', 'data.tfds_data_dir', 'model.dtype')
+MAY_CHANGE_PREFIXES = ('eval.',)
+
+
+def may_change(field):
+  return field in MAY_CHANGE or field.startswith(MAY_CHANGE_PREFIXES)
+
+
+def compare(old, new):
+  """(refused, allowed, added) differences between two config dicts: lists of (field, old, new).
+
+  `added` are fields missing from the old config.json (written by an older fcdd_jax); they are taken as their
+  current value. Fields that disappeared are ignored."""
+  a, b = workdir_lib.flatten(old), workdir_lib.flatten(new)
+  refused, allowed, added = [], [], []
+  for k in sorted(b):
+    if k not in a:
+      added.append((k, None, b[k]))
+    elif a[k] != b[k]:
+      (allowed if may_change(k) else refused).append((k, a[k], b[k]))
+  return refused, allowed, added
+
+
+def check_resume(config, workdir):
+  """ConfigError when `config` differs from the trained run in `workdir` in a fixed field. Returns the allowed
+  changes [(field, old, new)] (empty for a new workdir). `workdir.prepare` calls it under the lock."""
+  path = os.path.join(workdir, workdir_lib.CONFIG_NAME)
+  if not os.path.exists(path) or not workdir_lib.has_trained_model(workdir):
+    return []
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ConfigError(f'{path} is unreadable ({e}); the workdir holds a trained run whose configuration is '
+                      'unknown: use another --workdir, or --restart to move this run aside') from None
+  refused, allowed, _ = compare(old, json.loads(workdir_lib.config_json(config)))
+  if refused:
+    raise ConfigError(
+        f'the workdir {workdir} holds a run trained with another configuration '
+        f'({workdir_lib.fmt_changes(refused)}); use a new --workdir, or add --restart to move the old run to '
+        f'{workdir.rstrip(os.sep)}.old-<time> and train from scratch')
+  return allowed

@@ -27,7 +27,8 @@ from fcdd_jax import input_pipeline
 from fcdd_jax.utils import progress
 from fcdd_jax.evaluation import results as results_lib
 from fcdd_jax.pipeline import run as run_lib
-from fcdd_jax.pipeline import train
+from fcdd_jax.pipeline import evaluate as evaluate_lib
+from fcdd_jax.pipeline import steps
 from fcdd_jax.pipeline import train_log
 from fcdd_jax.utils import workdir as workdir_lib
 
@@ -50,27 +51,6 @@ def unrolled(step_fn, state, batch, rngs):
   return jax.tree.map(lambda *xs: jnp.stack(xs), *outs)
 
 
-def parse_runs(spec):
-  """'0-9x0-4' -> [(class, seed), ...] (classes outer, seeds inner)."""
-  def rng(t):
-    out = []
-    for part in t.split(','):
-      if '-' in part[1:]:
-        a, b = part.split('-', 1)
-        out += list(range(int(a), int(b) + 1))
-      elif part.strip():
-        out.append(int(part))
-    return out
-  try:
-    classes, seeds = spec.lower().split('x')
-    runs = [(c, s) for c in rng(classes) for s in rng(seeds)]
-  except ValueError:
-    runs = []
-  if not runs:
-    raise config_checks.ConfigError(f"config.runs={spec!r}: expected 'CLASSESxSEEDS', e.g. '0-9x0-4' or '0,3x0'")
-  return runs
-
-
 def _run_config(config, c, s):
   cfg = copy.deepcopy(config)
   with cfg.unlocked():
@@ -83,9 +63,9 @@ def _run_config(config, c, s):
 def train_and_evaluate_runs(config, workdir):
   """Trains the runs of config.runs as one program, then evaluates and writes each run (module doc)."""
   config_checks.check_config(config)
-  runs = parse_runs(config.runs)
+  runs = config_checks.parse_runs(config.runs)
   is_main = jax.process_index() == 0
-  lock = workdir_lib.prepare(config, workdir, is_main=is_main)   # checked and locked before any work
+  lock = workdir_lib.prepare(config, workdir, config_checks.check_resume, is_main=is_main)   # checked and locked before any work
   try:
     return _train_and_evaluate_runs(config, workdir, runs, is_main)
   finally:
@@ -102,7 +82,7 @@ def _train_and_evaluate_runs(config, workdir, runs, is_main):
   built, stacked, totals = train_stacked(config, pipes, keys, names=[f'normal_{c}/seed_{s}' for c, s in runs],
                                          workdir=workdir)
   train_seconds = time.time() - t0
-  eval_fn = train.compile_eval(built)
+  eval_fn = steps.compile_eval(built)
   results = [_evaluate_and_write(workdir, run, cf, pipe, jax.tree.map(lambda x, r=r: x[r], stacked), eval_fn,
                                  built, totals[r], train_seconds, is_main)
              for r, (run, cf, pipe) in enumerate(zip(runs, cfgs, pipes))]
@@ -118,7 +98,7 @@ def train_stacked(config, pipes, keys, names=None, workdir=None):
   update masked). The run builder is the single run's (`run.build_run`: pretrained weights, blur, loss
   options); every model follows the per-epoch learning-rate schedule counted in pipes[0]'s epochs (callers
   that need equal steps per epoch check it: `config_checks.check_many_runs`; the refinement's subsets differ
-  by at most one sample). The loop is the single run's (`train.run_steps` with a `TrainLog` over the models:
+  by at most one sample). The loop is the single run's (`steps.run_steps` with a `TrainLog` over the models:
   lines, non-finite checks per model; TensorBoard scalars and history.json in `workdir` when given).
   Returns (the built run, the stacked final states [M, ...], the steps of each model). `names` label the
   models in messages."""
@@ -144,14 +124,14 @@ def train_stacked(config, pipes, keys, names=None, workdir=None):
                            names=names)
   progress.say('compiling the train step of all models and running step 1 ...', is_main)
   step_fn = lambda state, item, step: p_step(state, item[0], step_rngs, item[1])
-  stacked = train.run_steps(log, stacked, 0, max(totals), _stacked_batches(pipes, totals, batch_sharding), step_fn)
+  stacked = steps.run_steps(log, stacked, 0, max(totals), _stacked_batches(pipes, totals, batch_sharding), step_fn)
   writer.flush()
   return built, stacked, totals
 
 
 def _compile_multi_step(built, batch_sharding):
   """The jitted step of all models: vmapped or unrolled over the model axis; inactive runs keep their state."""
-  step_fn = functools.partial(train.train_step, cfg=built.step_config, frozen=built.frozen)
+  step_fn = functools.partial(steps.train_step, cfg=built.step_config, frozen=built.frozen)
   mode = model_axis_mode()
 
   def multi_step(state, batch, rngs, active):
@@ -185,13 +165,13 @@ def _stacked_batches(pipes, totals, batch_sharding):
     yield batch, jnp.asarray([step <= t for t in totals])
 
 
-def _evaluate_and_write(workdir, run, cf, pipe, state, eval_fn, built, steps, train_seconds, is_main):
+def _evaluate_and_write(workdir, run, cf, pipe, state, eval_fn, built, num_steps, train_seconds, is_main):
   """Run `r` = (class c, seed s) in DIR/normal_<c>/seed_<s>/: precise BN, the single run's evaluation and
-  files (`train.evaluate`, `train.write_results`; config.json, preprocessing.json) and its final checkpoint."""
+  files (`evaluate.evaluate`, `evaluate.write_results`; config.json, preprocessing.json) and its final checkpoint."""
   c, s = run
-  state = train.precise_bn(cf, state, pipe, built, is_main)
-  outputs, _, res = train.evaluate(cf, pipe, state, eval_fn, built.data_sharding, is_main, train_heatmaps=False)
-  res.update(steps=int(steps), train_seconds_all_runs=round(train_seconds, 2))
+  state = steps.precise_bn(cf, state, pipe, built, is_main)
+  outputs, _, res = evaluate_lib.evaluate(cf, pipe, state, eval_fn, built.data_sharding, is_main, train_heatmaps=False)
+  res.update(steps=int(num_steps), train_seconds_all_runs=round(train_seconds, 2))
   rd = os.path.join(workdir, f'normal_{c}', f'seed_{s}')
   if is_main:
     os.makedirs(rd, exist_ok=True)
@@ -200,9 +180,9 @@ def _evaluate_and_write(workdir, run, cf, pipe, state, eval_fn, built, steps, tr
     results_lib.write_json(rd, 'preprocessing.json', pipe.info.preprocessing)
     results_lib.write_json(rd, 'results.json', res)
   ck = checkpointing.Checkpointer(os.path.join(rd, 'checkpoints'), max_to_keep=1, asynchronous=False)
-  ck.save(int(steps), state, {'step': int(steps), 'finished': True, 'multirun': True})
+  ck.save(int(num_steps), state, {'step': int(num_steps), 'finished': True, 'multirun': True})
   ck.close()
   if is_main:
-    train.write_results(rd, cf, pipe, res, outputs)
+    evaluate_lib.write_results(rd, cf, pipe, res, outputs)
     print(f'fcdd_jax: normal_{c}/seed_{s}: image AUC {res["image_auc"]}  pixel AUC {res["pixel_auc"]}', flush=True)
   return res

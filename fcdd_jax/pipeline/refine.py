@@ -30,25 +30,9 @@ import numpy as np
 
 from fcdd_jax.evaluation import metrics as evaluation
 from fcdd_jax.data import streams
-from fcdd_jax.utils.errors import ConfigError
 
 AUTO_Z = 2.5
 MAD_TO_STD = 1.4826   # MAD of a normal distribution times this = its standard deviation
-
-
-def parse_drop(drop):
-  """refine.drop as a float share in (0, 1) or the string 'auto'; a one-line ConfigError otherwise. Accepts the
-  strings a command line gives ('0.1', 'auto')."""
-  if isinstance(drop, str) and drop.strip().lower() == 'auto':
-    return 'auto'
-  try:
-    p = float(drop)
-  except (TypeError, ValueError):
-    p = float('nan')
-  if not 0.0 < p < 1.0:
-    raise ConfigError(f"config.refine.drop={drop!r}: expected the share of training samples dropped per round, "
-                      "0 < share < 1, or 'auto'")
-  return p
 
 
 def split_subsets(n, k, seed, round_index=0):
@@ -121,7 +105,7 @@ def choose_dropped(oos, drop):
   """(bool [N] dropped, threshold): the round(p·N) largest scores for a share p (threshold = the smallest
   dropped score; ties: lower index first), or the scores above median + AUTO_Z·robust std for 'auto'."""
   x = np.asarray(oos, np.float64)
-  p = parse_drop(drop)
+  p = drop if drop == 'auto' else float(drop)   # (checked by config_checks.parse_drop)
   dropped = np.zeros(len(x), bool)
   if p == 'auto':
     med, sd = _robust_scale(x)

@@ -31,6 +31,7 @@ from fcdd_jax import input_pipeline
 from fcdd_jax.pipeline import multirun
 from fcdd_jax.pipeline import refine
 from fcdd_jax.evaluation import results as results_lib
+from fcdd_jax.pipeline import steps
 from fcdd_jax.pipeline import train
 from fcdd_jax.utils import workdir as workdir_lib
 
@@ -99,9 +100,9 @@ def run_round(config, src, current, round_index, subsets, drop, is_anomaly=None,
   built, stacked, _ = multirun.train_stacked(config, pipes, model_keys(config.seed, round_index, subsets),
                                              names=[f'round {round_index + 1} model {k}' for k in range(subsets)])
   scorer = input_pipeline.Pipeline(config, src, pi, pc, train_indices=current)
-  eval_fn = train.compile_eval(built)
+  eval_fn = steps.compile_eval(built)
   bs = config.eval.batch_size or None
-  models = [train.precise_bn(config, jax.tree.map(lambda x, k=k: x[k], stacked), pipes[k], built)
+  models = [steps.precise_bn(config, jax.tree.map(lambda x, k=k: x[k], stacked), pipes[k], built)
             for k in range(subsets)]   # (model.precise_bn: each on its own subset, as one run would be)
   scores = np.stack([results_lib.run_evaluation(m, scorer, eval_fn, built.data_sharding, 'train', bs)['score']
                      for m in models])
@@ -116,7 +117,7 @@ def train_and_evaluate(config, workdir):
   config_checks.check_config(config)
   rounds, subsets, drop = config_checks.check_refine(config)
   is_main = jax.process_index() == 0
-  lock = workdir_lib.prepare(config, workdir, is_main=is_main)   # (the final run re-enters it)
+  lock = workdir_lib.prepare(config, workdir, config_checks.check_resume, is_main=is_main)   # (the final run re-enters it)
   try:
     return _rounds_and_final_run(config, workdir, rounds, subsets, drop, is_main)
   finally:

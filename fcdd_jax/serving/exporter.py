@@ -31,15 +31,11 @@ the input grid by the inverse of the geometry (bilinear, antialiased when shrink
 the scored area (centre crops) get heatmap 0. The net runs in the run's dtype (config.model.dtype), as in
 predict.
 """
-import argparse
 import json
 import os
 import shutil
-import sys
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')   # before TensorFlow loads: no C++ start-up banners
-
-import numpy as np  # pylint: disable=g-import-not-at-top
+import numpy as np
 
 from fcdd_jax.app import serving_cli
 from fcdd_jax.serving import export_preprocess
@@ -181,52 +177,45 @@ def parse_size(s):
   return h, w
 
 
-def main(argv=None):
-  ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument('--workdir', required=True)
-  ap.add_argument('--output', required=True)
-  ap.add_argument('--format', choices=('savedmodel', 'stablehlo', 'both'), default='both')
-  ap.add_argument('--input_channels', type=int, default=None, help='channels of the served images (default: the run\'s)')
-  ap.add_argument('--input_size', default=None, help='HxW to fix the image size (default: any size)')
-  ap.add_argument('--platforms', default='cpu', help='comma-separated lowering platforms: cpu, cuda, rocm, tpu')
-  ap.add_argument('--version', type=int, default=1, help='SavedModel version directory DIR/<version>')
-  ap.add_argument('--overwrite', action='store_true', help='replace an earlier export in --output whole')
-  a = ap.parse_args(argv)
-  serving_cli.setup_logging(PROG)
-  try:
-    input_size, platforms = check_flags(a)
-    with output_dir.staged(a.output, a.overwrite, marker=METADATA) as tmp:
-      run = load_run(a.workdir)
-      if not run['finished']:
-        serving_cli.warn(PROG, f'training of {run["workdir"]} had not finished (checkpoint step {run["step"]}); exporting '
-                 f'it anyway, marked "training_finished": false in {METADATA}')
-      c_in = int(run['preprocessing']['channels']) if a.input_channels is None else a.input_channels
-      meta = write_export(run, make_inference_fn(run, c_in), tmp, a.format, c_in, input_size, platforms, a.version)
-  except output_dir.OutputError as e:
-    return serving_cli.error(PROG, e, serving_cli.EXIT_FILE_SYSTEM)
-  except (ValueError, FileNotFoundError) as e:  # ExportError, NoUsableCheckpointError, ...
-    return serving_cli.error(PROG, e, serving_cli.EXIT_BAD_INPUT)
-  except OSError as e:   # writing the artefacts (disk full, ...): nothing of this call is left in --output
-    return serving_cli.error(PROG, serving_cli.os_error_message(e), serving_cli.EXIT_FILE_SYSTEM)
-  thr = run['thresholds'].get('image')
-  print(f'exported {meta["model"]} (checkpoint step {run["step"]}) -> {a.output}: '
+def run(workdir, output, *, fmt='both', input_channels=None, input_size=None, platforms='cpu', version=1,
+        overwrite=False):
+  """The export command (module doc; its command line is `fcdd_jax.export`): the run in `workdir` exported
+  into the folder `output`. Returns the exit code; errors are one line."""
+  with serving_cli.one_line_logging(PROG):
+    try:
+      size, platform_list = check_flags(input_size, platforms, version)
+      with output_dir.staged(output, overwrite, marker=METADATA) as tmp:
+        run_ = load_run(workdir)
+        if not run_['finished']:
+          serving_cli.warn(PROG, f'training of {run_["workdir"]} had not finished (checkpoint step {run_["step"]}); '
+                           f'exporting it anyway, marked "training_finished": false in {METADATA}')
+        c_in = int(run_['preprocessing']['channels']) if input_channels is None else input_channels
+        meta = write_export(run_, make_inference_fn(run_, c_in), tmp, fmt, c_in, size, platform_list, version)
+    except output_dir.OutputError as e:
+      return serving_cli.error(PROG, e, serving_cli.EXIT_FILE_SYSTEM)
+    except (ValueError, FileNotFoundError) as e:  # ExportError, NoUsableCheckpointError, ...
+      return serving_cli.error(PROG, e, serving_cli.EXIT_BAD_INPUT)
+    except OSError as e:   # writing the artefacts (disk full, ...): nothing of this call is left in --output
+      return serving_cli.error(PROG, serving_cli.os_error_message(e), serving_cli.EXIT_FILE_SYSTEM)
+  thr = run_['thresholds'].get('image')
+  print(f'exported {meta["model"]} (checkpoint step {run_["step"]}) -> {output}: '
         f'{", ".join(sorted(meta["files"].values()))}, {METADATA}'
         + (f' (image threshold {thr:.6g})' if thr is not None else ' (no threshold)'))
   return serving_cli.EXIT_OK
 
 
-def check_flags(a):
-  """(input_size, platforms) from the flags; ExportError (one line) for a bad value."""
-  input_size = parse_size(a.input_size) if a.input_size else None
-  platforms = tuple(s.strip() for s in a.platforms.split(',') if s.strip())
-  bad = [s for s in platforms if s not in ('cpu', 'cuda', 'rocm', 'tpu')]
-  if bad or not platforms:
+def check_flags(input_size, platforms, version):
+  """(input size (H, W) or None, platforms tuple) from the flags' values; ExportError (one line) for a bad one."""
+  size = parse_size(input_size) if input_size else None
+  names = tuple(s.strip() for s in platforms.split(',') if s.strip())
+  bad = [s for s in names if s not in ('cpu', 'cuda', 'rocm', 'tpu')]
+  if bad or not names:
     raise export_preprocess.ExportError(
-        f'--platforms={a.platforms!r}: expected a comma-separated subset of cpu, cuda, rocm, tpu')
-  if a.version < 1:
+        f'--platforms={platforms!r}: expected a comma-separated subset of cpu, cuda, rocm, tpu')
+  if version < 1:
     raise export_preprocess.ExportError(
-        f'--version={a.version}: expected a positive integer (TF Serving version directory)')
-  return input_size, platforms
+        f'--version={version}: expected a positive integer (TF Serving version directory)')
+  return size, names
 
 
 def write_export(run, fn, out, fmt, c_in, input_size, platforms, version):

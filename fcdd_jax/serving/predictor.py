@@ -50,12 +50,10 @@ one line naming it and the --scale that fits. Exit codes: 0 done, 1 no image dec
 an image over the limits), 4 --output unusable (a file, under a file, read-only, in use, not empty) or a
 write failed.
 """
-import argparse
 import csv
 import json
 import math
 import os
-import sys
 import time
 
 import numpy as np
@@ -259,10 +257,21 @@ class Predictor:
                                                             f'(limit --max_memory_gb={self.max_memory / 1e9:g})'), \
           ', or raise --max_memory_gb'
 
-    hint = f'--scale {fits * now:.3g} or smaller, ' if self.mode == 'full' and now else ''
+    hint = f'--scale {self._fitting_scale(fits * now, file_size):.3g} or smaller, ' if self.mode == 'full' and now else ''
     raise ImageTooLarge(
         f'{name}: {what}scored at {size[0]}x{size[1]} ({self.mode} mode) {why}; use {hint}crop or split the '
         f'image{more}')
+
+  def _fitting_scale(self, estimate, file_size):
+    """The estimate rounded down to 3 digits and lowered until the file scaled by it fits (padding and the
+    upsampling matrices make the need not exactly quadratic in the scale): a hint that works when followed."""
+    s = math.floor(estimate * 1000) / 1000
+    while file_size and s > 0.001:
+      size = scaled_size(self.preprocessing, *file_size, scale=s)
+      if max(size) <= MAX_SIDE and self.program_bytes(size, 1) <= self.max_memory:
+        break
+      s = round(s - 0.001, 3)
+    return s
 
   # -- scoring ---------------------------------------------------------------------------------------
 
@@ -439,39 +448,27 @@ def write_scores(path, files, scores, threshold):
       w.writerow([f, '' if sc is None else f'{sc:.6g}', anom])
 
 
-def main(argv=None):
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument('--workdir', required=True)
-  p.add_argument('--input', action='append', required=True)
-  p.add_argument('--output', required=True, help='a folder: absent or empty (or an earlier output with --overwrite)')
-  p.add_argument('--overwrite', action='store_true', help='replace an earlier predict output in --output whole')
-  p.add_argument('--threshold', type=float, default=None)
-  p.add_argument('--mode', choices=MODES, default='full',
-                 help='full: whole image at its own size (default); crop: the evaluation crop, evaluation score')
-  p.add_argument('--scale', type=float, default=None,
-                 help='full mode: resize files by this factor instead of the run\'s shorter-side rule')
-  p.add_argument('--batch_size', type=int, default=16, help='images of the training input size per batch')
-  p.add_argument('--max_memory_gb', type=float, default=MAX_MEMORY_GB,
-                 help='memory for the net program of one batch; larger images are refused before any scoring')
-  a = p.parse_args(argv)
-  serving_cli.setup_logging(PROG)
+def run(workdir, inputs, output, *, overwrite=False, threshold=None, mode='full', scale=None, batch_size=16,
+        max_memory_gb=MAX_MEMORY_GB):
+  """The predict command (module doc; its command line is `fcdd_jax.predict`): scores `inputs` (files or
+  folders) with the run in `workdir` into the folder `output`. Returns the exit code; errors are one line."""
   t0 = time.time()
-  try:
-    files = collect(a.input)
-    with output_dir.staged(a.output, a.overwrite, marker=SCORES) as tmp:
-      pred = Predictor(a.workdir, a.batch_size, mode=a.mode, scale=a.scale, max_memory_gb=a.max_memory_gb)
-      groups = plan(pred, files)
-      threshold = a.threshold if a.threshold is not None else pred.thresholds.get('image')
-      scores = score_files(pred, groups, tmp, _stems(files), pred.thresholds.get('pixel'))
-      write_scores(os.path.join(tmp, SCORES), files, scores, threshold)
-  except output_dir.OutputError as e:
-    return serving_cli.error(PROG, e, serving_cli.EXIT_FILE_SYSTEM)
-  except (ValueError, FileNotFoundError) as e:
-    return serving_cli.error(PROG, e, serving_cli.EXIT_BAD_INPUT)
-  except OSError as e:   # writing the outputs (disk full, ...): nothing of this call is left in --output
-    return serving_cli.error(PROG, serving_cli.os_error_message(e), serving_cli.EXIT_FILE_SYSTEM)
-  print(f'scored {len(scores)} of {len(files)} images ({a.mode} mode) in {time.time() - t0:.1f} s '
-        f'-> {os.path.join(a.output, SCORES)}'
+  with serving_cli.one_line_logging(PROG):
+    try:
+      files = collect(inputs)
+      with output_dir.staged(output, overwrite, marker=SCORES) as tmp:
+        pred = Predictor(workdir, batch_size, mode=mode, scale=scale, max_memory_gb=max_memory_gb)
+        groups = plan(pred, files)
+        threshold = threshold if threshold is not None else pred.thresholds.get('image')
+        scores = score_files(pred, groups, tmp, _stems(files), pred.thresholds.get('pixel'))
+        write_scores(os.path.join(tmp, SCORES), files, scores, threshold)
+    except output_dir.OutputError as e:
+      return serving_cli.error(PROG, e, serving_cli.EXIT_FILE_SYSTEM)
+    except (ValueError, FileNotFoundError) as e:
+      return serving_cli.error(PROG, e, serving_cli.EXIT_BAD_INPUT)
+    except OSError as e:   # writing the outputs (disk full, ...): nothing of this call is left in --output
+      return serving_cli.error(PROG, serving_cli.os_error_message(e), serving_cli.EXIT_FILE_SYSTEM)
+  print(f'scored {len(scores)} of {len(files)} images ({mode} mode) in {time.time() - t0:.1f} s '
+        f'-> {os.path.join(output, SCORES)}'
         + (f' (threshold {threshold:.6g})' if threshold is not None else ' (no threshold)'))
   return serving_cli.EXIT_OK if scores else serving_cli.EXIT_NOTHING_DONE
-

@@ -247,6 +247,18 @@ def finish_pending():
   return msgs
 
 
+def _local_target(mngr, step):
+  """The saved state's structure (from its metadata) as arrays on this process's first device: a checkpoint
+  restores for inference whatever device count or mesh trained it (restoring the saved shardings on another
+  device count fails with orbax's 'Topology mismatch')."""
+  tree = mngr.item_metadata(step)['state']
+  tree = getattr(tree, 'tree', tree)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  is_array = lambda m: hasattr(m, 'shape') and hasattr(m, 'dtype')
+  return jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device) if is_array(m) else m,
+                      tree, is_leaf=is_array)
+
+
 def newest_readable(ckdir, *, on_unreadable=None):
   """(state, meta, step) of the newest checkpoint of `ckdir` that restores (arrays as saved, no target).
 
@@ -259,13 +271,14 @@ def newest_readable(ckdir, *, on_unreadable=None):
     raise FileNotFoundError(f'no checkpoint in {ckdir}{extra}: train the run first (or rerun its training '
                             'command to repair it)')
   with orbax_noise.quiet_absl():  # read-only managers log two warnings about their own options
-    mngr = ocp.CheckpointManager(ckdir, item_names=('state', 'meta'), options=ocp.CheckpointManagerOptions(
-        read_only=True, create=False, max_to_keep=None, save_interval_steps=0))
+    mngr = ocp.CheckpointManager(ckdir, options=ocp.CheckpointManagerOptions(
+        read_only=True, create=False, max_to_keep=None, save_interval_steps=0),
+        item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler()})
   try:
     for step in reversed(steps):
       try:
         with orbax_noise.quiet_unraisable():
-          restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(),
+          restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(_local_target(mngr, step)),
                                                                meta=ocp.args.JsonRestore()))
       except Exception as e:  # pylint: disable=broad-except  (damaged files raise many kinds)
         if on_unreadable is not None:

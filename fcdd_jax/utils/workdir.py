@@ -1,10 +1,9 @@
 """The run directory: one workdir holds one run of one configuration, written by one process at a time.
 
-* `prepare(config, workdir)` — called once at the start of a run: checks that the path can be a workdir,
-  takes the lock (process 0), compares the configuration with the run already in it (every process) and
-  writes `config.json`. Fields that only say how long to train, how often to log/save and how to evaluate
-  may change on resume (recorded in `config_changes.json`); a change of anything else (model, data,
-  loss, optimiser, seed, batch) is refused, because the checkpoints hold a model trained with the old values.
+* `prepare(config, workdir, config_checks.check_resume)` — called once at the start of a run: checks that the
+  path can be a workdir, takes the lock (process 0), has the configuration compared with the run already in
+  it (every process; which fields may change on resume is `config_checks`'s rule, recorded in
+  `config_changes.json`) and writes `config.json`.
 * The lock (`workdir_lock.Lock`, `<workdir>/fcdd_jax.lock`) keeps a second run off a workdir in use.
 * `move_aside(workdir)` — `--restart`: renames the old run to `<workdir>.old-<time>`; nothing is deleted.
 
@@ -21,15 +20,6 @@ from fcdd_jax.utils.workdir_lock import WorkdirError   # the error of the whole 
 
 CONFIG_NAME = 'config.json'
 CHANGES_NAME = 'config_changes.json'
-
-# Fields that may differ from config.json when a run is resumed: they change how long the run trains, how often
-# it logs and saves, and how it is evaluated, not the model already in the checkpoints (model.dtype is the
-# compute dtype only: params and optimiser state are float32 in both). Everything else
-# (model.*, data.*, loss.*, optim.*, seed, batch_size, objective) is fixed for the life of a workdir.
-MAY_CHANGE = ('num_epochs', 'num_train_steps', 'log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-              'data.cache_dir', 'data.tfds_data_dir', 'model.dtype')
-MAY_CHANGE_PREFIXES = ('eval.',)
-
 
 def _say(msg):
   print(msg, flush=True)
@@ -79,56 +69,15 @@ def flatten(d, prefix=''):
   return out
 
 
-def may_change(field):
-  return field in MAY_CHANGE or field.startswith(MAY_CHANGE_PREFIXES)
-
-
 def config_json(config):
   """The JSON text written to config.json (also what the comparison sees: tuples become lists)."""
   return config.to_json_best_effort(indent=2, sort_keys=True)
 
 
-def compare(old, new):
-  """(refused, allowed, added) differences between two config dicts: lists of (field, old, new).
-
-  `added` are fields missing from the old config.json (written by an older fcdd_jax); they are taken as their
-  current value. Fields that disappeared are ignored."""
-  a, b = flatten(old), flatten(new)
-  refused, allowed, added = [], [], []
-  for k in sorted(b):
-    if k not in a:
-      added.append((k, None, b[k]))
-    elif a[k] != b[k]:
-      (allowed if may_change(k) else refused).append((k, a[k], b[k]))
-  return refused, allowed, added
-
-
-def _fmt(changes, limit=6):
+def fmt_changes(changes, limit=6):
+  """'field old -> new, ...' of at most `limit` changes (and how many more)."""
   s = ', '.join(f'{k} {o!r} -> {n!r}' for k, o, n in changes[:limit])
   return s + (f' and {len(changes) - limit} more' if len(changes) > limit else '')
-
-
-def check_config(config, workdir):
-  """Raises WorkdirError when `config` differs from the trained run in `workdir` in a fixed field.
-
-  Returns the allowed changes [(field, old, new)] (empty for a new workdir)."""
-  path = os.path.join(workdir, CONFIG_NAME)
-  if not os.path.exists(path) or not has_trained_model(workdir):
-    return []
-  try:
-    with open(path) as f:
-      old = json.load(f)
-  except (OSError, ValueError) as e:
-    raise WorkdirError(f'{path} is unreadable ({e}); the workdir holds a trained run whose configuration is '
-                       'unknown: use another --workdir, or --restart to move this run aside') from None
-  new = json.loads(config_json(config))
-  refused, allowed, _ = compare(old, new)
-  if refused:
-    raise WorkdirError(
-        f'the workdir {workdir} holds a run trained with another configuration ({_fmt(refused)}); use a new '
-        f'--workdir, or add --restart to move the old run to {workdir.rstrip(os.sep)}.old-<time> and train '
-        'from scratch')
-  return allowed
 
 
 def record_changes(workdir, allowed):
@@ -146,7 +95,7 @@ def record_changes(workdir, allowed):
   log.append({'time': datetime.datetime.now().isoformat(timespec='seconds'),
               'changes': {k: [o, n] for k, o, n in allowed}})
   _write_atomic(path, json.dumps(log, indent=1))
-  _say(f'fcdd_jax: resuming with changed settings: {_fmt(allowed, 20)} (recorded in {CHANGES_NAME})')
+  _say(f'fcdd_jax: resuming with changed settings: {fmt_changes(allowed, 20)} (recorded in {CHANGES_NAME})')
 
 
 def _write_atomic(path, text):
@@ -159,17 +108,18 @@ def _write_atomic(path, text):
 # ----------------------------------------------------------------------------------------------------
 # The one call at the start of a run, and --restart
 
-def prepare(config, workdir, *, is_main=True):
+def prepare(config, workdir, check_resume, *, is_main=True):
   """Makes `workdir` ready for a run of `config`; returns the Lock (None on processes > 0).
 
-  Every process checks the configuration (so that all of them stop with the same message); process 0 also
-  takes the lock and writes config.json."""
+  `check_resume(config, workdir) -> allowed changes` (`config_checks.check_resume`: raises for a workdir that
+  holds a run of another configuration) runs on every process, so that all of them stop with the same message,
+  after process 0 has taken the lock; process 0 then writes config.json."""
   lock = None
   if is_main:
     check_path(workdir)
     lock = workdir_lock.Lock.acquire(workdir)
   try:
-    allowed = check_config(config, workdir)
+    allowed = check_resume(config, workdir)
     if is_main:
       record_changes(workdir, allowed)
       _write_atomic(os.path.join(workdir, CONFIG_NAME), config_json(config))
