@@ -19,7 +19,7 @@ MAX_WIDTH = 2048
 REFERENCE_PIXELS = 1_000_000   # pixels of the balanced reference set used by the global normalisation
 
 
-def _rgb(img):
+def rgb(img):
   img = np.asarray(img)
   if img.ndim == 2:
     img = img[..., None]
@@ -33,7 +33,7 @@ def _colour(h01):
 
 def sample_block(image, heat01, gt=None):
   """uint8 [rows, W, 3]: the image, its heatmap (jet) and its ground truth, stacked vertically, 2 px apart."""
-  parts = [_rgb(image), _colour(heat01)]
+  parts = [rgb(image), _colour(heat01)]
   if gt is not None:
     parts.append(np.repeat(((np.asarray(gt) > 0) * 255).astype(np.uint8)[..., None], 3, -1))
   sep = np.zeros((2, parts[0].shape[1], 3), np.uint8)
@@ -114,5 +114,5 @@ def write_figures(workdir, config, images, outputs, masks=None):
                None if gts is None else [gts[r] for r in first]), os.path.join(workdir, 'test_samples.png'))
   os.makedirs(os.path.join(workdir, 'overlays'), exist_ok=True)
   for r in first:
-    _save(figures.overlay(_rgb(images[r]), figures.global_norm(heats[r], ref, q)),
+    _save(figures.overlay(rgb(images[r]), figures.global_norm(heats[r], ref, q)),
           os.path.join(workdir, 'overlays', f'test_{r:05d}_label{labels[r]}.png'))
