@@ -17,8 +17,8 @@ image can be assembled from windows of it:
 `TiledNet.lowres` returns the pseudo-Huber map [B, h', w'] of images given through a region callback (the
 caller normalises only the window it is asked for: an 8192² image never exists as float32), with the same
 h' x w' as one pass of the net over the whole image (`jax.eval_shape`). Tiles of one shape share a compiled
-program (per axis: first, interior, last). Memory is bounded by the tile: `tile` core pixels per axis plus
-the receptive field.
+program (per axis at most two shapes: the interior windows, which the first one matches, and the last).
+Memory is bounded by the tile: `tile` core pixels per axis plus the receptive field.
 
 `upsample` is the Gaussian receptive-field upsampling (spec §4) of a whole map to (H, W) on the host, as two
 float32 matrix products (the same matrices as `receptive.upsample`).
@@ -61,11 +61,18 @@ def axis_windows(n, m, reception, cells):
   j = int(reception.j)
   a, b = dependency_range(reception)
   cells = max(1, int(cells))
+  length = (cells - 1) * j + b + 1 - (a // j) * j   # an interior window's pixels
   out = []
   for c0 in range(0, m, cells):
     c1 = min(m, c0 + cells)
     u = 0 if c0 == 0 else max(0, ((c0 * j + a) // j) * j)
     v = n if c1 == m else min(n, (c1 - 1) * j + b + 1)
+    # the first and last windows grow inwards to an interior window's length (more context, same kept
+    # cells): an image needs at most two window shapes per axis, so at most four compiled programs
+    if c0 == 0 and c1 < m:
+      v = min(n, max(v, length))
+    if c1 == m and c0 > 0:
+      u = min(u, max(0, ((n - length) // j) * j))
     if not 0 <= u < v <= n:
       raise ValueError(f'{m} output cells do not fit an axis of {n} pixels (window {u}..{v})')
     out.append(Window(u, v, c0, c1))

@@ -52,7 +52,8 @@ def test_epoch_covers_each_image_area_once():
 
 
 def test_random_crop_cuts_image_and_map_alike():
-  img, gt = np.random.default_rng(2).integers(0, 256, (300, 700, 3), dtype=np.uint8), np.random.default_rng(0).random((300, 700)).astype(np.float32)
+  img = np.random.default_rng(2).integers(0, 256, (300, 700, 3), dtype=np.uint8)
+  gt = np.random.default_rng(0).random((300, 700)).astype(np.float32)
   rng = np.random.default_rng(1)
   seen = set()
   for _ in range(50):
