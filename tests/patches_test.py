@@ -118,8 +118,6 @@ def test_small_images_and_bad_combinations_are_refused(tmp_path, make_config):
 def test_patch_run_scores_whole_images_at_native_size(tmp_path, make_config):
   """Two steps of patch training, then evaluation of every test image whole at its own size: the pixel AUC
   uses the masks at native resolution, and the figures keep the strips' aspect ratio."""
-  from fcdd_jax import evaluation
-  from fcdd_jax import native_eval
   from fcdd_jax import train
   root = strips_tree(tmp_path / 'strips')
   c = patch_config(make_config, root, tmp_path)
@@ -133,10 +131,35 @@ def test_patch_run_scores_whole_images_at_native_size(tmp_path, make_config):
   # two 40x100 / 36x84 samples of 3 panels each, stacked: width = the widest strip, never squashed
   assert fig.shape[1] == 100 and fig.shape[0] > 2 * 3 * 36
   assert os.path.exists(os.path.join(wd, 'overlays'))
-  # the scores are those of the whole-image heatmaps of the restored net (a NumPy check of the metric path)
-  pipe = input_pipeline.create(c)
-  labels = np.asarray(pipe.test_labels)
-  assert labels.tolist() == [0, 0, 1, 1] or labels.tolist() == [1, 1, 0, 0]
-  masks = pipe.test_masks_original()
-  assert [m.shape for m in masks] == [(40, 100), (36, 84)] * 2 or len(masks) == 4
-  assert evaluation is not None and native_eval is not None
+  # predict follows the run: files at native resolution, tiled (--tile 8), equal to one untiled pass
+  import jax
+  import jax.numpy as jnp
+  from fcdd_jax import losses
+  from fcdd_jax import models
+  from fcdd_jax import predict
+  from fcdd_jax import receptive
+  from fcdd_jax.data import image_io
+  pred = predict.Predictor(wd, tile=8)
+  assert pred.native is not None and pred.scale == 1.0
+  f = os.path.join(root, 'test', 'bad', '001.png')
+  img = image_io.load_image(f)
+  (score,), (heat,) = pred.predict([img])
+  assert heat.shape == (36, 84)
+  assert pred.native.tiled.tiles_run > 4   # it was tiled
+  net = models.create('FCDD_CNN32_S', any_size=True, dtype=jnp.float32)
+  x = pipe_transform_normalize(wd, img)
+  low = losses.fcdd_heatmaps(net.apply(pred.variables, jnp.asarray(x[None]), train=False))
+  want = np.asarray(receptive.upsample(low, models.reception('FCDD_CNN32_S'), (36, 84), 1.2))[0]
+  np.testing.assert_allclose(heat, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+  assert abs(score - float(jax.device_get(want.max()))) <= 1e-4 * abs(score) + 1e-7   # custom.py: image_score max
+  out = tmp_path / 'preds'
+  assert predict.main(['--workdir', wd, '--input', os.path.join(root, 'test', 'bad'), '--output', str(out)]) == 0
+  assert Image.open(out / '001_overlay.png').size == (84, 36) and Image.open(out / '001_mask.png').size == (84, 36)
+
+
+def pipe_transform_normalize(wd, img):
+  """The run's value normalisation of a whole uint8 image, from preprocessing.json (mean/std per channel)."""
+  with open(os.path.join(wd, 'preprocessing.json')) as f:
+    p = json.load(f)
+  x = np.repeat(img, 3, -1) if img.shape[-1] == 1 else img
+  return ((x.astype(np.float32) / 255 - np.asarray(p['mean'], np.float32)) / np.asarray(p['std'], np.float32))
