@@ -24,7 +24,7 @@ DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.absp
 
 
 def _predictor(run):
-  from fcdd_jax import predict  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.serving import predictor as predict  # pylint: disable=g-import-not-at-top
   with open(os.path.join(run, 'config.json')) as f:
     patch = json.load(f)['data'].get('patch_size', 0)
   return predict.Predictor(run, batch_size=16, mode='full' if patch else 'crop'), bool(patch)
@@ -47,7 +47,7 @@ def test_files(root):
 
 def heatmaps(run, paths):
   """(scores, heatmaps at each file's own size) of the run's predictor."""
-  from fcdd_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.evaluation import metrics as evaluation  # pylint: disable=g-import-not-at-top
   from fcdd_jax.data import image_io  # pylint: disable=g-import-not-at-top
   pred, patch = _predictor(run)
   scores, heats = [], []
@@ -60,7 +60,7 @@ def heatmaps(run, paths):
 
 
 def metrics(runs):
-  from fcdd_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.evaluation import metrics as evaluation  # pylint: disable=g-import-not-at-top
   for run in runs:
     with open(os.path.join(run, 'config.json')) as f:
       root = json.load(f)['data']['root']
@@ -80,8 +80,8 @@ def figure(resize_run, patch_run, out, n_defect=3):
   """Test strips at native size (true aspect ratio): image, heatmap of the resized run (224² heatmap resized
   to the strip), heatmap of the patch run (native), ground truth; each heatmap normalised per image."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import figures  # pylint: disable=g-import-not-at-top
-  from fcdd_jax import native_figures  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.evaluation import native_figures  # pylint: disable=g-import-not-at-top
   from fcdd_jax.data import image_io  # pylint: disable=g-import-not-at-top
   paths, labels, masks = test_files(DATA)
   # defects of different codes, largest masks first within each code, plus one nominal 4096 strip

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fcdd_jax import config_checks
+from fcdd_jax.pipeline import config_checks
 from fcdd_jax import input_pipeline
 from fcdd_jax.data import patches
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 
 def coded(h, w):
@@ -118,7 +118,7 @@ def test_small_images_and_bad_combinations_are_refused(tmp_path, make_config):
 def test_patch_run_scores_whole_images_at_native_size(tmp_path, make_config):
   """Two steps of patch training, then evaluation of every test image whole at its own size: the pixel AUC
   uses the masks at native resolution, and the figures keep the strips' aspect ratio."""
-  from fcdd_jax import train
+  from fcdd_jax.pipeline import train
   root = strips_tree(tmp_path / 'strips')
   c = patch_config(make_config, root, tmp_path)
   wd = str(tmp_path / 'run')
@@ -134,10 +134,10 @@ def test_patch_run_scores_whole_images_at_native_size(tmp_path, make_config):
   # predict follows the run: files at native resolution, tiled (--tile 8), equal to one untiled pass
   import jax
   import jax.numpy as jnp
-  from fcdd_jax import losses
-  from fcdd_jax import models
-  from fcdd_jax import predict
-  from fcdd_jax import receptive
+  from fcdd_jax.models import losses
+  from fcdd_jax.models import nets as models
+  from fcdd_jax.serving import predictor as predict
+  from fcdd_jax.models import receptive
   from fcdd_jax.data import image_io
   pred = predict.Predictor(wd, tile=8)
   assert pred.native is not None and pred.scale == 1.0
@@ -166,7 +166,7 @@ def pipe_transform_normalize(wd, img):
 
 
 def test_export_refuses_a_patch_trained_run():
-  from fcdd_jax import export_preprocess
+  from fcdd_jax.serving import export_preprocess
   p = {'kind': 'normalize', 'resize': 'native', 'channels': 3, 'mean': [0.5] * 3, 'std': [0.2] * 3,
        'input_size': [224, 224]}
   with pytest.raises(export_preprocess.ExportError, match=r'data.patch_size > 0.*fcdd_jax.predict'):

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fcdd_jax import models
-from fcdd_jax import receptive
-from fcdd_jax import tiling
+from fcdd_jax.models import nets as models
+from fcdd_jax.models import receptive
+from fcdd_jax.models import tiling
 from tests import references
 
 
@@ -128,7 +128,7 @@ def test_host_upsample_equals_algorithm1(r, j, s, h, w, H, W, std):
 
 
 def test_image_score_matches_losses():
-  from fcdd_jax import losses
+  from fcdd_jax.models import losses
   rng = np.random.default_rng(0)
   low, up = rng.random((7, 9)).astype(np.float32), rng.random((50, 70)).astype(np.float32)
   for spec in ('mean', 'max', 'top1%', 'top10%'):

@@ -5,7 +5,7 @@ their file's resolution, the pixel AUC is computed there).
 
 Training and test images are lists of uint8 [h_i, w_i, 3] arrays of their own sizes. Training samples are
 random P x P crops (`data/patches.py`); evaluation runs the net over each whole test image
-(`native_eval.py`). Normalisation: per-channel mean and std over every pixel of the (scaled) nominal
+(`evaluation/native_eval.py`). Normalisation: per-channel mean and std over every pixel of the (scaled) nominal
 training images. preproc aug1: horizontal flip, the reference's ColorJitter(0.01 x 4) and +0.001·N(0,1)
 noise on each crop; none: no augmentation. With ground_truth/ the GT-map loss is used (spec §3.2, with the
 anomaly generator's maps of each crop), as `data/custom.py` does with maps.
@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from fcdd_jax import progress
+from fcdd_jax.utils import progress
 from fcdd_jax.data import checks
 from fcdd_jax.data import custom
 from fcdd_jax.data import image_io
@@ -22,7 +22,7 @@ from fcdd_jax.data import oe
 from fcdd_jax.data import patches
 from fcdd_jax.data import source
 from fcdd_jax.data import transforms
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 
 def scaled(img, scale):

@@ -14,7 +14,7 @@ the crop's own.
 """
 import numpy as np
 
-from fcdd_jax.errors import ConfigError
+from fcdd_jax.utils.errors import ConfigError
 
 
 def crops_per_image(h, w, p):

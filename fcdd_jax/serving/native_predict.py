@@ -18,7 +18,7 @@ def is_patch_run(config):
 
 def make_scorer(config, preprocessing, variables, tile):
   """The run's `native_eval.NativeScorer` with its value normalisation from preprocessing.json."""
-  from fcdd_jax import native_run  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import native_run  # pylint: disable=g-import-not-at-top
   p = preprocessing
   t = transforms.Transform(mean=p.get('mean'), std=p.get('std'), kind=p.get('kind', 'normalize'),
                            lcn_min=p.get('lcn_min'), lcn_max=p.get('lcn_max'), channels=int(p['channels']))

@@ -13,10 +13,10 @@ processes): patch mode refuses many-runs and refinement (`config_checks`).
 """
 import numpy as np
 
-from fcdd_jax import evaluation
-from fcdd_jax import losses
-from fcdd_jax import progress
-from fcdd_jax import tiling
+from fcdd_jax.evaluation import metrics as evaluation
+from fcdd_jax.models import losses
+from fcdd_jax.utils import progress
+from fcdd_jax.models import tiling
 
 PIXEL_SAMPLE = 4_000_000   # pixels on which the pixel threshold is fitted (the AUCs use every pixel)
 

@@ -13,7 +13,7 @@ import os
 
 import numpy as np
 
-from fcdd_jax import figures
+from fcdd_jax.evaluation import figures
 
 MAX_WIDTH = 2048
 REFERENCE_PIXELS = 1_000_000   # pixels of the balanced reference set used by the global normalisation

@@ -28,7 +28,7 @@ import math
 
 import numpy as np
 
-from fcdd_jax import receptive
+from fcdd_jax.models import receptive
 
 DEFAULT_TILE = 1024   # core input pixels per tile side (rounded down to a multiple of the net's stride)
 
@@ -88,7 +88,7 @@ class TiledNet:
 
   def __init__(self, net, variables, reception, tile=DEFAULT_TILE, channels=3):
     import jax  # pylint: disable=g-import-not-at-top
-    from fcdd_jax import losses  # pylint: disable=g-import-not-at-top
+    from fcdd_jax.models import losses  # pylint: disable=g-import-not-at-top
     self.net, self.variables, self.reception, self.channels = net, variables, reception, int(channels)
     j = int(reception.j)
     self.cells = max(1, int(tile) // j)   # kept cells per tile side

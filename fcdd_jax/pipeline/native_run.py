@@ -1,9 +1,9 @@
 """The evaluation of a patch-trained run (`data.patch_size > 0`): the run's net on whole test images at native
 resolution (`native_eval`), called by `train.evaluate` in place of the fixed-size evaluation batches."""
-from fcdd_jax import models
-from fcdd_jax import native_eval
-from fcdd_jax import run as run_lib
-from fcdd_jax import tiling
+from fcdd_jax.models import nets as models
+from fcdd_jax.evaluation import native_eval
+from fcdd_jax.pipeline import run as run_lib
+from fcdd_jax.models import tiling
 
 
 def scorer(config, variables, normalize, tile=tiling.DEFAULT_TILE):
