@@ -16,13 +16,18 @@ def is_patch_run(config):
   return int(config.data.get('patch_size', 0) or 0) > 0
 
 
-def make_scorer(config, preprocessing, variables, tile):
-  """The run's `native_eval.NativeScorer` with its value normalisation from preprocessing.json."""
-  from fcdd_jax.pipeline import native_run  # pylint: disable=g-import-not-at-top
+def make_scorer(config, preprocessing, variables, tile, net):
+  """The run's `native_eval.NativeScorer` (`net`: the run's FCDD net with any_size=True, as evaluation builds
+  it) with its value normalisation from preprocessing.json."""
+  from fcdd_jax.evaluation import native_eval  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models import nets  # pylint: disable=g-import-not-at-top
   p = preprocessing
   t = transforms.Transform(mean=p.get('mean'), std=p.get('std'), kind=p.get('kind', 'normalize'),
                            lcn_min=p.get('lcn_min'), lcn_max=p.get('lcn_max'), channels=int(p['channels']))
-  return native_run.scorer(config, variables, t.normalize, tile)
+  std = config.loss.gauss_std if config.loss.gauss_std > 0 else None
+  return native_eval.NativeScorer(net, variables, nets.reception(config.model.name), t.normalize, gauss_std=std,
+                                  image_score=config.eval.get('image_score', 'mean'), tile=tile,
+                                  channels=int(p['channels']))
 
 
 def scaled_size(h, w, scale):

@@ -166,11 +166,10 @@ class Predictor:
     self.variables = {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
     # --- end of checkpoint restore ---
     # a patch-trained run (data.patch_size): full mode scores at native resolution (times data.scale), tiled
-    self.native = None
+    net, self.native = prediction_net(self.config), None
     if mode == 'full' and native_predict.is_patch_run(self.config):
       self.scale = float(self.config.data.get('scale', 1.0)) if scale is None else scale
-      self.native = native_predict.make_scorer(self.config, p, self.variables, tile or tiling.DEFAULT_TILE)
-    net = prediction_net(self.config)
+      self.native = native_predict.make_scorer(self.config, p, self.variables, tile or tiling.DEFAULT_TILE, net)
     rec = self.reception = models.reception(name)
     std = self.config.loss.gauss_std if self.config.loss.gauss_std > 0 else None
 
