@@ -19,8 +19,9 @@ import sys
 
 import numpy as np
 
-DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared', 'data',
-                    'aitex_strips', 'fabric02')
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(os.environ.get('FCDD_SHARED_DATA', os.path.join(os.path.dirname(_REPO), 'shared', 'data')),
+                    'aitex_strips', 'fabric02')   # ../shared/data next to the repository, or $FCDD_SHARED_DATA
 
 
 def _predictor(run):
