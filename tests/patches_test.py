@@ -139,6 +139,8 @@ def test_patch_run_scores_whole_images_at_native_size(tmp_path, make_config):
   from fcdd_jax.serving import predictor as predict
   from fcdd_jax.models import receptive
   from fcdd_jax.data import image_io
+  with pytest.raises(ValueError, match='trained on patches'):
+    predict.Predictor(wd, mode='crop')
   pred = predict.Predictor(wd, tile=8)
   assert pred.native is not None and pred.scale == 1.0
   f = os.path.join(root, 'test', 'bad', '001.png')

@@ -167,6 +167,9 @@ class Predictor:
     # --- end of checkpoint restore ---
     # a patch-trained run (data.patch_size): full mode scores at native resolution (times data.scale), tiled
     net, self.native = prediction_net(self.config), None
+    if mode == 'crop' and native_predict.is_patch_run(self.config):
+      raise ValueError('--mode=crop: this run was trained on patches (data.patch_size) and evaluates whole images '
+                       'at native resolution; use --mode=full')
     if mode == 'full' and native_predict.is_patch_run(self.config):
       self.scale = float(self.config.data.get('scale', 1.0)) if scale is None else scale
       self.native = native_predict.make_scorer(self.config, p, self.variables, tile or tiling.DEFAULT_TILE, net)
