@@ -10,7 +10,8 @@ native resolution (the very computation of its evaluation, so its numbers equal 
 through its evaluation transform (`predict --mode crop`: squashed to 224², as its evaluation) with each
 heatmap nearest-resized to the file's own size, so both kinds are judged on the same native-resolution
 masks (results.json of a resized custom run has its pixel AUC at the masks squashed to a 256² square, the
-reference's rule). Prints one JSON line per run.
+reference's rule). It also gives a size-matched image AUC (`halves`): the nominal 4096-wide strips cut into
+2048-wide halves, the size of the defect strips. Prints one JSON line per run.
 """
 import argparse
 import json
@@ -46,14 +47,28 @@ def test_files(root):
   return paths, np.asarray(labels), masks
 
 
-def heatmaps(run, paths):
-  """(scores, heatmaps at each file's own size) of the run's predictor."""
+def halves(images, labels, width):
+  """Indices and images of a size-matched image-level test: every nominal image wider than `width` cut into
+  `width`-wide pieces (the AITEX defect strips are 2048-wide halves, the nominal ones 4096 wide: a detector
+  can tell them apart by size alone, a resized one by its aspect ratio)."""
+  out_i, out_im = [], []
+  for i, (im, lab) in enumerate(zip(images, labels)):
+    if lab == 0 and im.shape[1] > width:
+      for x0 in range(0, im.shape[1] - width + 1, width):
+        out_i.append(i)
+        out_im.append(im[:, x0:x0 + width])
+    else:
+      out_i.append(i)
+      out_im.append(im)
+  return np.asarray(out_i), out_im
+
+
+def heatmaps(run, images):
+  """(scores, heatmaps at each image's own size) of the run's predictor on uint8 images."""
   from fcdd_jax.evaluation import metrics as evaluation  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.data import image_io  # pylint: disable=g-import-not-at-top
   pred, patch = _predictor(run)
   scores, heats = [], []
-  for p in paths:
-    img = image_io.load_image(p)
+  for img in images:
     s, (h,) = pred.predict([img])
     scores.append(float(s[0]))
     heats.append(h if patch else evaluation.resize_nearest(h, img.shape[:2]))
@@ -61,6 +76,7 @@ def heatmaps(run, paths):
 
 
 def metrics(runs):
+  from fcdd_jax.data import image_io  # pylint: disable=g-import-not-at-top
   from fcdd_jax.evaluation import metrics as evaluation  # pylint: disable=g-import-not-at-top
   for run in runs:
     with open(os.path.join(run, 'config.json')) as f:
@@ -68,8 +84,14 @@ def metrics(runs):
     with open(os.path.join(run, 'results.json')) as f:
       res = json.load(f)
     paths, labels, masks = test_files(root)
-    scores, heats, patch = heatmaps(run, paths)
+    images = [image_io.load_image(p) for p in paths]
+    scores, heats, patch = heatmaps(run, images)
+    width = min(im.shape[1] for im in images)
+    idx, pieces = halves(images, labels, width)
+    piece_scores, _, _ = heatmaps(run, pieces)
     out = dict(run=run, mode='patch' if patch else 'resize', image_auc=float(evaluation.roc_auc(labels, scores)),
+               image_auc_size_matched=float(evaluation.roc_auc(labels[idx], piece_scores)),
+               size_matched_counts=[int((labels[idx] == 0).sum()), int((labels[idx] == 1).sum())],
                pixel_auc=float(evaluation.pixel_auc(masks, heats)), aupro=float(evaluation.aupro(masks, heats)),
                results_json=dict(image_auc=res['image_auc'], pixel_auc=res['pixel_auc'], aupro=res.get('aupro')),
                steps=res['steps'], train_seconds=res['train_seconds'], eval_seconds=res['eval_seconds'],
@@ -94,8 +116,9 @@ def figure(resize_run, patch_run, out, n_defect=3):
       seen.add(code)
   picks.append(int(np.flatnonzero(labels == 0)[0]))
   sel = [paths[i] for i in picks]
-  _, h_resize, _ = heatmaps(resize_run, sel)
-  _, h_patch, _ = heatmaps(patch_run, sel)
+  imgs = [image_io.load_image(p) for p in sel]
+  _, h_resize, _ = heatmaps(resize_run, imgs)
+  _, h_patch, _ = heatmaps(patch_run, imgs)
   blocks = []
   for k, i in enumerate(picks):
     img = native_figures.rgb(image_io.load_image(paths[i]))

@@ -28,8 +28,8 @@ class NativeScorer:
   normalisation (no geometry); `tile`: core pixels per tile side (memory is bounded by the tile)."""
 
   def __init__(self, net, variables, reception, normalize, *, gauss_std=None, image_score='mean',
-               tile=tiling.DEFAULT_TILE, channels=3):
-    self.tiled = tiling.TiledNet(net, variables, reception, tile=tile, channels=channels)
+               tile=tiling.DEFAULT_TILE, channels=3, verbose=False):
+    self.tiled = tiling.TiledNet(net, variables, reception, tile=tile, channels=channels, verbose=verbose)
     self.reception, self.normalize, self.std = reception, normalize, gauss_std
     self.top = losses.parse_image_score(image_score)
     self.tile = int(tile)

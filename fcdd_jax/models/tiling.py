@@ -29,6 +29,7 @@ import math
 import numpy as np
 
 from fcdd_jax.models import receptive
+from fcdd_jax.utils import progress
 
 DEFAULT_TILE = 1024   # core input pixels per tile side (rounded down to a multiple of the net's stride)
 
@@ -86,7 +87,7 @@ class TiledNet:
   pixels per tile side (images with at most tile² pixels... per axis: an axis of at most `tile` cells' worth
   of pixels is one window, so small images run as one pass)."""
 
-  def __init__(self, net, variables, reception, tile=DEFAULT_TILE, channels=3):
+  def __init__(self, net, variables, reception, tile=DEFAULT_TILE, channels=3, verbose=False):
     import jax  # pylint: disable=g-import-not-at-top
     from fcdd_jax.models import losses  # pylint: disable=g-import-not-at-top
     self.net, self.variables, self.reception, self.channels = net, variables, reception, int(channels)
@@ -96,6 +97,7 @@ class TiledNet:
     self._fn = jax.jit(lambda v, x: losses.fcdd_heatmaps(net.apply(v, x, train=False)))
     self._shapes = {}
     self.tiles_run = 0
+    self.verbose = verbose   # a progress line at least every 30 s for images of more than 4 tiles
 
   def output_shape(self, h, w):
     """(h', w') of one pass of the net over an h x w image (no compilation: abstract evaluation)."""
@@ -119,6 +121,8 @@ class TiledNet:
     j = int(self.reception.j)
     rows, cols = self.windows(h, w)
     out = np.zeros((batch, rows[-1].c1, cols[-1].c1), np.float32)
+    track = progress.Progress(f'{w}x{h} image(s): tiles', len(rows) * len(cols), 'tiles',
+                              enabled=self.verbose and len(rows) * len(cols) > 4)
     for ry in rows:
       for cx in cols:
         x = np.asarray(region(ry.u, ry.v, cx.u, cx.v), np.float32)
@@ -132,6 +136,8 @@ class TiledNet:
                                f'{(ry.c1 - oy, cx.c1 - ox)}')
         out[:, ry.c0:ry.c1, cx.c0:cx.c1] = low[:, ry.c0 - oy:ry.c1 - oy, cx.c0 - ox:cx.c1 - ox]
         self.tiles_run += 1
+        track.update()
+    track.close()
     return out
 
 

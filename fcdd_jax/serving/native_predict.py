@@ -27,7 +27,7 @@ def make_scorer(config, preprocessing, variables, tile, net):
   std = config.loss.gauss_std if config.loss.gauss_std > 0 else None
   return native_eval.NativeScorer(net, variables, nets.reception(config.model.name), t.normalize, gauss_std=std,
                                   image_score=config.eval.get('image_score', 'mean'), tile=tile,
-                                  channels=int(p['channels']))
+                                  channels=int(p['channels']), verbose=True)
 
 
 def scaled_size(h, w, scale):
