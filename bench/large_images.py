@@ -134,7 +134,7 @@ def figure(resize_run, patch_run, out, n_defect=3):
   w = max(b.shape[1] for b in blocks)
   fig = np.concatenate([np.pad(b, ((0, 12), (0, w - b.shape[1]), (0, 0))) for b in blocks], 0)
   f = -(-fig.shape[1] // 2048)
-  Image.fromarray(fig[::f, ::f]).save(out)
+  Image.fromarray(fig[::f, ::f]).quantize(256, method=Image.Quantize.MEDIANCUT).save(out, optimize=True)   # ~1 MB
   print(json.dumps(dict(figure=out, files=[os.path.relpath(p, DATA) for p in sel], shape=list(fig[::f, ::f].shape))))
 
 
