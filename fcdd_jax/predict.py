@@ -15,6 +15,7 @@ import sys
 from absl import flags
 
 from fcdd_jax.app import cli
+from fcdd_jax.models import tiling
 from fcdd_jax.serving import predictor
 
 
@@ -34,8 +35,8 @@ def define_flags():
                        flag_values=fv)
   flags.DEFINE_float('max_memory_gb', predictor.MAX_MEMORY_GB, 'Memory for the net program of one batch; larger '
                      'images are refused before any scoring, naming the --scale that fits.', flag_values=fv)
-  flags.DEFINE_integer('tile', 1024, 'Patch-trained runs (data.patch_size): core pixels per tile side of the '
-                       'exact tiled whole-image scoring; memory is bounded by the tile.', flag_values=fv)
+  flags.DEFINE_integer('tile', tiling.DEFAULT_TILE, 'Patch-trained runs (data.patch_size): core pixels per tile '
+                       'side of the exact tiled whole-image scoring; memory is bounded by the tile.', flag_values=fv)
   return fv
 
 

@@ -155,7 +155,9 @@ def test_patch_run_scores_whole_images_at_native_size(tmp_path, make_config):
   np.testing.assert_allclose(heat, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
   assert abs(score - float(jax.device_get(want.max()))) <= 1e-4 * abs(score) + 1e-7   # custom.py: image_score max
   out = tmp_path / 'preds'
-  assert predict.main(['--workdir', wd, '--input', os.path.join(root, 'test', 'bad'), '--output', str(out)]) == 0
+  from fcdd_jax import predict as predict_cli
+  assert predict_cli.main(['--workdir', wd, '--input', os.path.join(root, 'test', 'bad'), '--output', str(out),
+                           '--tile', '8']) == 0
   assert Image.open(out / '001_overlay.png').size == (84, 36) and Image.open(out / '001_mask.png').size == (84, 36)
 
 
