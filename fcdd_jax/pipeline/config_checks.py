@@ -209,7 +209,8 @@ def check_patches(config):
     raise ConfigError(f'config.data.patch_size={p} needs an FCDD net (whole-image heatmaps); {name} is not one')
   j = models.reception(name).j
   if p % j:
-    raise ConfigError(f'config.data.patch_size={p} is not a multiple of {name}\'s stride {j}; e.g. {max(j, p // j * j)}')
+    raise ConfigError(f'config.data.patch_size={p} is not a multiple of {name}\'s stride {j}; '
+                      f'e.g. {max(j, p // j * j)}')
   refuse = {'data.name': d.name != 'custom', 'data.online_supervision=False': not d.online_supervision,
             'runs': bool(config.runs), 'refine.rounds': config.refine.rounds > 0,
             'model.precise_bn': config.model.precise_bn, 'data.pollution': pollution_ratio(d.get('pollution', 0.0)) > 0,
