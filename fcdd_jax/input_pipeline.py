@@ -31,12 +31,15 @@ from fcdd_jax.pipeline import config_checks
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import checks
 from fcdd_jax.data import custom
+from fcdd_jax.data import custom_native
 from fcdd_jax.data import cutpaste
 from fcdd_jax.data import demo
 from fcdd_jax.data import imagenet
 from fcdd_jax.data import mvtec
 from fcdd_jax.data import one_vs_rest
+from fcdd_jax.data import patches
 from fcdd_jax.data import preview
+from fcdd_jax.data import source
 from fcdd_jax.data import streams
 from fcdd_jax.data import supervision
 from fcdd_jax.data import transforms
@@ -54,7 +57,6 @@ LOADERS = {
 }
 DATASETS = tuple(LOADERS)
 assert DATASETS == checks.DATASETS, 'data/checks.DATASETS lists the datasets of LOADERS'
-
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,26 +85,13 @@ def load_source(config):
   """The checked `Source` of config.data.name (see LOADERS): read once, it can feed several pipelines (e.g.
   the refinement's models on disjoint subsets of the training set, `Pipeline(train_indices=...)`)."""
   config_checks.check_data(config)
-  return LOADERS[config.data.name](config)
+  config_checks.check_patches(config)
+  return (custom_native.load if config.data.get('patch_size', 0) else LOADERS[config.data.name])(config)
 
 
 def create(config, process_index=0, process_count=1):
   """The pipeline of config.data.name (see LOADERS) for process `process_index` of `process_count`."""
   return Pipeline(config, load_source(config), process_index, process_count)
-
-
-def restrict(src, indices):
-  """`src` with only the training rows `indices` (into src.train_images; every per-row training array
-  follows); the test split is unchanged."""
-  idx = np.asarray(indices, np.int64)
-  n = len(src.train_images)
-  if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= n)):
-    raise ValueError(f'training indices must be a 1-D array in 0..{n - 1}; got shape {idx.shape}')
-  take = lambda a: None if a is None else np.asarray(a)[idx]
-  return dataclasses.replace(
-      src, train_images=np.asarray(src.train_images)[idx], train_images_input=take(src.train_images_input),
-      train_original_sizes=take(src.train_original_sizes), train_labels=take(src.train_labels),
-      train_is_anomaly=take(src.train_is_anomaly))
 
 
 class Pipeline:
@@ -116,7 +105,7 @@ class Pipeline:
     synthetic noise at `src.train_original_sizes` (anomalies.Resampling), as the reference's custom runner."""
     d = config.data
     if train_indices is not None:
-      src = restrict(src, train_indices)
+      src = source.restrict(src, train_indices)
     self.config = config
     self.train_images = src.train_images
     # data.pollution: which training rows are true anomalies (never a label; for the refinement's precision)
@@ -139,6 +128,9 @@ class Pipeline:
       extra = len(self.train_images) - len(self.train_is_anomaly)   # the generated (labelled) anomalies
       self.train_is_anomaly = np.concatenate([self.train_is_anomaly, np.zeros(extra, bool)])
     n = len(self.train_images)
+    self.patch = int(d.get('patch_size', 0))   # > 0: each sample a random crop of one image (data/patches.py)
+    self.pass_index = (patches.pass_indices([im.shape[:2] for im in self.train_images], self.patch, d.enlarge)
+                       if self.patch else np.tile(np.arange(n), max(1, int(d.enlarge))))
     # CutPaste knows the pasted region exactly: malformed_normal_gt trains with the GT-map loss on any dataset;
     # data.generated_maps does the same for every generated anomaly (confetti: the pixels it changed)
     generated_maps = d.supervise_mode == 'malformed_normal_gt' and (
@@ -146,7 +138,7 @@ class Pipeline:
     self.info = Info(
         name=src.name, image_shape=src.image_shape, num_classes=len(src.class_names),
         class_names=tuple(src.class_names), normal_class=int(src.normal_class), nominal_label=d.nominal_label,
-        num_train=n * max(1, int(d.enlarge)), steps_per_epoch=steps_per_epoch(n, d.enlarge, config.batch_size),
+        num_train=len(self.pass_index), steps_per_epoch=steps_per_epoch(len(self.pass_index), 1, config.batch_size),
         train_gtmaps=bool(src.train_gtmaps or self.train_maps is not None or generated_maps), test_gtmaps=src.test_gtmaps,
         num_test=len(src.test_images), preprocessing=src.transform.describe(src.name, src.normal_class))
     self.test_images = src.test_images
@@ -176,15 +168,15 @@ class Pipeline:
 
   def epoch_order(self, epoch):
     """Source indices of the (enlarged) training set in the order epoch `epoch` visits them."""
-    n = len(self.train_images)
-    idx = np.tile(np.arange(n), self.enlarge)
     rng = streams.rng(self.seed, 'epoch', epoch)
-    return idx[rng.permutation(len(idx))]
+    return self.pass_index[rng.permutation(len(self.pass_index))]
 
   def example(self, step, row, src_index):
     """Global row `row` of global step `step` (0-based): (image, label, gtmap)."""
     rng = streams.rng(self.seed, 'example', step, row)
     img = self.train_images[src_index]
+    if self.patch:   # the crop first: the anomaly, its map and the augmentation are the crop's own
+      img = patches.random_crop(img, None, self.patch, rng)[0]
     geom = None
     if self.train_images_input is not None and self.transform.train_geom == 'mvtec':
       # spec §5.9 (maps): RandomChoice{Resize(raw, NEAREST) -> RandomCrop(input), Resize(input, NEAREST)}, both
@@ -249,7 +241,6 @@ class Pipeline:
     if (k + 1) * self.batch_size > len(order):   # decided globally: every process adds the key
       batch['valid'] = np.asarray(valid, np.float32)
     return batch
-
 
   def global_train_batch(self, step):
     """The whole global batch of `step` (testing aid; each process normally builds only its slice)."""

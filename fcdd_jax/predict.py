@@ -2,7 +2,7 @@
 heatmap overlays and masks.
 
   python -m fcdd_jax.predict --workdir RUN --input PATH [--input PATH ...] --output DIR
-      [--overwrite] [--threshold T] [--mode full|crop] [--scale F] [--batch_size B] [--max_memory_gb G]
+      [--overwrite] [--threshold T] [--mode full|crop] [--scale F] [--batch_size B] [--max_memory_gb G] [--tile T]
 
 Writes DIR/scores.csv (path,score,anomalous), DIR/<stem>_overlay.png and, with a pixel threshold,
 DIR/<stem>_mask.png. Exit codes: 0 done, 1 no image decoded, 2 bad input (flags, run, an image over the
@@ -15,6 +15,7 @@ import sys
 from absl import flags
 
 from fcdd_jax.app import cli
+from fcdd_jax.models import tiling
 from fcdd_jax.serving import predictor
 
 
@@ -34,12 +35,15 @@ def define_flags():
                        flag_values=fv)
   flags.DEFINE_float('max_memory_gb', predictor.MAX_MEMORY_GB, 'Memory for the net program of one batch; larger '
                      'images are refused before any scoring, naming the --scale that fits.', flag_values=fv)
+  flags.DEFINE_integer('tile', tiling.DEFAULT_TILE, 'Patch-trained runs (data.patch_size): core pixels per tile '
+                       'side of the exact tiled whole-image scoring; memory is bounded by the tile.', flag_values=fv)
   return fv
 
 
 def _run(fv):
   return predictor.run(fv.workdir, fv.input, fv.output, overwrite=fv.overwrite, threshold=fv.threshold,
-                       mode=fv.mode, scale=fv.scale, batch_size=fv.batch_size, max_memory_gb=fv.max_memory_gb)
+                       mode=fv.mode, scale=fv.scale, batch_size=fv.batch_size, max_memory_gb=fv.max_memory_gb,
+                       tile=fv.tile)
 
 
 def main(argv=None):

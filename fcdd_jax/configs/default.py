@@ -42,6 +42,10 @@ def get_config():
   d.demo_num_test = 256           # demo data: generated test images (half anomalous)
   d.demo_image_size = 32          # demo data: image side in pixels
   d.pollution = 0.0               # share of true anomalies mixed, unlabelled, into the training set (data/pollution.py)
+  d.patch_size = 0                # > 0: train on random P x P crops at native resolution, evaluate whole images at
+                                  # their own size, tiled exactly (custom MVTec layout; an epoch covers each image's
+                                  # area once: ceil(h*w/P²) crops per image; images smaller than P are refused)
+  d.scale = 1.0                   # patch_size > 0: every image resized by this fixed factor first (1 = native pixels)
 
   c.model = m = ml_collections.ConfigDict()   # the net (fcdd_jax/models/nets.py, baselines.py)
   m.name = 'FCDD_CNN32_S'         # net name (models.NAMES): FCDD_* (FCDD), CNN* (HSC), AE* (autoencoder)

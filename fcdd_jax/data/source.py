@@ -6,6 +6,8 @@ Labels are 0 = nominal, 1 = anomalous (before `nominal_label`, which the pipelin
 import dataclasses
 from typing import Any, Optional
 
+import numpy as np
+
 from fcdd_jax.data import transforms
 
 
@@ -40,3 +42,17 @@ class Source:
   @property
   def test_gtmaps(self):
     return self.test_masks is not None
+
+
+def restrict(src, indices):
+  """`src` with only the training rows `indices` (into src.train_images; every per-row training array
+  follows); the test split is unchanged."""
+  idx = np.asarray(indices, np.int64)
+  n = len(src.train_images)
+  if idx.ndim != 1 or (len(idx) and (idx.min() < 0 or idx.max() >= n)):
+    raise ValueError(f'training indices must be a 1-D array in 0..{n - 1}; got shape {idx.shape}')
+  take = lambda a: None if a is None else np.asarray(a)[idx]
+  return dataclasses.replace(
+      src, train_images=np.asarray(src.train_images)[idx], train_images_input=take(src.train_images_input),
+      train_original_sizes=take(src.train_original_sizes), train_labels=take(src.train_labels),
+      train_is_anomaly=take(src.train_is_anomaly))

@@ -143,6 +143,11 @@ class Transform:
         mask = resize_u8((mask[..., None] > 0).astype(np.uint8), self.input_size, nearest=True)[..., 0]
     return img, mask
 
+  def normalize(self, img):
+    """float32 net input of a uint8 image (or window) of any size: the value normalisation alone, no geometry
+    (patch-trained runs score whole images; mean/std is per pixel, so a window normalises like its image)."""
+    return self._values(np.asarray(img, np.float32) / 255.0)
+
   def test_geometry(self, img):
     """uint8 image at the net's input size, as the test transform sees it (figures show this)."""
     return self._test_geom(img)[0]

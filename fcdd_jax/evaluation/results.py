@@ -179,6 +179,10 @@ def write_figures(workdir, config, pipeline, outputs, train_outputs=None, result
     if results is not None:
       from fcdd_jax.evaluation import reports  # pylint: disable=g-import-not-at-top
       reports.write_reports(workdir, results, outputs, read_history(workdir))
+    if outputs.get('native'):   # patch-trained runs: whole images of their own sizes
+      from fcdd_jax.evaluation import native_figures  # pylint: disable=g-import-not-at-top
+      native_figures.write_figures(workdir, config, pipeline.test_images, outputs, pipeline.test_masks_original())
+      return
     from fcdd_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
     figures.write_run_figures(workdir, config, pipeline, outputs, train_outputs)
   except Exception as e:  # pylint: disable=broad-except  (figures never lose a finished run)

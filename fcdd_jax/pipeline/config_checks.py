@@ -55,6 +55,7 @@ def needs_pretrained(name):
 def check_config(config):
   """Validates what can be checked before any data is read."""
   check_data(config)
+  check_patches(config)
   check_refine(config)
   if config.get('runs', ''):
     parse_runs(config.runs)
@@ -193,6 +194,34 @@ def parse_runs(spec):
   return runs
 
 
+def check_patches(config):
+  """data.patch_size / data.scale (patch training at native resolution, data/patches.py): what it combines with."""
+  d = config.data
+  p, scale = d.get('patch_size', 0), d.get('scale', 1.0)
+  if scale != 1.0 and not p:
+    raise ConfigError(f'config.data.scale={scale} applies to patch training only; set config.data.patch_size')
+  if not p:
+    return
+  if p < 0 or not scale > 0:
+    raise ConfigError(f'config.data.patch_size={p}, data.scale={scale}: expected patch_size > 0 and scale > 0')
+  name = config.model.name
+  if name not in models.FCDD_NAMES:
+    raise ConfigError(f'config.data.patch_size={p} needs an FCDD net (whole-image heatmaps); {name} is not one')
+  j = models.reception(name).j
+  if p % j:
+    raise ConfigError(f'config.data.patch_size={p} is not a multiple of {name}\'s stride {j}; '
+                      f'e.g. {max(j, p // j * j)}')
+  refuse = {'data.name': d.name != 'custom', 'data.online_supervision=False': not d.online_supervision,
+            'runs': bool(config.runs), 'refine.rounds': config.refine.rounds > 0,
+            'model.precise_bn': config.model.precise_bn, 'data.pollution': pollution_ratio(d.get('pollution', 0.0)) > 0,
+            f'data.noise_mode={d.noise_mode}': d.noise_mode in data_checks.TRUE_ANOMALY_MODES,
+            'data.supervise_mode=other': d.supervise_mode == 'other'}
+  bad = [k for k, v in refuse.items() if v]
+  if bad:
+    raise ConfigError(f'config.data.patch_size={p} works with data.name=custom (MVTec layout), online supervision '
+                      f'and one run; not with {", ".join(bad)}')
+
+
 def check_refine(config, num_train=None):
   """refine.rounds / subsets / drop, and what refinement cannot be combined with; with `num_train` (the
   training set's size, known once the data is read) also that every subset gets a sample.
@@ -227,6 +256,8 @@ def check_image_fits(config, data):
   """The data's images (data.image_shape, data.name) have the net's nominal height and width."""
   name = config.model.name
   check_model_name(name)
+  if config.data.get('patch_size', 0):   # crops of any P (check_patches): the net takes any size
+    return
   h, w, _ = models.input_shape(name)
   ih, iw, _ = data.image_shape
   if (ih, iw) != (h, w):

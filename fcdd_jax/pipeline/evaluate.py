@@ -6,6 +6,7 @@ import time
 from absl import logging
 
 from fcdd_jax.evaluation import results as results_lib
+from fcdd_jax.pipeline import native_run
 from fcdd_jax.utils import memory
 from fcdd_jax.utils import progress
 
@@ -14,6 +15,8 @@ def evaluate(config, pipeline, state, eval_fn, data_sharding, is_main, train_hea
   """The evaluation every run driver shares: test outputs, image and pixel AUCs, thresholds/AUPRO (process 0),
   training heatmaps (config.eval.train_heatmaps, when `train_heatmaps`). Returns (outputs, train outputs or
   None, results: AUCs, `runs`, thresholds, `pollution`)."""
+  if config.data.get('patch_size', 0):   # patch-trained: whole test images at native resolution, tiled exactly
+    return native_run.evaluate(config, pipeline, state, is_main)
   bs = config.eval.batch_size or None
   outputs = results_lib.run_evaluation(state, pipeline, eval_fn, data_sharding, 'test', bs,
                                        keep_images=config.eval.num_figure_samples // 2, verbose=is_main)

@@ -80,6 +80,8 @@ def create_model(config, data, **options):
   """The net of config.model.name for the data's images; ConfigError when they do not fit it. `options`
   override `model_options(config)` (e.g. remat for benchmarks)."""
   config_checks.check_image_fits(config, data)
+  if config.data.get('patch_size', 0):   # patch training: crops of data.patch_size, whole images in evaluation
+    options = dict(options, any_size=True)
   return models.create(config.model.name, **{**model_options(config), **options})
 
 

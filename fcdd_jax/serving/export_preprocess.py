@@ -115,6 +115,10 @@ def check_preprocessing(p, c_in):
   kind, resize = p.get('kind', 'normalize'), p.get('resize', 'bilinear')
   if kind not in KINDS:
     raise ExportError(f'preprocessing.json kind={kind!r} cannot be exported; exportable: {", ".join(KINDS)}')
+  if resize == 'native':   # data/custom_native.py: a patch-trained run scores whole images at their own size
+    raise ExportError('the run was trained on patches at native resolution (config data.patch_size > 0): its '
+                      'exported function would need the tiled whole-image scoring, which is not exported yet; '
+                      'score its images with fcdd_jax.predict')
   if resize not in RESIZES:
     raise ExportError(f'preprocessing.json resize={resize!r} cannot be exported; exportable: {", ".join(RESIZES)}')
   ch = int(p['channels'])

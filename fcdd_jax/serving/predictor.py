@@ -38,6 +38,9 @@ The stored thresholds were fitted on evaluation scores.
 evaluation's net program (same dtype, same fused blocks): the score equals the evaluation score of the image
 to float rounding (1e-5) in every dtype; overlay and mask show that crop at the net's input size.
 
+Patch-trained runs (config data.patch_size > 0): --mode=full scores each file at native resolution (resized
+only by the run's data.scale, or --scale), whole, tiled exactly over --tile pixels per side (memory bounded
+by the tile): heatmap and score are those of the run's own evaluation (`native_predict`).
 The net runs in the run's dtype (config.model.dtype). jit compiles once per distinct scaled size; images of
 one size are batched, at most --batch_size training inputs' worth of pixels per batch.
 
@@ -59,6 +62,8 @@ import time
 import numpy as np
 
 from fcdd_jax.app import serving_cli
+from fcdd_jax.models import tiling
+from fcdd_jax.serving import native_predict
 from fcdd_jax.serving import output_dir
 from fcdd_jax.utils import progress
 from fcdd_jax.data import transforms
@@ -122,7 +127,7 @@ def _resize_float(h, size):
 class Predictor:
   """Loads a run once; `predict(images)` scores uint8 images of any size (gray/RGB/RGBA); see the module doc."""
 
-  def __init__(self, workdir, batch_size=16, mode='full', scale=None, max_memory_gb=MAX_MEMORY_GB):
+  def __init__(self, workdir, batch_size=16, mode='full', scale=None, max_memory_gb=MAX_MEMORY_GB, tile=None):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
@@ -160,7 +165,14 @@ class Predictor:
                                                           prog='fcdd_jax.predict')  # newest readable; says which
     self.variables = {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
     # --- end of checkpoint restore ---
-    net = prediction_net(self.config)
+    # a patch-trained run (data.patch_size): full mode scores at native resolution (times data.scale), tiled
+    net, self.native = prediction_net(self.config), None
+    if mode == 'crop' and native_predict.is_patch_run(self.config):
+      raise ValueError('--mode=crop: this run was trained on patches (data.patch_size) and evaluates whole images '
+                       'at native resolution; use --mode=full')
+    if mode == 'full' and native_predict.is_patch_run(self.config):
+      self.scale = float(self.config.data.get('scale', 1.0)) if scale is None else scale
+      self.native = native_predict.make_scorer(self.config, p, self.variables, tile or tiling.DEFAULT_TILE, net)
     rec = self.reception = models.reception(name)
     std = self.config.loss.gauss_std if self.config.loss.gauss_std > 0 else None
 
@@ -212,6 +224,8 @@ class Predictor:
   def batch_rows(self, size):
     """Images of scaled `size` per batch: --batch_size images' worth of training-input pixels, fewer when
     the net program would need more than --max_memory_gb (at least 1; `check_fits` refuses larger images)."""
+    if self.native is not None:   # one file per call; the tiles bound the memory
+      return 1
     ph, pw = self.padded_size(size)
     rows = max(1, (self.batch_size * self.size[0] * self.size[1]) // (ph * pw))
     return max(1, min(rows, int(self.max_memory // self.program_bytes(size, 1))))
@@ -249,6 +263,8 @@ class Predictor:
     now = self.scale or (size[0] / file_size[0] if file_size else None)   # the factor applied to the file
     if max(size) > MAX_SIDE:   # no compile needed to know
       fits, why, more = MAX_SIDE / max(size), f'has a longer side over {MAX_SIDE}', ''
+    elif self.native is not None:   # patch-trained run: tiled, memory bounded by --tile
+      return
     else:
       need = self.program_bytes(size, 1)
       if need <= self.max_memory:
@@ -281,6 +297,11 @@ class Predictor:
     Heatmaps have each image's own height x width in full mode, the net input size in crop mode."""
     scores = np.zeros(len(images))
     maps = [None] * len(images)
+    if self.native is not None:   # patch-trained run: whole files at native resolution (native_predict)
+      for i, im in enumerate(images):
+        self.check_fits(self.scaled_size(*np.asarray(im).shape[:2]))
+        scores[i], maps[i] = native_predict.score(self.native, im, self.channels, self.scale)
+      return scores, maps
     groups = {}   # one compiled shape per scaled size
     for i, im in enumerate(images):
       groups.setdefault(self.scaled_size(*np.asarray(im).shape[:2]), []).append(i)
@@ -449,7 +470,7 @@ def write_scores(path, files, scores, threshold):
 
 
 def run(workdir, inputs, output, *, overwrite=False, threshold=None, mode='full', scale=None, batch_size=16,
-        max_memory_gb=MAX_MEMORY_GB):
+        max_memory_gb=MAX_MEMORY_GB, tile=None):
   """The predict command (module doc; its command line is `fcdd_jax.predict`): scores `inputs` (files or
   folders) with the run in `workdir` into the folder `output`. Returns the exit code; errors are one line."""
   t0 = time.time()
@@ -457,7 +478,7 @@ def run(workdir, inputs, output, *, overwrite=False, threshold=None, mode='full'
     try:
       files = collect(inputs)
       with output_dir.staged(output, overwrite, marker=SCORES) as tmp:
-        pred = Predictor(workdir, batch_size, mode=mode, scale=scale, max_memory_gb=max_memory_gb)
+        pred = Predictor(workdir, batch_size, mode=mode, scale=scale, max_memory_gb=max_memory_gb, tile=tile)
         groups = plan(pred, files)
         threshold = threshold if threshold is not None else pred.thresholds.get('image')
         scores = score_files(pred, groups, tmp, _stems(files), pred.thresholds.get('pixel'))
