@@ -13,10 +13,10 @@ def measure(net_name, batch, steps):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.pipeline import steps  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import steps as steps_lib  # pylint: disable=g-import-not-at-top
   built, state, shape = common.build_run(net_name, steps_per_epoch=1)
   scfg = built.step_config
-  fn = jax.jit(functools.partial(steps.eval_step, cfg=scfg))
+  fn = jax.jit(functools.partial(steps_lib.eval_step, cfg=scfg))
   b = {'image': jnp.asarray(np.random.default_rng(0).normal(size=(batch,) + shape), jnp.float32)}
   jax.block_until_ready(fn(state, b))
   sec = common.median_time(lambda: jax.block_until_ready(fn(state, b)), steps)
