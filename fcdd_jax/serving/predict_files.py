@@ -89,7 +89,7 @@ def _chunks(pred, size, group):
     yield chunk
 
 
-def _overlay(display, heat, pix_t, band=1024):
+def overlay_image(display, heat, pix_t, band=1024):
   """figures.overlay of the normalised heatmap (pixel threshold: h / 2t; else figures.local_norm at 0.97),
   computed in bands of rows so that a large file needs no float64 copies of its whole size."""
   from fcdd_jax.evaluation import figures  # pylint: disable=g-import-not-at-top
@@ -110,7 +110,7 @@ def _overlay(display, heat, pix_t, band=1024):
 
 def write_outputs(pred, out_dir, stem, img, heat, pix_t):
   from PIL import Image  # pylint: disable=g-import-not-at-top
-  Image.fromarray(_overlay(pred.display(img), heat, pix_t)).save(os.path.join(out_dir, f'{stem}_overlay.png'))
+  Image.fromarray(overlay_image(pred.display(img), heat, pix_t)).save(os.path.join(out_dir, f'{stem}_overlay.png'))
   if pix_t:
     Image.fromarray((heat >= pix_t).astype(np.uint8) * np.uint8(255)).save(
         os.path.join(out_dir, f'{stem}_mask.png'))
