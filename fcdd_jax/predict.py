@@ -8,7 +8,7 @@ Writes DIR/scores.csv (path,score,anomalous), DIR/<stem>_overlay.png and, with a
 DIR/<stem>_mask.png. Exit codes: 0 done, 1 no image decoded, 2 bad input (flags, run, an image over the
 limits), 4 --output unusable or a write failed. How images are scaled and scored: `fcdd_jax.serving.predictor`.
 
-The command line only (absl flags, like every fcdd_jax command); the work is `serving.predictor.run`.
+The command line only (absl flags, like every fcdd_jax command); the work is `serving.predict_files.run` (how an image is scored: `serving.predictor`).
 """
 import sys
 
@@ -16,6 +16,7 @@ from absl import flags
 
 from fcdd_jax.app import cli
 from fcdd_jax.models import tiling
+from fcdd_jax.serving import predict_files
 from fcdd_jax.serving import predictor
 
 
@@ -41,7 +42,7 @@ def define_flags():
 
 
 def _run(fv):
-  return predictor.run(fv.workdir, fv.input, fv.output, overwrite=fv.overwrite, threshold=fv.threshold,
+  return predict_files.run(fv.workdir, fv.input, fv.output, overwrite=fv.overwrite, threshold=fv.threshold,
                        mode=fv.mode, scale=fv.scale, batch_size=fv.batch_size, max_memory_gb=fv.max_memory_gb,
                        tile=fv.tile)
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 from fcdd_jax.configs import test as test_config
 from fcdd_jax.serving import output_dir
+from fcdd_jax.serving import predict_files
 from fcdd_jax.serving import predictor as predict
 from fcdd_jax import predict as predict_cmd
 from fcdd_jax.utils import progress
@@ -324,9 +325,9 @@ def test_banded_overlay_equals_the_whole_image_overlay():
   img = rng.integers(0, 256, (45, 31, 3), dtype=np.uint8)
   heat = (rng.random((45, 31)) * 3 + 0.5).astype(np.float32)
   want = figures.overlay(img, figures.local_norm(heat, 0.97))
-  np.testing.assert_array_equal(predict._overlay(img, heat, None, band=7), want)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(predict_files.overlay_image(img, heat, None, band=7), want)
   want_t = figures.overlay(img, np.clip(heat / (2 * 1.7), 0, 1))
-  np.testing.assert_array_equal(predict._overlay(img, heat, 1.7, band=4), want_t)  # pylint: disable=protected-access
+  np.testing.assert_array_equal(predict_files.overlay_image(img, heat, 1.7, band=4), want_t)
 
 
 def test_serving_commands_leave_no_log_handler_behind(tmp_path, monkeypatch):
