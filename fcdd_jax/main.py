@@ -42,9 +42,8 @@ flags.DEFINE_integer('heartbeat_timeout', 60,
                      'Seconds after which a silent process counts as dead and all others stop with an error.')
 flags.DEFINE_integer('shutdown_timeout', 60, 'Seconds a finishing process waits for the others at exit.')
 flags.DEFINE_enum('allocator', 'auto', list(memory.ALLOCATORS),
-                  "Process allocator. auto: mimalloc when no GPU/TPU is visible (XLA:CPU's per-step buffers are "
-                  "reused instead of page-faulted in again, with a bounded resident set; fcdd_jax/utils/memory.py), else "
-                  "glibc's. The command re-executes itself once with mimalloc preloaded.")
+                  "Process allocator. auto: mimalloc when no GPU/TPU is visible (XLA:CPU's step buffers reused, a "
+                  "bounded resident set; utils/memory.py), else glibc's; re-executes itself once to preload it.")
 
 
 def main(argv):
@@ -61,11 +60,8 @@ def main(argv):
   workdir = FLAGS.workdir
   with process.run_guard(verbose, workdir):
     # (imported here: jax and TF start threads, which must not exist before the allocator re-exec)
+    from fcdd_jax.pipeline import config_checks, multirun, refine_run, train  # pylint: disable=g-import-not-at-top
     from fcdd_jax.utils import checkpointing  # pylint: disable=g-import-not-at-top
-    from fcdd_jax.pipeline import config_checks
-    from fcdd_jax.pipeline import multirun
-    from fcdd_jax.pipeline import refine_run
-    from fcdd_jax.pipeline import train
     process.init_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id, FLAGS.distributed,
                              initialization_timeout=FLAGS.initialization_timeout,
                              heartbeat_timeout_seconds=FLAGS.heartbeat_timeout,

@@ -72,3 +72,28 @@ def test_custom_recipe_is_the_panel_choice():
   assert (c.data.supervise_mode, c.data.noise_mode, c.data.generated_maps, c.data.gt_min_change) == (
       'malformed_normal', 'confetti', False, 0)
   assert (c.optim.name, c.model.precise_bn, c.eval.image_score) == ('sgd', False, 'max')
+
+
+@pytest.mark.parametrize('name,field,value,message', [
+    ('cifar10', 'preproc', 'aug2', "config.data.preproc='aug2' is not available for cifar10 data; allowed: lcnaug1, "
+                                   "lcn, aug1, none, aug1_blackcenter, aug1_blackcenter_inverted"),
+    ('fmnist', 'preproc', 'aug1_blackcenter', "config.data.preproc='aug1_blackcenter' is not available for fmnist "
+                                              "data; allowed: lcnaug1, lcn, aug1, none"),
+    ('mvtec', 'preproc', 'none', "config.data.preproc='none' is not available for mvtec data; allowed: lcnaug1, aug1"),
+    ('custom', 'preproc', 'lcn', "config.data.preproc='lcn' is not available for custom data; allowed: aug1, none"),
+    ('imagenet', 'supervise_mode', 'malformed_normal', "config.data.supervise_mode='malformed_normal' is not "
+                                                       "available for imagenet .*allowed: unsupervised, other, noise"),
+    ('pascal_voc', 'preproc', 'lcnaug1', "config.data.preproc='lcnaug1' is not available for pascal_voc data"),
+])
+def test_dataset_preprocessing_and_supervision_are_checked_before_any_file_is_read(name, field, value, message):
+  """What each dataset offers is checked by config_checks (one module), not by the loader after loading: the
+  data root does not exist, so a check that needed files would fail differently."""
+  from fcdd_jax.pipeline import config_checks  # pylint: disable=g-import-not-at-top
+  c = default.get_config()
+  c.data.name, c.data.root, c.data.normal_class = name, '/nonexistent/data/root', 0
+  c.data.supervise_mode = 'unsupervised' if field == 'preproc' else value
+  c.data.preproc = value if field == 'preproc' else 'aug1'
+  with pytest.raises(config_checks.ConfigError, match=message):
+    config_checks.check_data(c)
+  setattr(c.data, field, 'aug1' if field == 'preproc' else 'unsupervised')
+  config_checks.check_data(c)   # the dataset's own value passes

@@ -20,8 +20,6 @@ from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
 from fcdd_jax.utils.errors import ConfigError
 
-CUSTOM_PREPROC = ('aug1', 'none')   # the reference's custom runner (spec §5.9); '' and 'default' mean none
-
 
 def detect_layout(root):
   """'mvtec' | 'ovr' | 'normal_anomalous' for a custom data root; raises ValueError otherwise."""
@@ -205,10 +203,7 @@ def load(config):
   """
   d = config.data
   root = d.root
-  pre = 'none' if d.preproc in ('', 'default') else d.preproc
-  if pre not in CUSTOM_PREPROC:
-    raise ConfigError(f'config.data.preproc={d.preproc!r} is not available for custom data; allowed: '
-                     f'{", ".join(CUSTOM_PREPROC)} (spec §5.9; lcn/lcnaug1 need per-class constants)')
+  pre = 'none' if d.preproc in ('', 'default') else d.preproc   # checks.PREPROCS['custom']: aug1, none
   layout = detect_layout(root)
   inp = (224, 224)
   cache = image_io.cache_dir(root, d.cache_dir)

@@ -87,10 +87,7 @@ def load(config):
   """The Source of a custom MVTec-layout folder at native resolution (see the module doc)."""
   d = config.data
   root, p, scale = d.root, int(d.patch_size), float(d.scale)
-  pre = 'none' if d.preproc in ('', 'default') else d.preproc
-  if pre not in custom.CUSTOM_PREPROC:
-    raise ConfigError(f'config.data.preproc={d.preproc!r} is not available for custom data; allowed: '
-                      f'{", ".join(custom.CUSTOM_PREPROC)}')
+  pre = 'none' if d.preproc in ('', 'default') else d.preproc   # checks.PREPROCS['custom']: aug1, none
   if custom.detect_layout(root) != 'mvtec':
     raise ConfigError(f'config.data.patch_size={p} needs the MVTec layout in config.data.root={root!r} '
                       '(train/good, test/<defect>, optional ground_truth/<defect>/<name>_mask.png)')

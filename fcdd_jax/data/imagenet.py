@@ -20,7 +20,6 @@ from fcdd_jax.data import oe
 from fcdd_jax.data import source
 from fcdd_jax.data import tfds_io
 from fcdd_jax.data import transforms
-from fcdd_jax.utils.errors import ConfigError
 
 
 def _folder_root(root):
@@ -89,12 +88,6 @@ def load(config):
   """ImageNet-30 source for class config.data.normal_class (spec §5.6)."""
   d = config.data
   c = checks.check_class(config, 30, constants.IMAGENET30_CLASSES)
-  if d.supervise_mode not in ('unsupervised', 'other', 'noise'):
-    raise ConfigError(f'config.data.supervise_mode={d.supervise_mode!r} is not available for imagenet (spec §5.6: '
-                     'nominal images are not loaded when replaced); allowed: unsupervised, other, noise')
-  if d.preproc != 'aug1':
-    raise ConfigError(f'config.data.preproc={d.preproc!r} is not available for imagenet; allowed: aug1 (the '
-                     "reference's 'none' indexes the mean by class and is unusable, spec §10.5)")
   if d.root and not os.path.isdir(d.root):
     raise FileNotFoundError(f'config.data.root={d.root!r} is not a directory: ImageNet-30 needs ImageNet-1k '
                             '(train/<wnid>/ and val/<wnid>/ folders, or the ILSVRC2012 tars for tfds)')

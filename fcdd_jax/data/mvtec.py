@@ -13,7 +13,6 @@ from fcdd_jax.data import oe
 from fcdd_jax.data import source
 from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
-from fcdd_jax.utils.errors import ConfigError
 
 MVTEC_JITTER = ((0.04, 0.04, 0.04, 0.04), (0.005, 0.0005, 0.0005, 0.0005))  # spec §5.7: random choice
 
@@ -58,7 +57,7 @@ def load(config):
     t = transforms.Transform(mean=mean, std=std, input_size=inp, raw_size=raw, channels=3, train_geom='mvtec',
                              hflip=False, noise_std=0.0, mvtec_noise=True, resize='nearest', jitter=MVTEC_JITTER)
   else:
-    raise ConfigError(f'config.data.preproc={d.preproc!r} is not available for mvtec (raw 240); allowed: lcnaug1, aug1')
+    raise AssertionError(d.preproc)   # config_checks.check_data allows lcnaug1 and aug1 only
   oe_images, oe_masks = _true_anomalies(config, data)
   if oe_images is None:
     oe_images = oe.load(config, 3, raw, cache_dir=image_io.cache_dir('', d.cache_dir))

@@ -13,7 +13,6 @@ from fcdd_jax.data import pollution
 from fcdd_jax.data import source
 from fcdd_jax.data import tfds_io
 from fcdd_jax.data import transforms
-from fcdd_jax.utils.errors import ConfigError
 
 FMNIST_DEFAULT_ROOT = '/usr/share/datasets/fashion-mnist'
 
@@ -51,8 +50,6 @@ def _one_vs_rest(config, name, tr_x, tr_y, te_x, te_y, names, table, channels, s
     t = transforms.Transform(kind='lcn', lcn_min=mn, lcn_max=mx, train_geom='none', hflip=False, noise_std=0.0,
                              **geo)
   elif pre in ('aug1', 'aug1_blackcenter', 'aug1_blackcenter_inverted'):
-    if name == 'fmnist' and pre != 'aug1':
-      raise ConfigError(f'config.data.preproc={pre!r} is only for cifar10; fmnist allows lcnaug1, lcn, aug1, none')
     fm = name == 'fmnist'
     t = transforms.Transform(mean=mean, std=std, train_geom='crop_pad', crop_pad=3 if fm else 4, hflip=True,
                              noise_std=0.01 if fm else 0.001, jitter=(0.1,) * 4 if fm else (0.01,) * 4,
@@ -61,8 +58,7 @@ def _one_vs_rest(config, name, tr_x, tr_y, te_x, te_y, names, table, channels, s
   elif pre == 'none':
     t = transforms.Transform(mean=mean, std=std, train_geom='none', hflip=False, noise_std=0.0, **geo)
   else:
-    raise ConfigError(f'config.data.preproc={pre!r} is unknown; allowed: lcnaug1, lcn, aug1, none'
-                     + (', aug1_blackcenter, aug1_blackcenter_inverted' if name == 'cifar10' else ''))
+    raise AssertionError(pre)   # config_checks.check_data allows only checks.PREPROCS[name]
   # Online malformed_normal on FMNIST/CIFAR drops the generated map (spec §3.2): label loss.
   return source.Source(
       name=name, class_names=tuple(names), normal_class=c, transform=t, train_images=train, test_images=te_x,

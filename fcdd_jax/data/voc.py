@@ -20,7 +20,6 @@ from fcdd_jax.data import oe
 from fcdd_jax.data import source
 from fcdd_jax.data import tfds_io
 from fcdd_jax.data import transforms
-from fcdd_jax.utils.errors import ConfigError
 
 HORSE = 'horse'
 
@@ -87,11 +86,6 @@ def load(config):
   """Pascal VOC 2007 source (spec §5.8)."""
   d = config.data
   c = checks.check_class(config, 1, (HORSE,))
-  if d.preproc != 'aug1':
-    raise ConfigError(f'config.data.preproc={d.preproc!r} is not available for pascal_voc; allowed: aug1')
-  if d.supervise_mode in ('malformed_normal', 'malformed_normal_gt'):
-    raise ConfigError(f'config.data.supervise_mode={d.supervise_mode!r} is not available for pascal_voc; allowed: '
-                     'unsupervised, other, noise')
   vdir = _voc2007_dir(d.root) if d.root else ''
   if d.root and not vdir:
     raise FileNotFoundError(f'config.data.root={d.root!r} holds no VOC 2007 tree (expected VOCdevkit/VOC2007 with '

@@ -119,6 +119,14 @@ def check_data(config):
   if d.supervise_mode not in data_checks.SUPERVISE_MODES:
     raise ConfigError(f'config.data.supervise_mode={d.supervise_mode!r} is unknown; allowed: '
                       + ', '.join(data_checks.SUPERVISE_MODES))
+  allowed = data_checks.SUPERVISE_MODES_OF.get(d.name, data_checks.SUPERVISE_MODES)
+  if d.supervise_mode not in allowed:
+    raise ConfigError(f'config.data.supervise_mode={d.supervise_mode!r} is not available for {d.name} (spec §5.6: '
+                      f'nominal images are not loaded when replaced); allowed: {", ".join(allowed)}')
+  allowed = data_checks.PREPROCS.get(d.name)
+  if allowed is not None and d.preproc not in allowed + data_checks.DEFAULT_PREPROC.get(d.name, ()):
+    raise ConfigError(f'config.data.preproc={d.preproc!r} is not available for {d.name} data; allowed: '
+                      f'{", ".join(allowed)}')
   generates = d.supervise_mode in data_checks.GENERATING_MODES
   modes = (anomalies.SYNTHETIC_MODES + (data_checks.OE_MODES if d.name in data_checks.OE_DATASETS else ())
            + (data_checks.TRUE_ANOMALY_MODES if d.name in ('mvtec', 'custom') else ()))
