@@ -337,14 +337,14 @@ def test_serving_commands_leave_no_log_handler_behind(tmp_path, monkeypatch):
   import io  # pylint: disable=g-import-not-at-top
   import logging  # pylint: disable=g-import-not-at-top
   from fcdd_jax import export as export_cmd  # pylint: disable=g-import-not-at-top
-  from fcdd_jax.app import serving_cli  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.serving import messages  # pylint: disable=g-import-not-at-top
   root = logging.getLogger()
   before, level = list(root.handlers), root.level
   assert predict_cmd.main(['--workdir', str(tmp_path), '--input', str(tmp_path / 'none.png'),
                            '--output', str(tmp_path / 'o')]) == 2
   assert export_cmd.main(['--workdir', str(tmp_path), '--output', str(tmp_path / 'e')]) == 2
   assert root.handlers == before and root.level == level
-  with serving_cli.one_line_logging('fcdd_jax.predict'):
+  with messages.one_line_logging('fcdd_jax.predict'):
     monkeypatch.setattr(sys, 'stderr', io.StringIO())
     logging.getLogger('some.library').warning('skipped %d file', 1)
     assert sys.stderr.getvalue() == 'fcdd_jax.predict: warning: skipped 1 file\n'

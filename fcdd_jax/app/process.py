@@ -15,8 +15,7 @@ import sys
 from absl import logging
 
 from fcdd_jax.utils import memory
-
-EXIT_UNEXPECTED, EXIT_CONFIG, EXIT_NON_FINITE, EXIT_FILE_SYSTEM, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+from fcdd_jax.utils.errors import EXIT_CONFIG, EXIT_FILE_SYSTEM, EXIT_INTERRUPTED, EXIT_NON_FINITE, EXIT_UNEXPECTED  # pylint: disable=unused-import
 
 
 def error_exit(msg, code=EXIT_CONFIG):

@@ -37,7 +37,7 @@ import shutil
 
 import numpy as np
 
-from fcdd_jax.app import serving_cli
+from fcdd_jax.serving import messages
 from fcdd_jax.serving import export_preprocess
 from fcdd_jax.serving import output_dir
 
@@ -181,27 +181,27 @@ def run(workdir, output, *, fmt='both', input_channels=None, input_size=None, pl
         overwrite=False):
   """The export command (module doc; its command line is `fcdd_jax.export`): the run in `workdir` exported
   into the folder `output`. Returns the exit code; errors are one line."""
-  with serving_cli.one_line_logging(PROG):
+  with messages.one_line_logging(PROG):
     try:
       size, platform_list = check_flags(input_size, platforms, version)
       with output_dir.staged(output, overwrite, marker=METADATA) as tmp:
         run_ = load_run(workdir)
         if not run_['finished']:
-          serving_cli.warn(PROG, f'training of {run_["workdir"]} had not finished (checkpoint step {run_["step"]}); '
+          messages.warn(PROG, f'training of {run_["workdir"]} had not finished (checkpoint step {run_["step"]}); '
                            f'exporting it anyway, marked "training_finished": false in {METADATA}')
         c_in = int(run_['preprocessing']['channels']) if input_channels is None else input_channels
         meta = write_export(run_, make_inference_fn(run_, c_in), tmp, fmt, c_in, size, platform_list, version)
     except output_dir.OutputError as e:
-      return serving_cli.error(PROG, e, serving_cli.EXIT_FILE_SYSTEM)
+      return messages.error(PROG, e, messages.EXIT_FILE_SYSTEM)
     except (ValueError, FileNotFoundError) as e:  # ExportError, NoUsableCheckpointError, ...
-      return serving_cli.error(PROG, e, serving_cli.EXIT_BAD_INPUT)
+      return messages.error(PROG, e, messages.EXIT_BAD_INPUT)
     except OSError as e:   # writing the artefacts (disk full, ...): nothing of this call is left in --output
-      return serving_cli.error(PROG, serving_cli.os_error_message(e), serving_cli.EXIT_FILE_SYSTEM)
+      return messages.error(PROG, messages.os_error_message(e), messages.EXIT_FILE_SYSTEM)
   thr = run_['thresholds'].get('image')
   print(f'exported {meta["model"]} (checkpoint step {run_["step"]}) -> {output}: '
         f'{", ".join(sorted(meta["files"].values()))}, {METADATA}'
         + (f' (image threshold {thr:.6g})' if thr is not None else ' (no threshold)'))
-  return serving_cli.EXIT_OK
+  return messages.EXIT_OK
 
 
 def check_flags(input_size, platforms, version):

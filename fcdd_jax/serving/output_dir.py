@@ -10,7 +10,7 @@
      (an earlier output is renamed aside first and deleted after the swap), on any error it is deleted and
      `path` is left as it was. Temporary siblings left by a killed call are removed by the next call.
 So `path` only ever holds one call's complete output. Errors are `OutputError`: one line naming the path and
-what was expected; the commands exit with `serving_cli.EXIT_FILE_SYSTEM`.
+what was expected; the commands exit with `messages.EXIT_FILE_SYSTEM`.
 """
 import contextlib
 import errno

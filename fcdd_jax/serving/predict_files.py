@@ -2,14 +2,14 @@
 how an image is scored is `serving/predictor.py`): inputs collected from files and folders, every file checked
 against the limits before any scoring (pass 1, `plan`), scored in batches of one scaled size with overlay and
 mask PNGs at the file's own size (pass 2, `score_files`), scores.csv, all written into a staged output folder
-(`output_dir`) that replaces --output only when complete. Exit codes and one-line errors: `app/serving_cli`."""
+(`output_dir`) that replaces --output only when complete. Exit codes and one-line errors: `serving/messages`."""
 import csv
 import os
 import time
 
 import numpy as np
 
-from fcdd_jax.app import serving_cli
+from fcdd_jax.serving import messages
 from fcdd_jax.serving import output_dir
 from fcdd_jax.serving import predictor
 from fcdd_jax.utils import progress
@@ -65,7 +65,7 @@ def plan(pred, files):
     try:
       hw = _file_size(f)
     except ValueError as e:
-      serving_cli.warn(predictor.PROG, str(e))
+      messages.warn(predictor.PROG, str(e))
       continue
     if hw[0] * hw[1] > predictor.MAX_FILE_PIXELS:
       raise predictor.ImageTooLarge(f'{f}: {hw[0]}x{hw[1]} pixels; at most {predictor.MAX_FILE_PIXELS} pixels per file (its heatmap '
@@ -131,7 +131,7 @@ def score_files(pred, groups, out_dir, stems, pix_t):
           imgs.append(image_io.load_image(f))
           names.append(f)
         except ValueError as e:   # header readable, pixels not (truncated file)
-          serving_cli.warn(predictor.PROG, str(e))
+          messages.warn(predictor.PROG, str(e))
           prog.update()
       if not imgs:
         continue
@@ -162,7 +162,7 @@ def run(workdir, inputs, output, *, overwrite=False, threshold=None, mode='full'
   """The predict command (module doc; its command line is `fcdd_jax.predict`): scores `inputs` (files or
   folders) with the run in `workdir` into the folder `output`. Returns the exit code; errors are one line."""
   t0 = time.time()
-  with serving_cli.one_line_logging(predictor.PROG):
+  with messages.one_line_logging(predictor.PROG):
     try:
       files = collect(inputs)
       with output_dir.staged(output, overwrite, marker=predictor.SCORES) as tmp:
@@ -172,12 +172,12 @@ def run(workdir, inputs, output, *, overwrite=False, threshold=None, mode='full'
         scores = score_files(pred, groups, tmp, _stems(files), pred.thresholds.get('pixel'))
         write_scores(os.path.join(tmp, predictor.SCORES), files, scores, threshold)
     except output_dir.OutputError as e:
-      return serving_cli.error(predictor.PROG, e, serving_cli.EXIT_FILE_SYSTEM)
+      return messages.error(predictor.PROG, e, messages.EXIT_FILE_SYSTEM)
     except (ValueError, FileNotFoundError) as e:
-      return serving_cli.error(predictor.PROG, e, serving_cli.EXIT_BAD_INPUT)
+      return messages.error(predictor.PROG, e, messages.EXIT_BAD_INPUT)
     except OSError as e:   # writing the outputs (disk full, ...): nothing of this call is left in --output
-      return serving_cli.error(predictor.PROG, serving_cli.os_error_message(e), serving_cli.EXIT_FILE_SYSTEM)
+      return messages.error(predictor.PROG, messages.os_error_message(e), messages.EXIT_FILE_SYSTEM)
   print(f'scored {len(scores)} of {len(files)} images ({mode} mode) in {time.time() - t0:.1f} s '
         f'-> {os.path.join(output, predictor.SCORES)}'
         + (f' (threshold {threshold:.6g})' if threshold is not None else ' (no threshold)'))
-  return serving_cli.EXIT_OK if scores else serving_cli.EXIT_NOTHING_DONE
+  return messages.EXIT_OK if scores else messages.EXIT_NOTHING_DONE

@@ -8,9 +8,10 @@ import contextlib
 import logging
 import sys
 
-from fcdd_jax.app.process import EXIT_FILE_SYSTEM   # pylint: disable=unused-import  (the one definition: process)
-
-EXIT_OK, EXIT_NOTHING_DONE, EXIT_BAD_INPUT = 0, 1, 2
+from fcdd_jax.utils.errors import EXIT_CONFIG as EXIT_BAD_INPUT
+from fcdd_jax.utils.errors import EXIT_FILE_SYSTEM  # pylint: disable=unused-import
+from fcdd_jax.utils.errors import EXIT_OK
+from fcdd_jax.utils.errors import EXIT_UNEXPECTED as EXIT_NOTHING_DONE
 
 
 def error(prog, msg, code):
