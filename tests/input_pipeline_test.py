@@ -511,7 +511,8 @@ def test_pollution_errors(make_config):
   with pytest.raises(ValueError, match='data.pollution=1.0 is out of range'):
     input_pipeline.create(_with(make_config(), pollution=1.0))
   with pytest.raises(ValueError, match='pollution=0.1 is not available for imagenet'):
-    input_pipeline.create(_with(make_config(**{'data.name': 'imagenet'}), pollution=0.1))
+    imagenet = {'data.name': 'imagenet', 'data.supervise_mode': 'unsupervised', 'data.preproc': 'aug1'}
+    input_pipeline.create(_with(make_config(**imagenet), pollution=0.1))
   with pytest.raises(ValueError, match='pollution=0.1 needs an unlabelled'):
     input_pipeline.create(_with(make_config(**{'data.supervise_mode': 'other'}), pollution=0.1))
 
