@@ -377,7 +377,8 @@ def main_panel(a, seeds):
   if a.rescore:   # eval-only variant of a trained recipe: same training, other eval.* settings
     bad = [x for x in a.set if not x.startswith(('eval.', 'model.precise_bn_data=')) and x != 'model.precise_bn=True']
     if bad or not a.name:
-      raise SystemExit(f'--rescore needs --name and eval.* / model.precise_bn=True / model.precise_bn_data= overrides only '
+      raise SystemExit(f'--rescore needs --name and eval.* / model.precise_bn=True / model.precise_bn_data= '
+                       f'overrides only '
                        f'(got {bad or "no --name"})')
     source_dir = os.path.join(root, a.rescore)
     with open(os.path.join(source_dir, 'recipe.json')) as f:

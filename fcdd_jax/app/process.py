@@ -15,7 +15,9 @@ import sys
 from absl import logging
 
 from fcdd_jax.utils import memory
-from fcdd_jax.utils.errors import EXIT_CONFIG, EXIT_FILE_SYSTEM, EXIT_INTERRUPTED, EXIT_NON_FINITE, EXIT_UNEXPECTED  # pylint: disable=unused-import
+# the exit codes (README "Exit codes"), defined once in utils/errors
+from fcdd_jax.utils.errors import (EXIT_CONFIG, EXIT_FILE_SYSTEM, EXIT_INTERRUPTED,  # pylint: disable=unused-import
+                                   EXIT_NON_FINITE, EXIT_UNEXPECTED)
 
 
 def error_exit(msg, code=EXIT_CONFIG):
