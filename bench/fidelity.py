@@ -54,6 +54,7 @@ import tempfile
 import numpy as np
 
 from bench import common
+from bench import position_prior
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BOTTLE = os.path.join(os.environ.get('FCDD_SHARED_DATA', os.path.join(os.path.dirname(_REPO), 'shared', 'data')),
@@ -290,8 +291,9 @@ def _quality(runs, set_name, seeds):
   return statistics.mean(ms) if ms else None
 
 
-def panel_table(recipes, sets, seeds, candidate, reference='authors'):
-  """Markdown lines: per set and metric, candidate and reference mean ± std; the panel means; LOSO."""
+def panel_table(recipes, sets, seeds, candidate, reference='authors', priors=None):
+  """Markdown lines: per set and metric, candidate and reference mean ± std; the panel means; LOSO.
+  `priors` {set: bench.position_prior.baselines}: what image-independent maps score on that set's masks."""
   fmt = lambda ms: '–' if ms[0] is None else f'{ms[0]:.3f} ± {ms[1]:.3f}'
   names = [candidate] + ([reference] if reference in recipes and reference != candidate else [])
   lines = [f'| set | metric | ' + ' | '.join(names) + ' |', '|---|---|' + '---|' * len(names)]
@@ -304,6 +306,10 @@ def panel_table(recipes, sets, seeds, candidate, reference='authors'):
       label = LABELS[m]
       lines.append(f'| {set_name} | {label} | ' + ' | '.join(
           f'{fmt(c)} (n={k})' for c, k in zip(cells, n_seeds)) + ' |')
+    prior = (priors or {}).get(set_name)
+    if prior:   # a detector's pixel metrics mean something only above these (bench/position_prior.py)
+      cell = '; '.join(f"{k} {v['pixel_auc']:.3f} / {v['aupro']:.3f}" for k, v in prior.items())
+      lines.append(f'| {set_name} | position only, no image (pixel AUC / AUPRO) | {cell} |' + ' |' * (len(names) - 1))
   for m in METRICS:
     means = []
     for n in names:
@@ -412,7 +418,8 @@ def main_panel(a, seeds):
   recipes = read_panel(root)
   if candidate not in recipes:
     raise SystemExit(f'no runs of recipe {candidate!r} under {root}')
-  lines = panel_table(recipes, sets, seeds, candidate)
+  priors = {s: position_prior.cached(PANEL[s], os.path.join(a.workdir, 'panel', 'cache')) for s in sets}
+  lines = panel_table(recipes, sets, seeds, candidate, priors=priors)
   print(f'\npanel {_budget_tag(a)}, seeds {",".join(map(str, seeds))}, recipe {candidate}: '
         f'{recipes[candidate]["overrides"] or "configs/custom.py as shipped"}')
   print('\n'.join(lines), flush=True)
