@@ -34,6 +34,8 @@ def get_config():
   d.online_supervision = True     # spec §6.3 (False: a fixed balanced set generated once)
   d.exact_half = False            # True: exactly half of each batch is anomalous (spec §11.4 variant)
   d.preproc = 'aug1'              # lcn | lcnaug1 | aug1 | aug1_blackcenter | aug1_blackcenter_inverted | none
+  d.orientation = ''              # custom data, training: '' (the preprocessing's own) | flips (+ vertical flips) |
+                                  # rot90 (all 8 orientations): for parts that may lie at any orientation
   d.enlarge = 1                   # passes over the training set per epoch (MVTec: 10)
   d.on_bad_image = 'error'        # error | skip (skip: warn and leave the file out)
   d.remove_oe_from_test = False   # mvtec_gt: drop the labelled anomalies from the test set (spec §11.8)

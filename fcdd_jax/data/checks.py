@@ -4,6 +4,7 @@ The checks of these names against a config (dataset, supervision and noise modes
 supervision each dataset offers) are `config_checks.check_data`, before any file is read; the datasets check
 only what needs their data (class range `check_class`, layouts, image sizes) with the same `ConfigError`.
 """
+from fcdd_jax.data import transforms
 from fcdd_jax.utils.errors import ConfigError
 
 DATASETS = ('demo', 'custom', 'mvtec', 'fmnist', 'cifar10', 'imagenet', 'pascal_voc')   # input_pipeline.LOADERS
@@ -35,3 +36,14 @@ def check_class(config, num, names):
     raise ConfigError(f'config.data.normal_class={c} is out of range for {config.data.name} '
                      f'({num} classes: 0..{num - 1} = {", ".join(names)})')
   return c
+
+
+def check_orientation(d):
+  """config.data.orientation: a known value, on custom data with preproc aug1 or none (ConfigError)."""
+  orientation = d.get('orientation', '')
+  if orientation not in transforms.ORIENTATIONS:
+    raise ConfigError(f'config.data.orientation={orientation!r} is unknown; allowed: \'\' (the preprocessing\'s own), '
+                      + ', '.join(transforms.ORIENTATIONS[1:]))
+  if orientation and (d.name != 'custom' or d.preproc not in PREPROCS['custom']):
+    raise ConfigError(f'config.data.orientation={orientation!r} works with data.name=custom and preproc '
+                      f'{" or ".join(PREPROCS["custom"])} (got {d.name}, {d.preproc})')

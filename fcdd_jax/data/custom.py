@@ -271,10 +271,11 @@ def load(config):
   if pre == 'aug1':
     t = transforms.Transform(mean=mean, std=std, input_size=inp, raw_size=test_size, channels=3,
                              train_geom='mvtec' if has_maps else 'crop', test_center=not has_maps, hflip=True,
-                             noise_std=0.001, jitter=(0.01, 0.01, 0.01, 0.01), resize=how)
+                             orientation=config.data.get('orientation', ''), noise_std=0.001,
+                             jitter=(0.01, 0.01, 0.01, 0.01), resize=how)
   else:
     t = transforms.Transform(mean=mean, std=std, input_size=inp, raw_size=inp, channels=3, train_geom='none',
-                             hflip=False, noise_std=0.0, resize=how)
+                             hflip=False, orientation=config.data.get('orientation', ''), noise_std=0.0, resize=how)
   masks_orig = None
   if data['masks'] is not None:  # spec §5.9: each map nearest-resized to the smallest side among them
     side = min(min(m.shape) for m in data['masks_orig'])

@@ -112,7 +112,7 @@ def load(config):
   mean, std = channel_stats(train)
   aug = pre == 'aug1'
   t = transforms.Transform(mean=mean, std=std, input_size=(p, p), raw_size=(p, p), channels=3, train_geom='none',
-                           hflip=aug, noise_std=0.001 if aug else 0.0, jitter=(0.01,) * 4 if aug else (),
+                           hflip=aug, orientation=d.get('orientation', ''), noise_std=0.001 if aug else 0.0, jitter=(0.01,) * 4 if aug else (),
                            resize='native')
   return source.Source(
       name='custom', class_names=names, normal_class=c, transform=t, train_images=train, test_images=test,

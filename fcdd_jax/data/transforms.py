@@ -118,6 +118,7 @@ class Transform:
   train_geom: str = 'none'
   crop_pad: int = 0
   hflip: bool = True
+  orientation: str = ''         # data.orientation: '' | 'flips' (+ vertical flips) | 'rot90' (all 8 of the square)
   noise_std: float = 0.001
   mvtec_noise: bool = False
   blackcenter: str = ''
@@ -188,6 +189,8 @@ class Transform:
     if self.hflip and rng.random() < 0.5:
       img = img[:, ::-1]
       mask = None if mask is None else mask[:, ::-1]
+    if self.orientation:   # only drawn when set: the reference's random streams are unchanged without it
+      img, mask = orient(img, mask, self.orientation, rng)
     if self.jitter:
       j = self.jitter
       if isinstance(j[0], (tuple, list)):
@@ -215,6 +218,25 @@ class Transform:
             'input_size': list(self.input_size), 'raw_size': list(self.raw_size), 'kind': self.kind,
             'mean': arr(self.mean), 'std': arr(self.std), 'lcn_min': arr(self.lcn_min),
             'lcn_max': arr(self.lcn_max), 'resize': self.resize, 'test_center': bool(self.test_center)}
+
+
+ORIENTATIONS = ('', 'flips', 'rot90')
+
+
+def orient(img, mask, orientation, rng):
+  """`data.orientation` (parts that may lie at any orientation): 'flips' flips vertically with p 1/2 (with
+  the horizontal flip: the 4 flips), 'rot90' also rotates by k·90°, k uniform in 0-3 (with the flips: all 8
+  orientations of the square; needs a square input). The mask moves with the image."""
+  if orientation not in ORIENTATIONS[1:]:
+    raise ValueError(f'orientation={orientation!r}; expected one of {ORIENTATIONS[1:]}')
+  if rng.random() < 0.5:
+    img = img[::-1]
+    mask = None if mask is None else mask[::-1]
+  if orientation == 'rot90':
+    k = int(rng.integers(4))
+    img = np.rot90(img, k, axes=(0, 1))
+    mask = None if mask is None else np.rot90(mask, k, axes=(0, 1))
+  return img, mask
 
 
 def make_test_transform(preprocessing):

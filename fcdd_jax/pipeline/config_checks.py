@@ -135,6 +135,7 @@ def check_data(config):
                       f'supervise_mode={d.supervise_mode!r}; allowed: ' + ', '.join(modes))
   if generates and d.noise_mode == 'folder' and not d.oe_root:
     raise ConfigError('config.data.noise_mode=folder needs --config.data.oe_root=<image folder>')
+  data_checks.check_orientation(d)
   if pollution_ratio(d.get('pollution', 0.0)) > 0:
     if d.name not in data_checks.POLLUTION_DATASETS:
       raise ConfigError(f'config.data.pollution={d.pollution} is not available for {d.name}; datasets with known '

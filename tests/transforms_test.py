@@ -1,0 +1,89 @@
+"""data/transforms.py: `data.orientation` (flips / all 8 orientations of the square) on images and masks."""
+import numpy as np
+import pytest
+
+from fcdd_jax.configs import custom
+from fcdd_jax.data import checks
+from fcdd_jax.data import transforms
+from fcdd_jax.utils.errors import ConfigError
+
+
+def _dihedral(img):
+  """The 8 orientations of a square array, written out as index maps (independent of np.rot90)."""
+  n = img.shape[0]
+  i, j = np.mgrid[0:n, 0:n]
+  r = n - 1
+  maps = [(i, j), (i, r - j), (r - i, j), (r - i, r - j),     # identity and the three flips
+          (j, i), (j, r - i), (r - j, i), (r - j, r - i)]     # transposes and the quarter turns
+  return [img[a, b] for a, b in maps]
+
+
+def _transform(orientation, hflip=True):
+  return transforms.Transform(mean=np.zeros(3, np.float32), std=np.ones(3, np.float32), input_size=(6, 6),
+                              raw_size=(6, 6), channels=3, train_geom='none', hflip=hflip, orientation=orientation,
+                              noise_std=0.0)
+
+
+def _seen(orientation, n=800):
+  """How often each of the 8 orientations of an asymmetric image (and its mask with it) comes out."""
+  img = (np.arange(36).reshape(6, 6, 1) * np.ones((1, 1, 3))).astype(np.uint8)
+  mask = np.zeros((6, 6), np.uint8)
+  mask[0, 1] = 1                              # a marker the mask must carry along with the image
+  refs = _dihedral(img[..., 0])
+  mrefs = _dihedral(mask)
+  t, rng = _transform(orientation), np.random.default_rng(0)
+  counts = np.zeros(8, int)
+  for _ in range(n):
+    x, m = t.train(img, mask, rng)
+    (k,) = [k for k, r in enumerate(refs) if np.array_equal(np.rint(x[..., 0] * 255), r)]
+    assert np.array_equal(m, mrefs[k])
+    counts[k] += 1
+  return counts / n
+
+
+def test_rot90_gives_all_eight_orientations_equally_often():
+  share = _seen('rot90')
+  assert np.all(np.abs(share - 1 / 8) < 0.05), share
+
+
+def test_flips_give_the_four_flips_and_no_quarter_turns():
+  share = _seen('flips')
+  assert np.all(np.abs(share[:4] - 1 / 4) < 0.06) and share[4:].sum() == 0, share
+
+
+def test_default_leaves_the_random_stream_and_geometry_of_the_reference():
+  img = np.random.default_rng(1).integers(0, 255, (6, 6, 3)).astype(np.uint8)
+  a, b = np.random.default_rng(5), np.random.default_rng(5)
+  x0, _ = _transform('').train(img, None, a)
+  x1, _ = transforms.Transform(mean=np.zeros(3, np.float32), std=np.ones(3, np.float32), input_size=(6, 6),
+                               raw_size=(6, 6), channels=3, train_geom='none', noise_std=0.0).train(img, None, b)
+  assert np.array_equal(x0, x1) and a.random() == b.random()
+
+
+@pytest.mark.parametrize('name,preproc,orientation,ok', [
+    ('custom', 'aug1', 'rot90', True), ('custom', 'none', 'flips', True), ('custom', 'aug1', '', True),
+    ('custom', 'aug1', 'rot45', False), ('mvtec', 'aug1', 'flips', False)])
+def test_orientation_is_checked_with_the_dataset(name, preproc, orientation, ok):
+  d = custom.get_config().data
+  d.name, d.preproc, d.orientation = name, preproc, orientation
+  if ok:
+    checks.check_orientation(d)
+  else:
+    with pytest.raises(ConfigError, match='config.data.orientation'):
+      checks.check_orientation(d)
+
+
+def test_custom_data_trains_with_the_stated_orientation(tmp_path):
+  """configs/custom.py on a folder: the training transform carries data.orientation; the test one does not."""
+  from fcdd_jax.data import custom as custom_data  # pylint: disable=g-import-not-at-top
+  from tests import testdata  # pylint: disable=g-import-not-at-top
+  testdata.write_mvtec_tree(str(tmp_path / 'part'), size=40, n_train=4)
+  c = custom.get_config()
+  c.data.root, c.data.cache_dir, c.data.orientation = str(tmp_path / 'part'), str(tmp_path / 'cache'), 'rot90'
+  c.data.supervise_mode, c.model.name = 'malformed_normal', 'FCDD_CNN224_VGG_NOPT'
+  src = custom_data.load(c)
+  assert src.transform.orientation == 'rot90'
+  x = src.train_images[0]
+  outs = {src.transform.train(x, None, np.random.default_rng(s))[0].tobytes() for s in range(40)}
+  tests = {src.transform.test(x).tobytes() for _ in range(3)}
+  assert len(outs) > 4 and len(tests) == 1
