@@ -306,10 +306,15 @@ def panel_table(recipes, sets, seeds, candidate, reference='authors', priors=Non
       label = LABELS[m]
       lines.append(f'| {set_name} | {label} | ' + ' | '.join(
           f'{fmt(c)} (n={k})' for c, k in zip(cells, n_seeds)) + ' |')
-    prior = (priors or {}).get(set_name)
-    if prior:   # a detector's pixel metrics mean something only above these (bench/position_prior.py)
-      cell = '; '.join(f"{k} {v['pixel_auc']:.3f} / {v['aupro']:.3f}" for k, v in prior.items())
+    prior = (priors or {}).get(set_name) or {}
+    pos = {k: v for k, v in prior.items() if k in ('centre', 'mask_prior') and v}
+    if pos:   # a detector's pixel metrics mean something only above these (bench/position_prior.py)
+      cell = '; '.join(f"{k} {v['pixel_auc']:.3f} / {v['aupro']:.3f}" for k, v in pos.items())
       lines.append(f'| {set_name} | position only, no image (pixel AUC / AUPRO) | {cell} |' + ' |' * (len(names) - 1))
+    dark = prior.get('darkness_border')
+    if dark:   # the border ratio of a map that is only the nominal images' darkness
+      lines.append(f"| {set_name} | border ratio 16 / 32 px of the images' darkness alone | "
+                   f"{dark['ratio']:.2f} / {dark['ratio32']:.2f} |" + ' |' * (len(names) - 1))
   for m in METRICS:
     means = []
     for n in names:

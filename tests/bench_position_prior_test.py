@@ -65,20 +65,33 @@ def test_corner_defects_give_the_centre_map_no_credit(tmp_path):
   assert res['centre']['pixel_auc'] < 0.2 and res['centre']['aupro'] < 0.05
   cache = tmp_path / 'cache'
   assert position_prior.cached(root, str(cache)) == position_prior.baselines(root)
-  assert os.listdir(cache) == ['position_prior-set.json']
+  assert os.listdir(cache) == ['position_prior-v2-set.json']
 
 
-def test_unmasked_set_has_no_baseline(tmp_path):
+def test_unmasked_set_has_no_position_baseline_and_a_darkness_border_ratio(tmp_path):
   root = tmp_path / 'nomask'
   os.makedirs(root / 'test' / 'good')
-  Image.fromarray(np.zeros((8, 8), np.uint8)).save(root / 'test' / 'good' / '0.png')
-  assert position_prior.baselines(str(root)) is None
+  img = np.full((256, 256), 200, np.uint8)
+  img[:40, :40] = 0                                      # a dark corner, as the solar cells' cut corners
+  Image.fromarray(img).save(root / 'test' / 'good' / '0.png')
+  res = position_prior.baselines(str(root))
+  assert set(res) == {'darkness_border'}
+  # the hottest 1 % of the darkness map (502 px) lie in the dark corner (27² px after the 248 resize and the
+  # centre crop), nearly all inside the 16 px band: share > 0.85 against the band's area share 1 - (192/224)²
+  assert 0.85 / (1 - (192 / 224) ** 2) < res['darkness_border']['ratio'] <= 1 / (1 - (192 / 224) ** 2) + 1e-6
+  img = np.full((256, 256), 200, np.uint8)
+  img[108:148, 108:148] = 0                              # a dark centre: no border share at all
+  Image.fromarray(img).save(root / 'test' / 'good' / '0.png')
+  assert position_prior.baselines(str(root))['darkness_border']['ratio'] == 0
 
 
 def test_panel_table_shows_the_position_baseline():
   runs = {('tire', 0): {'image_auc': 0.5, 'pixel_auc': 0.9, 'aupro': 0.6, 'border': 1.0, 'border32': 1.0}}
   recipes = {'authors': {'overrides': [], 'runs': runs}}
-  prior = {'centre': {'pixel_auc': 0.934, 'aupro': 0.784}, 'mask_prior': {'pixel_auc': 0.898, 'aupro': 0.777}}
+  prior = {'centre': {'pixel_auc': 0.934, 'aupro': 0.784}, 'mask_prior': {'pixel_auc': 0.898, 'aupro': 0.777},
+           'darkness_border': {'ratio': 1.71, 'ratio32': 1.7}}
   lines = fidelity.panel_table(recipes, ['tire'], [0], 'authors', priors={'tire': prior})
   (row,) = [l for l in lines if 'position only' in l]
   assert 'centre 0.934 / 0.784' in row and 'mask_prior 0.898 / 0.777' in row
+  (row,) = [l for l in lines if 'darkness' in l]
+  assert '1.71 / 1.70' in row
