@@ -87,3 +87,62 @@ def test_custom_data_trains_with_the_stated_orientation(tmp_path):
   outs = {src.transform.train(x, None, np.random.default_rng(s))[0].tobytes() for s in range(40)}
   tests = {src.transform.test(x).tobytes() for _ in range(3)}
   assert len(outs) > 4 and len(tests) == 1
+
+
+# ColorJitter: torchvision's PIL path (the reference's), checked against NumPy / colorsys formulas of Pillow's
+# ImageEnhance blends (float32 arithmetic, truncated to uint8) and of PIL's HSV.
+
+def _blend(a, b, f):
+  """Image.blend(a, b, f) as libImaging computes it: float32 a + f·(b − a), clipped, truncated."""
+  t = a.astype(np.float32) + np.float32(f) * (b.astype(np.float32) - a.astype(np.float32))
+  return np.clip(np.trunc(t), 0, 255).astype(np.uint8)
+
+
+def _luma(img):
+  """PIL's RGB -> L: (299 R + 587 G + 114 B) / 1000, rounded (ITU-R 601-2)."""
+  x = img.astype(np.int64)
+  return ((x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) >> 16).astype(np.uint8)
+
+
+def _draw(seed, n_ops, lo, hi):
+  rng = np.random.default_rng(seed)
+  f = rng.uniform(lo, hi)
+  rng.permutation(n_ops)
+  return f
+
+
+def test_color_jitter_brightness_contrast_saturation_are_pillows_blends():
+  img = np.random.default_rng(0).integers(0, 256, (9, 7, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(transforms.color_jitter(img, 0, 0, 0, 0, np.random.default_rng(0)), img)
+  f = _draw(5, 1, 0.5, 1.5)
+  out = transforms.color_jitter(img, 0.5, 0, 0, 0, np.random.default_rng(5))
+  np.testing.assert_array_equal(out, _blend(np.zeros_like(img), img, f))
+  f = _draw(6, 1, 0.2, 1.8)
+  out = transforms.color_jitter(img, 0, 0.8, 0, 0, np.random.default_rng(6))
+  mean = int(_luma(img).astype(np.float64).mean() + 0.5)
+  np.testing.assert_array_equal(out, _blend(np.full_like(img, mean), img, f))
+  f = _draw(7, 1, 0.0, 2.0)
+  out = transforms.color_jitter(img, 0, 0, 1.0, 0, np.random.default_rng(7))
+  np.testing.assert_array_equal(out, _blend(np.repeat(_luma(img)[..., None], 3, -1), img, f))
+  gray = img[..., :1]   # gray images: brightness and contrast only
+  f = _draw(8, 2, 0.5, 1.5)
+  out = transforms.color_jitter(gray, 0.5, 0, 1.0, 0, np.random.default_rng(8))
+  assert out.shape == gray.shape
+
+
+def test_color_jitter_hue_shifts_pils_hsv_hue_by_whole_levels():
+  import colorsys  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(1)
+  img = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
+  g = np.full((4, 4, 3), 100, np.uint8)
+  np.testing.assert_array_equal(transforms.color_jitter(g, 0, 0, 0, 0.5, rng), g)   # gray stays gray
+  f = _draw(3, 1, -0.5, 0.5)
+  out = transforms.color_jitter(img, 0, 0, 0, 0.5, np.random.default_rng(3)).astype(np.int64)
+  k = int(f * 255)                     # torchvision: the uint8 hue channel + int(f·255), wrapping
+  for (r, gg, b), o in zip(img.reshape(-1, 3) / 255.0, out.reshape(-1, 3)):
+    h, s, v = colorsys.rgb_to_hsv(r, gg, b)
+    want = np.asarray(colorsys.hsv_to_rgb(((round(h * 255) + k) % 256) / 255.0, s, v)) * 255
+    assert np.abs(o - want).max() <= v * 255 * 6 / 256 + 1, (o, want)   # one hue level of 256 moves a channel v·6/256
+  # |f| < 1/255: no shift, only PIL's HSV round trip (hue quantised to 256 levels: up to ~6 levels at v = 255)
+  out = transforms.color_jitter(img, 0, 0, 0, 0.001, np.random.default_rng(3)).astype(int)
+  assert np.abs(out - img).max() <= 6 and np.abs(out - img).mean() < 1.5
