@@ -21,6 +21,8 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
+
 #include "dnnl.hpp"
 #include "runtime.h"
 #include "xla/ffi/api/ffi.h"
@@ -50,10 +52,11 @@ struct Geometry {
   int64_t n, h, w, ci, co, k, pad, ho, wo;
   memory::data_type src_dt, dst_dt;  // activations in / out (bwd_data: diff_dst / diff_src; bwd_w: src / diff_dst)
   bool bias = false;
+  int threads = 0;  // OpenMP threads the primitive is made for and runs on (0: all)
   std::string Key(const char* kind) const {
     char buf[256];
-    std::snprintf(buf, sizeof buf, "%s:%ld,%ld,%ld,%ld,%ld,%ld,%ld:%d,%d,%d", kind, (long)n, (long)h, (long)w,
-                  (long)ci, (long)co, (long)k, (long)pad, (int)src_dt, (int)dst_dt, (int)bias);
+    std::snprintf(buf, sizeof buf, "%s:%ld,%ld,%ld,%ld,%ld,%ld,%ld:%d,%d,%d,%d", kind, (long)n, (long)h, (long)w,
+                  (long)ci, (long)co, (long)k, (long)pad, (int)src_dt, (int)dst_dt, (int)bias, threads);
     return buf;
   }
   memory::dims Src() const { return {n, ci, h, w}; }
@@ -251,11 +254,17 @@ ffi::Error ConvBwdWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
   if (!ToDnnl(x.element_type(), &g.src_dt)) return Fail("dtype");
   if (dy.element_type() != x.element_type()) return Fail("x and dy must have one dtype");
   g.dst_dt = memory::data_type::f32;
+  // A first layer's weight gradient (1-4 input channels) on one thread: oneDNN 3.2's 2-thread kernels for it
+  // (jit_bf16 / jit:avx512_core, minibatch split + reduction) were slower in every measurement on the 2-core AMD EPYC
+  // (bf16 3x3 3->128 at 32^2, batch 128: 52-1300 ms vs 16-36 ms on one thread, the 2-thread one stalling under load).
+  g.threads = g.ci <= 4 ? 1 : 0;
   if (g.n == 0) {
     std::fill_n(static_cast<float*>(dw->untyped_data()), dw->element_count(), 0.0f);
     return ffi::Error::Success();
   }
   return Execute([&] {
+    const int saved = omp_get_max_threads();
+    if (g.threads) omp_set_num_threads(g.threads);  // this thread's setting only: the primitive is made and run on it
     Entry* e = GetBwdWeights(g);
     auto& eng = Engine();
     dnnl::stream s(eng);
@@ -266,6 +275,7 @@ ffi::Error ConvBwdWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
     e->prim.execute(s, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, wm}});
     if (e->wei_reorder) e->reorder.execute(s, wm, wu);
     s.wait();
+    if (g.threads) omp_set_num_threads(saved);
   });
 }
 
