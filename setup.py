@@ -1,5 +1,7 @@
-"""Builds the optional oneDNN convolution extension (fcdd_jax/models/cpu/onednn/_onednn_conv*.so, XLA FFI custom calls;
-fcdd_jax/models/cpu/onednn/__init__.py). Everything else is declared in pyproject.toml.
+"""Builds the optional oneDNN convolution extension (fcdd_jax/models/cpu/onednn/_onednn_conv*.so, XLA FFI custom calls:
+the convolutions, onednn_conv.cc, and the fused blocks' BN-activation-pool tail, block_tail.cc; threaded with OpenMP,
+the libgomp oneDNN's gomp build uses; fcdd_jax/models/cpu/onednn/__init__.py). Everything else is declared in
+pyproject.toml.
 
 On Linux x86_64 the build requirements (pyproject.toml) bring oneDNN's headers and library
 (onednn-devel-cpu-gomp) and the XLA FFI headers (jaxlib). When they are missing or the compiler fails, the
@@ -72,12 +74,14 @@ ext_modules = []
 if sys.platform.startswith('linux') and platform.machine().lower() in ('x86_64', 'amd64'):
   ext_modules.append(Extension(
       'fcdd_jax.models.cpu.onednn._onednn_conv',
-      sources=[os.path.join(ONEDNN_DIR, 'onednn_conv.cc')],
+      sources=[os.path.join(ONEDNN_DIR, 'onednn_conv.cc'), os.path.join(ONEDNN_DIR, 'block_tail.cc')],
+      depends=[os.path.join(ONEDNN_DIR, 'runtime.h'), os.path.join(ONEDNN_DIR, 'block_tail_rows.inc')],
       language='c++',
-      extra_compile_args=['-O2', '-g0', '-std=c++17', '-fvisibility=hidden', '-Wno-return-type'],
+      # block_tail.cc compiles its loops for AVX-512 too (#pragma GCC target) and picks them at run time
+      extra_compile_args=['-O2', '-g0', '-std=c++17', '-fvisibility=hidden', '-Wno-return-type', '-fopenmp'],
       # installed wheel: <prefix>/lib/pythonX.Y/site-packages/fcdd_jax/models/cpu/onednn -> <prefix>/lib (libdnnl.so.3);
       # fcdd_jax.models.cpu.onednn also preloads the library by path, which covers editable installs
-      extra_link_args=['-Wl,-rpath,$ORIGIN/../../../../../..'],
+      extra_link_args=['-Wl,-rpath,$ORIGIN/../../../../../..', '-fopenmp'],
   ))
 
 setup(ext_modules=ext_modules, cmdclass={'build_ext': OptionalBuildExt})

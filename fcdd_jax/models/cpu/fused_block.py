@@ -12,6 +12,11 @@ import jax
 import jax.numpy as jnp
 
 from fcdd_jax.models.cpu import cpu_conv
+from fcdd_jax.models.cpu.onednn import block_tail
+
+# The tail (BN, activation, pool) of a block whose conv runs on oneDNN runs as the extension's custom calls
+# (`onednn.block_tail`); False: as jnp here (A/B benchmarks; read when a block is traced).
+NATIVE_TAIL = True
 
 
 class BlockSpec(NamedTuple):
@@ -178,11 +183,19 @@ def _bn_act(spec, z, mean, inv, scale, bias):
   return a
 
 
+def native_tail(spec):
+  """Whether the block's BN-activation-pool tail runs as the oneDNN extension's custom calls (`NATIVE_TAIL`)."""
+  return spec.conv == 'onednn' and NATIVE_TAIL
+
+
 def _block_forward(spec, x, w, b, scale, bias, mean, var, mask):
   """Returns (y, batch_mean, batch_var, residuals)."""
   dtype = jnp.dtype(spec.dtype)
   xc = x.astype(dtype)
   z, cols = cpu_conv.conv_forward_biased(spec, xc, w, b)  # in the unfused Conv's output dtype; kept for the backward
+  if native_tail(spec):
+    y, mean, var = block_tail.forward(spec, z, mean, var, scale, bias, mask)
+    return y, mean, var, (xc, z, y, cols)
   if spec.bn == 'batch':
     mean, var = _batch_stats(_f32(z), mask)
   inv = jax.lax.rsqrt(var + spec.eps) if spec.bn else None
@@ -209,59 +222,11 @@ def _block_vjp(spec):
   def bwd(res, cts):
     xc, z, y, cols, w, b, scale, bias, mean_in, var_in, bm, bv, mask, x_dtype = res
     mean, var = (bm, bv) if spec.bn == 'batch' else (mean_in, var_in)
-    inv = jax.lax.rsqrt(var + spec.eps) if spec.bn else None
-    gy = _f32(cts[0])
-    z = _after(z, gy)  # recomputations from z belong to the backward pass (no CSE with the forward's)
-    # Cotangent of the activation's input at the (pooled) output positions; the activation's slope there
-    # follows from the sign of the output (a > 0 <=> y > 0).
-    if spec.act == 'relu':
-      ga = jnp.where(y > 0, gy, 0.0)
-    elif spec.act == 'leaky':
-      ga = jnp.where(y > 0, gy, gy * spec.slope)
+    if native_tail(spec):
+      dz, dscale, dbias, db = block_tail.backward(spec, z, cts[0], mean, var, scale, bias, mask)
     else:
-      ga = gy
-    xhat = lambda zz: (_f32(zz) - mean) * inv
-    c = z.shape[-1]
-    n = _count(z, mask)
-    none = jnp.zeros((0,), jnp.float32)
-    dscale, dbias = none, none
-    if spec.pool:
-      # The pool sends each window's gradient to its first maximum (recomputed from z: BN -> activation ->
-      # first max of the k*k views, elementwise). The BN sums only involve those positions: they run over
-      # the pooled grid, reading each window's k*k values of z once.
-      k = spec.pool
-      views = _window_views(z, k)
-      idx = _first_max([_bn_act(spec, v, mean, inv, scale, bias) for v in views])[1]
-      if spec.bn:
-        xh_at = xhat(views[0])
-        for t in range(1, k * k):
-          xh_at = jnp.where(idx == t, xhat(views[t]), xh_at)
-        dbeta, dgamma = _channel_sums(ga, ga * xh_at)
-      shape6 = _windows(z, k).shape
-      pos = (jax.lax.broadcasted_iota(jnp.int32, shape6, 2) * k + jax.lax.broadcasted_iota(jnp.int32, shape6, 4))
-      g = jnp.where(pos == idx[:, :, None, :, None, :], ga[:, :, None, :, None, :], 0.0).reshape(z.shape)
-    else:
-      g = ga
-      if spec.bn:
-        dbeta, dgamma = _channel_sums(g, g * xhat(z))
-    if spec.bn:
-      gamma = scale if scale.shape[0] else jnp.ones((c,), jnp.float32)
-      if scale.shape[0]:
-        dscale, dbias = dgamma, dbeta
-      if spec.bn == 'batch':
-        if mask.shape[0]:  # every row is normalised with the counted rows' statistics, which depend on those only
-          m = _row_mask(mask)
-          dz = (gamma * inv) * (g - m * (dbeta / n) - (m * xhat(z)) * (dgamma / n))
-        else:
-          dz = (gamma * inv) * (g - dbeta / n - xhat(z) * (dgamma / n))
-        db = jnp.zeros((c,), jnp.float32)  # the batch mean cancels the conv bias: its gradient is exactly 0
-      else:
-        dz = g * (gamma * inv)
-        db = gamma * inv * dbeta
-    else:
-      dz = g
-      db = _channel_sums(ga)[0]
-    dx, dw = cpu_conv.conv_backward(spec, _after(xc, gy), w, dz, cols)
+      dz, dscale, dbias, db = _tail_backward(spec, z, y, cts[0], mean, var, scale, bias, mask)
+    dx, dw = cpu_conv.conv_backward(spec, _after(xc, cts[0]), w, dz, cols)
     grads = (dx.astype(x_dtype.dtype), dw.astype(w.dtype), db.astype(b.dtype) if b.shape[0] else b,
              dscale if scale.shape[0] else scale, dbias if bias.shape[0] else bias,
              jnp.zeros_like(mean_in), jnp.zeros_like(var_in), jnp.zeros_like(mask))
@@ -269,3 +234,60 @@ def _block_vjp(spec):
 
   block.defvjp(fwd, bwd)
   return block
+
+
+def _tail_backward(spec, z, y, gy, mean, var, scale, bias, mask):
+  """(dz float32, dscale, dbias, db) of the block's tail in jnp, recomputed from the conv output z."""
+  inv = jax.lax.rsqrt(var + spec.eps) if spec.bn else None
+  gy = _f32(gy)
+  z = _after(z, gy)  # recomputations from z belong to the backward pass (no CSE with the forward's)
+  # Cotangent of the activation's input at the (pooled) output positions; the activation's slope there
+  # follows from the sign of the output (a > 0 <=> y > 0).
+  if spec.act == 'relu':
+    ga = jnp.where(y > 0, gy, 0.0)
+  elif spec.act == 'leaky':
+    ga = jnp.where(y > 0, gy, gy * spec.slope)
+  else:
+    ga = gy
+  xhat = lambda zz: (_f32(zz) - mean) * inv
+  c = z.shape[-1]
+  n = _count(z, mask)
+  none = jnp.zeros((0,), jnp.float32)
+  dscale, dbias = none, none
+  if spec.pool:
+    # The pool sends each window's gradient to its first maximum (recomputed from z: BN -> activation ->
+    # first max of the k*k views, elementwise). The BN sums only involve those positions: they run over
+    # the pooled grid, reading each window's k*k values of z once.
+    k = spec.pool
+    views = _window_views(z, k)
+    idx = _first_max([_bn_act(spec, v, mean, inv, scale, bias) for v in views])[1]
+    if spec.bn:
+      xh_at = xhat(views[0])
+      for t in range(1, k * k):
+        xh_at = jnp.where(idx == t, xhat(views[t]), xh_at)
+      dbeta, dgamma = _channel_sums(ga, ga * xh_at)
+    shape6 = _windows(z, k).shape
+    pos = (jax.lax.broadcasted_iota(jnp.int32, shape6, 2) * k + jax.lax.broadcasted_iota(jnp.int32, shape6, 4))
+    g = jnp.where(pos == idx[:, :, None, :, None, :], ga[:, :, None, :, None, :], 0.0).reshape(z.shape)
+  else:
+    g = ga
+    if spec.bn:
+      dbeta, dgamma = _channel_sums(g, g * xhat(z))
+  if spec.bn:
+    gamma = scale if scale.shape[0] else jnp.ones((c,), jnp.float32)
+    if scale.shape[0]:
+      dscale, dbias = dgamma, dbeta
+    if spec.bn == 'batch':
+      if mask.shape[0]:  # every row is normalised with the counted rows' statistics, which depend on those only
+        m = _row_mask(mask)
+        dz = (gamma * inv) * (g - m * (dbeta / n) - (m * xhat(z)) * (dgamma / n))
+      else:
+        dz = (gamma * inv) * (g - dbeta / n - xhat(z) * (dgamma / n))
+      db = jnp.zeros((c,), jnp.float32)  # the batch mean cancels the conv bias: its gradient is exactly 0
+    else:
+      dz = g * (gamma * inv)
+      db = gamma * inv * dbeta
+  else:
+    dz = g
+    db = _channel_sums(ga)[0]
+  return dz, dscale, dbias, db

@@ -11,7 +11,9 @@ to `onednn-cpu-gomp`'s `libdnnl.so.3`):
 
 x / dy in float32 or bfloat16 (NHWC), w float32 HWIO (a bf16 conv rounds it to bf16 in oneDNN's weight
 reorder, like `w.astype(bfloat16)`). `conv` is the custom-VJP convolution built from them (`layers.Conv`);
-the fused blocks call the three ops directly (`cpu_conv.conv_forward` / `conv_backward`, plan 'onednn').
+the fused blocks call the three ops directly (`cpu_conv.conv_forward` / `conv_backward`, plan 'onednn'). The same
+extension holds the fused blocks' BN-activation-pool tail (`block_tail`). Every call runs on one thread of the
+extension's own, the master of oneDNN's one OpenMP team (`runtime.h`; `set_thread_mode` for A/B benchmarks).
 
 Which path runs: `conv_impl()`, from the environment variable FCDD_CONV_IMPL = auto | xla | onednn (an
 environment variable, not a config field, so that it also reaches benchmarks, export and tests without a
@@ -35,7 +37,8 @@ ENV = 'FCDD_CONV_IMPL'
 CHOICES = ('auto', 'xla', 'onednn')
 DEFAULT = 'auto'   # FCDD_CONV_IMPL unset: oneDNN where it loads (faster in every measured step, bench/README.md)
 _TARGETS = {'fcdd_onednn_conv_fwd': 'FcddOnednnConvFwd', 'fcdd_onednn_conv_bwd_data': 'FcddOnednnConvBwdData',
-            'fcdd_onednn_conv_bwd_weights': 'FcddOnednnConvBwdWeights'}
+            'fcdd_onednn_conv_bwd_weights': 'FcddOnednnConvBwdWeights',
+            'fcdd_block_tail_fwd': 'FcddBlockTailFwd', 'fcdd_block_tail_bwd': 'FcddBlockTailBwd'}
 _DTYPES = ('float32', 'bfloat16')
 _state = {'lib': None, 'error': None, 'loaded': False, 'logged': None}
 
@@ -88,6 +91,13 @@ def load():
   except (OSError, RuntimeError, AttributeError) as e:
     _state['error'] = f'{type(e).__name__}: {e}'
   return _state['lib'] is not None
+
+
+def set_thread_mode(own_thread):
+  """True (default): the custom calls run on the extension's own thread; False: on XLA's calling threads (each
+  then the master of an OpenMP team of its own; for A/B benchmarks, `runtime.h`)."""
+  if load():
+    _state['lib'].fcdd_onednn_set_thread_mode(int(bool(own_thread)))
 
 
 def unavailable_reason():
@@ -143,8 +153,9 @@ def _pad_attr(pad):
   return np.int64(pad)
 
 
-def _call(target, out):
-  # vmap (several models as one program, `config.runs`): one custom call per mapped element
+def ffi_call(target, out):
+  """jax.ffi.ffi_call of one of the extension's targets (`block_tail` uses it too); under vmap (several models as one
+  program, `config.runs`) one custom call per mapped element."""
   return jax.ffi.ffi_call(target, out, vmap_method='sequential')
 
 
@@ -155,19 +166,19 @@ def conv_fwd(x, w, b=None, pad=0, out_dtype=jnp.float32):
   k, co = w.shape[0], w.shape[3]
   out = jax.ShapeDtypeStruct((n, h + 2 * pad - k + 1, wd + 2 * pad - k + 1, co), jnp.dtype(out_dtype))
   b = jnp.zeros((0,), jnp.float32) if b is None else b.astype(jnp.float32)
-  return _call('fcdd_onednn_conv_fwd', out)(x, w.astype(jnp.float32), b, pad=_pad_attr(pad))
+  return ffi_call('fcdd_onednn_conv_fwd', out)(x, w.astype(jnp.float32), b, pad=_pad_attr(pad))
 
 
 def conv_bwd_data(dy, w, pad, x_shape, out_dtype=None):
   """dx [x_shape] (out_dtype, default dy's) of conv_fwd for the cotangent dy [N,Ho,Wo,Co]."""
   out = jax.ShapeDtypeStruct(tuple(x_shape), jnp.dtype(out_dtype or dy.dtype))
-  return _call('fcdd_onednn_conv_bwd_data', out)(dy, w.astype(jnp.float32), pad=_pad_attr(pad))
+  return ffi_call('fcdd_onednn_conv_bwd_data', out)(dy, w.astype(jnp.float32), pad=_pad_attr(pad))
 
 
 def conv_bwd_weights(x, dy, k, pad):
   """dw [k,k,Ci,Co] float32 of conv_fwd for the cotangent dy (x and dy in one dtype)."""
   out = jax.ShapeDtypeStruct((k, k, x.shape[-1], dy.shape[-1]), jnp.float32)
-  return _call('fcdd_onednn_conv_bwd_weights', out)(x, dy.astype(x.dtype), pad=_pad_attr(pad))
+  return ffi_call('fcdd_onednn_conv_bwd_weights', out)(x, dy.astype(x.dtype), pad=_pad_attr(pad))
 
 
 def conv(x, w, pad, dtype=jnp.float32):

@@ -9,7 +9,7 @@
 // HWIO and are reordered (and rounded to bf16 for a bf16 conv) into the primitive's preferred blocked layout;
 // the weight gradient is computed in the primitive's layout and reordered to float32 HWIO. The output dtypes
 // are those of the result buffers (y / dx: f32 or bf16). Primitives (and the reorders) are cached per shape
-// and dtype; calls are serialised by one mutex (each runs on oneDNN's OpenMP threads, omp_get_max_threads()).
+// and dtype; calls run one at a time on the extension's own thread (runtime.h), with oneDNN's OpenMP threads.
 #include <cstdint>
 #include <cstdio>
 #include <algorithm>
@@ -21,10 +21,15 @@
 #include <string>
 #include <vector>
 
+#include <omp.h>
+
 #include "dnnl.hpp"
+#include "runtime.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using fcdd_onednn::Execute;
+using fcdd_onednn::Fail;
 using dnnl::memory;
 using tag = dnnl::memory::format_tag;
 
@@ -33,11 +38,6 @@ namespace {
 dnnl::engine& Engine() {
   static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   return eng;
-}
-
-std::mutex& Mutex() {
-  static std::mutex mu;
-  return mu;
 }
 
 bool ToDnnl(ffi::DataType t, memory::data_type* out) {
@@ -52,10 +52,11 @@ struct Geometry {
   int64_t n, h, w, ci, co, k, pad, ho, wo;
   memory::data_type src_dt, dst_dt;  // activations in / out (bwd_data: diff_dst / diff_src; bwd_w: src / diff_dst)
   bool bias = false;
+  int threads = 0;  // OpenMP threads the primitive is made for and runs on (0: all)
   std::string Key(const char* kind) const {
     char buf[256];
-    std::snprintf(buf, sizeof buf, "%s:%ld,%ld,%ld,%ld,%ld,%ld,%ld:%d,%d,%d", kind, (long)n, (long)h, (long)w,
-                  (long)ci, (long)co, (long)k, (long)pad, (int)src_dt, (int)dst_dt, (int)bias);
+    std::snprintf(buf, sizeof buf, "%s:%ld,%ld,%ld,%ld,%ld,%ld,%ld:%d,%d,%d,%d", kind, (long)n, (long)h, (long)w,
+                  (long)ci, (long)co, (long)k, (long)pad, (int)src_dt, (int)dst_dt, (int)bias, threads);
     return buf;
   }
   memory::dims Src() const { return {n, ci, h, w}; }
@@ -180,8 +181,6 @@ ffi::Error CheckRank(const ffi::AnyBuffer& b, size_t rank, const char* what) {
   return ffi::Error::Success();
 }
 
-ffi::Error Fail(const std::string& msg) { return ffi::Error(ffi::ErrorCode::kInternal, "fcdd_onednn: " + msg); }
-
 ffi::Error ConvFwdImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi::Result<ffi::AnyBuffer> y,
                        int64_t pad) {
   if (auto e = CheckRank(x, 4, "x"); e.failure()) return e;
@@ -195,8 +194,7 @@ ffi::Error ConvFwdImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi
   g.bias = b.element_count() > 0;
   if (!ToDnnl(x.element_type(), &g.src_dt) || !ToDnnl(y->element_type(), &g.dst_dt)) return Fail("dtype");
   if (g.n == 0) return ffi::Error::Success();
-  try {
-    std::lock_guard<std::mutex> lock(Mutex());
+  return Execute([&] {
     Entry* e = GetFwd(g);
     auto& eng = Engine();
     dnnl::stream s(eng);
@@ -213,10 +211,7 @@ ffi::Error ConvFwdImpl(ffi::AnyBuffer x, ffi::AnyBuffer w, ffi::AnyBuffer b, ffi
                                              b.untyped_data());
     e->prim.execute(s, args);
     s.wait();
-  } catch (const dnnl::error& err) {
-    return Fail(err.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error ConvBwdDataImpl(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi::AnyBuffer> dx, int64_t pad) {
@@ -230,8 +225,7 @@ ffi::Error ConvBwdDataImpl(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi:
   g.ho = dyd[1]; g.wo = dyd[2];
   if (!ToDnnl(dy.element_type(), &g.src_dt) || !ToDnnl(dx->element_type(), &g.dst_dt)) return Fail("dtype");
   if (g.n == 0) return ffi::Error::Success();
-  try {
-    std::lock_guard<std::mutex> lock(Mutex());
+  return Execute([&] {
     Entry* e = GetBwdData(g);
     auto& eng = Engine();
     dnnl::stream s(eng);
@@ -245,10 +239,7 @@ ffi::Error ConvBwdDataImpl(ffi::AnyBuffer dy, ffi::AnyBuffer w, ffi::Result<ffi:
     }
     e->prim.execute(s, {{DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_WEIGHTS, wm}, {DNNL_ARG_DIFF_SRC, dxm}});
     s.wait();
-  } catch (const dnnl::error& err) {
-    return Fail(err.what());
-  }
-  return ffi::Error::Success();
+  });
 }
 
 ffi::Error ConvBwdWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<ffi::AnyBuffer> dw, int64_t pad) {
@@ -263,12 +254,17 @@ ffi::Error ConvBwdWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
   if (!ToDnnl(x.element_type(), &g.src_dt)) return Fail("dtype");
   if (dy.element_type() != x.element_type()) return Fail("x and dy must have one dtype");
   g.dst_dt = memory::data_type::f32;
+  // A first layer's weight gradient (1-4 input channels) on one thread: oneDNN 3.2's 2-thread kernels for it
+  // (jit_bf16 / jit:avx512_core, minibatch split + reduction) were slower in every measurement on the 2-core AMD EPYC
+  // (bf16 3x3 3->128 at 32^2, batch 128: 52-1300 ms vs 16-36 ms on one thread, the 2-thread one stalling under load).
+  g.threads = g.ci <= 4 ? 1 : 0;
   if (g.n == 0) {
     std::fill_n(static_cast<float*>(dw->untyped_data()), dw->element_count(), 0.0f);
     return ffi::Error::Success();
   }
-  try {
-    std::lock_guard<std::mutex> lock(Mutex());
+  return Execute([&] {
+    const int saved = omp_get_max_threads();
+    if (g.threads) omp_set_num_threads(g.threads);  // this thread's setting only: the primitive is made and run on it
     Entry* e = GetBwdWeights(g);
     auto& eng = Engine();
     dnnl::stream s(eng);
@@ -279,10 +275,8 @@ ffi::Error ConvBwdWeightsImpl(ffi::AnyBuffer x, ffi::AnyBuffer dy, ffi::Result<f
     e->prim.execute(s, {{DNNL_ARG_SRC, xm}, {DNNL_ARG_DIFF_DST, dym}, {DNNL_ARG_DIFF_WEIGHTS, wm}});
     if (e->wei_reorder) e->reorder.execute(s, wm, wu);
     s.wait();
-  } catch (const dnnl::error& err) {
-    return Fail(err.what());
-  }
-  return ffi::Error::Success();
+    if (g.threads) omp_set_num_threads(saved);
+  });
 }
 
 }  // namespace
@@ -323,5 +317,8 @@ extern "C" const char* fcdd_onednn_info() {
   }
   return info.c_str();
 }
+
+// 1: the custom calls run on the extension's own thread (default); 0: on XLA's calling thread. For A/B benchmarks.
+extern "C" void fcdd_onednn_set_thread_mode(int mode) { fcdd_onednn::ThreadMode() = mode; }
 
 #pragma GCC visibility pop
