@@ -1,0 +1,68 @@
+"""Eval-only experiment (issue 24, rejected): a finished run's test heatmaps standardised per pixel by its nominal
+training heatmaps (mean `sub`, mean and std `z` at full resolution, `z_low`/`sub_low` on the low-res map before the
+upsampling), scored like a run (image AUC by max and mean, pixel AUC and AUPRO at the masks' resolution, border
+ratio). Results and the reading: bench/README.md, "Panel", session 10.
+
+  python -m bench.heatmap_standardise RUN_DIR OUT.json    # RUN_DIR: a finished run with its final checkpoint
+"""
+import json
+import os
+import sys
+
+import numpy as np
+import jax
+import ml_collections
+from fcdd_jax import input_pipeline
+from fcdd_jax.evaluation import metrics as M
+from fcdd_jax.evaluation import results as R
+from fcdd_jax.models import receptive
+from fcdd_jax.pipeline import run, steps
+from fcdd_jax.utils import checkpointing
+
+def main(run_dir, out_json):
+  if os.path.exists(out_json):
+    return
+  c = ml_collections.ConfigDict(json.load(open(os.path.join(run_dir, 'config.json'))))
+  c.eval.image_score = 'max'
+  pipe = input_pipeline.create(c)
+  built = run.build_run(c, pipe.info, pipe.info.steps_per_epoch)
+  ck = checkpointing.Checkpointer(os.path.join(run_dir, 'checkpoints'), max_to_keep=1, asynchronous=False)
+  state, meta, step = ck.restore_latest(built.init_state(jax.random.PRNGKey(0)))
+  ck.close()
+  ev = steps.compile_eval(built)
+  test = R.run_evaluation(state, pipe, ev, built.data_sharding, 'test', 16)
+  train = R.run_evaluation(state, pipe, ev, built.data_sharding, 'train', 16)
+  lab = test['label'].astype(int)
+  th, tr = test['heatmap'].astype(np.float64), train['heatmap'].astype(np.float64)
+  tl, trl = test['heatmap_lowres'].astype(np.float64), train['heatmap_lowres'].astype(np.float64)
+  mu, sd = tr.mean(0), tr.std(0)
+  mul, sdl = trl.mean(0), trl.std(0)
+  masks = pipe.test_masks_original() if pipe.info.test_gtmaps else None
+  out = {'run': run_dir, 'n_train': int(len(tr))}
+  sc = built.step_config
+  def up(low):
+    low = jax.numpy.asarray(low, jax.numpy.float32)
+    return np.asarray(receptive.upsample(low, sc.reception, sc.image_size, std=sc.gauss_std))
+  variants = {
+    'raw': th,
+    'sub': th - mu,
+    'z': (th - mu) / (sd + sd.mean() * 0.1),
+    'z_low': up((tl - mul) / (sdl + sdl.mean() * 0.1)),
+    'sub_low': up(tl - mul),
+  }
+  nom = lab == 0
+  for k, h in variants.items():
+    r = {'image_auc_max': float(M.roc_auc(lab, h.reshape(len(h), -1).max(1))),
+         'image_auc_mean': float(M.roc_auc(lab, h.reshape(len(h), -1).mean(1)))}
+    if masks is not None:
+      maps = [M.resize_nearest(x, m.shape) for x, m in zip(h, masks)]
+      r['pixel_auc'] = float(M.pixel_auc(masks, np.stack(maps).astype(np.float32)))
+      r['aupro'] = float(M.aupro([masks[i].astype(np.uint8) for i in range(len(masks))], maps))
+    s, a = M.border_share(h[nom], band=16)
+    r['border'] = s / a
+    out[k] = r
+  json.dump(out, open(out_json, 'w'))
+  print(json.dumps(out))
+
+if __name__ == '__main__':
+  main(sys.argv[1], sys.argv[2])
