@@ -167,11 +167,3 @@ def pipe_transform_normalize(wd, img):
     p = json.load(f)
   x = np.repeat(img, 3, -1) if img.shape[-1] == 1 else img
   return ((x.astype(np.float32) / 255 - np.asarray(p['mean'], np.float32)) / np.asarray(p['std'], np.float32))
-
-
-def test_export_refuses_a_patch_trained_run():
-  from fcdd_jax.serving import export_preprocess
-  p = {'kind': 'normalize', 'resize': 'native', 'channels': 3, 'mean': [0.5] * 3, 'std': [0.2] * 3,
-       'input_size': [224, 224]}
-  with pytest.raises(export_preprocess.ExportError, match=r'data.patch_size > 0.*fcdd_jax.predict'):
-    export_preprocess.check_preprocessing(p, 3)

@@ -26,6 +26,20 @@ def np_algorithm1(a, r, j, s, H, std):
   return out[:, pad - si:full - (pad + si), pad - si:full - (pad + si)]
 
 
+def np_algorithm1_hw(a, r, j, s, H, W, std):
+  """np_algorithm1 for rectangular maps [n, h, w] -> [n, H, W] (the same transposed conv, per-axis sizes)."""
+  n, h, w = a.shape
+  G = np.outer(np_window(r, std), np_window(r, std))
+  extra = 1 if r % 2 else 2
+  fh, fw = (h - 1) * j + r + H - (h - 1) * j - extra, (w - 1) * j + r + W - (w - 1) * j - extra
+  out = np.zeros((n, max(fh, (h - 1) * j + r), max(fw, (w - 1) * j + r)))
+  for y in range(h):
+    for x in range(w):
+      out[:, y * j:y * j + r, x * j:x * j + r] += a[:, y, x, None, None] * G
+  pad, si = (r - 1) // 2, int(s)
+  return out[:, pad - si:fh - (pad + si), pad - si:fw - (pad + si)]
+
+
 def np_conv(x, w, pad):
   """float64 cross-correlation, NHWC x HWIO, stride 1, symmetric zero padding (direct sum over taps)."""
   k = w.shape[0]
