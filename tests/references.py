@@ -64,3 +64,48 @@ def np_conv_grads(x, w, pad, dy):
       dxp[:, i:i + oh, j:j + ow] += np.einsum('nhwo,co->nhwc', dy, w[i, j])
       dw[i, j] = np.einsum('nhwc,nhwo->co', xp[:, i:i + oh, j:j + ow], dy)
   return dxp[:, pad:pad + x.shape[1], pad:pad + x.shape[2]], dw
+
+
+def np_rank_auc(labels, scores):
+  """ROC AUC as the Mann-Whitney U statistic from average ranks (ties get their mean rank)."""
+  labels = np.asarray(labels).reshape(-1).astype(bool)
+  scores = np.asarray(scores, np.float64).reshape(-1)
+  order = np.argsort(scores, kind='mergesort')
+  ranks = np.empty(len(scores))
+  s = scores[order]
+  i = 0
+  while i < len(s):
+    j = i
+    while j + 1 < len(s) and s[j + 1] == s[i]:
+      j += 1
+    ranks[order[i:j + 1]] = (i + j) / 2 + 1
+    i = j + 1
+  p, n = labels.sum(), (~labels).sum()
+  return (ranks[labels].sum() - p * (p + 1) / 2) / (p * n)
+
+
+def np_aupro(masks, heats, fpr_limit=0.3):
+  """AUPRO from its definition: at every distinct score t (descending), FPR(t) = share of mask-0 pixels with
+  score >= t and PRO(t) = mean over 8-connected defect regions of the share of their pixels with score >= t;
+  trapezoids up to fpr_limit, the last point linearly interpolated there, divided by fpr_limit."""
+  from scipy import ndimage
+  scores = np.concatenate([np.asarray(h, np.float64).reshape(-1) for h in heats])
+  nominal = np.concatenate([(np.asarray(m) <= 0).reshape(-1) for m in masks])
+  regions = []
+  offset = 0
+  for m, h in zip(masks, heats):
+    lab, n = ndimage.label(np.asarray(m) > 0, structure=np.ones((3, 3)))
+    regions += [offset + np.flatnonzero(lab.reshape(-1) == k) for k in range(1, n + 1)]
+    offset += np.asarray(h).size
+  pts = [(0.0, 0.0)]
+  for t in np.unique(scores)[::-1]:
+    hit = scores >= t
+    pts.append((hit[nominal].mean(), np.mean([hit[r].mean() for r in regions])))
+  area = 0.0
+  for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+    if x1 > fpr_limit:
+      y1 = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+      area += (fpr_limit - x0) * (y0 + y1) / 2
+      break
+    area += (x1 - x0) * (y0 + y1) / 2
+  return area / fpr_limit
