@@ -116,3 +116,12 @@ def test_border_share_against_a_loop_reference():
   assert share == pytest.approx(np.mean(shares)) and band_area == pytest.approx(area)
   assert evaluation.border_share([maps[0]], band=band, top=top)[0] == 1.0
   assert evaluation.border_share([maps[1]], band=band, top=top)[0] == 0.0
+  # several bands from one selection of the hottest pixels (results.thresholds_and_aupro: 16 and 32 px)
+  wide = []
+  for h in maps:
+    order = np.argsort(-h.reshape(-1), kind='stable')[:int(np.ceil(top * h.size))]
+    ys, xs = np.unravel_index(order, h.shape)
+    wide.append(np.mean([(y < 9 or y >= 31 or x < 9 or x >= 21) for y, x in zip(ys, xs)]))
+  (s4, a4), (s9, a9) = evaluation.border_share(list(maps), band=(band, 9), top=top)
+  assert s4 == pytest.approx(np.mean(shares)) and a4 == pytest.approx(area)
+  assert s9 == pytest.approx(np.mean(wide)) and a9 == pytest.approx(1 - 22 * 12 / 1200)

@@ -191,3 +191,89 @@ def test_fixed_size_export_and_errors(run, tmp_path, capsys):
   assert err[-1] == "fcdd_jax.export: error: preprocessing.json kind='zca' cannot be exported; exportable: normalize, lcn"
   assert export_cmd.main(['--workdir', str(tmp_path), '--output', str(tmp_path / 'z')]) == 2
   assert 'config.json not found' in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# A patch-trained run (data.patch_size, issue 27): the export scores whole images at their own size
+
+@pytest.fixture(scope='module')
+def patch_run(tmp_path_factory):
+  from tests.patches_test import patch_config, strips_tree  # pylint: disable=g-import-not-at-top
+  from tests.conftest import config_for  # pylint: disable=g-import-not-at-top
+  tmp = tmp_path_factory.mktemp('patch')
+  c = patch_config(config_for, strips_tree(tmp / 'strips'), tmp, **{'eval.image_score': 'top3%'})
+  wd = str(tmp / 'run')
+  train.train_and_evaluate(c, wd)   # 16x16 crops of 40x100 ... strips; a pooled score of symbolic size
+  return wd
+
+
+def _native_reference(wd, images):
+  """Independent of the exporter and of predict: the run's net over each whole image (value normalisation
+  of preprocessing.json), Algorithm 1 as a NumPy transposed convolution at the image's own H x W, and the
+  mean of the top 3 % heatmap pixels in NumPy."""
+  from fcdd_jax.models import losses  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.models import nets as models
+  from tests import references
+  from fcdd_jax.utils import checkpointing
+  p = json.load(open(os.path.join(wd, 'preprocessing.json')))
+  state, _ = checkpointing.restore_for_inference(os.path.join(wd, 'checkpoints'))
+  variables = {'params': state['params'], 'batch_stats': state.get('batch_stats', {})}
+  net = models.create('FCDD_CNN32_S', any_size=True, dtype=jnp.float32)
+  r, j, s = models.reception('FCDD_CNN32_S')
+  x = (images.astype(np.float32) / 255 - np.asarray(p['mean'], np.float32)) / np.asarray(p['std'], np.float32)
+  low = np.asarray(losses.fcdd_heatmaps(net.apply(variables, jnp.asarray(x), train=False)), np.float64)
+  heat = references.np_algorithm1_hw(low, r, j, s, images.shape[1], images.shape[2], 1.2)
+  flat = np.sort(heat.reshape(len(heat), -1), axis=1)
+  k = max(1, round(0.03 * flat.shape[1]))
+  return flat[:, -k:].mean(axis=1), heat
+
+
+def test_patch_trained_run_exports_native_resolution_scoring(patch_run, tmp_path):
+  out = tmp_path / 'export'
+  assert export_cmd.main(['--workdir', patch_run, '--output', str(out)]) == 0
+  meta = json.load(open(out / 'metadata.json'))
+  assert meta['input']['shape'] == ['N', 'H', 'W', 3] and 'native resolution' in meta['outputs']['heatmap']
+  rng = np.random.default_rng(5)
+  # two non-square odd sizes, both larger than the 16x16 training patches (one wider, one taller)
+  sizes = {'wide': (37, 91), 'tall': (53, 29)}
+  batches = {k: rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8) for k, (h, w) in sizes.items()}
+  np.savez(tmp_path / 'in.npz', **batches)
+  env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '',
+         'TF_CPP_MIN_LOG_LEVEL': '3'}
+  proc = subprocess.run([sys.executable, '-c', _LOADER, str(out), str(tmp_path / 'in.npz'), str(tmp_path / 'res.npz')],
+                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = np.load(tmp_path / 'res.npz')
+  assert not res['fcdd_jax_imported']
+  thr = json.load(open(os.path.join(patch_run, 'results.json')))['thresholds']['image']
+  pred = predict.Predictor(patch_run, tile=8)   # predict follows the run: native size, tiled
+  for name, images in batches.items():
+    scores, maps = pred.predict(list(images))
+    want_scores, want_heat = _native_reference(patch_run, images)
+    np.testing.assert_allclose(np.stack(maps), want_heat, rtol=1e-4, atol=1e-5 * np.abs(want_heat).max())
+    for fmt in ('tf', 'hlo'):
+      s, h, a = (res[f'{fmt}/{name}/{k}'] for k in ('score', 'heatmap', 'anomalous'))
+      assert h.shape == images.shape[:3]   # the image's own size
+      np.testing.assert_allclose(h, np.stack(maps), rtol=1e-4, atol=1e-5 * np.abs(want_heat).max())  # = predict
+      np.testing.assert_allclose(h, want_heat, rtol=1e-4, atol=1e-5 * np.abs(want_heat).max())   # = one net pass
+      np.testing.assert_allclose(s, scores, rtol=1e-4)
+      np.testing.assert_allclose(s, want_scores, rtol=1e-4)
+      np.testing.assert_array_equal(a, s >= thr)
+
+
+def test_patch_export_would_fail_if_it_resized(patch_run):
+  """The exported heatmap of a 40x100 strip is not the run's heatmap of the strip squashed to the 16x16 patch
+  size and resized back (what the fixed-size export path does), and the export refuses data.scale != 1."""
+  run_ = export.load_run(patch_run)
+  fn = export.make_inference_fn(run_)
+  img = np.asarray(Image.open(os.path.join(os.path.dirname(patch_run), 'strips', 'test', 'bad', '000.png')))[None]
+  native = np.asarray(fn(run_['variables'], jnp.asarray(img))['heatmap'])[0]
+  _, want = _native_reference(patch_run, img)
+  np.testing.assert_allclose(native, want[0], rtol=1e-4, atol=1e-5 * np.abs(want).max())
+  squashed = transforms.resize_u8(img[0], (16, 16))
+  _, small = _native_reference(patch_run, squashed[None])
+  back = _pil_resize_float(small[0], img.shape[1:3])
+  assert np.abs(back - native).max() > 0.05 * np.abs(native).max()   # so the comparison above can tell them apart
+  run_['config'].data.scale = 0.5
+  with pytest.raises(export_preprocess.ExportError, match=r'^config.json data.scale=0.5: only runs trained at '):
+    export.make_inference_fn(run_)

@@ -169,9 +169,49 @@ def pipe_transform_normalize(wd, img):
   return ((x.astype(np.float32) / 255 - np.asarray(p['mean'], np.float32)) / np.asarray(p['std'], np.float32))
 
 
-def test_export_refuses_a_patch_trained_run():
-  from fcdd_jax.serving import export_preprocess
-  p = {'kind': 'normalize', 'resize': 'native', 'channels': 3, 'mean': [0.5] * 3, 'std': [0.2] * 3,
-       'input_size': [224, 224]}
-  with pytest.raises(export_preprocess.ExportError, match=r'data.patch_size > 0.*fcdd_jax.predict'):
-    export_preprocess.check_preprocessing(p, 3)
+def _nearest(a, shape):
+  """Nearest resize by src = floor(dst * in / out) (the sizes here differ by exact factors of 2)."""
+  rows = np.arange(shape[0]) * a.shape[0] // shape[0]
+  cols = np.arange(shape[1]) * a.shape[1] // shape[1]
+  return a[rows][:, cols]
+
+
+def test_native_pixel_metrics_are_streamed_at_either_resolution(tmp_path, make_config):
+  """data.scale=0.5: heatmaps have half the masks' size. eval.pixel_auc_resolution=original compares the
+  heatmaps nearest-resized to the masks, =input the masks nearest-resized to the heatmaps; the streamed
+  metrics equal the NumPy definitions on every heatmap held in memory, within the binning bound reported."""
+  import jax
+  import jax.numpy as jnp
+  from fcdd_jax.evaluation import native_eval
+  from fcdd_jax.models import nets as models
+  from fcdd_jax.pipeline import native_run
+  from tests import references
+  root = strips_tree(tmp_path / 'strips', test=((40, 100), (36, 84), (44, 60)))
+  c = patch_config(make_config, root, tmp_path, **{'data.scale': 0.5})
+  pipe = input_pipeline.create(c)
+  net = models.create('FCDD_CNN32_S', any_size=True)
+  variables = net.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
+  scorer = native_run.scorer(c, dict(variables), pipe.transform.normalize)
+  _, heats = scorer.score(pipe.test_images)   # every heatmap in memory: the reference's input
+  masks = pipe.test_masks_original()
+  assert heats[0].shape == (20, 50) and masks[0].shape == (40, 100)
+  for resolution in ('original', 'input'):
+    c.eval.pixel_auc_resolution = resolution
+    if resolution == 'original':
+      ms, hs = masks, [_nearest(h, m.shape) for h, m in zip(heats, masks)]
+    else:
+      ms, hs = [_nearest(m, h.shape) for h, m in zip(heats, masks)], heats
+    outputs, res = native_eval.evaluate(c, pipe, scorer)
+    bounds = res['native_resolution']['pixel_metrics']
+    assert bounds['resolution'] == resolution
+    labels = np.concatenate([m.reshape(-1) > 0 for m in ms])
+    want_auc = references.np_rank_auc(labels, np.concatenate([h.reshape(-1) for h in hs]))
+    assert abs(res['pixel_auc'] - want_auc) <= bounds['pixel_auc_max_binning_error'] + 1e-12
+    assert abs(res['aupro'] - references.np_aupro(ms, hs)) <= bounds['aupro_max_binning_error'] + 1e-12
+    assert bounds['pixel_auc_max_binning_error'] < 1e-4
+    where = 'native resolution' if resolution == 'original' else 'net input resolution'
+    assert res['thresholds']['pixel_rule'] == f'f1_max over test pixels ({where}, uniform subsample)'
+  # the figures keep only the heatmaps they show, equal to the full ones
+  assert 0 < len(outputs['heatmap']) <= len(heats)
+  for i, h in outputs['heatmap'].items():
+    np.testing.assert_array_equal(h, heats[i])

@@ -81,7 +81,7 @@ def get_config():
   e.image_score = 'mean'          # mean (spec §3.5: mean of the low-res map) | max | top<p>% of the upsampled map
   e.quantile = 0.97               # heatmap normalisation quantile (figures only)
   e.pixel_auc = True              # pixel AUC where ground-truth maps exist
-  e.pixel_auc_resolution = 'original'  # original (spec §8.2) | input
+  e.pixel_auc_resolution = 'original'  # original (spec §8.2) | input (patch mode: masks to the scaled heatmaps)
   e.train_heatmaps = True         # figure of heatmaps of training images (spec §8.1)
   e.threshold_quantile = 0.99     # nominal-only data: threshold = this quantile of nominal scores
   e.num_figure_samples = 20       # test images shown in the heatmap figures

@@ -3,7 +3,7 @@ AUPRO, and PyTorch-legacy nearest resizing. Host-side NumPy; AUCs are fractions 
 import numpy as np
 
 
-def _auc_from_sorted_groups(pos, neg):
+def auc_from_sorted_groups(pos, neg):
   """AUC from per-tie-group positive/negative counts in ascending score order (Mann-Whitney, ties 1/2)."""
   pos = pos.astype(np.float64)
   neg = neg.astype(np.float64)
@@ -24,13 +24,13 @@ def roc_auc(labels, scores, valid=None):
   starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
   pos = np.add.reduceat(l.astype(np.int64), starts) if len(s) else np.zeros(0)
   cnt = np.diff(np.r_[starts, len(s)])
-  num, p, n = _auc_from_sorted_groups(pos, cnt - pos)
+  num, p, n = auc_from_sorted_groups(pos, cnt - pos)
   if p == 0 or n == 0:
     raise ValueError(f'ROC AUC needs both classes; got {int(p)} positives and {int(n)} negatives')
   return num / (p * n)
 
 
-def _sortable_u32(x):
+def sortable_u32(x):
   """float32 -> uint32 keys with the same order (monotone bijection; -0.0 treated as +0.0)."""
   x = np.asarray(x, np.float32) + np.float32(0.0)
   b = x.view(np.uint32)
@@ -53,7 +53,7 @@ def pixel_auc(masks, heatmaps, chunk=1 << 22):
     h = np.asarray(h)
     if m.shape != h.shape:
       raise ValueError(f'pixel_auc: mask shape {m.shape} differs from heatmap shape {h.shape}')
-    k = _sortable_u32(h.reshape(-1))
+    k = sortable_u32(h.reshape(-1))
     lab = m.reshape(-1) >= 1
     neg.append(k[~lab])
     pos.append(k[lab])
@@ -119,23 +119,42 @@ def quantile_threshold(nominal_scores, q):
   return float(np.quantile(x, q))
 
 
+def defect_regions(mask):
+  """(region label per pixel [H*W] (0 = nominal), pixels per label [n+1]): the 8-connected defect regions of a
+  mask (value > 0 = defect), as AUPRO counts them."""
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  lab, n = ndimage.label(np.asarray(mask) > 0, structure=np.ones((3, 3), int))
+  return lab.reshape(-1), np.bincount(lab.reshape(-1), minlength=n + 1)
+
+
+def pro_area(fpr, pro, fpr_limit):
+  """Area under the PRO curve (points (fpr, pro) in increasing order, starting at (0, 0)) up to fpr_limit,
+  trapezoidal with linear interpolation at the limit, normalised by it."""
+  fpr = np.minimum(fpr, 1.0)
+  keep = fpr <= fpr_limit
+  x, y = fpr[keep], pro[keep]
+  if x[-1] < fpr_limit and keep.sum() < len(fpr):
+    k = int(np.argmax(~keep))
+    x0, x1, y0, y1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
+    y_lim = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
+    x, y = np.r_[x, fpr_limit], np.r_[y, y_lim]
+  area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
+  return area / fpr_limit
+
+
 def aupro(masks, heatmaps, fpr_limit=0.3):
   """Area under the per-region-overlap curve up to FPR `fpr_limit`, normalised by it (MVTec-AD).
 
   Each 8-connected defect region of each mask is one region; PRO(t) = mean over regions of the fraction
   of its pixels with score >= t; FPR(t) = fraction of nominal pixels (mask 0) with score >= t. Exact curve
-  over all distinct scores, trapezoidal integration, linear interpolation at fpr_limit.
+  over all distinct scores, trapezoidal integration, linear interpolation at fpr_limit. (Without holding
+  every heatmap: `pixel_stream.PixelStream`.)
   """
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
   scores, fpr_w, pro_w = [], [], []
   regions = []
   for m, h in zip(masks, heatmaps):
-    m = np.asarray(m) > 0
-    h = np.asarray(h, np.float64)
-    lab, n = ndimage.label(m, structure=np.ones((3, 3), int))
-    sizes = np.bincount(lab.reshape(-1), minlength=n + 1)
-    regions.append((lab.reshape(-1), sizes))
-    scores.append(h.reshape(-1))
+    regions.append(defect_regions(m))
+    scores.append(np.asarray(h, np.float64).reshape(-1))
   n_regions = sum(len(sz) - 1 for _, sz in regions)
   n_nominal = sum(int(sz[0]) for _, sz in regions)
   if n_regions == 0 or n_nominal == 0:
@@ -150,18 +169,7 @@ def aupro(masks, heatmaps, fpr_limit=0.3):
   order = np.argsort(-s, kind='stable')
   s, fw, pw = s[order], fw[order], pw[order]
   last = np.r_[np.flatnonzero(s[1:] != s[:-1]), len(s) - 1]
-  fpr = np.r_[0.0, np.cumsum(fw)[last]]
-  pro = np.r_[0.0, np.cumsum(pw)[last]]
-  fpr = np.minimum(fpr, 1.0)
-  keep = fpr <= fpr_limit
-  x, y = fpr[keep], pro[keep]
-  if x[-1] < fpr_limit and keep.sum() < len(fpr):
-    k = int(np.argmax(~keep))
-    x0, x1, y0, y1 = fpr[k - 1], fpr[k], pro[k - 1], pro[k]
-    y_lim = y0 + (y1 - y0) * (fpr_limit - x0) / (x1 - x0)
-    x, y = np.r_[x, fpr_limit], np.r_[y, y_lim]
-  area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2))
-  return area / fpr_limit
+  return pro_area(np.r_[0.0, np.cumsum(fw)[last]], np.r_[0.0, np.cumsum(pw)[last]], fpr_limit)
 
 
 def resize_nearest(x, size):
@@ -181,19 +189,23 @@ def border_share(heatmaps, band=16, top=0.01):
   """Where a detector's hottest pixels lie: the mean over images of the share of each image's top `top`
   fraction of heatmap pixels that lie within `band` pixels of the image border, and that band's share of the
   image area (the share a heatmap without spatial bias would give). On nominal images a ratio well above 1
-  means the detector lights up the borders (the padding/border artefact), not the content.
+  means the detector lights up the borders (the padding/border artefact), not the content. `band` may be a
+  tuple of widths: then a list of (share, area), one per width, from one selection of the hottest pixels.
   """
-  shares, area = [], None
+  bands = tuple(band) if isinstance(band, (tuple, list)) else (band,)
+  shares, areas = [[] for _ in bands], [None] * len(bands)
   for h in heatmaps:
     h = np.asarray(h, np.float64)
     rows, cols = h.shape
-    b = min(band, rows // 2, cols // 2)
-    edge = np.ones((rows, cols), bool)
-    edge[b:rows - b, b:cols - b] = False
     k = max(1, int(np.ceil(top * h.size)))
     hot = np.argpartition(h.reshape(-1), h.size - k)[h.size - k:]
-    shares.append(float(edge.reshape(-1)[hot].mean()))
-    area = float(edge.mean())
-  if not shares:
+    for i, width in enumerate(bands):
+      b = min(width, rows // 2, cols // 2)
+      edge = np.ones((rows, cols), bool)
+      edge[b:rows - b, b:cols - b] = False
+      shares[i].append(float(edge.reshape(-1)[hot].mean()))
+      areas[i] = float(edge.mean())
+  if not shares[0]:
     raise ValueError('border_share: no heatmaps')
-  return float(np.mean(shares)), area
+  out = [(float(np.mean(s)), a) for s, a in zip(shares, areas)]
+  return out if isinstance(band, (tuple, list)) else out[0]

@@ -63,9 +63,10 @@ def layout(images, heats01, gts=None, max_width=MAX_WIDTH):
   return fig[::f, ::f] if f > 1 else fig
 
 
-def reference_pixels(heats, labels, seed=0):
-  """Pixels of a balanced reference set (figures.global_reference on whole images of any size): at most
-  REFERENCE_PIXELS, drawn uniformly."""
+def reference_plan(sizes, labels, seed=0):
+  """{image index: share of its pixels to draw} for the balanced reference set of the global normalisation
+  (figures.global_reference on whole images of any size): as many nominal as anomalous images (drawn with
+  `seed`), at most REFERENCE_PIXELS pixels in all. `sizes`: pixels per image."""
   labels = np.asarray(labels)
   idx0, idx1 = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
   rng = np.random.default_rng(seed)
@@ -74,10 +75,37 @@ def reference_pixels(heats, labels, seed=0):
     idx = np.concatenate([rng.choice(idx0, n, replace=False), rng.choice(idx1, n, replace=False)])
   else:
     idx = np.arange(len(labels))
-  total = sum(heats[i].size for i in idx)
-  take = min(1.0, REFERENCE_PIXELS / max(1, total))
-  return np.concatenate([heats[i].reshape(-1)[rng.random(heats[i].size) < take] if take < 1
-                         else heats[i].reshape(-1) for i in idx])
+  take = min(1.0, REFERENCE_PIXELS / max(1, sum(int(sizes[i]) for i in idx)))
+  return {int(i): take for i in idx}
+
+
+def sample_reference(index, heat, take, seed=0):
+  """The reference pixels drawn from image `index`'s heatmap (each kept with probability `take`, from a
+  generator seeded by (seed, index): the same whatever order the images are scored in)."""
+  flat = np.asarray(heat).reshape(-1)
+  return flat if take >= 1 else flat[np.random.default_rng([seed, int(index)]).random(flat.size) < take]
+
+
+def reference_pixels(heats, labels, seed=0):
+  """The reference pixels of whole heatmaps held in memory (`reference_plan`, `sample_reference`)."""
+  plan = reference_plan([h.size for h in heats], labels, seed)
+  return np.concatenate([sample_reference(i, heats[i], take, seed) for i, take in sorted(plan.items())])
+
+
+def first_indices(labels, n=3):
+  """The first n nominal and first n anomalous test images (test_samples.png and the overlays)."""
+  labels = np.asarray(labels)
+  return [int(i) for i in np.flatnonzero(labels == 0)[:n]] + [int(i) for i in np.flatnonzero(labels == 1)[:n]]
+
+
+def paper_rows(labels, scores, lab):
+  idx = np.flatnonzero(np.asarray(labels) == lab)
+  return [int(idx[i]) for i in figures.paper_indices(np.asarray(scores)[idx])] if len(idx) else []
+
+
+def figure_indices(labels, scores):
+  """Every test image whose heatmap `write_figures` shows."""
+  return sorted(set(first_indices(labels)) | set(paper_rows(labels, scores, 0)) | set(paper_rows(labels, scores, 1)))
 
 
 def _save(arr, path):
@@ -86,30 +114,29 @@ def _save(arr, path):
 
 
 def write_figures(workdir, config, images, outputs, masks=None):
-  """The native-resolution figures of a run's test outputs (`native_eval.evaluate`) into `workdir`."""
+  """The native-resolution figures of a run's test outputs (`native_eval.evaluate`: 'heatmap' holds the
+  heatmaps of `figure_indices` by image index, 'reference_pixels' the global normalisation's pixels)."""
   q = float(config.eval.quantile)
   labels = np.asarray(outputs['label'], np.int32)
   scores = np.asarray(outputs['score'])
   heats = outputs['heatmap']
   if not len(labels):
     return
-  ref = reference_pixels(heats, labels)
-  fit = lambda h, m: h if m is None or h.shape == m.shape else None
+  ref = outputs['reference_pixels']
   gts = None
-  if masks is not None and all(fit(h, m) is not None for h, m in zip(heats, masks)):
+  if masks is not None and all(heats[i].shape == masks[i].shape for i in heats):
     gts = masks
   for lab in (0, 1):
-    idx = np.flatnonzero(labels == lab)
-    if not len(idx):
+    rows = paper_rows(labels, scores, lab)
+    if not rows:
       continue
-    rows = [int(idx[i]) for i in figures.paper_indices(scores[idx])]
     g = None if gts is None else [gts[r] for r in rows]
     ims = [images[r] for r in rows]
     _save(layout(ims, [figures.local_norm(heats[r], q) for r in rows], g),
           os.path.join(workdir, f'heatmaps_paper_local_lbl{lab}.png'))
     _save(layout(ims, [figures.global_norm(heats[r], ref, q) for r in rows], g),
           os.path.join(workdir, f'heatmaps_paper_global_lbl{lab}.png'))
-  first = [int(i) for i in np.flatnonzero(labels == 0)[:3]] + [int(i) for i in np.flatnonzero(labels == 1)[:3]]
+  first = first_indices(labels)
   _save(layout([images[r] for r in first], [figures.local_norm(heats[r], q) for r in first],
                None if gts is None else [gts[r] for r in first]), os.path.join(workdir, 'test_samples.png'))
   os.makedirs(os.path.join(workdir, 'overlays'), exist_ok=True)

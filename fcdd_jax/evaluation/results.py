@@ -126,8 +126,7 @@ def thresholds_and_aupro(config, outputs):
       out['thresholds']['pixel'] = float(evaluation.quantile_threshold(nominal.reshape(-1), q))
       out['thresholds']['pixel_rule'] = f'quantile {q} of nominal heatmap pixels'
     if (labels == 0).any():  # the border artefact: where the hottest 1 % of nominal heatmap pixels lie
-      share, area = evaluation.border_share(heat[labels == 0], band=16, top=0.01)
-      share32, area32 = evaluation.border_share(heat[labels == 0], band=32, top=0.01)
+      (share, area), (share32, area32) = evaluation.border_share(heat[labels == 0], band=(16, 32), top=0.01)
       out['border'] = {'top1_share': share, 'band_area': area, 'ratio': share / area, 'band_px': 16,
                        'top1_share32': share32, 'band_area32': area32, 'ratio32': share32 / area32}
   return out

@@ -145,7 +145,7 @@ class FeatureStack(nn.Module):
     w, b = _ConvWeights(cout, k, use_bias=self.bias or self.vgg, torch_init=self.torch_init, name=cname)(
         x.shape[-1])
     conv = 'onednn' if layers_lib.use_onednn_conv(dtype, 1, x) else (
-        'gemm' if layers_lib.use_gemm_conv(dtype, 1, x.shape[-1]) else 'xla')
+        'gemm' if layers_lib.use_gemm_conv(dtype, 1, x.shape[-1], x=x) else 'xla')
     mode = None if not bn else ('batch' if train and not use_running else 'running')
     spec = fused_block.BlockSpec(pad=p, bn=mode, eps=eps,
                                  act=(None if not act else 'relu' if self.vgg else 'leaky'), slope=layers_lib.LEAKY,

@@ -71,12 +71,15 @@ def _conv_s1_bwd(pad, res, dy):
 conv_s1.defvjp(_conv_s1_fwd, _conv_s1_bwd)
 
 
-def use_gemm_conv(dtype, stride, cin, backend=None):
+def use_gemm_conv(dtype, stride, cin, backend=None, x=None):
   """Whether a conv in compute dtype `dtype` runs as bf16 GEMMs (`cpu_conv.gemm_conv`): only for bfloat16
   compute on XLA:CPU (where the bf16 GEMM is ~2x faster than the float32 one but convolutions get no bf16
   speed-up) and stride 1 — every such layer, the cin=1/3 first layers too (faster as GEMMs in the train step,
-  bench/README.md). On GPU/TPU plain XLA convs are used."""
+  bench/README.md). On GPU/TPU plain XLA convs are used; so are they for an input `x` of symbolic height or
+  width (an export of whole images of any size: the im2col's row count is not provably non-negative)."""
   if jnp.dtype(dtype) != jnp.dtype(jnp.bfloat16):
+    return False
+  if x is not None and not all(isinstance(d, int) for d in x.shape[1:3]):
     return False
   if stride != 1:
     return False
@@ -117,7 +120,7 @@ class Conv(nn.Module):
     kernel = self.param('kernel', k_init, (self.kernel, self.kernel, cin, self.features))
     if use_onednn_conv(self.dtype, self.stride, x):  # float32 output, bias added in float32 below
       y = onednn.conv(x, kernel, self.padding, self.dtype)
-    elif use_gemm_conv(self.dtype, self.stride, cin):
+    elif use_gemm_conv(self.dtype, self.stride, cin, x=x):
       # float32 output (float32 accumulation); the bias is added in float32 before rounding to bf16, so
       # its gradient is a float32 sum too.
       y = cpu_conv.gemm_conv(x.astype(self.dtype), kernel, self.padding, self.dtype)

@@ -42,28 +42,31 @@ def gaussian_kernel_1d(r: int, std: float):
   return np.concatenate([odd[:c + 1], odd[c:c + 1], odd[c + 1:]]) / 2.0
 
 
-def upsample_matrix(in_size: int, reception: Reception, out_size: int, std=None):
+def upsample_matrix(in_size: int, reception: Reception, out_size: int, std=None, xp=None):
   """[out_size, in_size] matrix M with out = M @ A @ M.T equal to Algorithm 1 (spec §4).
 
   Closed form per axis: out[y] = sum_i A[i] * g[y + pad - int(s) - i*j], g = 0 outside 0..r-1.
-  """
+  `xp`: numpy (default; built on the host) or jax.numpy (traced: sizes may be symbolic dimensions, as in
+  an export with polymorphic height and width)."""
   import numpy as np  # pylint: disable=g-import-not-at-top
+  xp = np if xp is None else xp
   r, j, s = int(reception.r), int(reception.j), reception.s
   std = default_std(r) if std is None or std <= 0 else float(std)
-  g = gaussian_kernel_1d(r, std)
+  g = xp.asarray(gaussian_kernel_1d(r, std).astype(np.float32))
   pad, si = (r - 1) // 2, int(s)
-  y = np.arange(out_size)[:, None]
-  i = np.arange(in_size)[None, :]
+  y = xp.arange(out_size)[:, None]
+  i = xp.arange(in_size)[None, :]
   t = y + pad - si - i * j
   valid = (t >= 0) & (t < r)
-  return np.where(valid, g[np.clip(t, 0, r - 1)], 0.0).astype(np.float32)
+  return xp.where(valid, g[xp.clip(t, 0, r - 1)], xp.float32(0.0)).astype(np.float32)
 
 
 def upsample(heatmaps, reception: Reception, out_size, std=None):
   """Gaussian receptive-field upsampling (spec §4, Algorithm 1): [N,h,w] or [N,h,w,1] -> [N,H,W].
 
   Separable: two small matmuls with matrices built at trace time (one per axis, so h != w and H != W are
-  fine: whole images of any aspect ratio in fcdd_jax.predict); jittable and differentiable.
+  fine: whole images of any aspect ratio in fcdd_jax.predict); jittable and differentiable. Symbolic sizes
+  (jax.export with polymorphic H, W) build the same matrices in-graph.
   `out_size` is an int (square) or (H, W).
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -73,7 +76,9 @@ def upsample(heatmaps, reception: Reception, out_size, std=None):
   if x.ndim != 3:
     raise ValueError(f'upsample expects heatmaps [N,h,w] or [N,h,w,1], got shape {x.shape}')
   oh, ow = (out_size, out_size) if isinstance(out_size, int) else tuple(out_size)
-  mh = jnp.asarray(upsample_matrix(x.shape[1], reception, oh, std))
-  mw = jnp.asarray(upsample_matrix(x.shape[2], reception, ow, std))
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  static = all(isinstance(v, (int, np.integer)) for v in (oh, ow) + tuple(x.shape[1:]))  # else symbolic: in-graph
+  mh = jnp.asarray(upsample_matrix(x.shape[1], reception, oh, std, xp=None if static else jnp))
+  mw = jnp.asarray(upsample_matrix(x.shape[2], reception, ow, std, xp=None if static else jnp))
   x = x.astype(jnp.float32)
   return jnp.einsum('yh,nhw,xw->nyx', mh, x, mw, precision='highest')

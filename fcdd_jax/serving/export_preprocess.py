@@ -8,8 +8,9 @@ It is `data.transforms.make_test_transform` (the evaluation transform, predict -
 bit-exactly where it is integer arithmetic: Pillow's 8-bit bilinear resize (22-bit fixed-point coefficients,
 two passes in Pillow 13's order, rounding to 8 bits after each; `pil_bilinear_matrix`,
 `pil_bilinear_resize`) and Pillow's nearest resize (double-accumulated source positions;
-`pil_nearest_index`) run in float64 inside the function. `check_preprocessing` refuses what cannot be
-exported with an `ExportError`.
+`pil_nearest_index`) run in float64 inside the function. A patch-trained run (resize='native', issue 27) has
+no geometry: `make_native_preprocess` is its value normalisation alone. `check_preprocessing` refuses what
+cannot be exported with an `ExportError`.
 """
 import numpy as np
 
@@ -115,11 +116,7 @@ def check_preprocessing(p, c_in):
   kind, resize = p.get('kind', 'normalize'), p.get('resize', 'bilinear')
   if kind not in KINDS:
     raise ExportError(f'preprocessing.json kind={kind!r} cannot be exported; exportable: {", ".join(KINDS)}')
-  if resize == 'native':   # data/custom_native.py: a patch-trained run scores whole images at their own size
-    raise ExportError('the run was trained on patches at native resolution (config data.patch_size > 0): its '
-                      'exported function would need the tiled whole-image scoring, which is not exported yet; '
-                      'score its images with fcdd_jax.predict')
-  if resize not in RESIZES:
+  if resize not in RESIZES + ('native',):   # native: data/custom_native.py, whole images at their own size
     raise ExportError(f'preprocessing.json resize={resize!r} cannot be exported; exportable: {", ".join(RESIZES)}')
   ch = int(p['channels'])
   if ch not in (1, 3):
@@ -130,11 +127,29 @@ def check_preprocessing(p, c_in):
   for k in need:
     if p.get(k) is None:
       raise ExportError(f'preprocessing.json {k} is missing (needed by kind={kind!r})')
+  if resize == 'native':   # no geometry: the sizes below do not apply
+    return
   raw, inp = tuple(p.get('raw_size') or p['input_size']), tuple(p['input_size'])
   if resize == 'shorter' and raw[0] != raw[1]:
     raise ExportError(f'preprocessing.json raw_size={list(raw)}: resize=shorter needs a square raw size')
   if p.get('test_center') and (raw[0] < inp[0] or raw[1] < inp[1]):
     raise ExportError(f'preprocessing.json test_center with raw_size={list(raw)} smaller than input_size={list(inp)}')
+
+
+def make_native_preprocess(p, c_in):
+  """fn(uint8 [N,H,W,c_in]) -> float32 [N,H,W,C]: the value normalisation alone of a patch-trained run
+  (resize='native': no geometry), as `data.transforms.Transform.normalize` after `to_rgb_or_gray`."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  check_preprocessing(p, c_in)
+  if p.get('resize') != 'native' or p.get('kind', 'normalize') != 'normalize':
+    raise ExportError(f'preprocessing.json resize={p.get("resize")!r}, kind={p.get("kind")!r}: the native-'
+                      'resolution export needs resize=native and kind=normalize (a patch-trained run)')
+  channels = int(p['channels'])
+
+  def fn(images):
+    x = _channels(images, c_in, channels) / 255.0
+    return (x - jnp.asarray(p['mean'], jnp.float32)) / jnp.asarray(p['std'], jnp.float32)
+  return fn
 
 
 def make_preprocess(p, c_in):
@@ -145,6 +160,8 @@ def make_preprocess(p, c_in):
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   check_preprocessing(p, c_in)
+  if p.get('resize') == 'native':
+    raise ExportError('preprocessing.json resize=native: a patch-trained run exports through make_native_preprocess')
   channels = int(p['channels'])
   inp = tuple(int(v) for v in p['input_size'])
   raw = tuple(int(v) for v in (p.get('raw_size') or p['input_size']))

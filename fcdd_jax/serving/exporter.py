@@ -30,6 +30,10 @@ reproduced in jnp (`export_preprocess`: bit-exact Pillow resizes), so `score` eq
 the input grid by the inverse of the geometry (bilinear, antialiased when shrinking); input pixels outside
 the scored area (centre crops) get heatmap 0. The net runs in the run's dtype (config.model.dtype), as in
 predict.
+
+A patch-trained run (config data.patch_size > 0, preprocessing.json resize=native) exports its native-
+resolution scoring instead (`export_native`): no resize, the net over the whole image in one pass, the
+heatmap at the image's own size; score and heatmap equal `fcdd_jax.predict` (--mode full) of that run.
 """
 import json
 import os
@@ -38,6 +42,7 @@ import shutil
 import numpy as np
 
 from fcdd_jax.serving import messages
+from fcdd_jax.serving import export_native
 from fcdd_jax.serving import export_preprocess
 from fcdd_jax.serving import output_dir
 
@@ -89,6 +94,8 @@ def make_inference_fn(run, c_in=None):
   if models.objective_of(name) != 'fcdd':
     raise export_preprocess.ExportError(f'config.json model.name={name}: only FCDD nets export (they give heatmaps)')
   c_in = int(p['channels']) if c_in is None else int(c_in)
+  if p.get('resize') == 'native':   # patch-trained run: whole images at their own size (export_native)
+    return export_native.make_inference_fn(run, c_in)
   preprocess = export_preprocess.make_preprocess(p, c_in)
   net = models.create(name, **run_lib.model_options(config))  # as predict: same layers and compute dtype
   size = tuple(int(v) for v in p['input_size'])
@@ -158,6 +165,8 @@ def metadata(run, c_in, input_size, platforms, files):
   if thr.get('image') is not None:
     outputs['anomalous'] = f'bool [N]: score >= thresholds.image ({thr["image"]:.6g})'
   hw = ['H', 'W'] if input_size is None else [int(v) for v in input_size]
+  if run['preprocessing'].get('resize') == 'native':
+    outputs['heatmap'] += ' (native resolution: the net ran over the whole image, no resize)'
   return {'format_version': 1, 'workdir': run['workdir'], 'checkpoint_step': run['step'],
           'training_finished': run['finished'], 'model': name,
           'reception': dict(models.reception(name)._asdict()), 'gauss_std': float(run['config'].loss.gauss_std),
