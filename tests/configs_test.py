@@ -6,6 +6,7 @@ import ml_collections
 import pytest
 
 from fcdd_jax.configs import default
+from fcdd_jax.configs import demo
 
 CONFIG_DIR = pathlib.Path(default.__file__).parent   # fcdd_jax/configs
 NAMES = sorted(p.stem for p in CONFIG_DIR.glob('*.py') if p.stem not in ('__init__',))
@@ -97,3 +98,14 @@ def test_dataset_preprocessing_and_supervision_are_checked_before_any_file_is_re
     config_checks.check_data(c)
   setattr(c.data, field, 'aug1' if field == 'preproc' else 'unsupervised')
   config_checks.check_data(c)   # the dataset's own value passes
+
+
+def test_pixel_auc_resolution_is_checked():
+  from fcdd_jax.pipeline import config_checks  # pylint: disable=g-import-not-at-top
+  c = demo.get_config()
+  c.eval.pixel_auc_resolution = 'native'
+  with pytest.raises(config_checks.ConfigError, match="pixel_auc_resolution='native': expected original or input"):
+    config_checks.check_config(c)
+  for ok in ('original', 'input'):
+    c.eval.pixel_auc_resolution = ok
+    config_checks.check_config(c)
