@@ -1,4 +1,5 @@
-"""bench.position_prior: the pixel AUC / AUPRO of image-independent maps, against a NumPy rank-sum AUC."""
+"""bench.position_prior: the pixel AUC / AUPRO of image-independent maps, against a NumPy rank-sum AUC
+(tests/references.py)."""
 import os
 
 import numpy as np
@@ -6,23 +7,7 @@ from PIL import Image
 
 from bench import fidelity
 from bench import position_prior
-
-
-def _rank_auc(scores, labels):
-  """Mann-Whitney AUC with average ranks for ties (independent of fcdd_jax.evaluation.metrics)."""
-  order = np.argsort(scores, kind='mergesort')
-  s = scores[order]
-  ranks = np.empty(len(s))
-  i = 0
-  while i < len(s):
-    j = i
-    while j + 1 < len(s) and s[j + 1] == s[i]:
-      j += 1
-    ranks[order[i:j + 1]] = (i + j) / 2 + 1
-    i = j + 1
-  pos = labels.astype(bool)
-  n1, n0 = pos.sum(), (~pos).sum()
-  return (ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n0 * n1)
+from tests.references import np_rank_auc
 
 
 def _folder(tmp_path, centres, size=24):
@@ -51,11 +36,11 @@ def test_centre_baseline_matches_a_rank_auc_and_finds_centred_defects(tmp_path):
   assert masks.shape == (5, size, size) and masks[3:].sum() == 0 and masks[:3].sum() == 27   # 'good' sorts last
   yy, xx = np.mgrid[0:size, 0:size]
   centre = -((yy + 0.5 - size / 2) ** 2 + (xx + 0.5 - size / 2) ** 2)
-  want = _rank_auc(np.tile(centre.reshape(-1), 5).astype(np.float64), masks.reshape(-1))
+  want = np_rank_auc(masks.reshape(-1), np.tile(centre.reshape(-1), 5))
   assert abs(res['centre']['pixel_auc'] - want) < 1e-3 and want > 0.97   # centred defects: the map finds them
   # leave-one-out mask prior: each image's map is the mean of the others' masks
   prior = [(masks.sum(0) - m) / 4.0 for m in masks]
-  want = _rank_auc(np.concatenate([p.reshape(-1) for p in prior]), masks.reshape(-1))
+  want = np_rank_auc(masks.reshape(-1), np.concatenate([p.reshape(-1) for p in prior]))
   assert abs(res['mask_prior']['pixel_auc'] - want) < 1e-3
 
 

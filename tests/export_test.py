@@ -45,6 +45,17 @@ np.savez(result, **res)
 '''
 
 
+def _load_and_run(out, tmp_path):
+  """The export `out` loaded and run on tmp_path/in.npz in a fresh interpreter without fcdd_jax (_LOADER);
+  its outputs (res.npz)."""
+  env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '',
+         'TF_CPP_MIN_LOG_LEVEL': '3'}
+  proc = subprocess.run([sys.executable, '-c', _LOADER, str(out), str(tmp_path / 'in.npz'), str(tmp_path / 'res.npz')],
+                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return np.load(tmp_path / 'res.npz')
+
+
 @pytest.fixture(scope='module')
 def run(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('run'))
@@ -74,12 +85,7 @@ def test_exported_artefacts_reproduce_predict_without_fcdd_jax(run, tmp_path):
   taller = rng.integers(0, 256, (3, 50, 40, 3), dtype=np.uint8)     # bilinear resize, vertical pass first
   small = rng.integers(0, 256, (2, 20, 24, 3), dtype=np.uint8)      # upscaled input, heatmap shrinks back
   np.savez(tmp_path / 'in.npz', train_size=train_size, taller=taller, small=small)
-  env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '',
-         'TF_CPP_MIN_LOG_LEVEL': '3'}
-  proc = subprocess.run([sys.executable, '-c', _LOADER, str(out), str(tmp_path / 'in.npz'), str(tmp_path / 'res.npz')],
-                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  res = np.load(tmp_path / 'res.npz')
+  res = _load_and_run(out, tmp_path)
   assert not res['fcdd_jax_imported']
   assert list(res['spec']) == ['uint8', '(None, None, None, 3)']
   for name, images in (('train_size', train_size), ('taller', taller), ('small', small)):
@@ -238,12 +244,7 @@ def test_patch_trained_run_exports_native_resolution_scoring(patch_run, tmp_path
   sizes = {'wide': (37, 91), 'tall': (53, 29)}
   batches = {k: rng.integers(0, 256, (2, h, w, 3), dtype=np.uint8) for k, (h, w) in sizes.items()}
   np.savez(tmp_path / 'in.npz', **batches)
-  env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '',
-         'TF_CPP_MIN_LOG_LEVEL': '3'}
-  proc = subprocess.run([sys.executable, '-c', _LOADER, str(out), str(tmp_path / 'in.npz'), str(tmp_path / 'res.npz')],
-                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  res = np.load(tmp_path / 'res.npz')
+  res = _load_and_run(out, tmp_path)
   assert not res['fcdd_jax_imported']
   thr = json.load(open(os.path.join(patch_run, 'results.json')))['thresholds']['image']
   pred = predict.Predictor(patch_run, tile=8)   # predict follows the run: native size, tiled
