@@ -245,6 +245,26 @@ def test_tfds_path_with_mock_data(name, shape, monkeypatch, tmp_path, make_confi
   assert x.shape == (8,) + shape and np.isfinite(x).all()
 
 
+def test_color_jitter_semantics():
+  rng = np.random.default_rng(0)
+  img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(transforms.color_jitter(img, 0, 0, 0, 0, rng), img)
+  # brightness only: img * f with f in [0.5, 1.5], rounded and clipped
+  r1, r2 = np.random.default_rng(5), np.random.default_rng(5)
+  out = transforms.color_jitter(img, 0.5, 0, 0, 0, r1)
+  f = r2.uniform(0.5, 1.5)
+  np.testing.assert_array_equal(out, np.clip(np.rint(img.astype(np.float64) * f), 0, 255).astype(np.uint8))
+  # saturation: blend with the ITU-R 601-2 luma image by factor f
+  out = transforms.color_jitter(img, 0, 0, 1.0, 0, np.random.default_rng(1))
+  f = np.random.default_rng(1).uniform(0.0, 2.0)
+  x = img.astype(np.float64)
+  luma = (x @ np.array([0.299, 0.587, 0.114]))[..., None]
+  np.testing.assert_allclose(out, np.clip(np.rint(luma * (1 - f) + x * f), 0, 255), atol=1)
+  # hue shift keeps gray pixels gray
+  g = np.full((4, 4, 3), 100, np.uint8)
+  np.testing.assert_array_equal(transforms.color_jitter(g, 0, 0, 0, 0.5, rng), g)
+
+
 def test_mvtec_through_the_tfds_builder_equals_the_directory_reader(tmp_path, make_config):
   root = tmp_path / 'mvtec'
   testdata.write_mvtec_tree(str(root / 'bottle'), size=40, n_train=3)

@@ -52,22 +52,16 @@ def channel_stats(images):
   return x.mean(axis=(0, 1, 2)), x.std(axis=(0, 1, 2))
 
 
-def adjust_hue(pil, f):
-  """torchvision's adjust_hue on a PIL RGB image (its PIL path): the uint8 hue channel of PIL's HSV shifted by
-  int(f·255) levels, wrapping around (|f| < 1/255 shifts nothing but still round-trips through HSV)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  h, s, v = pil.convert('HSV').split()
-  shifted = (np.asarray(h, np.int16) + int(f * 255)) % 256
-  return Image.merge('HSV', (Image.fromarray(shifted.astype(np.uint8), 'L'), s, v)).convert('RGB')
+def _gray(x):
+  return x[..., :1] if x.shape[-1] == 1 else (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
 
 
 def color_jitter(img, brightness, contrast, saturation, hue, rng):
-  """torchvision ColorJitter on a uint8 [H,W,C] image through its PIL path, as the reference runs it:
-  factors uniform in [max(0,1-x), 1+x] (hue shift uniform in [-h, h]), the four ops in random order, each
-  Pillow's own (ImageEnhance.Brightness / Contrast / Color: a blend with black, the image's mean gray, its
-  gray image, truncated to uint8; hue: `adjust_hue`). Gray images: brightness and contrast only."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  from PIL import ImageEnhance  # pylint: disable=g-import-not-at-top
+  """torchvision ColorJitter semantics on a uint8 [H,W,C] image: factors uniform in [max(0,1-x), 1+x]
+  (hue shift uniform in [-h, h]), the four ops in random order, uint8 rounding after each op as the PIL
+  path does. Approximation: PIL's ImageEnhance/HSV arithmetic is reproduced with NumPy/matplotlib formulas
+  (differences of at most a few grey levels)."""
+  x = img.astype(np.float32)
   ops = []
   if brightness:
     ops.append(('b', rng.uniform(max(0.0, 1 - brightness), 1 + brightness)))
@@ -77,21 +71,21 @@ def color_jitter(img, brightness, contrast, saturation, hue, rng):
     ops.append(('s', rng.uniform(max(0.0, 1 - saturation), 1 + saturation)))
   if hue:
     ops.append(('h', rng.uniform(-hue, hue)))
-  order = rng.permutation(len(ops))
-  rgb = img.shape[-1] == 3
-  pil = Image.fromarray(np.ascontiguousarray(img if rgb else img[..., 0]))
-  for i in order:
+  for i in rng.permutation(len(ops)):
     kind, f = ops[i]
     if kind == 'b':
-      pil = ImageEnhance.Brightness(pil).enhance(f)
+      x = x * f
     elif kind == 'c':
-      pil = ImageEnhance.Contrast(pil).enhance(f)
-    elif kind == 's' and rgb:
-      pil = ImageEnhance.Color(pil).enhance(f)
-    elif kind == 'h' and rgb:
-      pil = adjust_hue(pil, f)
-  out = np.asarray(pil)
-  return out if rgb else out[..., None]
+      x = _gray(x).mean() * (1 - f) + x * f
+    elif kind == 's' and x.shape[-1] == 3:
+      x = _gray(x) * (1 - f) + x * f
+    elif kind == 'h' and x.shape[-1] == 3:
+      from matplotlib import colors  # pylint: disable=g-import-not-at-top
+      hsv = colors.rgb_to_hsv(np.clip(x, 0, 255) / 255.0)
+      hsv[..., 0] = (hsv[..., 0] + f) % 1.0
+      x = colors.hsv_to_rgb(hsv) * 255.0
+    x = np.clip(np.rint(x), 0, 255)
+  return x.astype(np.uint8)
 
 
 def lcn(x):
