@@ -1,7 +1,8 @@
 """Eval-only experiment (issue 24, rejected): a finished run's test heatmaps standardised per pixel by its nominal
-training heatmaps (mean `sub`, mean and std `z` at full resolution, `z_low`/`sub_low` on the low-res map before the
-upsampling), scored like a run (image AUC by max and mean, pixel AUC and AUPRO at the masks' resolution, border
-ratio). Results and the reading: bench/README.md, "Panel", session 10.
+training heatmaps: `sub` the mean subtracted (before or after the upsampling is the same, it is linear), `z`
+mean and std at full resolution, `z_low` on the low-res map before the upsampling; scored like a run (image AUC
+by max and mean, pixel AUC and AUPRO at the masks' resolution, border ratio). Results and the reading:
+bench/README.md, "Panel", session 10.
 
   python -m bench.heatmap_standardise RUN_DIR OUT.json    # RUN_DIR: a finished run with its final checkpoint
 """
@@ -48,7 +49,6 @@ def main(run_dir, out_json):
     'sub': th - mu,
     'z': (th - mu) / (sd + sd.mean() * 0.1),
     'z_low': up((tl - mul) / (sdl + sdl.mean() * 0.1)),
-    'sub_low': up(tl - mul),
   }
   nom = lab == 0
   for k, h in variants.items():

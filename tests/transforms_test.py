@@ -74,16 +74,26 @@ def test_orientation_is_checked_with_the_dataset(name, preproc, orientation, ok)
 
 
 def test_custom_data_trains_with_the_stated_orientation(tmp_path):
-  """configs/custom.py on a folder: the training transform carries data.orientation; the test one does not."""
+  """configs/custom.py on a folder (preproc none: no crop, flip or jitter of its own): each training input is
+  one of the 8 orientations of the test input, several of them turn up, and without data.orientation none does."""
   from fcdd_jax.data import custom as custom_data  # pylint: disable=g-import-not-at-top
   from tests import testdata  # pylint: disable=g-import-not-at-top
   testdata.write_mvtec_tree(str(tmp_path / 'part'), size=40, n_train=4)
-  c = custom.get_config()
-  c.data.root, c.data.cache_dir, c.data.orientation = str(tmp_path / 'part'), str(tmp_path / 'cache'), 'rot90'
-  c.data.supervise_mode, c.model.name = 'malformed_normal', 'FCDD_CNN224_VGG_NOPT'
-  src = custom_data.load(c)
-  assert src.transform.orientation == 'rot90'
-  x = src.train_images[0]
-  outs = {src.transform.train(x, None, np.random.default_rng(s))[0].tobytes() for s in range(40)}
-  tests = {src.transform.test(x).tobytes() for _ in range(3)}
-  assert len(outs) > 4 and len(tests) == 1
+  seen = {}
+  for orientation in ('rot90', ''):
+    c = custom.get_config()
+    c.data.root, c.data.cache_dir, c.data.orientation = str(tmp_path / 'part'), str(tmp_path / 'cache'), orientation
+    c.data.supervise_mode, c.data.preproc, c.model.name = 'malformed_normal', 'none', 'FCDD_CNN224_VGG_NOPT'
+    src = custom_data.load(c)
+    assert src.transform.orientation == orientation
+    x = src.train_images[0]
+    ref = src.transform.test(x)
+    per_channel = [_dihedral(ref[..., ch]) for ch in range(ref.shape[-1])]
+    turns = [np.stack([per_channel[ch][k] for ch in range(ref.shape[-1])], -1) for k in range(8)]
+    kinds = set()
+    for s in range(40):
+      out = src.transform.train(x, None, np.random.default_rng(s))[0]
+      (k,) = [k for k, t in enumerate(turns) if np.array_equal(out, t)]
+      kinds.add(k)
+    seen[orientation] = kinds
+  assert len(seen['rot90']) >= 6 and seen[''] == {0}
