@@ -125,3 +125,19 @@ def test_border_share_against_a_loop_reference():
   (s4, a4), (s9, a9) = evaluation.border_share(list(maps), band=(band, 9), top=top)
   assert s4 == pytest.approx(np.mean(shares)) and a4 == pytest.approx(area)
   assert s9 == pytest.approx(np.mean(wide)) and a9 == pytest.approx(1 - 22 * 12 / 1200)
+
+
+def test_image_threshold_is_f1_max_on_labelled_data_else_a_nominal_quantile():
+  """evaluation.image_threshold (results and native evaluation share it) against brute-force NumPy."""
+  rng = np.random.default_rng(3)
+  labels = (rng.random(60) < 0.4).astype(np.int32)
+  scores = rng.normal(size=60) + labels
+  th = evaluation.image_threshold(labels, scores, 0.9)
+  def f1(t):
+    pred = scores >= t
+    tp = np.sum(pred & (labels == 1))
+    return 2 * tp / (pred.sum() + labels.sum())
+  best = max(f1(t) for t in scores)
+  assert th['image_rule'].startswith('f1_max') and abs(th['image_f1'] - best) < 1e-9 and f1(th['image']) == best
+  nominal = evaluation.image_threshold(np.zeros(60, np.int32), scores, 0.9)
+  assert abs(nominal['image'] - np.quantile(scores, 0.9)) < 1e-6 and 'image_f1' not in nominal

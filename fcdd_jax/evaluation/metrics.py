@@ -142,6 +142,17 @@ def pro_area(fpr, pro, fpr_limit):
   return area / fpr_limit
 
 
+def image_threshold(labels, scores, q):
+  """The image threshold stored with a run: {'image', 'image_rule'[, 'image_f1']}: F1-maximising on labelled
+  test data (both labels present), else the q quantile of the nominal scores."""
+  labels = np.asarray(labels)
+  if len(np.unique(labels)) == 2:
+    t, f1 = f1_max_threshold(labels, scores)
+    return {'image': float(t), 'image_f1': float(f1), 'image_rule': 'f1_max on the labelled test set'}
+  return {'image': float(quantile_threshold(np.asarray(scores)[labels == 0], q)),
+          'image_rule': f'quantile {q} of nominal test scores'}
+
+
 def aupro(masks, heatmaps, fpr_limit=0.3):
   """Area under the per-region-overlap curve up to FPR `fpr_limit`, normalised by it (MVTec-AD).
 

@@ -78,17 +78,9 @@ class NativeScorer:
 
 def _image_metrics(config, labels, scores):
   """results entries image_auc and the image threshold (F1-max on labelled data, else a nominal quantile)."""
-  out = {'image_auc': None, 'pixel_auc': None, 'thresholds': {}}
-  th = out['thresholds']
-  if len(np.unique(labels)) == 2:
-    out['image_auc'] = float(evaluation.roc_auc(labels, scores))
-    t, f1 = evaluation.f1_max_threshold(labels, scores)
-    th.update(image=float(t), image_f1=float(f1), image_rule='f1_max on the labelled test set')
-  else:
-    q = config.eval.threshold_quantile
-    th.update(image=float(evaluation.quantile_threshold(scores[labels == 0], q)),
-              image_rule=f'quantile {q} of nominal test scores')
-  return out
+  auc = float(evaluation.roc_auc(labels, scores)) if len(np.unique(labels)) == 2 else None
+  return {'image_auc': auc, 'pixel_auc': None,
+          'thresholds': evaluation.image_threshold(labels, scores, config.eval.threshold_quantile)}
 
 
 def _pixel_threshold(sample, with_masks, q, where):

@@ -96,16 +96,7 @@ def thresholds_and_aupro(config, outputs):
   """
   labels = outputs['label'].astype(np.int32)
   scores = outputs['score']
-  out = {'thresholds': {}}
-  if len(np.unique(labels)) == 2:
-    t, f1 = evaluation.f1_max_threshold(labels, scores)
-    out['thresholds']['image'] = float(t)
-    out['thresholds']['image_f1'] = float(f1)
-    out['thresholds']['image_rule'] = 'f1_max on the labelled test set'
-  else:
-    q = config.eval.threshold_quantile
-    out['thresholds']['image'] = float(evaluation.quantile_threshold(scores[labels == 0], q))
-    out['thresholds']['image_rule'] = f'quantile {q} of nominal test scores'
+  out = {'thresholds': evaluation.image_threshold(labels, scores, config.eval.threshold_quantile)}
   heat = outputs.get('heatmap')
   if heat is not None and heat.ndim == 3:
     if 'gtmap' in outputs and outputs['gtmap'].max() > 0:
