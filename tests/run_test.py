@@ -6,6 +6,7 @@ import os
 import jax.numpy as jnp
 import pytest
 
+from fcdd_jax.models.cpu import onednn
 from fcdd_jax.utils import checkpointing
 from fcdd_jax.pipeline import config_checks
 from fcdd_jax.pipeline import run
@@ -16,12 +17,41 @@ from fcdd_jax.pipeline import train
     ('FCDD_CNN224_VGG_NOPT', 'cpu', 'bfloat16'), ('FCDD_CNN224_VGG_F', 'cpu', 'bfloat16'),
     ('FCDD_CNN224', 'cpu', 'bfloat16'), ('FCDD_CNN28_W', 'cpu', 'float32'), ('FCDD_CNN32_LW3K', 'cpu', 'float32'),
     ('FCDD_CNN224_VGG_NOPT', 'gpu', 'float32'), ('FCDD_CNN224_VGG_NOPT', 'tpu', 'float32')])
-def test_auto_is_bfloat16_for_224_nets_on_the_cpu_only(make_config, name, backend, want):
+def test_auto_is_bfloat16_for_224_nets_on_the_cpu_only(make_config, monkeypatch, name, backend, want):
+  """Without bf16 arithmetic in the CPU (or without oneDNN) only the 224² nets take bfloat16 on the CPU."""
+  monkeypatch.setattr(onednn, 'native_bf16', lambda flags=None: False)
   cfg = make_config('test', **{'model.name': name, 'model.dtype': 'auto'})
   assert run.compute_dtype(cfg, backend) == want
   for explicit in ('float32', 'bfloat16'):   # an explicit dtype is kept on every backend
     cfg = make_config('test', **{'model.name': name, 'model.dtype': explicit})
     assert run.compute_dtype(cfg, backend) == explicit
+
+
+@pytest.mark.parametrize('impl, bf16_cpu, want', [
+    ('onednn', True, 'bfloat16'), ('onednn', False, 'float32'), ('xla', True, 'float32'), ('xla', False, 'float32')])
+@pytest.mark.parametrize('name', ['FCDD_CNN28_W', 'FCDD_CNN32_LW3K', 'FCDD_CNN32_S'])
+def test_auto_is_bfloat16_for_small_nets_on_onednn_with_bf16_arithmetic(make_config, monkeypatch, name, impl,
+                                                                        bf16_cpu, want):
+  """The small nets take bfloat16 where the convolutions run on oneDNN and the CPU has AVX512-BF16 or AMX (there
+  oneDNN's bf16 convolutions are twice its float32 ones), on the CPU backend only."""
+  monkeypatch.setattr(onednn, 'conv_impl', lambda backend=None: impl)
+  monkeypatch.setattr(onednn, 'native_bf16', lambda flags=None: bf16_cpu)
+  cfg = make_config('test', **{'model.name': name, 'model.dtype': 'auto'})
+  assert run.compute_dtype(cfg, 'cpu') == want
+  assert run.compute_dtype(cfg, 'gpu') == 'float32'
+  assert run.compute_dtype(make_config('test', **{'model.name': name, 'model.dtype': 'float32'}), 'cpu') == 'float32'
+
+
+def test_native_bf16_reads_the_cpu_flags(tmp_path):
+  def cpuinfo(flags):
+    p = tmp_path / 'cpuinfo'
+    p.write_text(f'processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\nbugs\t\t: none\n\n'
+                 f'processor\t: 1\nflags\t\t: {flags}\n')
+    return onednn.cpu_flags(str(p))
+  assert onednn.native_bf16(cpuinfo('fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni'))
+  assert onednn.native_bf16(cpuinfo('fpu avx512f amx_bf16 amx_tile'))
+  assert not onednn.native_bf16(cpuinfo('fpu sse2 avx2 avx512f avx512_vnni avx512_fp16'))
+  assert onednn.cpu_flags(str(tmp_path / 'missing')) == set() and not onednn.native_bf16(set())
 
 
 def test_model_options_and_config_check_take_the_resolved_dtype(make_config):

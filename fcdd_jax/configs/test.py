@@ -13,6 +13,7 @@ def get_config():
   c.data.demo_num_train = 64
   c.data.demo_num_test = 32
   c.model.name = 'FCDD_CNN32_S'
+  c.model.dtype = 'float32'       # the same numerics on every CPU (auto: bfloat16 where it has bf16 arithmetic)
   c.batch_size = 16
   c.num_train_steps = 6
   c.log_every_steps = 2

@@ -20,6 +20,7 @@ import optax
 
 from fcdd_jax.pipeline import config_checks
 from fcdd_jax.models import feature_stack
+from fcdd_jax.models.cpu import onednn
 from fcdd_jax.models import losses
 from fcdd_jax.models import nets as models
 from fcdd_jax.models import receptive
@@ -59,15 +60,22 @@ class DataShape:
 def compute_dtype(config, backend=None):
   """config.model.dtype resolved to 'float32' or 'bfloat16' for `backend` (default: JAX's default backend).
 
-  'auto': bfloat16 for the nets with 224² inputs on XLA:CPU, float32 otherwise. On the CPU those nets train
-  1.2-1.45x as fast as PyTorch float32 in bfloat16 but 0.8-1.05x in float32, and bfloat16 detects as well
-  (README, "Speed"; bench/README.md, "Fidelity"). It is the compute dtype only: params, optimiser state,
-  weight gradients, BN statistics and scores are float32 either way, so a run can resume in the other one."""
+  'auto' on XLA:CPU: bfloat16 for the nets with 224² inputs, and for every net where the convolutions run on
+  oneDNN on a CPU with bf16 arithmetic (AVX512-BF16, AMX); float32 otherwise and on GPU/TPU. On the CPU the
+  224² nets train 1.2-1.45x as fast as PyTorch float32 in bfloat16 but 0.8-1.05x in float32; the small nets
+  in bfloat16 on oneDNN are as fast as PyTorch's autocast-bf16, which is twice its float32 on such CPUs; and
+  bfloat16 detects as well (README, "Speed"; bench/README.md, "Fidelity"). It is the compute dtype only:
+  params, optimiser state, weight gradients, BN statistics and scores are float32 either way, so a run can
+  resume, be evaluated or served in the other one."""
   dtype = config.model.get('dtype', 'float32')
   if dtype != 'auto':
     return dtype
   backend = backend or jax.default_backend()
-  return 'bfloat16' if backend == 'cpu' and models.input_shape(config.model.name)[0] >= 224 else 'float32'
+  if backend != 'cpu':
+    return 'float32'
+  if models.input_shape(config.model.name)[0] >= 224:
+    return 'bfloat16'
+  return 'bfloat16' if onednn.conv_impl(backend) == 'onednn' and onednn.native_bf16() else 'float32'
 
 
 def model_options(config):

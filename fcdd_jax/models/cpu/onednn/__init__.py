@@ -144,6 +144,27 @@ def conv_impl(backend=None):
   return impl
 
 
+BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')   # /proc/cpuinfo flags of bf16 dot products in hardware
+
+
+def cpu_flags(path='/proc/cpuinfo'):
+  """The first CPU's feature flags from /proc/cpuinfo (an empty set where there is none)."""
+  try:
+    with open(path) as f:
+      for line in f:
+        if line.startswith('flags'):
+          return set(line.split(':', 1)[1].split())
+  except OSError:
+    pass
+  return set()
+
+
+def native_bf16(flags=None):
+  """Whether this CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX-BF16): there oneDNN's bf16
+  convolutions run at about twice its float32 ones; elsewhere it emulates them and bf16 is no faster."""
+  return bool(set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else set(flags)))
+
+
 def use_onednn(dtype, stride=1, backend=None):
   """Whether a conv in compute dtype `dtype` with `stride` runs on oneDNN in this process."""
   return stride == 1 and jnp.dtype(dtype).name in _DTYPES and conv_impl(backend) == 'onednn'
