@@ -446,7 +446,7 @@ def main(argv=None):
   p.add_argument('--batch', type=int, default=32)
   p.add_argument('--net', default='FCDD_CNN224_VGG_NOPT')
   p.add_argument('--dtype', default=None, choices=['auto', 'float32', 'bfloat16'],
-                 help='default: float32; with --panel the config default (auto: bfloat16 for 224² nets on CPU)')
+                 help='default: float32; with --panel the config default (auto: bfloat16 for 224² nets on a CPU)')
   p.add_argument('--sets', default='bottle,bottle_pasted')
   p.add_argument('--bottle', default=BOTTLE, help='MVTec-layout bottle folder')
   p.add_argument('--workdir', default='', help='runs and the masked set (default: a temporary directory; the '

@@ -173,7 +173,9 @@ def conv_forward(spec, xc, w):
     return onednn.conv_fwd(xc, w, None, spec.pad), None
   if fwd == 'gemm':
     y, cols = _fwd_impl(xc, w, spec.pad, dtype)
-    return y, (cols if dw == 'gemm' and cols.size * cols.dtype.itemsize <= KEEP_COLS_BYTES else None)
+    keep = (dw == 'gemm' and all(isinstance(d, int) for d in cols.shape)   # (symbolic: an export's batch)
+            and cols.size * cols.dtype.itemsize <= KEEP_COLS_BYTES)
+    return y, (cols if keep else None)
   return _lax_conv(xc, w.astype(dtype), spec.pad), None
 
 
