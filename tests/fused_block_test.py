@@ -179,3 +179,22 @@ def test_padded_batch_needs_no_more_temp_memory_than_a_full_one(dtype):
   (float32) and 1.5x (bfloat16) here, 2x on FCDD_CNN224_VGG_NOPT bf16 at batch 32, the run's peak memory)."""
   plain, padded = _step_temp_bytes(dtype, False), _step_temp_bytes(dtype, True)
   assert padded <= 1.05 * plain, (padded, plain)
+
+
+def test_a_bf16_gemm_block_exports_with_a_symbolic_batch():
+  """jax.export of a bf16 'gemm' block whose weight gradient is one im2col GEMM (5x5, as FCDD_CNN28_W's) at a
+  symbolic batch traces (whether to keep the im2col depends on its size, which is then symbolic) and computes
+  what the block computes at a concrete batch."""
+  spec = fused_block.BlockSpec(pad=2, bn=None, eps=1e-5, act='leaky', slope=0.01, pool=2, dtype='bfloat16',
+                               conv='gemm', plan=('gemm', 'gemm', 'gemm'))
+  rng = np.random.default_rng(0)
+  w = jnp.asarray(rng.normal(size=(5, 5, 8, 16)) * 0.1, jnp.float32)
+  b = jnp.asarray(rng.normal(size=(16,)), jnp.float32)
+  none = jnp.zeros((0,), jnp.float32)
+  f = jax.jit(lambda x: fused_block.conv_block(spec, x, w, b, none, none, none, none)[0])
+  shape = jax.export.symbolic_shape('b, 14, 14, 8')
+  exported = jax.export.export(f)(jax.ShapeDtypeStruct(shape, jnp.bfloat16))
+  x = jnp.asarray(rng.normal(size=(3, 14, 14, 8)), jnp.bfloat16)
+  got, want = exported.call(x), f(x)
+  assert got.shape == (3, 7, 7, 16)
+  np.testing.assert_array_equal(np.asarray(got, np.float32), np.asarray(want, np.float32))
