@@ -2,6 +2,7 @@
 tmp with PIL, tifffile or a minimal PNG encoder below, and the decoded pixels are compared with NumPy
 expectations computed here from the written values."""
 import logging
+import os
 import struct
 import zlib
 
@@ -227,6 +228,22 @@ def test_list_images_names_unsupported_files_in_one_line(tmp_path, caplog):
   assert len(lines) == 1 and '\n' not in lines[0]
   assert 'anim.gif' in lines[0] and 'notes.txt' in lines[0] and 'skipped 2 files' in lines[0]
   assert '.hidden' not in lines[0] and '._e.png' not in lines[0]
+
+
+def test_list_images_follows_symlinked_folders_once(tmp_path):
+  """An OE or training folder assembled from links to other folders lists their images; a link back up the
+  tree and a second link to the same folder add nothing."""
+  for d in ('a', 'b'):
+    (tmp_path / d).mkdir()
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / d / f'{d}.png')
+  top = tmp_path / 'top'
+  top.mkdir()
+  os.symlink(tmp_path / 'a', top / 'link_a')
+  os.symlink(tmp_path / 'b', top / 'link_b')
+  os.symlink(tmp_path / 'b', top / 'link_b2')   # the same folder again
+  os.symlink(top, tmp_path / 'a' / 'up')        # a cycle: a/up -> top -> link_a -> a
+  got = [os.path.relpath(p, top) for p in image_io.list_images(str(top))]
+  assert got == ['link_a/a.png', 'link_b/b.png']
 
 
 def test_list_images_quiet_when_everything_is_an_image(tmp_path, caplog):

@@ -200,8 +200,11 @@ def test_pooled_image_score_in_evaluation_and_prediction(tmp_path):
 def test_prediction_net_equals_the_training_net_at_nominal_size(name):
   config = test_config.get_config()
   config.model.name = name
-  # the run's compute dtype: model.dtype=auto is bfloat16 for the 224² nets on this CPU backend
-  assert predict.prediction_net(config).dtype == (jnp.bfloat16 if models.input_shape(name)[0] >= 224 else jnp.float32)
+  # the run's compute dtype (run_test checks what auto resolves to), bfloat16 for the 224² nets on this CPU backend
+  config.model.dtype = 'auto'
+  assert predict.prediction_net(config).dtype == jnp.dtype(run_lib.compute_dtype(config))
+  if models.input_shape(name)[0] >= 224:
+    assert predict.prediction_net(config).dtype == jnp.bfloat16
   config.model.dtype = 'float32'   # the layers compared exactly below
   h, w, c = models.input_shape(name)
   ref = models.create(name, bias=config.model.bias, torch_init=config.model.torch_init,

@@ -24,11 +24,17 @@ def list_images(folder, recursive=True):
   """Sorted paths of the image files (extension in IMG_EXT, any case) under `folder`.
 
   Hidden files and folders (names starting with '.', e.g. .DS_Store, ._x.png, caches) are left out quietly.
+  Symlinked folders are followed (a folder assembled from links to others), each real folder once.
   Every other file that is not a supported image (a .gif, .txt, ...) is named in ONE warning line per call
   (count + first five names), so a stray file in a training folder is visible instead of silently ignored.
   """
-  out, other = [], []
-  for dirpath, dirnames, files in os.walk(folder):
+  out, other, seen = [], [], set()
+  for dirpath, dirnames, files in os.walk(folder, followlinks=True):
+    real = os.path.realpath(dirpath)
+    if real in seen:   # a link back up the tree, or two links to one folder
+      dirnames[:] = []
+      continue
+    seen.add(real)
     dirnames[:] = sorted(d for d in dirnames if not d.startswith('.'))
     for f in sorted(files):
       if not f.startswith('.'):
