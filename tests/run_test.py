@@ -42,6 +42,15 @@ def test_auto_is_bfloat16_for_small_nets_on_onednn_with_bf16_arithmetic(make_con
   assert run.compute_dtype(make_config('test', **{'model.name': name, 'model.dtype': 'float32'}), 'cpu') == 'float32'
 
 
+@pytest.mark.parametrize('name', ['CNN28_W', 'CNN32_LW3K', 'AE28', 'AE32_LW3K'])
+def test_auto_keeps_the_small_baselines_in_float32(make_config, monkeypatch, name):
+  """The small baseline classifiers and autoencoders stay float32 on oneDNN with bf16 arithmetic (bfloat16's
+  detection was checked on the FCDD nets only)."""
+  monkeypatch.setattr(onednn, 'conv_impl', lambda backend=None: 'onednn')
+  monkeypatch.setattr(onednn, 'native_bf16', lambda flags=None: True)
+  assert run.compute_dtype(make_config('test', **{'model.name': name, 'model.dtype': 'auto'}), 'cpu') == 'float32'
+
+
 def test_native_bf16_reads_the_cpu_flags(tmp_path):
   def cpuinfo(flags):
     p = tmp_path / 'cpuinfo'
