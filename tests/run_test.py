@@ -53,7 +53,7 @@ def test_auto_keeps_the_small_baselines_in_float32(make_config, monkeypatch, nam
 
 def test_native_bf16_reads_the_cpu_flags(tmp_path):
   def cpuinfo(flags):
-    p = tmp_path / 'cpuinfo'
+    p = tmp_path / f'cpuinfo-{len(list(tmp_path.iterdir()))}'   # one file per case: cpu_flags reads a path once
     p.write_text(f'processor\t: 0\nmodel name\t: X\nflags\t\t: {flags}\nbugs\t\t: none\n\n'
                  f'processor\t: 1\nflags\t\t: {flags}\n')
     return onednn.cpu_flags(str(p))

@@ -77,7 +77,8 @@ def check_config(config):
   if eval_bs % n_dev:
     raise ConfigError(f'config.eval.batch_size={eval_bs} is not divisible by the {n_dev} devices')
   if config.eval.get('pixel_auc_resolution', 'original') not in ('original', 'input'):
-    raise ConfigError(f'config.eval.pixel_auc_resolution={config.eval.pixel_auc_resolution!r}: expected original or input')
+    raise ConfigError(f'config.eval.pixel_auc_resolution={config.eval.pixel_auc_resolution!r}: '
+                      'expected original or input')
   try:
     top = losses.parse_image_score(config.eval.get('image_score', 'mean'))
   except ValueError as e:

@@ -147,16 +147,18 @@ def conv_impl(backend=None):
 BF16_CPU_FLAGS = ('avx512_bf16', 'amx_bf16')   # /proc/cpuinfo flags of bf16 dot products in hardware
 
 
+@functools.lru_cache(maxsize=None)
 def cpu_flags(path='/proc/cpuinfo'):
-  """The first CPU's feature flags from /proc/cpuinfo (an empty set where there is none)."""
+  """The first CPU's feature flags from /proc/cpuinfo (an empty set where there is none); read once per path
+  (`run.compute_dtype` asks at every net it builds)."""
   try:
     with open(path) as f:
       for line in f:
         if line.startswith('flags'):
-          return set(line.split(':', 1)[1].split())
+          return frozenset(line.split(':', 1)[1].split())
   except OSError:
     pass
-  return set()
+  return frozenset()
 
 
 def native_bf16(flags=None):
