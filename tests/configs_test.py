@@ -109,3 +109,14 @@ def test_pixel_auc_resolution_is_checked():
   for ok in ('original', 'input'):
     c.eval.pixel_auc_resolution = ok
     config_checks.check_config(c)
+
+
+def test_figure_reference_is_checked():
+  from fcdd_jax.pipeline import config_checks  # pylint: disable=g-import-not-at-top
+  c = demo.get_config()
+  c.eval.figure_reference = 'low'
+  with pytest.raises(config_checks.ConfigError, match="figure_reference='low': expected upsampled or lowres"):
+    config_checks.check_config(c)
+  for ok in ('upsampled', 'lowres'):
+    c.eval.figure_reference = ok
+    config_checks.check_config(c)

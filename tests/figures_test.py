@@ -108,3 +108,43 @@ def test_thumbnail_is_a_nearest_subsample():
   t = figures.thumbnail(x, 128)
   np.testing.assert_array_equal(t, x[::2, ::2])
   assert figures.thumbnail(x, 300) is x
+
+
+def _global_norm_reference(h, reference, q):
+  """Spec §8.3's global normalisation, written out: subtract the reference's minimum, divide by the
+  int(q·(n−1))-th smallest value of (reference − minimum), clamp to [0, 1]."""
+  ref = np.sort(np.asarray(reference, np.float64).ravel())
+  lo = ref[0]
+  qq = ref[int(q * (ref.size - 1))] - lo
+  return np.clip((np.asarray(h, np.float64) - lo) / qq, 0, 1)
+
+
+def test_global_scale_is_the_references_minimum_and_quantile():
+  rng = np.random.default_rng(0)
+  reference, h = rng.gamma(2.0, size=(6, 20, 20)), rng.gamma(2.0, size=(20, 20)) * 1.5
+  for q in (0.5, 0.97, 1.0):
+    np.testing.assert_allclose(figures.global_norm(h, figures.global_scale(reference, q)),
+                               _global_norm_reference(h, reference, q), rtol=1e-12)
+
+
+@pytest.mark.parametrize('reference', ['upsampled', 'lowres'])
+def test_global_figures_normalise_by_the_chosen_maps(tmp_path, reference):
+  """The overlays (a black input, so the colour is the heatmap's jet at half alpha) are normalised by the
+  displayed upsampled maps (default) or, as the reference code does, by the low-res maps, which are on a
+  smaller scale than the upsampled ones: then most displayed pixels saturate."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  heat = rng.gamma(2.0, size=(4, 128, 128))
+  low = heat[:, ::8, ::8] / 2.6                     # the upsampling multiplies a map by ~2.6 (σ 10, stride 8)
+  outputs = {'score': heat.mean((1, 2)), 'label': np.array([0, 1, 0, 1]), 'heatmap': heat,
+             'heatmap_lowres': low, 'index': np.arange(4)}
+  cfg = ml_collections.ConfigDict({'eval': {'quantile': 0.97, 'figure_reference': reference}})
+  figures.write_run_figures(str(tmp_path), cfg, None, outputs)
+  got = np.asarray(Image.open(tmp_path / 'overlays' / 'test_00002_label0.png'))
+  # balanced reference of 2 + 2 images: all four maps
+  want01 = _global_norm_reference(heat[2], heat if reference == 'upsampled' else low, 0.97)
+  jet = (matplotlib.colormaps['jet'](want01)[..., :3] * 255).round()
+  np.testing.assert_array_equal(got, (jet * 0.5).round().astype(np.uint8))
+  saturated = float((want01 >= 1).mean())
+  assert (saturated < 0.05) if reference == 'upsampled' else (saturated > 0.3), saturated

@@ -80,6 +80,7 @@ def get_config():
   e.batch_size = 0                # 0 = batch_size
   e.image_score = 'mean'          # mean (spec §3.5: mean of the low-res map) | max | top<p>% of the upsampled map
   e.quantile = 0.97               # heatmap normalisation quantile (figures only)
+  e.figure_reference = 'upsampled'  # global figure normalisation from the displayed maps | lowres (spec §8.3)
   e.pixel_auc = True              # pixel AUC where ground-truth maps exist
   e.pixel_auc_resolution = 'original'  # original (spec §8.2) | input (patch mode: masks to the scaled heatmaps)
   e.train_heatmaps = True         # figure of heatmaps of training images (spec §8.1)

@@ -3,7 +3,8 @@
 * `test_samples.png`: first nominal and anomalous test samples: inputs, heatmaps, ground truth.
 * `heatmaps_global.png`: row groups (inputs, heatmaps, [GT], separator) for the first m label-0 samples,
   the first m label-1 samples, the m/2 lowest- and m/2 highest-scored label-0 samples, same for label 1;
-  "global" normalisation (balanced reference set, `config.eval.quantile`).
+  "global" normalisation (balanced reference set, `config.eval.quantile`; the reference's maps are the
+  displayed upsampled ones, or the low-res ones as the reference code has it: `eval.figure_reference`).
 * `heatmaps_paper_{local,global}_lbl{0,1}.png`: k = min(6, count) samples picked along the score-sorted
   list as the reference does; local (per image) or global normalisation.
 * `train_heatmaps_global.png` when train-split outputs are given; `overlays/` with heatmaps over inputs.
@@ -34,8 +35,12 @@ def _jet(x):
 
 
 def _qtile(x, q):
-  x = np.sort(np.asarray(x, np.float64).ravel())
-  return float(x[int(q * (x.size - 1))]) if x.size else 1.0
+  """The int(q·(n−1))-th smallest value (a partial sort: whole reference sets of upsampled maps are large)."""
+  x = np.asarray(x, np.float64).ravel()
+  if not x.size:
+    return 1.0
+  k = int(q * (x.size - 1))
+  return float(np.partition(x, k)[k])
 
 
 def local_norm(h, q):
@@ -58,10 +63,19 @@ def global_reference(heatmaps, labels, seed=0):
   return np.asarray(heatmaps)[idx]
 
 
-def global_norm(h, reference, q):
-  lo = float(np.min(reference))
-  qq = _qtile(np.asarray(reference, np.float64) - lo, q)
-  return np.clip((np.asarray(h, np.float64) - lo) / (qq if qq > 0 else 1.0), 0, 1)
+def global_scale(reference, q):
+  """(offset, scale) of the global normalisation (spec §8.3), computed once for every displayed map: the
+  reference's minimum and the q-quantile of (reference − minimum)."""
+  ref = np.asarray(reference, np.float64).ravel()
+  lo = float(ref.min()) if ref.size else 0.0
+  qq = _qtile(ref - lo, q)
+  return lo, (qq if qq > 0 else 1.0)
+
+
+def global_norm(h, scale):
+  """A heatmap in [0, 1] by `global_scale`'s (offset, scale), clamped."""
+  lo, s = scale
+  return np.clip((np.asarray(h, np.float64) - lo) / s, 0, 1)
 
 
 def overlay(image_uint8, heatmap01, alpha=0.5):
@@ -140,7 +154,7 @@ def _display(pipeline, split, indices, fallback):
   return [fallback[i] for i in indices] if fallback is not None else None
 
 
-def global_figure(images, heatmaps, labels, scores, reference, q, gtmaps=None, m=20):
+def global_figure(images, heatmaps, labels, scores, scale, gtmaps=None, m=20):
   labels = np.asarray(labels)
   counts = [int((labels == 0).sum()), int((labels == 1).sum())]
   m = min(m, min(c for c in counts if c > 0) if any(counts) else 0)
@@ -158,7 +172,7 @@ def global_figure(images, heatmaps, labels, scores, reference, q, gtmaps=None, m
   blocks = []
   for g in groups:
     g = list(g)
-    block = grid([images[i] for i in g], [global_norm(heatmaps[i], reference, q) for i in g],
+    block = grid([images[i] for i in g], [global_norm(heatmaps[i], scale) for i in g],
                  [gtmaps[i] for i in g] if gtmaps is not None else None, max_size=THUMBNAIL)
     blocks.append(block)
   width = max(b.shape[1] for b in blocks)
@@ -184,7 +198,11 @@ def write_run_figures(workdir, config, pipeline, outputs, train_outputs=None):
   samples = outputs.get('samples') or {}
   # display images for every picked index (via the pipeline, else the kept normalised inputs)
   needed = set()
-  ref = global_reference(outputs.get('heatmap_lowres', heat), labels)
+  # the global reference: the displayed (upsampled) maps themselves, or the reference's low-res maps (spec
+  # §8.3; `eval.figure_reference=lowres`): the Gaussian upsampling multiplies a map by ~2.6 inside the image
+  # (σ 10, stride 8), so nearly every displayed pixel lies above the low-res 0.97 quantile: saturated figures
+  lowres = config.eval.get('figure_reference', 'upsampled') == 'lowres' and 'heatmap_lowres' in outputs
+  ref = global_scale(global_reference(outputs['heatmap_lowres'] if lowres else heat, labels), q)
   picks = {}
   for lab in (0, 1):
     idx = np.flatnonzero(labels == lab)
@@ -205,7 +223,7 @@ def write_run_figures(workdir, config, pipeline, outputs, train_outputs=None):
     g = [gts[r] for r in rows] if gts is not None else None
     _save(grid(ims, [local_norm(heat[r], q) for r in rows], g),
           os.path.join(workdir, f'heatmaps_paper_local_lbl{lab}.png'))
-    _save(grid(ims, [global_norm(heat[r], ref, q) for r in rows], g),
+    _save(grid(ims, [global_norm(heat[r], ref) for r in rows], g),
           os.path.join(workdir, f'heatmaps_paper_global_lbl{lab}.png'))
   # global figure over the first rows + the extremes
   rows = sorted(glob_fig_rows | set(np.argsort(scores)[:10].tolist()) | set(np.argsort(scores)[-10:].tolist()))
@@ -213,7 +231,7 @@ def write_run_figures(workdir, config, pipeline, outputs, train_outputs=None):
   allims = [ims.get(r, np.zeros(heat.shape[1:] + (3,), np.uint8)) for r in range(n)] if n <= 4000 else None
   if allims is not None:
     sub = np.asarray(rows)
-    fig = global_figure([ims[r] for r in rows], heat[sub], labels[sub], scores[sub], ref, q,
+    fig = global_figure([ims[r] for r in rows], heat[sub], labels[sub], scores[sub], ref,
                         gts[sub] if gts is not None else None)
     _save(fig, os.path.join(workdir, 'heatmaps_global.png'))
   # test_samples.png and overlays
@@ -223,7 +241,7 @@ def write_run_figures(workdir, config, pipeline, outputs, train_outputs=None):
         os.path.join(workdir, 'test_samples.png'))
   os.makedirs(os.path.join(workdir, 'overlays'), exist_ok=True)
   for r, im in zip(first, ims):
-    _save(overlay(np.asarray(im), global_norm(heat[r], ref, q)),
+    _save(overlay(np.asarray(im), global_norm(heat[r], ref)),
           os.path.join(workdir, 'overlays', f'test_{int(index[r]):05d}_label{labels[r]}.png'))
   if train_outputs is not None and len(train_outputs.get('score', [])):
     th = np.asarray(train_outputs['heatmap'])
@@ -231,6 +249,7 @@ def write_run_figures(workdir, config, pipeline, outputs, train_outputs=None):
     rows = list(range(min(len(th), 20)))
     tims = _display(pipeline, 'train', [int(train_outputs['index'][r]) for r in rows], None) or \
         [np.zeros(th.shape[1:] + (3,), np.uint8) for _ in rows]
-    tref = global_reference(th, tl)
-    _save(grid(tims, [global_norm(th[r], tref, q) for r in rows], max_size=THUMBNAIL),
+    tref = global_scale(global_reference(train_outputs['heatmap_lowres'] if lowres and 'heatmap_lowres' in
+                                         train_outputs else th, tl), q)
+    _save(grid(tims, [global_norm(th[r], tref) for r in rows], max_size=THUMBNAIL),
           os.path.join(workdir, 'train_heatmaps_global.png'))

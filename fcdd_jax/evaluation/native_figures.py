@@ -122,7 +122,7 @@ def write_figures(workdir, config, images, outputs, masks=None):
   heats = outputs['heatmap']
   if not len(labels):
     return
-  ref = outputs['reference_pixels']
+  ref = figures.global_scale(outputs['reference_pixels'], q)
   gts = None
   if masks is not None and all(heats[i].shape == masks[i].shape for i in heats):
     gts = masks
@@ -134,12 +134,12 @@ def write_figures(workdir, config, images, outputs, masks=None):
     ims = [images[r] for r in rows]
     _save(layout(ims, [figures.local_norm(heats[r], q) for r in rows], g),
           os.path.join(workdir, f'heatmaps_paper_local_lbl{lab}.png'))
-    _save(layout(ims, [figures.global_norm(heats[r], ref, q) for r in rows], g),
+    _save(layout(ims, [figures.global_norm(heats[r], ref) for r in rows], g),
           os.path.join(workdir, f'heatmaps_paper_global_lbl{lab}.png'))
   first = first_indices(labels)
   _save(layout([images[r] for r in first], [figures.local_norm(heats[r], q) for r in first],
                None if gts is None else [gts[r] for r in first]), os.path.join(workdir, 'test_samples.png'))
   os.makedirs(os.path.join(workdir, 'overlays'), exist_ok=True)
   for r in first:
-    _save(figures.overlay(rgb(images[r]), figures.global_norm(heats[r], ref, q)),
+    _save(figures.overlay(rgb(images[r]), figures.global_norm(heats[r], ref)),
           os.path.join(workdir, 'overlays', f'test_{r:05d}_label{labels[r]}.png'))

@@ -76,6 +76,8 @@ def check_config(config):
   eval_bs = config.eval.batch_size or config.batch_size
   if eval_bs % n_dev:
     raise ConfigError(f'config.eval.batch_size={eval_bs} is not divisible by the {n_dev} devices')
+  if config.eval.get('figure_reference', 'upsampled') not in ('upsampled', 'lowres'):
+    raise ConfigError(f'config.eval.figure_reference={config.eval.figure_reference!r}: expected upsampled or lowres')
   if config.eval.get('pixel_auc_resolution', 'original') not in ('original', 'input'):
     raise ConfigError(f'config.eval.pixel_auc_resolution={config.eval.pixel_auc_resolution!r}: '
                       'expected original or input')
