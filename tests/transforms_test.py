@@ -1,4 +1,5 @@
-"""data/transforms.py: `data.orientation` (flips / all 8 orientations of the square) on images and masks."""
+"""data/transforms.py: `data.orientation` (flips / all 8 orientations of the square) on images and masks; the
+ColorJitter hue shift against matplotlib's HSV round trip (bit for bit) and Python's colorsys."""
 import numpy as np
 import pytest
 
@@ -97,3 +98,52 @@ def test_custom_data_trains_with_the_stated_orientation(tmp_path):
       kinds.add(k)
     seen[orientation] = kinds
   assert len(seen['rot90']) >= 6 and seen[''] == {0}
+
+
+def _hue_test_images():
+  """Random colours plus the cases HSV treats apart: greys (no saturation), black, white, pure and tied
+  primaries (two channels equal to the maximum)."""
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (40, 48, 3)).astype(np.float32)
+  x[:4, :, 1] = x[:4, :, 0]                            # red and green tie
+  x[4:8, :, 2] = x[4:8, :, 1]                          # green and blue tie
+  x[8:12] = x[8:12, :, :1]                             # greys
+  x[12, :8] = 0
+  x[12, 8:16] = 255
+  x[13, :6] = np.eye(3).repeat(2, 0) * 255             # pure primaries
+  x[13, 6:12] = (1 - np.eye(3)).repeat(2, 0) * 255     # pure secondaries (two channels at the maximum)
+  return x
+
+
+@pytest.mark.parametrize('f', [0.0, 0.013, -0.2, 0.5, -0.5, 1 / 3, 0.49999])
+def test_hue_shift_is_matplotlibs_hsv_round_trip_bit_for_bit(f):
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
+  x = _hue_test_images()
+  hsv = colors.rgb_to_hsv(np.clip(x, 0, 255) / 255.0)
+  hsv[..., 0] = (hsv[..., 0] + f) % 1.0
+  want = colors.hsv_to_rgb(hsv) * 255.0
+  got = transforms.hue_shift(x, f)
+  assert got.dtype == want.dtype == np.float32
+  np.testing.assert_array_equal(got, want)
+
+
+def test_hue_shift_turns_the_hue_as_colorsys_does():
+  import colorsys  # pylint: disable=g-import-not-at-top
+  x = _hue_test_images()
+  got = transforms.hue_shift(x, 0.3)
+  for y in range(0, 40, 3):
+    for z in range(0, 48, 5):
+      h, s, v = colorsys.rgb_to_hsv(*(x[y, z].astype(np.float64) / 255))
+      want = np.array(colorsys.hsv_to_rgb((h + 0.3) % 1.0, s, v)) * 255
+      np.testing.assert_allclose(got[y, z], want, atol=1e-3)
+
+
+def test_color_jitter_hue_keeps_the_matplotlib_round_trip():
+  """The whole ColorJitter with only a hue factor: the same uint8 image as the matplotlib formula it replaced."""
+  from matplotlib import colors  # pylint: disable=g-import-not-at-top
+  img = _hue_test_images().astype(np.uint8)
+  f = np.random.default_rng(5).uniform(-0.5, 0.5)
+  hsv = colors.rgb_to_hsv(np.clip(img.astype(np.float32), 0, 255) / 255.0)
+  hsv[..., 0] = (hsv[..., 0] + f) % 1.0
+  want = np.clip(np.rint(colors.hsv_to_rgb(hsv) * 255.0), 0, 255).astype(np.uint8)
+  np.testing.assert_array_equal(transforms.color_jitter(img, 0, 0, 0, 0.5, np.random.default_rng(5)), want)
