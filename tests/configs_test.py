@@ -100,23 +100,16 @@ def test_dataset_preprocessing_and_supervision_are_checked_before_any_file_is_re
   config_checks.check_data(c)   # the dataset's own value passes
 
 
-def test_pixel_auc_resolution_is_checked():
+@pytest.mark.parametrize('field, bad, oks', [
+    ('pixel_auc_resolution', 'native', ('original', 'input')),
+    ('figure_reference', 'low', ('upsampled', 'lowres')),
+])
+def test_eval_choices_are_checked(field, bad, oks):
   from fcdd_jax.pipeline import config_checks  # pylint: disable=g-import-not-at-top
   c = demo.get_config()
-  c.eval.pixel_auc_resolution = 'native'
-  with pytest.raises(config_checks.ConfigError, match="pixel_auc_resolution='native': expected original or input"):
+  c.eval[field] = bad
+  with pytest.raises(config_checks.ConfigError, match=f"{field}='{bad}': expected {oks[0]} or {oks[1]}"):
     config_checks.check_config(c)
-  for ok in ('original', 'input'):
-    c.eval.pixel_auc_resolution = ok
-    config_checks.check_config(c)
-
-
-def test_figure_reference_is_checked():
-  from fcdd_jax.pipeline import config_checks  # pylint: disable=g-import-not-at-top
-  c = demo.get_config()
-  c.eval.figure_reference = 'low'
-  with pytest.raises(config_checks.ConfigError, match="figure_reference='low': expected upsampled or lowres"):
-    config_checks.check_config(c)
-  for ok in ('upsampled', 'lowres'):
-    c.eval.figure_reference = ok
+  for ok in oks:
+    c.eval[field] = ok
     config_checks.check_config(c)
