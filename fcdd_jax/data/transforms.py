@@ -57,7 +57,9 @@ def _gray(x):
 
 
 # hsv_to_rgb's sextant i = 0..5 (and 6: no saturation, grey) -> which of (v, q, p, t) each channel takes
-_HUE_R, _HUE_G, _HUE_B = np.array([0, 1, 2, 2, 3, 0, 0]), np.array([3, 0, 0, 1, 2, 2, 0]), np.array([2, 2, 3, 0, 0, 1, 0])
+_HUE_R = np.array([0, 1, 2, 2, 3, 0, 0])
+_HUE_G = np.array([3, 0, 0, 1, 2, 2, 0])
+_HUE_B = np.array([2, 2, 3, 0, 0, 1, 0])
 
 
 def hue_shift(x, f):
