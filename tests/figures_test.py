@@ -148,3 +148,12 @@ def test_global_figures_normalise_by_the_chosen_maps(tmp_path, reference):
   np.testing.assert_array_equal(got, (jet * 0.5).round().astype(np.uint8))
   saturated = float((want01 >= 1).mean())
   assert (saturated < 0.05) if reference == 'upsampled' else (saturated > 0.3), saturated
+
+
+def test_reference_pixels_are_balanced_and_bounded(monkeypatch):
+  heats = [np.full((10, 10), k, np.float32) for k in range(6)]
+  ref = figures.reference_pixels(heats, [0, 0, 0, 0, 1, 1])
+  assert ref.size == 400 and (ref >= 4).sum() == 200    # 2 nominal + 2 anomalous images, every pixel
+  monkeypatch.setattr(figures, 'REFERENCE_PIXELS', 100)  # large maps: each pixel kept with probability 100/400
+  ref = figures.reference_pixels(np.stack(heats), [0, 0, 0, 0, 1, 1])
+  assert 50 < ref.size < 150 and 0 < (ref >= 4).sum() < ref.size

@@ -23,8 +23,3 @@ def test_square_images_side_by_side():
   fig = native_figures.layout(ims, [np.zeros((30, 30)), np.zeros((20, 25))])
   assert fig.shape == (30 + 2 + 30, 30 + 6 + 25, 3)
 
-
-def test_reference_pixels_are_balanced_and_bounded():
-  heats = [np.full((10, 10), k, np.float32) for k in range(6)]
-  ref = native_figures.reference_pixels(heats, [0, 0, 0, 0, 1, 1])
-  assert ref.size == 400 and (ref >= 4).sum() == 200    # 2 nominal + 2 anomalous images

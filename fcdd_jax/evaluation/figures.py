@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 THUMBNAIL = 128   # panel height in the many-panel figures (heatmaps_global, train_heatmaps_global)
+REFERENCE_PIXELS = 1_000_000   # pixels of the balanced reference set used by the global normalisation
 
 
 def _to_uint8_image(x):
@@ -50,17 +51,34 @@ def local_norm(h, q):
   return np.clip(h / qq if qq > 0 else h, 0, 1)
 
 
-def global_reference(heatmaps, labels, seed=0):
-  """Balanced reference set: the majority label subsampled to the minority count (spec §8.3)."""
+def reference_plan(sizes, labels, seed=0):
+  """{image index: share of its pixels to draw} for the balanced reference set of the global normalisation
+  (spec §8.3: the majority label subsampled to the minority count, drawn with `seed`), at most
+  REFERENCE_PIXELS pixels in all (a quantile estimate; whole test sets of large maps would not fit).
+  `sizes`: pixels per image."""
   labels = np.asarray(labels)
   idx0, idx1 = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
+  rng = np.random.default_rng(seed)
   if len(idx0) and len(idx1):
     n = min(len(idx0), len(idx1))
-    rng = np.random.default_rng(seed)
     idx = np.concatenate([rng.choice(idx0, n, replace=False), rng.choice(idx1, n, replace=False)])
   else:
     idx = np.arange(len(labels))
-  return np.asarray(heatmaps)[idx]
+  take = min(1.0, REFERENCE_PIXELS / max(1, sum(int(sizes[i]) for i in idx)))
+  return {int(i): take for i in idx}
+
+
+def sample_reference(index, heat, take, seed=0):
+  """The reference pixels drawn from image `index`'s heatmap (each kept with probability `take`, from a
+  generator seeded by (seed, index): the same whatever order the images are scored in)."""
+  flat = np.asarray(heat).reshape(-1)
+  return flat if take >= 1 else flat[np.random.default_rng([seed, int(index)]).random(flat.size) < take]
+
+
+def reference_pixels(heats, labels, seed=0):
+  """The reference pixels of heatmaps held in memory (`reference_plan`, `sample_reference`)."""
+  plan = reference_plan([np.size(h) for h in heats], labels, seed)
+  return np.concatenate([sample_reference(i, heats[i], take, seed) for i, take in sorted(plan.items())])
 
 
 def global_scale(reference, q):
@@ -202,7 +220,7 @@ def write_run_figures(workdir, config, pipeline, outputs, train_outputs=None):
   # §8.3; `eval.figure_reference=lowres`): the Gaussian upsampling multiplies a map by ~2.6 inside the image
   # (σ 10, stride 8), so nearly every displayed pixel lies above the low-res 0.97 quantile: saturated figures
   lowres = config.eval.get('figure_reference', 'upsampled') == 'lowres' and 'heatmap_lowres' in outputs
-  ref = global_scale(global_reference(outputs['heatmap_lowres'] if lowres else heat, labels), q)
+  ref = global_scale(reference_pixels(outputs['heatmap_lowres'] if lowres else heat, labels), q)
   picks = {}
   for lab in (0, 1):
     idx = np.flatnonzero(labels == lab)
@@ -249,7 +267,7 @@ def write_run_figures(workdir, config, pipeline, outputs, train_outputs=None):
     rows = list(range(min(len(th), 20)))
     tims = _display(pipeline, 'train', [int(train_outputs['index'][r]) for r in rows], None) or \
         [np.zeros(th.shape[1:] + (3,), np.uint8) for _ in rows]
-    tref = global_scale(global_reference(train_outputs['heatmap_lowres'] if lowres and 'heatmap_lowres' in
+    tref = global_scale(reference_pixels(train_outputs['heatmap_lowres'] if lowres and 'heatmap_lowres' in
                                          train_outputs else th, tl), q)
     _save(grid(tims, [global_norm(th[r], tref) for r in rows], max_size=THUMBNAIL),
           os.path.join(workdir, 'train_heatmaps_global.png'))

@@ -16,6 +16,7 @@ processes): patch mode refuses many-runs and refinement (`config_checks`).
 """
 import numpy as np
 
+from fcdd_jax.evaluation import figures
 from fcdd_jax.evaluation import metrics as evaluation
 from fcdd_jax.evaluation import native_figures
 from fcdd_jax.evaluation import pixel_stream
@@ -113,14 +114,14 @@ def evaluate(config, pipeline, scorer, verbose=False):
   metric_shapes = shapes if masks is None or at_input else [np.shape(m) for m in masks]
   sample = pixel_stream.ThresholdSample(PIXEL_SAMPLE / max(1, sum(int(np.prod(s)) for s in metric_shapes)))
   thresholded = set(range(len(images))) if with_masks or not (labels == 0).any() else set(np.flatnonzero(labels == 0))
-  plan = native_figures.reference_plan([h * w for h, w in shapes], labels)
+  plan = figures.reference_plan([h * w for h, w in shapes], labels)
   first = set(native_figures.first_indices(labels))
   scores, kept, ref = np.zeros(len(images)), {}, []
   track = progress.Progress('evaluating test images at native resolution', len(images), 'images', enabled=verbose)
   for i, s, h in scorer.iter_scores(images):
     scores[i] = s
     if i in plan:
-      ref.append((i, native_figures.sample_reference(i, h, plan[i])))
+      ref.append((i, figures.sample_reference(i, h, plan[i])))
     if i in first:
       kept[i] = h
     m = None if masks is None else masks[i]

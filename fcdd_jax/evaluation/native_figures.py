@@ -16,7 +16,6 @@ import numpy as np
 from fcdd_jax.evaluation import figures
 
 MAX_WIDTH = 2048
-REFERENCE_PIXELS = 1_000_000   # pixels of the balanced reference set used by the global normalisation
 
 
 def rgb(img):
@@ -61,35 +60,6 @@ def layout(images, heats01, gts=None, max_width=MAX_WIDTH):
   fig = np.concatenate(padded[:-1], axis)
   f = -(-fig.shape[1] // max_width)
   return fig[::f, ::f] if f > 1 else fig
-
-
-def reference_plan(sizes, labels, seed=0):
-  """{image index: share of its pixels to draw} for the balanced reference set of the global normalisation
-  (figures.global_reference on whole images of any size): as many nominal as anomalous images (drawn with
-  `seed`), at most REFERENCE_PIXELS pixels in all. `sizes`: pixels per image."""
-  labels = np.asarray(labels)
-  idx0, idx1 = np.flatnonzero(labels == 0), np.flatnonzero(labels == 1)
-  rng = np.random.default_rng(seed)
-  if len(idx0) and len(idx1):
-    n = min(len(idx0), len(idx1))
-    idx = np.concatenate([rng.choice(idx0, n, replace=False), rng.choice(idx1, n, replace=False)])
-  else:
-    idx = np.arange(len(labels))
-  take = min(1.0, REFERENCE_PIXELS / max(1, sum(int(sizes[i]) for i in idx)))
-  return {int(i): take for i in idx}
-
-
-def sample_reference(index, heat, take, seed=0):
-  """The reference pixels drawn from image `index`'s heatmap (each kept with probability `take`, from a
-  generator seeded by (seed, index): the same whatever order the images are scored in)."""
-  flat = np.asarray(heat).reshape(-1)
-  return flat if take >= 1 else flat[np.random.default_rng([seed, int(index)]).random(flat.size) < take]
-
-
-def reference_pixels(heats, labels, seed=0):
-  """The reference pixels of whole heatmaps held in memory (`reference_plan`, `sample_reference`)."""
-  plan = reference_plan([h.size for h in heats], labels, seed)
-  return np.concatenate([sample_reference(i, heats[i], take, seed) for i, take in sorted(plan.items())])
 
 
 def first_indices(labels, n=3):
