@@ -76,11 +76,10 @@ def check_config(config):
   eval_bs = config.eval.batch_size or config.batch_size
   if eval_bs % n_dev:
     raise ConfigError(f'config.eval.batch_size={eval_bs} is not divisible by the {n_dev} devices')
-  if config.eval.get('figure_reference', 'upsampled') not in ('upsampled', 'lowres'):
-    raise ConfigError(f'config.eval.figure_reference={config.eval.figure_reference!r}: expected upsampled or lowres')
-  if config.eval.get('pixel_auc_resolution', 'original') not in ('original', 'input'):
-    raise ConfigError(f'config.eval.pixel_auc_resolution={config.eval.pixel_auc_resolution!r}: '
-                      'expected original or input')
+  for field, choices in (('figure_reference', ('upsampled', 'lowres')),
+                         ('pixel_auc_resolution', ('original', 'input'))):
+    if config.eval.get(field, choices[0]) not in choices:
+      raise ConfigError(f'config.eval.{field}={config.eval[field]!r}: expected {" or ".join(choices)}')
   try:
     top = losses.parse_image_score(config.eval.get('image_score', 'mean'))
   except ValueError as e:

@@ -65,9 +65,9 @@ def compute_dtype(config, backend=None):
   classifiers and autoencoders too: no fidelity check in bfloat16) and on GPU/TPU. On the CPU the 224² nets
   train 1.2-1.45x as fast as PyTorch float32 in bfloat16 but 0.8-1.05x in float32; the small FCDD nets in
   bfloat16 on oneDNN are as fast as PyTorch's autocast-bf16, which is twice its float32 on such CPUs; and
-  bfloat16 detects as well (README, "Speed"; bench/README.md, "Fidelity": Fashion-MNIST, CIFAR-10, the bottle). It is the compute dtype only:
-  params, optimiser state, weight gradients, BN statistics and scores are float32 either way, so a run can
-  resume, be evaluated or served in the other one."""
+  bfloat16 detects as well (README, "Speed"; bench/README.md, "Fidelity": Fashion-MNIST, CIFAR-10, the bottle).
+  It is the compute dtype only: params, optimiser state, weight gradients, BN statistics and scores are float32
+  either way, so a run can resume, be evaluated or served in the other one."""
   dtype = config.model.get('dtype', 'float32')
   if dtype != 'auto':
     return dtype
@@ -76,7 +76,7 @@ def compute_dtype(config, backend=None):
     return 'float32'
   if models.input_shape(config.model.name)[0] >= 224:
     return 'bfloat16'
-  fcdd = config.model.name.startswith('FCDD_')
+  fcdd = models.objective_of(config.model.name) == 'fcdd'
   return 'bfloat16' if fcdd and onednn.conv_impl(backend) == 'onednn' and onednn.native_bf16() else 'float32'
 
 
