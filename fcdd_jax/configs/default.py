@@ -56,7 +56,7 @@ def get_config():
   m.torch_init = True             # PyTorch default init (spec §1.1)
   m.bn_unbiased_var = True        # running var from the unbiased batch var (spec §11.10)
   m.frozen_bn = 'parity'          # parity | frozen (spec §11.1)
-  m.dtype = 'auto'                # auto (run.compute_dtype: bf16 on CPU for 224² and, with bf16 arithmetic, FCDD nets)
+  m.dtype = 'auto'                # auto | float32 | bfloat16 (auto: run.compute_dtype; bf16 on CPUs where it is faster)
   m.precise_bn = False           # after the last step: BatchNorm statistics recomputed on the training images (train.py)
   m.precise_bn_data = 'images'    # what precise_bn recomputes them on: images (nominal training images, test transform) | stream (one epoch of the training stream: augmented, with its generated anomalies)
 
