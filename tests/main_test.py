@@ -132,7 +132,7 @@ def test_unknown_dataset(tmp_path):
 def test_vgg_f_without_weights_says_how_to_get_them(tmp_path):
   proc = support.run_cli(['--config', 'configs/custom.py', '--config.data.root=' + str(tmp_path),
                           '--workdir', str(tmp_path / 'w')])
-  _assert_one_line_error(proc, r'pretrained_path is empty.*FCDD_CNN224_VGG_NOPT')
+  _assert_one_line_error(proc, r'pretrained_path is empty.*fcdd_jax.pretrain --out.*FCDD_CNN224_VGG_NOPT')
 
 
 def test_manual_download_sources_say_which_files_go_where(tmp_path):

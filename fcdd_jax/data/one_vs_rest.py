@@ -83,26 +83,33 @@ def load_fmnist(config):
                       constants.FMNIST, 1, (28, 28))
 
 
-def load_cifar10(config):
-  """CIFAR-10 one-vs-rest (spec §5.5): train/<class>/*, test/<class>/* folders in data.root, else tfds cifar10."""
+def cifar10_arrays(config):
+  """{'train'|'test': (uint8 images [N,32,32,3], labels [N])} of CIFAR-10: `train/<class>/*`, `test/<class>/*`
+  folders in data.root, else tfds `cifar10` (downloaded on first use)."""
   root = config.data.root
   names = constants.CIFAR10_CLASSES
-  if root:
-    cache = image_io.cache_dir(root, config.data.cache_dir)
-    out = {}
-    for split in ('train', 'test'):
-      xs, ys = [], []
-      for k, nm in enumerate(names):
-        folder = os.path.join(root, split, nm)
-        if not os.path.isdir(folder):
-          raise FileNotFoundError(f'{folder} is missing: CIFAR-10 folders need {split}/<class>/* for the classes '
-                                  + ', '.join(names))
-        paths = image_io.require_images(image_io.list_images(folder), folder)
-        imgs, _ = image_io.read_images(paths, 3, (32, 32), on_bad=config.data.on_bad_image, cache=cache)
-        xs.append(imgs)
-        ys.append(np.full(len(imgs), k))
-      out[split] = (np.concatenate(xs), np.concatenate(ys))
-  else:
-    out = tfds_io.load_arrays('cifar10', config)
+  if not root:
+    return tfds_io.load_arrays('cifar10', config)
+  cache = image_io.cache_dir(root, config.data.cache_dir)
+  out = {}
+  for split in ('train', 'test'):
+    xs, ys = [], []
+    for k, nm in enumerate(names):
+      folder = os.path.join(root, split, nm)
+      if not os.path.isdir(folder):
+        raise FileNotFoundError(f'{folder} is missing: CIFAR-10 folders need {split}/<class>/* for the classes '
+                                + ', '.join(names))
+      paths = image_io.require_images(image_io.list_images(folder), folder)
+      imgs, _ = image_io.read_images(paths, 3, (32, 32), on_bad=config.data.on_bad_image, cache=cache)
+      xs.append(imgs)
+      ys.append(np.full(len(imgs), k))
+    out[split] = (np.concatenate(xs), np.concatenate(ys))
+  return out
+
+
+def load_cifar10(config):
+  """CIFAR-10 one-vs-rest (spec §5.5): `cifar10_arrays`."""
+  out = cifar10_arrays(config)
   (tr_x, tr_y), (te_x, te_y) = out['train'], out['test']
-  return _one_vs_rest(config, 'cifar10', tr_x, tr_y, te_x, te_y, names, constants.CIFAR10, 3, (32, 32))
+  return _one_vs_rest(config, 'cifar10', tr_x, tr_y, te_x, te_y, constants.CIFAR10_CLASSES, constants.CIFAR10, 3,
+                      (32, 32))

@@ -105,7 +105,8 @@ def check_config(config):
           f'{name} starts from ImageNet-pretrained VGG11-BN weights but config.model.pretrained_path is '
           'empty; get torchvision\'s vgg11_bn-6002323d.pth (see README, "Pretrained weights"), convert it '
           'with `python -m fcdd_jax.pretrained --pth vgg11_bn-6002323d.pth --out vgg11_bn.npz` (or pass the .pth), '
-          'then --config.model.pretrained_path=FILE, or '
+          'then --config.model.pretrained_path=FILE; or make weights without ImageNet with '
+          '`python -m fcdd_jax.pretrain --out vgg11_bn_cifar10.npz` (CIFAR-10); or '
           f'train from scratch with --config.model.name={name.replace("_F", "").split("_VGG")[0]}_VGG_NOPT')
     if not os.path.exists(config.model.pretrained_path):
       raise ConfigError(f'config.model.pretrained_path={config.model.pretrained_path!r}: no such file')
