@@ -1,6 +1,6 @@
 """`python -m fcdd_jax.pretrain --out vgg11_bn_cifar10.npz [--data DIR]`: starting weights without ImageNet.
 
-Trains the VGG11-BN layers of the FCDD VGG nets as a CIFAR-10 classifier (~22 minutes for 10 epochs on 2 CPU
+Trains the VGG11-BN layers of the FCDD VGG nets as a CIFAR-10 classifier (~24 minutes for 10 epochs on 2 CPU
 cores) and writes them in torchvision's layout for `--config.model.pretrained_path` with FCDD_CNN224_VGG_F:
 
   python -m fcdd_jax.main --config configs/custom.py --config.data.root=/data/my_parts \\
