@@ -44,6 +44,14 @@ def test_augment_crops_the_reflect_padded_image_and_flips():
   assert 0 < flip.sum() < 16
 
 
+def test_channel_stats_match_numpy_over_the_whole_set():
+  images = np.random.default_rng(3).integers(0, 256, (37, 8, 8, 3), dtype=np.uint8)
+  mean, std = pretrain.channel_stats(images, chunk=5)
+  ref = images.astype(np.float64) / 255
+  np.testing.assert_allclose(mean, ref.mean(axis=(0, 1, 2)), rtol=1e-12)
+  np.testing.assert_allclose(std, ref.std(axis=(0, 1, 2)), rtol=1e-9)
+
+
 def test_torchvision_weights_are_oihw_with_the_batchnorm_statistics():
   rng = np.random.default_rng(2)
   net = pretrain.Classifier(10)
