@@ -32,7 +32,6 @@ from fcdd_jax.data import anomalies
 from fcdd_jax.data import checks
 from fcdd_jax.data import custom
 from fcdd_jax.data import custom_native
-from fcdd_jax.data import cutpaste
 from fcdd_jax.data import demo
 from fcdd_jax.data import imagenet
 from fcdd_jax.data import mvtec
@@ -131,10 +130,10 @@ class Pipeline:
     self.patch = int(d.get('patch_size', 0))   # > 0: each sample a random crop of one image (data/patches.py)
     self.pass_index = (patches.pass_indices([im.shape[:2] for im in self.train_images], self.patch, d.enlarge)
                        if self.patch else np.tile(np.arange(n), max(1, int(d.enlarge))))
-    # CutPaste knows the pasted region exactly: malformed_normal_gt trains with the GT-map loss on any dataset;
+    # CutPaste and blob self-paste know the pasted region exactly: malformed_normal_gt trains with the GT-map loss on any dataset;
     # data.generated_maps does the same for every generated anomaly (confetti: the pixels it changed)
     generated_maps = d.supervise_mode == 'malformed_normal_gt' and (
-        d.noise_mode in cutpaste.CUTPASTE_MODES or d.get('generated_maps', False))
+        d.noise_mode in anomalies.PASTE_MODES or d.get('generated_maps', False))
     self.info = Info(
         name=src.name, image_shape=src.image_shape, num_classes=len(src.class_names),
         class_names=tuple(src.class_names), normal_class=int(src.normal_class), nominal_label=d.nominal_label,

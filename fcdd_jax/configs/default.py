@@ -25,7 +25,7 @@ def get_config():
   d.normal_class = 0              # index of the nominal class
   d.nominal_label = 0             # spec §3.6
   d.supervise_mode = 'noise'      # unsupervised | other | noise | malformed_normal | malformed_normal_gt
-  d.noise_mode = 'cifar100'       # confetti | confetti_pm (darkens or brightens) | gaussian | uniform | solid | blob | mixed_blob | cutpaste | cutpaste_scar | cutpaste_mixed | folder | cifar100 | emnist | imagenet | imagenet22k | mvtec | mvtec_gt
+  d.noise_mode = 'cifar100'       # confetti | confetti_pm (darkens or brightens) | gaussian | uniform | solid | blob | mixed_blob | cutpaste | cutpaste_scar | cutpaste_mixed | blobpaste | folder | cifar100 | emnist | imagenet | imagenet22k | mvtec | mvtec_gt
   d.oe_root = ''                  # OE folder: folder | imagenet22k synsets | imagenet val <wnid>/ (or its tars) | cifar100 copy
   d.oe_limit = -1                 # number of distinct OE images (-1 = all); per defect type for mvtec(_gt)
   d.generated_maps = False        # malformed_normal_gt: GT-map loss with the generated anomalies' maps on every dataset

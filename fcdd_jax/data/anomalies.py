@@ -22,10 +22,12 @@ from scipy import ndimage
 from scipy import sparse
 
 from fcdd_jax.data import cutpaste
+from fcdd_jax.data import selfpaste
 
 NOISE_MODES = ('confetti', 'confetti_pm', 'gaussian', 'uniform', 'solid', 'blob', 'mixed_blob')   # additive
 CONFETTI_MODES = ('confetti', 'confetti_pm')
-SYNTHETIC_MODES = NOISE_MODES + cutpaste.CUTPASTE_MODES   # every noise_mode generated without OE images
+PASTE_MODES = cutpaste.CUTPASTE_MODES + selfpaste.SELFPASTE_MODES   # the image's own content moved: exact maps
+SYNTHETIC_MODES = NOISE_MODES + PASTE_MODES   # every noise_mode generated without OE images
 
 
 def _centres(rng, h, w, p, at_least_one=True):
@@ -127,8 +129,9 @@ def noise(mode, rng, shape_hwc, *, size_scale=1.0):
     a = np.where(a > 0, rng.integers(0, 256, a.shape), 0)
     b = _blob_map(rng, shape_hwc, 1e-5, np.array([side]), lambda ch: np.full(ch, 255), rotate=False)
     return (a + b).astype(np.int32)
-  if mode in cutpaste.CUTPASTE_MODES:
-    raise ValueError(f'noise_mode={mode!r} is not an additive noise; make_anomaly (data/cutpaste.py) makes it')
+  if mode in PASTE_MODES:
+    raise ValueError(f'noise_mode={mode!r} is not an additive noise; make_anomaly (data/cutpaste.py, '
+                     'data/selfpaste.py) makes it')
   raise ValueError(f'noise_mode={mode!r} is unknown; synthetic modes: {", ".join(NOISE_MODES)}')
 
 
@@ -250,7 +253,8 @@ def make_anomaly(supervise_mode, noise_mode, rng, nominal, *, oe_image=None, oe_
   resampling: a `Resampling` from the image's original size to its stored size; malformed_normal(_gt) then
   draws synthetic noise at the original resolution, as the reference's custom runner does (spec §5.9).
 
-  CutPaste modes (`cutpaste.CUTPASTE_MODES`): the anomaly is the nominal image with a patch of itself pasted
+  Paste modes (`PASTE_MODES`: CutPaste, `data/cutpaste.py`; blob self-paste, `data/selfpaste.py`, whose map
+  also obeys `gt_min_change`): the anomaly is the nominal image with a patch of itself pasted
   elsewhere, for noise, malformed_normal and malformed_normal_gt alike (it is made from the nominal image in
   every mode); the map is the exact pasted region for malformed_normal_gt and all ones otherwise, as for the
   other noises (spec §6.4). `gt_min_change` (data.gt_min_change): malformed_normal_gt's map of an additive
@@ -259,11 +263,14 @@ def make_anomaly(supervise_mode, noise_mode, rng, nominal, *, oe_image=None, oe_
   sizes are relative to the image that is pasted into (scar sizes scale with sqrt(H·W)/256)."""
   x = np.asarray(nominal)
   h, w, c = x.shape
-  if noise_mode in cutpaste.CUTPASTE_MODES and oe_image is None:
+  if noise_mode in PASTE_MODES and oe_image is None:
     if supervise_mode not in ('noise', 'malformed_normal', 'malformed_normal_gt'):
       raise ValueError(f'supervise_mode={supervise_mode!r} cannot generate anomalies; use noise, '
                        'malformed_normal or malformed_normal_gt')
-    out, mask = cutpaste.cutpaste(rng, x, cutpaste.VARIANT_OF_MODE[noise_mode])
+    if noise_mode in selfpaste.SELFPASTE_MODES:
+      out, mask = selfpaste.blobpaste(rng, x, min_change=gt_min_change)
+    else:
+      out, mask = cutpaste.cutpaste(rng, x, cutpaste.VARIANT_OF_MODE[noise_mode])
     gt = mask.astype(np.float32) if supervise_mode == 'malformed_normal_gt' else np.ones((h, w), np.float32)
     return out, gt
   if supervise_mode == 'noise':
