@@ -47,9 +47,11 @@ def test_default_std():
   assert receptive.default_std(16) == pytest.approx(np.log10(0.45 * 16 + 1) + 0.25)
   assert receptive.default_std(62) == 10.0
   a = np.random.default_rng(0).random((1, 7, 7)).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(receptive.upsample(a, receptive.Reception(16, 4, 1.5), 28)),
-                             references.np_algorithm1(a, 16, 4, 1.5, 28, receptive.default_std(16)),
-                             rtol=1e-5, atol=1e-7)
+  want = references.np_algorithm1(a, 16, 4, 1.5, 28, receptive.default_std(16))
+  # loss.gauss_std is passed as it is configured: None, 0 (the configs' default) or < 0 mean the default sigma
+  for std in (None, 0.0, -1.0):
+    np.testing.assert_allclose(np.asarray(receptive.upsample(a, receptive.Reception(16, 4, 1.5), 28, std)), want,
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_upsample_gradient_is_the_transpose():

@@ -79,7 +79,7 @@ def use_gemm_conv(dtype, stride, cin, backend=None, x=None):
   width (an export of whole images of any size: the im2col's row count is not provably non-negative)."""
   if jnp.dtype(dtype) != jnp.dtype(jnp.bfloat16):
     return False
-  if x is not None and not all(isinstance(d, int) for d in x.shape[1:3]):
+  if x is not None and not cpu_conv.is_static(x.shape[1:3]):   # a symbolic batch is fine: rows of one GEMM
     return False
   if stride != 1:
     return False
@@ -90,7 +90,7 @@ def use_onednn_conv(dtype, stride, x):
   """Whether a conv of x (compute dtype `dtype`) runs on oneDNN (`fcdd_jax.models.cpu.onednn`: XLA:CPU, stride 1, float32
   or bfloat16, FCDD_CONV_IMPL). Shapes must be concrete: exported programs (symbolic shapes, `export`) keep XLA's
   portable convolutions."""
-  return all(isinstance(d, int) for d in x.shape) and onednn.use_onednn(dtype, stride)
+  return cpu_conv.is_static(x.shape) and onednn.use_onednn(dtype, stride)
 
 
 class Conv(nn.Module):

@@ -67,7 +67,8 @@ def upsample(heatmaps, reception: Reception, out_size, std=None):
   Separable: two small matmuls with matrices built at trace time (one per axis, so h != w and H != W are
   fine: whole images of any aspect ratio in fcdd_jax.predict); jittable and differentiable. Symbolic sizes
   (jax.export with polymorphic H, W) build the same matrices in-graph.
-  `out_size` is an int (square) or (H, W).
+  `out_size` is an int (square) or (H, W). `std`: the Gaussian's σ (`loss.gauss_std`); None or <= 0: the
+  receptive field's own, `default_std`.
   """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   x = jnp.asarray(heatmaps)

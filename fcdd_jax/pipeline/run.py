@@ -36,7 +36,7 @@ class StepConfig:
   objective: str                      # fcdd | hsc | ae
   gtmaps: bool                        # train batches carry 'gtmap' -> GT-map loss (spec §3.2)
   reception: Optional[receptive.Reception]
-  gauss_std: Optional[float]
+  gauss_std: float                    # loss.gauss_std; <= 0: receptive.default_std of the net
   image_size: tuple                   # (H, W)
   stable: bool = True
   single_label_parity: bool = True
@@ -159,7 +159,7 @@ def step_config(config, model, data, objective):
   return StepConfig(
       objective=objective, gtmaps=bool(data.train_gtmaps and objective == 'fcdd'),
       reception=getattr(model, 'reception', None),
-      gauss_std=config.loss.gauss_std if config.loss.gauss_std > 0 else None,
+      gauss_std=float(config.loss.gauss_std),
       image_size=tuple(data.image_shape[:2]), stable=config.loss.stable,
       single_label_parity=config.loss.single_label_parity, blur=config.loss.blur_heatmaps,
       blur_r=models.reception(counterpart).r if counterpart else None,

@@ -60,7 +60,7 @@ def make_inference_fn(run, c_in):
   preprocess = export_preprocess.make_native_preprocess(run['preprocessing'], c_in)
   net = models.create(name, any_size=True, **run_lib.model_options(config))   # predict's net (prediction_net)
   rec = models.reception(name)
-  std = config.loss.gauss_std if config.loss.gauss_std > 0 else None
+  std = config.loss.gauss_std
   threshold = run['thresholds'].get('image')
   top = losses.parse_image_score(config.eval.get('image_score', 'mean'))
 

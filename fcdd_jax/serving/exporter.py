@@ -99,7 +99,7 @@ def make_inference_fn(run, c_in=None):
   preprocess = export_preprocess.make_preprocess(p, c_in)
   net = models.create(name, **run_lib.model_options(config))  # as predict: same layers and compute dtype
   size = tuple(int(v) for v in p['input_size'])
-  std = config.loss.gauss_std if config.loss.gauss_std > 0 else None
+  std = config.loss.gauss_std
   threshold = run['thresholds'].get('image')
   top = losses.parse_image_score(config.eval.get('image_score', 'mean'))   # the score the threshold is for
 

@@ -169,7 +169,7 @@ class Predictor:
       self.scale = float(self.config.data.get('scale', 1.0)) if scale is None else scale
       self.native = native_predict.make_scorer(self.config, p, self.variables, tile or tiling.DEFAULT_TILE, net)
     rec = self.reception = models.reception(name)
-    std = self.config.loss.gauss_std if self.config.loss.gauss_std > 0 else None
+    std = self.config.loss.gauss_std
 
     top = losses.parse_image_score(self.config.eval.get('image_score', 'mean'))   # as the run's evaluation
 

@@ -29,6 +29,13 @@ import jax.numpy as jnp
 from fcdd_jax.models.cpu import onednn
 
 
+def is_static(dims):
+  """Whether every dimension is a Python int: not a symbolic dimension of a `jax.export` with polymorphic shapes
+  (whose sizes cannot be compared at trace time). The one test for it: which conv runs (`layers.use_gemm_conv`,
+  `layers.use_onednn_conv`) and whether an im2col is small enough to keep (`conv_forward`)."""
+  return all(isinstance(d, int) for d in dims)
+
+
 def as_bits(x):
   """Same-width unsigned-integer view of x: XLA:CPU upcasts bfloat16 data movement (pad, slice,
   concatenate, transpose) to float32 and back, which makes a bfloat16 im2col ~4x slower than a uint16 one."""
@@ -173,7 +180,7 @@ def conv_forward(spec, xc, w):
     return onednn.conv_fwd(xc, w, None, spec.pad), None
   if fwd == 'gemm':
     y, cols = _fwd_impl(xc, w, spec.pad, dtype)
-    keep = (dw == 'gemm' and all(isinstance(d, int) for d in cols.shape)   # (symbolic: an export's batch)
+    keep = (dw == 'gemm' and is_static(cols.shape)   # an export's symbolic batch: size unknown, not kept
             and cols.size * cols.dtype.itemsize <= KEEP_COLS_BYTES)
     return y, (cols if keep else None)
   return _lax_conv(xc, w.astype(dtype), spec.pad), None
