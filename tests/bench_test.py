@@ -83,6 +83,18 @@ def test_compare_bench_same_process_ratio():
   assert ratio['jax_default_vs_torch_fastest'] == pytest.approx(jax_default / fastest, abs=2e-3)
 
 
+def test_compare_pretrain_bench_ratio_is_the_default_over_torch_fastest():
+  pytest.importorskip('torch', reason='torch not installed')
+  rs = _run(['bench.compare_pretrain', '--batch', '4', '--steps', '1'])
+  rates = {r['impl']: r['img_per_s'] for r in rs if r['impl'] != 'ratio'}
+  assert set(rates) >= {'jax_float32', 'torch_nchw_float32', 'torch_channels_last_float32',
+                        'torch_channels_last_autocast-bf16'}
+  (ratio,) = [r for r in rs if r['impl'] == 'ratio']
+  fastest = max((k for k in rates if k.startswith('torch')), key=rates.get)
+  assert ratio['torch_fastest'] == fastest and ratio['default'] in rates
+  assert ratio['default_vs_torch_fastest'] == pytest.approx(rates[ratio['default']] / rates[fastest], rel=0.02)
+
+
 def test_train_gflop_per_image_counts_conv_passes():
   from bench import common  # pylint: disable=g-import-not-at-top
   f1 = 2 * 28 * 28 * 25 * 1 * 128       # FCDD_CNN28_W conv 1->128 5x5 at 28x28: forward + weight gradient only
