@@ -91,3 +91,31 @@ def test_a_run_resumes_in_the_other_compute_dtype(make_config, tmp_path, monkeyp
   with open(os.path.join(workdir, 'config_changes.json')) as f:
     changes = json.load(f)
   assert 'model.dtype' in json.dumps(changes) and 'bfloat16' in json.dumps(changes)
+
+
+@pytest.mark.parametrize('opt', ['sgd', 'adam'])
+def test_head_lr_mult_scales_only_the_last_conv_and_frozen_params_stay(make_config, opt):
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  params = {'features': {'features_0': {'kernel': np.ones((3, 3, 1, 2), np.float32)},
+                         'features_4': {'kernel': np.ones((3, 3, 2, 2), np.float32)}},
+            'final': {'kernel': np.ones((1, 1, 2, 1), np.float32), 'bias': np.ones((1,), np.float32)}}
+  grads = jax.tree.map(lambda p: np.full_like(p, 0.5), params)
+  frozen = {'features': {'features_0': {'kernel': True}, 'features_4': {'kernel': False}},
+            'final': {'kernel': False, 'bias': False}}
+  ups = {}
+  for mult in (1.0, 7.5):
+    cfg = make_config('test', **{'optim.name': opt, 'optim.head_lr_mult': mult, 'optim.weight_decay': 0.0})
+    tx = run.create_optimizer(cfg, 4, frozen)
+    ups[mult], _ = tx.update(grads, tx.init(params), params)
+  for mult in (1.0, 7.5):
+    np.testing.assert_array_equal(ups[mult]['features']['features_0']['kernel'], 0)   # frozen
+    np.testing.assert_allclose(ups[mult]['features']['features_4']['kernel'],
+                               ups[1.0]['features']['features_4']['kernel'])        # the body as before
+  body = float(np.asarray(ups[1.0]['features']['features_4']['kernel']).flat[0])
+  assert body < 0
+  for k in ('kernel', 'bias'):
+    np.testing.assert_allclose(ups[1.0]['final'][k], body, rtol=1e-6)
+    np.testing.assert_allclose(ups[7.5]['final'][k], 7.5 * body, rtol=1e-6)   # the head steps 7.5x as far
+  with pytest.raises(config_checks.ConfigError, match='optim.head_lr_mult=0.0: expected a number > 0'):
+    config_checks.check_config(make_config('test', **{'optim.head_lr_mult': 0.0}))

@@ -75,6 +75,7 @@ def get_config():
   o.gamma = 0.985                 # lambda schedule: lr x gamma^epoch
   o.milestones = (400, 500)       # milestones schedule: epochs at which lr is multiplied by milestone_factor
   o.milestone_factor = 0.1        # milestones schedule: the factor
+  o.head_lr_mult = 1.0            # the FCDD nets' last 1x1 conv (`final`) steps this many times as far as the rest
 
   c.eval = e = ml_collections.ConfigDict()    # evaluation, thresholds and figures (fcdd_jax/evaluation/results.py)
   e.batch_size = 0                # 0 = batch_size

@@ -63,6 +63,9 @@ def check_config(config):
   objective_for(config)
   if config.optim.name not in OPTIMIZERS:
     raise ConfigError(f'config.optim.name={config.optim.name!r} is unknown; allowed: {", ".join(OPTIMIZERS)}')
+  if not float(config.optim.get('head_lr_mult', 1.0)) > 0:
+    raise ConfigError(f'config.optim.head_lr_mult={config.optim.head_lr_mult!r}: expected a number > 0 (1: the '
+                      'head steps as far as the rest of the net)')
   if config.optim.schedule not in SCHEDULES:
     raise ConfigError(
         f'config.optim.schedule={config.optim.schedule!r} is unknown; allowed: {", ".join(SCHEDULES)}')

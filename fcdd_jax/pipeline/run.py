@@ -122,18 +122,28 @@ def optimizer_name(config):
 
 
 def create_optimizer(config, steps_per_epoch, frozen=None):
-  """SGD-Nesterov or Adam with coupled L2 weight decay (spec §7.1); frozen params get no update."""
+  """SGD-Nesterov or Adam with coupled L2 weight decay (spec §7.1); frozen params get no update.
+  `optim.head_lr_mult` != 1: the FCDD nets' last 1x1 conv (`final`) steps that many times as far (its updates
+  scaled); `frozen` (a pytree of bools like the params) then also names the params."""
   o = config.optim
   lr = learning_rate_fn(config, steps_per_epoch)
-  if optimizer_name(config) == 'sgd':
-    opt = optax.sgd(lr, momentum=o.momentum, nesterov=True)
-  else:
-    opt = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
-  tx = optax.chain(optax.add_decayed_weights(o.weight_decay), opt) if o.weight_decay else opt
-  if frozen is not None and any(jax.tree.leaves(frozen)):
-    labels = jax.tree.map(lambda f: 'frozen' if f else 'train', frozen)
-    tx = optax.multi_transform({'train': tx, 'frozen': optax.set_to_zero()}, labels)
-  return tx
+
+  def base():
+    if optimizer_name(config) == 'sgd':
+      opt = optax.sgd(lr, momentum=o.momentum, nesterov=True)
+    else:
+      opt = optax.adam(lr, b1=0.9, b2=0.999, eps=1e-8)
+    return optax.chain(optax.add_decayed_weights(o.weight_decay), opt) if o.weight_decay else opt
+
+  mult = float(o.get('head_lr_mult', 1.0))
+  if frozen is None or (mult == 1.0 and not any(jax.tree.leaves(frozen))):
+    return base()
+  paths = models.flax_traverse(frozen)
+  labels = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(frozen), [
+      'frozen' if f else ('head' if mult != 1.0 and path[0] == 'final' else 'train')
+      for path, f in zip(paths, jax.tree.leaves(frozen))])
+  return optax.multi_transform({'train': base(), 'frozen': optax.set_to_zero(),
+                                'head': optax.chain(base(), optax.scale(mult))}, labels)
 
 
 def init_variables(model, image_shape, rng):
