@@ -113,3 +113,39 @@ def step_peak_rss(fn):
 def peak_rss():
   """Peak resident set of this process so far, bytes (VmHWM; it is reset by step_peak_rss)."""
   return _status_kb('VmHWM') * 1024
+
+
+def restore_finished_run(run_dir):
+  """A finished run of `python -m fcdd_jax.main` for eval-only experiments: (pipeline, built run, state at its
+  final checkpoint, the jitted eval step), from RUN_DIR/config.json and RUN_DIR/checkpoints."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from fcdd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.pipeline import run, steps  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.utils import checkpointing  # pylint: disable=g-import-not-at-top
+  with open(os.path.join(run_dir, 'config.json')) as f:
+    c = ml_collections.ConfigDict(json.load(f))
+  pipe = input_pipeline.create(c)
+  built = run.build_run(c, pipe.info, pipe.info.steps_per_epoch)
+  ck = checkpointing.Checkpointer(os.path.join(run_dir, 'checkpoints'), max_to_keep=1, asynchronous=False)
+  state, _, _ = ck.restore_latest(built.init_state(jax.random.PRNGKey(0)))
+  ck.close()
+  return pipe, built, state, steps.compile_eval(built)
+
+
+def score_heatmaps(labels, heatmaps, masks=None):
+  """A run's scoring of full-resolution test heatmaps [N,H,W]: image AUC by the maximum and by the mean, pixel
+  AUC and AUPRO at the masks' resolution (masks: the test masks at their original size, or None), border
+  ratio (16 px) of the nominal heatmaps."""
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from fcdd_jax.evaluation import metrics as M  # pylint: disable=g-import-not-at-top
+  h = np.asarray(heatmaps)
+  r = {'image_auc_max': float(M.roc_auc(labels, h.reshape(len(h), -1).max(1))),
+       'image_auc_mean': float(M.roc_auc(labels, h.reshape(len(h), -1).mean(1)))}
+  if masks is not None:
+    maps = [M.resize_nearest(x, m.shape) for x, m in zip(h, masks)]
+    r['pixel_auc'] = float(M.pixel_auc(masks, np.stack(maps).astype(np.float32)))
+    r['aupro'] = float(M.aupro([masks[i].astype(np.uint8) for i in range(len(masks))], maps))
+  s, a = M.border_share(h[labels == 0], band=16)
+  r['border'] = s / a
+  return r

@@ -12,25 +12,14 @@ import sys
 
 import numpy as np
 import jax
-import ml_collections
-from fcdd_jax import input_pipeline
-from fcdd_jax.evaluation import metrics as M
+from bench import common
 from fcdd_jax.evaluation import results as R
 from fcdd_jax.models import receptive
-from fcdd_jax.pipeline import run, steps
-from fcdd_jax.utils import checkpointing
 
 def main(run_dir, out_json):
   if os.path.exists(out_json):
     return
-  c = ml_collections.ConfigDict(json.load(open(os.path.join(run_dir, 'config.json'))))
-  c.eval.image_score = 'max'
-  pipe = input_pipeline.create(c)
-  built = run.build_run(c, pipe.info, pipe.info.steps_per_epoch)
-  ck = checkpointing.Checkpointer(os.path.join(run_dir, 'checkpoints'), max_to_keep=1, asynchronous=False)
-  state, meta, step = ck.restore_latest(built.init_state(jax.random.PRNGKey(0)))
-  ck.close()
-  ev = steps.compile_eval(built)
+  pipe, built, state, ev = common.restore_finished_run(run_dir)
   test = R.run_evaluation(state, pipe, ev, built.data_sharding, 'test', 16)
   train = R.run_evaluation(state, pipe, ev, built.data_sharding, 'train', 16)
   lab = test['label'].astype(int)
@@ -50,17 +39,7 @@ def main(run_dir, out_json):
     'z': (th - mu) / (sd + sd.mean() * 0.1),
     'z_low': up((tl - mul) / (sdl + sdl.mean() * 0.1)),
   }
-  nom = lab == 0
-  for k, h in variants.items():
-    r = {'image_auc_max': float(M.roc_auc(lab, h.reshape(len(h), -1).max(1))),
-         'image_auc_mean': float(M.roc_auc(lab, h.reshape(len(h), -1).mean(1)))}
-    if masks is not None:
-      maps = [M.resize_nearest(x, m.shape) for x, m in zip(h, masks)]
-      r['pixel_auc'] = float(M.pixel_auc(masks, np.stack(maps).astype(np.float32)))
-      r['aupro'] = float(M.aupro([masks[i].astype(np.uint8) for i in range(len(masks))], maps))
-    s, a = M.border_share(h[nom], band=16)
-    r['border'] = s / a
-    out[k] = r
+  out.update({k: common.score_heatmaps(lab, h, masks) for k, h in variants.items()})
   json.dump(out, open(out_json, 'w'))
   print(json.dumps(out))
 

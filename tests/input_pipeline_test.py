@@ -13,6 +13,7 @@ from fcdd_jax.data import cutpaste
 from fcdd_jax.data import one_vs_rest
 from fcdd_jax.data import source
 from fcdd_jax.data import transforms
+from tests import support
 from tests import testdata
 
 SHARED = testdata.SHARED
@@ -407,18 +408,8 @@ def test_generated_confetti_maps_only_with_generated_maps(make_config):
   assert not p.info.train_gtmaps and 'gtmap' not in p.global_train_batch(0)
   # with it: the map of each anomaly is the set of pixels the confetti changed (identity geometry here)
   img = _position_source('crop', 48, 48).train_images[0]
-  t = transforms.Transform(mean=np.zeros(3, np.float32), std=np.ones(3, np.float32), input_size=(48, 48),
-                           raw_size=(48, 48), channels=3, train_geom='none', hflip=False, noise_std=0.0)
-  src = source.Source(name='demo', class_names=('x',), normal_class=0, transform=t,
-                      train_images=np.repeat(img[None], 64, 0), test_images=img[None].repeat(2, 0),
-                      test_labels=np.zeros(2, np.int32))
   cfg.data.generated_maps = True
-  p = input_pipeline.Pipeline(cfg, src)
-  assert p.info.train_gtmaps
-  b = p.global_train_batch(1)
-  assert (b['label'] == 1).sum() >= 8
-  for x, y, g in zip(b['image'], b['label'], b['gtmap']):
-    changed = (np.rint(x * 255).astype(int) != img).any(-1)
+  for changed, y, g in support.changed_pixels_and_maps(cfg, img):
     np.testing.assert_array_equal(g > 0, changed)
     assert changed.any() == bool(y)
   from fcdd_jax.pipeline import config_checks  # pylint: disable=g-import-not-at-top

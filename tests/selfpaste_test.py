@@ -6,11 +6,9 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from fcdd_jax import input_pipeline
 from fcdd_jax.data import anomalies
 from fcdd_jax.data import selfpaste
-from fcdd_jax.data import source
-from fcdd_jax.data import transforms
+from tests import support
 
 
 def _position_image(h, w):
@@ -92,19 +90,9 @@ def test_pipeline_trains_blobpaste_with_its_maps(make_config):
   """malformed_normal_gt + blobpaste: the batch carries maps without data.generated_maps, each anomaly's map
   is inside the pixels that changed and covers all of them but a thin soft edge."""
   img = _position_image(48, 48)
-  t = transforms.Transform(mean=np.zeros(3, np.float32), std=np.ones(3, np.float32), input_size=(48, 48),
-                           raw_size=(48, 48), channels=3, train_geom='none', hflip=False, noise_std=0.0)
-  src = source.Source(name='demo', class_names=('x',), normal_class=0, transform=t,
-                      train_images=np.repeat(img[None], 64, 0), test_images=img[None].repeat(2, 0),
-                      test_labels=np.zeros(2, np.int32))
   cfg = make_config('demo', batch_size=32, **{'data.supervise_mode': 'malformed_normal_gt',
                                               'data.noise_mode': 'blobpaste'})
-  p = input_pipeline.Pipeline(cfg, src)
-  assert p.info.train_gtmaps
-  b = p.global_train_batch(1)
-  assert (b['label'] == 1).sum() >= 8
-  for x, y, g in zip(b['image'], b['label'], b['gtmap']):
-    changed = (np.rint(x * 255).astype(int) != img).any(-1)
+  for changed, y, g in support.changed_pixels_and_maps(cfg, img):
     if not y:
       assert not changed.any() and not g.any()
       continue

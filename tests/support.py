@@ -1,4 +1,5 @@
-"""Shared test support (no tests here): the CLI in a subprocess, a damaged checkpoint, fake VGG weights."""
+"""Shared test support (no tests here): the CLI in a subprocess, a damaged checkpoint, fake VGG weights, a
+training source of one image without any augmentation."""
 import contextlib
 import os
 import subprocess
@@ -6,6 +7,8 @@ import sys
 
 import numpy as np
 
+from fcdd_jax.data import source
+from fcdd_jax.data import transforms
 from fcdd_jax.models import pretrained
 from tests.paths import ROOT
 
@@ -63,3 +66,27 @@ def read_only_dir(path):
       subprocess.run(['umount', '-l', str(path)], check=False)
     else:
       os.chmod(path, 0o700)
+
+
+def identity_source(img, n=64):
+  """A 'demo' data source whose n training images are all the uint8 [H,W,3] `img`, under an identity transform
+  (no crop, flip, noise or normalisation beyond /255): a batch's pixels that differ from `img` are exactly
+  what the anomaly generation changed."""
+  h, w = img.shape[:2]
+  t = transforms.Transform(mean=np.zeros(3, np.float32), std=np.ones(3, np.float32), input_size=(h, w),
+                           raw_size=(h, w), channels=3, train_geom='none', hflip=False, noise_std=0.0)
+  return source.Source(name='demo', class_names=('x',), normal_class=0, transform=t,
+                       train_images=np.repeat(img[None], n, 0), test_images=img[None].repeat(2, 0),
+                       test_labels=np.zeros(2, np.int32))
+
+
+def changed_pixels_and_maps(config, img, step=1):
+  """One training batch of `config` on `identity_source(img)`: [(pixels changed from img [H,W] bool, label,
+  gtmap)] per example. Checks that the batch carries maps and at least 8 anomalies."""
+  from fcdd_jax import input_pipeline  # pylint: disable=g-import-not-at-top
+  p = input_pipeline.Pipeline(config, identity_source(img))
+  assert p.info.train_gtmaps
+  b = p.global_train_batch(step)
+  assert (b['label'] == 1).sum() >= 8
+  return [((np.rint(x * 255).astype(int) != img).any(-1), y, g)
+          for x, y, g in zip(b['image'], b['label'], b['gtmap'])]
