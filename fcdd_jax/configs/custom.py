@@ -38,6 +38,11 @@ Alternatives, as options with their panel numbers in bench/README.md ("Panel"):
   then --config.model.pretrained_path=vgg11_bn_cifar10.npz --config.eval.image_score=mean (FCDD_CNN224_VGG_F,
   3 seeds): bottle 0.930 image AUC (this recipe from scratch: 0.793), tire 0.590, ELPV 0.812, AITEX 0.522 (0.706):
   better on objects, worse on fabric, with hot tile borders.
+Tried on the same panel and not adopted, each worse on some set (per-set numbers: bench/README.md, "Panel"):
+CutPaste (noise_mode=cutpaste_mixed), blob self-paste (noise_mode=blobpaste), Adam or SGD at 10x the rate
+from scratch, the head alone at 10x or 100x the rate (optim.head_lr_mult), Flax's initialisation
+(model.torch_init=False), test-time flips. From random weights in a short budget, what makes the net learn
+teaches it a shortcut (dark, bright or pasted = anomalous) that costs an object set.
 For Outlier Exposure from any image folder: --config.data.supervise_mode=noise --config.data.noise_mode=folder
 --config.data.oe_root=DIR.
 """
