@@ -111,10 +111,14 @@ RUN_FIRST = (
     'tests/imagenet_test.py',
     'tests/fidelity_test.py',
     'tests/bench_test.py',
+    'tests/probes_test.py',
     'tests/bench_fidelity_test.py',
     'tests/export_bench_test.py',
+    'tests/checkpointing_test.py',
     'tests/voc_test.py',
     'tests/export_test.py',
+    'tests/pretrain_test.py',
+    'tests/pretrained_test.py',
     'tests/predict_test.py',
 )
 
