@@ -130,8 +130,8 @@ class Pipeline:
     self.patch = int(d.get('patch_size', 0))   # > 0: each sample a random crop of one image (data/patches.py)
     self.pass_index = (patches.pass_indices([im.shape[:2] for im in self.train_images], self.patch, d.enlarge)
                        if self.patch else np.tile(np.arange(n), max(1, int(d.enlarge))))
-    # CutPaste and blob self-paste know the pasted region exactly: malformed_normal_gt trains with the GT-map loss on any dataset;
-    # data.generated_maps does the same for every generated anomaly (confetti: the pixels it changed)
+    # CutPaste and blob self-paste know the pasted region exactly: malformed_normal_gt trains with the GT-map loss
+    # on any dataset; data.generated_maps does the same for every generated anomaly (confetti: the pixels it changed)
     generated_maps = d.supervise_mode == 'malformed_normal_gt' and (
         d.noise_mode in anomalies.PASTE_MODES or d.get('generated_maps', False))
     self.info = Info(

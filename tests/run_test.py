@@ -119,3 +119,23 @@ def test_head_lr_mult_scales_only_the_last_conv_and_frozen_params_stay(make_conf
     np.testing.assert_allclose(ups[7.5]['final'][k], 7.5 * body, rtol=1e-6)   # the head steps 7.5x as far
   with pytest.raises(config_checks.ConfigError, match='optim.head_lr_mult=0.0: expected a number > 0'):
     config_checks.check_config(make_config('test', **{'optim.head_lr_mult': 0.0}))
+
+
+def test_head_lr_mult_1_keeps_the_optimiser_state_of_earlier_runs(make_config):
+  """Checkpoints written before optim.head_lr_mult existed hold multi_transform({'train', 'frozen'}) state for
+  nets with frozen layers (FCDD_CNN224_VGG_F): with the default they must restore into the same tree."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import optax  # pylint: disable=g-import-not-at-top
+  params = {'features': {'features_0': {'kernel': np.ones((3, 3, 1, 2), np.float32)}},
+            'final': {'kernel': np.ones((1, 1, 2, 1), np.float32)}}
+  frozen = {'features': {'features_0': {'kernel': True}}, 'final': {'kernel': False}}
+  cfg = make_config('test', **{'optim.name': 'sgd', 'optim.weight_decay': 1e-6})
+  before = optax.multi_transform(
+      {'train': optax.chain(optax.add_decayed_weights(1e-6),
+                            optax.sgd(run.learning_rate_fn(cfg, 4), momentum=0.9, nesterov=True)),
+       'frozen': optax.set_to_zero()}, {'features': {'features_0': {'kernel': 'frozen'}}, 'final': {'kernel': 'train'}})
+  want = jax.tree_util.tree_structure(before.init(params))
+  assert jax.tree_util.tree_structure(run.create_optimizer(cfg, 4, frozen).init(params)) == want
+  cfg.optim.head_lr_mult = 3.0
+  assert jax.tree_util.tree_structure(run.create_optimizer(cfg, 4, frozen).init(params)) != want

@@ -10,8 +10,9 @@ def scorer(config, variables, normalize, tile=tiling.DEFAULT_TILE):
   """A `native_eval.NativeScorer` of the run's net (evaluation's layers and dtype, any input size)."""
   name = config.model.name
   net = models.create(name, any_size=True, **run_lib.model_options(config))
-  return native_eval.NativeScorer(net, variables, models.reception(name), normalize, gauss_std=config.loss.gauss_std,
-                                  image_score=config.eval.get('image_score', 'mean'), tile=tile)
+  return native_eval.NativeScorer(net, variables, models.reception(name), normalize,
+                                  gauss_std=config.loss.gauss_std, image_score=config.eval.get('image_score', 'mean'),
+                                  tile=tile)
 
 
 def evaluate(config, pipeline, state, is_main):

@@ -142,8 +142,10 @@ def create_optimizer(config, steps_per_epoch, frozen=None):
   labels = jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(frozen), [
       'frozen' if f else ('head' if mult != 1.0 and path[0] == 'final' else 'train')
       for path, f in zip(paths, jax.tree.leaves(frozen))])
-  return optax.multi_transform({'train': base(), 'frozen': optax.set_to_zero(),
-                                'head': optax.chain(base(), optax.scale(mult))}, labels)
+  transforms = {'train': base(), 'frozen': optax.set_to_zero()}   # the optimiser state of runs before the option
+  if mult != 1.0:
+    transforms['head'] = optax.chain(base(), optax.scale(mult))
+  return optax.multi_transform(transforms, labels)
 
 
 def init_variables(model, image_shape, rng):

@@ -24,9 +24,9 @@ def make_scorer(config, preprocessing, variables, tile, net):
   p = preprocessing
   t = transforms.Transform(mean=p.get('mean'), std=p.get('std'), kind=p.get('kind', 'normalize'),
                            lcn_min=p.get('lcn_min'), lcn_max=p.get('lcn_max'), channels=int(p['channels']))
-  return native_eval.NativeScorer(net, variables, nets.reception(config.model.name), t.normalize, gauss_std=config.loss.gauss_std,
-                                  image_score=config.eval.get('image_score', 'mean'), tile=tile,
-                                  channels=int(p['channels']), verbose=True)
+  return native_eval.NativeScorer(net, variables, nets.reception(config.model.name), t.normalize,
+                                  gauss_std=config.loss.gauss_std, image_score=config.eval.get('image_score', 'mean'),
+                                  tile=tile, channels=int(p['channels']), verbose=True)
 
 
 def scaled_size(h, w, scale):
