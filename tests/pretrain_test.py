@@ -9,6 +9,7 @@ import pytest
 
 from fcdd_jax import pretrain as pretrain_cli
 from fcdd_jax.data import constants
+from fcdd_jax.data import transforms
 from fcdd_jax.models import nets
 from fcdd_jax.models import pretrained
 from fcdd_jax.pipeline import pretrain
@@ -46,10 +47,17 @@ def test_augment_crops_the_reflect_padded_image_and_flips():
 
 def test_channel_stats_match_numpy_over_the_whole_set():
   images = np.random.default_rng(3).integers(0, 256, (37, 8, 8, 3), dtype=np.uint8)
-  mean, std = pretrain.channel_stats(images, chunk=5)
+  mean, std = transforms.channel_stats(images, chunk=5)   # what the pretraining normalises CIFAR-10 by
   ref = images.astype(np.float64) / 255
   np.testing.assert_allclose(mean, ref.mean(axis=(0, 1, 2)), rtol=1e-12)
   np.testing.assert_allclose(std, ref.std(axis=(0, 1, 2)), rtol=1e-9)
+  # a list of images of different sizes (native-resolution custom data): every pixel counts once
+  sizes = [images[:, :5, :7], images[:, 3:, 1:]]
+  parts = [im for group in sizes for im in group]
+  mean, std = transforms.channel_stats(parts)
+  ref = np.concatenate([p.reshape(-1, 3) for p in parts]).astype(np.float64) / 255
+  np.testing.assert_allclose(mean, ref.mean(0), rtol=1e-12)
+  np.testing.assert_allclose(std, ref.std(0), rtol=1e-9)
 
 
 def test_torchvision_weights_are_oihw_with_the_batchnorm_statistics():

@@ -51,16 +51,6 @@ def read_native(paths, scale, on_bad, what):
   return out, kept
 
 
-def channel_stats(images):
-  """Per-channel mean and std of [0,1] values over every pixel of a list of uint8 images (float64 sums)."""
-  n, s, ss = 0, 0.0, 0.0
-  for im in images:
-    x = im.reshape(-1, im.shape[-1]).astype(np.float64) / 255.0
-    n, s, ss = n + len(x), s + x.sum(0), ss + (x * x).sum(0)
-  mean = s / n
-  return mean, np.sqrt(np.maximum(ss / n - mean * mean, 0.0))
-
-
 def test_masks(root, paths, labels, kinds, images):
   """Masks at each test file's own resolution (zeros for nominal images), or None without ground_truth/."""
   gt_dir = os.path.join(root, 'ground_truth')
@@ -109,7 +99,7 @@ def load(config):
   rows = [paths.index(k) for k in kept]
   labels, kinds = np.asarray(labels, np.int32)[rows], [kinds[i] for i in rows]
   masks = test_masks(root, kept, labels, kinds, test)
-  mean, std = channel_stats(train)
+  mean, std = transforms.channel_stats(train)
   aug = pre == 'aug1'
   t = transforms.Transform(mean=mean, std=std, input_size=(p, p), raw_size=(p, p), channels=3, train_geom='none',
                            hflip=aug, orientation=d.get('orientation', ''), noise_std=0.001 if aug else 0.0, jitter=(0.01,) * 4 if aug else (),

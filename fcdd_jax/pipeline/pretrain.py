@@ -26,6 +26,7 @@ import optax
 from fcdd_jax.configs import default as default_config
 from fcdd_jax.data import constants
 from fcdd_jax.data import one_vs_rest
+from fcdd_jax.data import transforms
 from fcdd_jax.models import feature_stack
 from fcdd_jax.utils import progress
 
@@ -66,20 +67,6 @@ def augment(images, rng):
   flip = rng.random(n) < 0.5
   cols = np.where(flip[:, None], cols[:, ::-1], cols)
   return padded[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-
-def channel_stats(images, chunk=4096):
-  """(mean, std) per channel of uint8 images [N,H,W,C] scaled to [0, 1], summed in float64 chunks: no float
-  copy of the whole set (50,000 CIFAR-10 images would take 1.2 GB as float64)."""
-  total = np.zeros(images.shape[-1])
-  squares = np.zeros(images.shape[-1])
-  for i in range(0, len(images), chunk):
-    c = images[i:i + chunk].reshape(-1, images.shape[-1]).astype(np.float64) / 255
-    total += c.sum(0)
-    squares += np.square(c).sum(0)
-  n = images.size // images.shape[-1]
-  mean = total / n
-  return mean, np.sqrt(np.maximum(squares / n - mean ** 2, 0.0))
 
 
 def make_steps(net, tx, mean, std):
@@ -145,7 +132,7 @@ def train(train_set, test_set, num_classes, settings=Settings(), log: Callable[[
   tx = optax.chain(optax.add_decayed_weights(settings.weight_decay),
                    optax.sgd(schedule, momentum=0.9, nesterov=True))
   opt = tx.init(params)
-  train_step, predict = make_steps(net, tx, *channel_stats(x))
+  train_step, predict = make_steps(net, tx, *transforms.channel_stats(x))
   rng = np.random.default_rng(settings.seed)
   start = time.monotonic()
   bar = progress.Progress('pretraining', total, 'steps')
