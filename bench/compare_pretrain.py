@@ -45,15 +45,10 @@ def torch_step(batch, layout, autocast_bf16, threads=None):
   from torch import nn  # pylint: disable=g-import-not-at-top
   if threads:
     torch.set_num_threads(threads)
+  from bench import torch_nets  # pylint: disable=g-import-not-at-top
   torch.manual_seed(0)
-  layers, cin = [], 3
-  for v in [64, 'M', 128, 'M', 256, 256, 'M', 512, 512]:
-    if v == 'M':
-      layers.append(nn.MaxPool2d(2, 2))
-    else:
-      layers += [nn.Conv2d(cin, v, 3, 1, 1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
-      cin = v
-  net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)).train()
+  features = torch_nets.fcdd_cnn224_vgg_nopt()[0]   # the same vgg11_bn features 0..20, every layer trained
+  net = nn.Sequential(features, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)).train()
   x = torch.randn(batch, 3, 32, 32)
   y = torch.randint(0, 10, (batch,))
   if layout == 'channels_last':
