@@ -56,7 +56,6 @@ def main(argv):
   else:
     config, name = cli.load_config_file(cli.DEMO_CONFIG), 'demo'
     config.lock()
-  process.hide_accelerators_from_tf(quiet=not verbose)
   workdir = FLAGS.workdir
   with process.run_guard(verbose, workdir):
     # (imported here: jax and TF start threads, which must not exist before the allocator re-exec)

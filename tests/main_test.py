@@ -118,9 +118,12 @@ def test_shipped_config_by_name_from_another_directory(tmp_path):
 
 
 def test_unknown_net(tmp_path):
+  """A config error is reported before TensorFlow is imported (its import alone takes seconds)."""
   proc = support.run_cli(['--config', 'configs/test.py', '--config.model.name=FCDD_NOPE',
-                          '--workdir', str(tmp_path)])
+                          '--workdir', str(tmp_path)], env={'PYTHONPROFILEIMPORTTIME': '1'})
   _assert_one_line_error(proc, r"model.name='FCDD_NOPE' is unknown; known nets:")
+  imported = [l.rsplit('|', 1)[-1].strip() for l in proc.stderr.splitlines() if l.startswith('import time:')]
+  assert 'jax' in imported and 'tensorflow' not in imported
 
 
 def test_unknown_dataset(tmp_path):

@@ -13,9 +13,11 @@ from fcdd_jax.models import pretrained
 from tests.paths import ROOT
 
 
-def run_cli(args, devices=1, timeout=300):
-  """`python -m fcdd_jax.main ARGS` from the checkout on `devices` simulated CPU devices (CompletedProcess)."""
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+def run_cli(args, devices=1, timeout=300, env=None):
+  """`python -m fcdd_jax.main ARGS` from the checkout on `devices` simulated CPU devices (CompletedProcess);
+  `env`: more environment variables."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+             **(env or {}))
   return subprocess.run([sys.executable, '-m', 'fcdd_jax.main', *args], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=timeout)
 

@@ -66,7 +66,15 @@ def test_end_to_end_outputs(full_run):
       assert np.isfinite(h[k]), k
   step, _, meta = _final_params(workdir)
   assert step == 6 and meta['finished'] is True
-  assert any(f.startswith('events.out.tfevents') for f in os.listdir(workdir))
+  # TensorBoard's summaries, read back by TensorBoard's own reader: the logged means and the final AUCs
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
+  (events,) = [f for f in os.listdir(workdir) if f.startswith('events.out.tfevents')]
+  acc = event_accumulator.EventAccumulator(os.path.join(workdir, events))
+  acc.Reload()
+  assert [(s.step, s.value) for s in acc.Scalars('train/loss')] == [
+      (h['step'], pytest.approx(h['loss'], rel=1e-6)) for h in hist]
+  assert [(s.step, s.value) for s in acc.Scalars('eval/image_auc')] == [(6, pytest.approx(saved['image_auc']))]
+  assert '_hparams_/session_start_info' in acc.PluginTagToContent('hparams')
 
 
 def test_rerun_of_finished_run_only_evaluates(make_config, full_run, capsys):
@@ -155,10 +163,14 @@ def test_learning_rate_schedules_are_per_epoch(make_config):
 
 
 def test_other_device_count_gives_the_same_aucs(full_run, tmp_path):
-  """The global stream and the metrics do not depend on the number of devices (here 2 vs 8)."""
+  """The global stream and the metrics do not depend on the number of devices (here 2 vs 8). The command on
+  the demo data never imports TensorFlow (its import alone: seconds and hundreds of MB; utils/summaries.py)."""
   _, results8, _ = full_run
-  proc = support.run_cli(['--config', 'configs/test.py', '--workdir', str(tmp_path)], devices=2)
+  proc = support.run_cli(['--config', 'configs/test.py', '--workdir', str(tmp_path)], devices=2,
+                         env={'PYTHONPROFILEIMPORTTIME': '1'})
   assert proc.returncode == 0, proc.stderr[-3000:]
+  imported = [l.rsplit('|', 1)[-1].strip() for l in proc.stderr.splitlines() if l.startswith('import time:')]
+  assert 'jax' in imported and 'tensorflow' not in imported
   with open(tmp_path / 'results.json') as f:
     results2 = json.load(f)
   assert results2['image_auc'] == pytest.approx(results8['image_auc'], abs=1e-4)

@@ -83,33 +83,6 @@ def quiet_tensorflow():
   os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
 
 
-def hide_accelerators_from_tf(quiet=True):
-  try:
-    with native_stderr_silenced(quiet):  # TF's C++ start-up banners (oneDNN, absl::InitializeLog) x2
-      import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')
-    tf.config.set_visible_devices([], 'TPU')
-  except Exception:  # pylint: disable=broad-except
-    pass
-
-
-@contextlib.contextmanager
-def native_stderr_silenced(quiet):
-  """Points file descriptor 2 at /dev/null (C++ libraries write there directly); Python errors still raise."""
-  if not quiet:
-    yield
-    return
-  sys.stderr.flush()
-  saved = os.dup(2)
-  try:
-    with open(os.devnull, 'w') as null:
-      os.dup2(null.fileno(), 2)
-      yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-
-
 class QuietLogFilter(logging_std.Filter):
   """Without --verbose: library log records become one line each, printed once; orbax's own error records
   (with tracebacks) are dropped because the failure reaches the user as one `fcdd_jax: error:` line."""

@@ -20,6 +20,7 @@ from fcdd_jax.data import oe
 from fcdd_jax.data import source
 from fcdd_jax.data import tfds_io
 from fcdd_jax.data import transforms
+from fcdd_jax.utils import tf_setup
 
 
 def _folder_root(root):
@@ -50,6 +51,7 @@ def _from_tfds(config, c, cache):
   """Nominal-class train images and the 30 classes' val images from tfds imagenet2012 (filtered on the
   encoded records: only the wanted images are decoded), cached as .npz."""
   import hashlib  # pylint: disable=g-import-not-at-top
+  tf_setup.tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   d = config.data
   key = hashlib.sha1(repr(('in30', c, d.root, d.tfds_data_dir)).encode()).hexdigest()[:20]

@@ -13,6 +13,7 @@ from fcdd_jax.data import oe
 from fcdd_jax.data import source
 from fcdd_jax.data import streams
 from fcdd_jax.data import transforms
+from fcdd_jax.utils import tf_setup
 
 MVTEC_JITTER = ((0.04, 0.04, 0.04, 0.04), (0.005, 0.0005, 0.0005, 0.0005))  # spec §5.7: random choice
 
@@ -35,6 +36,7 @@ def load(config):
     raise FileNotFoundError(f'MVTec-AD category folder {root} is missing (config.data.root={d.root!r})')
   raw, inp = (240, 240), (224, 224)
   if d.tfds_data_dir:  # through the tfds builder (prepared once into data.tfds_data_dir)
+    tf_setup.tensorflow()
     from fcdd_jax.data import mvtec_tfds  # pylint: disable=g-import-not-at-top  (imports tensorflow_datasets)
     out = mvtec_tfds.load_category(d.root, names[c], d.tfds_data_dir)
     tr, te = out['train'], out['test']

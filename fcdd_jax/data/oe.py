@@ -26,6 +26,7 @@ from fcdd_jax.data import image_io
 from fcdd_jax.data import streams
 from fcdd_jax.data import tfds_io
 from fcdd_jax.data import transforms
+from fcdd_jax.utils import tf_setup
 
 OE_MODES = checks.OE_MODES  # ('folder', 'cifar100', 'emnist', 'imagenet', 'imagenet22k')
 
@@ -85,6 +86,7 @@ def _tfds_images(name, split, config, channels, size, *, exclude=(), transform=N
   the run's fixed `oe_limit` subset (chosen before decoding: only kept images are decoded).
 
   Streams into a .npy in `cache_dir` (memory-mapped afterwards), so ImageNet val never sits in RAM."""
+  tf_setup.tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   d = config.data
   limit = int(d.oe_limit) if d.oe_limit and d.oe_limit > 0 else -1

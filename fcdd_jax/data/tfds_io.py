@@ -6,11 +6,14 @@ import os
 
 import numpy as np
 
+from fcdd_jax.utils import tf_setup
+
 
 def load_tfds(name, split, config, *, manual_dir='', hint=''):
   """tf.data of a tfds split with encoded images (SkipDecoding: decode only what is kept, with `decode`);
   `data.tfds_data_dir` as data_dir and `manual_dir` for manual downloads. A dataset that cannot be loaded
   (not prepared, manual files missing, no network) is a FileNotFoundError ending with `hint`."""
+  tf_setup.tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   kw = {'data_dir': config.data.tfds_data_dir} if config.data.tfds_data_dir else {}
   if manual_dir:
@@ -25,7 +28,7 @@ def load_tfds(name, split, config, *, manual_dir='', hint=''):
 def filter_labels(ds, labels, keep=True):
   """tf.data filter on the integer 'label' of encoded examples: keep (or drop) the given labels. Runs in the
   tf.data graph, so records that are dropped are never decoded or copied to Python."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = tf_setup.tensorflow()
   labels = tf.constant(sorted(int(x) for x in labels) or [-1], tf.int64)
   def pred(ex):
     hit = tf.reduce_any(tf.equal(tf.cast(ex['label'], tf.int64), labels))
@@ -46,6 +49,7 @@ def decode(data):
 
 def load_arrays(name, config):
   """train/test uint8 arrays of a tfds image-classification dataset (downloads on first use)."""
+  tf_setup.tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   kw = {'data_dir': config.data.tfds_data_dir} if config.data.tfds_data_dir else {}
   out = {}
@@ -61,6 +65,7 @@ def load_arrays(name, config):
 
 def imagenet1k_wnids():
   """The 1000 ImageNet-1k synset ids in class-index order (tfds's labels.txt, sorted wnids)."""
+  tf_setup.tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   path = os.path.join(os.path.dirname(tfds.__file__), 'datasets', 'imagenet2012', 'labels.txt')
   with open(path) as f:

@@ -20,6 +20,7 @@ from fcdd_jax.data import oe
 from fcdd_jax.data import source
 from fcdd_jax.data import tfds_io
 from fcdd_jax.data import transforms
+from fcdd_jax.utils import tf_setup
 
 HORSE = 'horse'
 
@@ -60,6 +61,7 @@ def _from_folder(config, vdir, cache):
 
 
 def _from_tfds(config):
+  tf_setup.tensorflow()
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   d = config.data
   kw = {'data_dir': d.tfds_data_dir} if d.tfds_data_dir else {}

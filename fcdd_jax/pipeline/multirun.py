@@ -25,6 +25,7 @@ from fcdd_jax.utils import checkpointing
 from fcdd_jax.pipeline import config_checks
 from fcdd_jax import input_pipeline
 from fcdd_jax.utils import progress
+from fcdd_jax.utils import summaries
 from fcdd_jax.evaluation import results as results_lib
 from fcdd_jax.pipeline import run as run_lib
 from fcdd_jax.pipeline import evaluate as evaluate_lib
@@ -117,15 +118,13 @@ def train_stacked(config, pipes, keys, names=None, workdir=None):
     print(f'fcdd_jax: {len(pipes)} models as one program ({config.model.name}, {pipes[0].info.name}, model axis: '
           f'{mode}), {max(totals)} steps (per model {min(totals)}..{max(totals)}), global batch '
           f'{config.batch_size} per model', flush=True)
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main or workdir is None,
-                                                asynchronous=True)
+  writer = summaries.SummaryWriter(workdir if is_main else None)
   log = train_log.TrainLog(config, workdir, writer, spes[0], max(totals), 0, {'t_start': time.time()}, is_main,
                            names=names)
   progress.say('compiling the train step of all models and running step 1 ...', is_main)
   step_fn = lambda state, item, step: p_step(state, item[0], step_rngs, item[1])
   stacked = steps.run_steps(log, stacked, 0, max(totals), _stacked_batches(pipes, totals, batch_sharding), step_fn)
-  writer.flush()
+  writer.close()
   return built, stacked, totals
 
 

@@ -25,6 +25,7 @@ from fcdd_jax.pipeline import steps
 from fcdd_jax.pipeline import train_log
 from fcdd_jax.utils import checkpointing
 from fcdd_jax.utils import progress
+from fcdd_jax.utils import summaries
 from fcdd_jax.utils import workdir as workdir_lib
 
 
@@ -62,14 +63,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, pipeline
   r.timings['steps_run'] = 0 if finished else max(0, r.total_steps - start_step - 1)
   outputs, train_outputs, results = _evaluate(r, state)
   _write(r, results, outputs, train_outputs)
-  r.writer.flush()
+  r.writer.close()
   r.ckpt.close()
   return results
 
 
 def _setup(config, workdir, pipeline=None):
   """Checks, workdir lock, data, the run builder and the compiled steps."""
-  from clu import metric_writers  # pylint: disable=g-import-not-at-top  (imports TF)
   t_begin = time.time()
   config_checks.check_config(config)
   is_main = jax.process_index() == 0
@@ -85,7 +85,7 @@ def _setup(config, workdir, pipeline=None):
     _print_setup(config, workdir, info, built.objective, total_steps)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), max_to_keep=config.keep_checkpoints,
                                     on_close=run_lock.release if run_lock else None)
-  writer = metric_writers.create_default_writer(workdir, just_logging=not is_main, asynchronous=True)
+  writer = summaries.SummaryWriter(workdir if is_main else None)
   return _Run(config, workdir, is_main, pipeline, built, total_steps, ckpt, writer, steps.compile_train(built),
               steps.compile_eval(built), {'t_begin': t_begin})
 

@@ -45,6 +45,7 @@ from fcdd_jax.serving import messages
 from fcdd_jax.serving import export_native
 from fcdd_jax.serving import export_preprocess
 from fcdd_jax.serving import output_dir
+from fcdd_jax.utils import tf_setup
 
 PROG = 'fcdd_jax.export'
 METADATA = 'metadata.json'
@@ -137,9 +138,8 @@ def export_stablehlo(fn, variables, c_in, input_size=None, platforms=('cpu',)):
 
 def export_savedmodel(fn, variables, c_in, path, input_size=None, platforms=('cpu',)):
   """Writes a SavedModel (signature serving_default: images uint8 [N,H,W,C]) with params as variables."""
-  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  tf = tf_setup.tensorflow()
   from jax.experimental import jax2tf  # pylint: disable=g-import-not-at-top
-  tf.config.set_visible_devices([], 'GPU')
   tf_fn = jax2tf.convert(fn, polymorphic_shapes=[None, input_shape_spec(c_in, input_size)], with_gradient=False,
                          native_serialization_platforms=tuple(platforms))
   module = tf.Module()

@@ -1,0 +1,38 @@
+"""TensorFlow, imported only where a run needs it (tensorflow-datasets sets, the SavedModel writer), once:
+quietly (its C++ start-up lines go to /dev/null unless the environment has FCDD_DEBUG=1) and with GPUs and TPUs hidden
+from it, so that it never takes accelerator memory from JAX. Runs on folders of images or the demo data never
+import it (7.5 s and ~480 MB of peak memory here; utils/summaries.py writes TensorBoard's files without it)."""
+import contextlib
+import functools
+import os
+import sys
+
+
+@functools.cache
+def tensorflow():
+  """The `tensorflow` module, set up as above (call before importing tensorflow_datasets)."""
+  with native_stderr_silenced(os.environ.get('FCDD_DEBUG', '') in ('', '0')):  # oneDNN, absl::InitializeLog x2
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+    tf.config.set_visible_devices([], 'TPU')
+  except Exception:  # pylint: disable=broad-except  (no such device type in this build)
+    pass
+  return tf
+
+
+@contextlib.contextmanager
+def native_stderr_silenced(quiet):
+  """Points file descriptor 2 at /dev/null (C++ libraries write there directly); Python errors still raise."""
+  if not quiet:
+    yield
+    return
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, 'w') as null:
+      os.dup2(null.fileno(), 2)
+      yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
