@@ -167,7 +167,8 @@ def test_other_device_count_gives_the_same_aucs(full_run, tmp_path):
   the demo data never imports TensorFlow (its import alone: seconds and hundreds of MB; utils/summaries.py)."""
   _, results8, _ = full_run
   proc = support.run_cli(['--config', 'configs/test.py', '--workdir', str(tmp_path)], devices=2,
-                         env={'PYTHONPROFILEIMPORTTIME': '1'})
+                         env={'PYTHONPROFILEIMPORTTIME': '1', 'FCDD_DEBUG': '1'})
+  # (FCDD_DEBUG=1: utils/tf_setup leaves stderr open, so an import of TensorFlow could not hide its lines)
   assert proc.returncode == 0, proc.stderr[-3000:]
   imported = [l.rsplit('|', 1)[-1].strip() for l in proc.stderr.splitlines() if l.startswith('import time:')]
   assert 'jax' in imported and 'tensorflow' not in imported

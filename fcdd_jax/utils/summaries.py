@@ -15,15 +15,18 @@ import socket
 import time
 
 from absl import logging
+from tensorboard.compat.proto import event_pb2  # (protos only: no TensorFlow import)
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.plugins.hparams import summary_v2
+from tensorboard.summary.writer import record_writer
 
 
 class SummaryWriter:
-  """write_scalars / write_hparams / flush / close; `logdir=None` (e.g. processes other than 0): logging only."""
+  """write_scalars / write_hparams / close; `logdir=None` (e.g. processes other than 0): logging only."""
 
   def __init__(self, logdir=None):
     self._records = None
     if logdir is not None:
-      from tensorboard.summary.writer import record_writer  # pylint: disable=g-import-not-at-top
       os.makedirs(logdir, exist_ok=True)
       name = f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}'
       self._records = record_writer.RecordWriter(open(os.path.join(logdir, name), 'wb', buffering=0))  # pylint: disable=consider-using-with
@@ -31,7 +34,6 @@ class SummaryWriter:
 
   def _event(self, **fields):
     """One record, on disk at once (unbuffered: TensorBoard sees it while the run goes on)."""
-    from tensorboard.compat.proto import event_pb2  # pylint: disable=g-import-not-at-top
     try:
       self._records.write(event_pb2.Event(wall_time=time.time(), **fields).SerializeToString())
     except OSError as e:
@@ -41,7 +43,6 @@ class SummaryWriter:
   def write_scalars(self, step, scalars):
     logging.info('[%d] %s', step, ', '.join(f'{k}={v}' for k, v in sorted(scalars.items())))
     if self._records is not None:
-      from tensorboard.compat.proto import summary_pb2  # pylint: disable=g-import-not-at-top
       values = [summary_pb2.Summary.Value(tag=k, simple_value=float(v)) for k, v in scalars.items()]
       self._event(step=int(step), summary=summary_pb2.Summary(value=values))
 
@@ -49,11 +50,7 @@ class SummaryWriter:
     """Hyperparameters (int, float, str or bool values) for TensorBoard's HPARAMS tab."""
     logging.info('hparams: %s', hparams)
     if self._records is not None:
-      from tensorboard.plugins.hparams import summary_v2  # pylint: disable=g-import-not-at-top
       self._event(step=0, summary=summary_v2.hparams_pb(dict(hparams)))
-
-  def flush(self):
-    """(Records are written unbuffered; kept for the writer interface.)"""
 
   def close(self):
     if self._records is not None:
