@@ -245,18 +245,23 @@ def test_bfloat16_net_gradients_close_to_float32(name):
     assert a @ b / (np.linalg.norm(a) * np.linalg.norm(b)) > 0.99
 
 
+@pytest.mark.parametrize('jit', [False, True])
+@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 @pytest.mark.parametrize('k', [2, 3])
-def test_bfloat16_max_pool_gradient_goes_to_first_maximum(k):
-  """bf16 non-overlapping max pool: same forward as jnp.max; its gradient goes to the first maximum of each
-  window (row-major, like PyTorch), also with ties (frequent in bf16), checked against NumPy; float32 keeps
-  jnp.max's own gradient."""
+def test_max_pool_gradient_goes_to_first_maximum(k, dtype, jit):
+  """Non-overlapping max pool, float32 and bf16, eager and jitted: same forward as NumPy's max; its gradient goes
+  to the first maximum of each window (row-major, like PyTorch), also with ties, checked against NumPy."""
   rng = np.random.default_rng(0)
   x = rng.integers(-3, 4, size=(2, 3 * k, 2 * k, 5)).astype(np.float32)  # small integers: many ties
   g = rng.normal(size=(2, 3, 2, 5)).astype(np.float32)
-  xb, gb = jnp.asarray(x, jnp.bfloat16), jnp.asarray(g, jnp.bfloat16)
-  y, vjp = jax.vjp(lambda a: layers.max_pool(a, k, k, 0), xb)
-  (dx,) = vjp(gb)
-  assert y.dtype == dx.dtype == jnp.bfloat16
+  xb, gb = jnp.asarray(x, dtype), jnp.asarray(g, dtype)
+
+  def pool_and_grad(a, ct):
+    y, vjp = jax.vjp(lambda t: layers.max_pool(t, k, k, 0), a)
+    return y, vjp(ct)[0]
+
+  y, dx = (jax.jit(pool_and_grad) if jit else pool_and_grad)(xb, gb)
+  assert y.dtype == dx.dtype == jnp.dtype(dtype)
   xr = x.reshape(2, 3, k, 2, k, 5)
   np.testing.assert_array_equal(np.asarray(y, np.float32), xr.max(axis=(2, 4)))
   want = np.zeros_like(xr)
@@ -266,11 +271,50 @@ def test_bfloat16_max_pool_gradient_goes_to_first_maximum(k):
     i, j = np.unravel_index(np.argmax(win), win.shape)  # first maximum, row-major
     want[n, a, i, b, j, c] = gq[n, a, b, c]
   np.testing.assert_array_equal(np.asarray(dx, np.float32), want.reshape(x.shape))
-  # float32: jnp.max's gradient (ties share it), unchanged
-  _, vjp32 = jax.vjp(lambda a: layers.max_pool(a, k, k, 0), jnp.asarray(x))
-  (dx32,) = vjp32(jnp.asarray(g))
-  _, vjp_ref = jax.vjp(lambda a: jnp.max(a.reshape(2, 3, k, 2, k, 5), axis=(2, 4)), jnp.asarray(x))
-  np.testing.assert_array_equal(np.asarray(dx32), np.asarray(vjp_ref(jnp.asarray(g))[0]))
+
+
+def test_max_pool_gradient_nan_and_inf():
+  """A window holding NaN pools to NaN and sends its gradient to the (first) NaN; -inf windows pool to -inf."""
+  x = np.array([[1.0, np.nan], [np.nan, 5.0]], np.float32).reshape(1, 2, 2, 1)
+  x = np.concatenate([x, np.full((1, 2, 2, 1), -np.inf, np.float32)], axis=2)
+  y, vjp = jax.vjp(lambda t: layers.max_pool(t, 2, 2, 0), jnp.asarray(x))
+  (dx,) = vjp(jnp.ones_like(y))
+  assert np.isnan(np.asarray(y)[0, 0, 0, 0]) and np.asarray(y)[0, 0, 1, 0] == -np.inf
+  np.testing.assert_array_equal(np.asarray(dx)[0, :, :2, 0], [[0, 1], [0, 0]])
+  np.testing.assert_array_equal(np.asarray(dx)[0, :, 2:, 0], [[1, 0], [0, 0]])
+
+
+@pytest.mark.parametrize('vgg,hw,cin,c', [(False, (28, 28), 1, 128), (True, (28, 28), 3, 128)])
+def test_plain_block_gradients_under_jit_equal_numpy_float64(vgg, hw, cin, c):
+  """The plain Flax path of a conv -> BN -> activation (leaky ReLU; VGG: ReLU) -> 2x2 pool block (no fused
+  blocks: the GPU/TPU default, CPU with remat=False), jitted as the train step is, against the NumPy float64
+  forward/backward. Under jit, a gradient mask `x == max` taken after XLA had recomputed the BN/activation in
+  another fusion missed the maximum and dropped gradients (FCDD_CNN28_W's bn0 bias gradient off by 30 %; these
+  shapes showed it, smaller ones did not)."""
+  x, w, b, scale, bias, mean, var, dy = _block_case(5, 3, 1, 2, c_in=cin, c_out=c, n=4, hw=hw)
+  layers_spec = [('conv', c, 3, 1, 1, True, True) + ((0,) if vgg else ()), ('pool', 2, 2, 0)]
+  stack = feature_stack.FeatureStack(layers_spec, vgg=vgg, fused=False)
+  cname, bname = ('features_0', 'features_1') if vgg else ('conv0', 'bn0')
+  v = stack.init(jax.random.PRNGKey(0), jnp.asarray(x, jnp.float32), True)
+  params = {cname: {'kernel': jnp.asarray(w, jnp.float32), 'bias': jnp.asarray(b, jnp.float32)},
+            bname: {'scale': jnp.asarray(scale, jnp.float32), 'bias': jnp.asarray(bias, jnp.float32)}}
+  assert jax.tree.structure(params) == jax.tree.structure(v['params'])
+
+  @jax.jit
+  def forward_and_grads(p, xin, ct):
+    def f(p, xin):
+      return stack.apply({'params': p, 'batch_stats': v['batch_stats']}, xin, True, mutable=['batch_stats'])[0]
+    y, vjp = jax.vjp(f, p, xin)
+    return y, vjp(ct)
+
+  y, (gp, gx) = forward_and_grads(params, jnp.asarray(x, jnp.float32), jnp.asarray(dy, jnp.float32))
+  want_y, want_dx, want_dw, _, want_dscale, want_dbias = _np_block(
+      x, w, b, scale, bias, mean, var, 1, 'batch', 1e-5 if vgg else 1e-4, 'relu' if vgg else 'leaky', layers.LEAKY,
+      2, dy)
+  np.testing.assert_allclose(np.asarray(y), want_y, rtol=1e-4, atol=1e-5)
+  for got, want, what in [(gx, want_dx, 'dx'), (gp[cname]['kernel'], want_dw, 'dw'),
+                          (gp[bname]['scale'], want_dscale, 'dscale'), (gp[bname]['bias'], want_dbias, 'dbias')]:
+    np.testing.assert_allclose(np.asarray(got), want, rtol=0, atol=1e-4 * np.abs(want).max(), err_msg=what)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -416,8 +460,8 @@ def test_conv_block_pool_ties_route_the_gradient_to_the_first_maximum():
 
 @pytest.mark.parametrize('name,size', [('FCDD_CNN28_W', None), ('FCDD_CNN32_LW3K', None), ('VGG', 16)])
 def test_remat_does_not_change_outputs_gradients_or_statistics(name, size):
-  """float32 nets with and without the fused blocks (remat=True/False): same init, outputs, parameter gradients
-  and BN running statistics to float32 rounding (the BN-cancelled conv biases: 0 vs ~1e-9)."""
+  """float32 nets with and without the fused blocks (remat=True/False), jitted: same init, outputs, parameter
+  gradients and BN running statistics to float32 rounding (the BN-cancelled conv biases: 0 vs ~1e-9)."""
   if name == 'VGG':  # VGG_NOPT's feature stack on a small input (fully convolutional)
     mk = lambda remat: feature_stack.FeatureStack(feature_stack.VGG11_FEATURES[:9], vgg=True, fused=remat)
     x = jnp.asarray(np.random.default_rng(1).normal(size=(2, size, size, 3)), jnp.float32)
@@ -434,7 +478,8 @@ def test_remat_does_not_change_outputs_gradients_or_statistics(name, size):
       out, upd = net.apply({'params': p, 'batch_stats': v['batch_stats']}, x, True, mutable=['batch_stats'])
       return jnp.sum(out * jnp.cos(jnp.arange(out.size, dtype=jnp.float32).reshape(out.shape))), (out, upd)
 
-    (_, (out, upd)), g = jax.value_and_grad(loss, has_aux=True)(v['params'])
+    # jitted, as the train step is: XLA's fusions (not eager dispatch) decide what the backward recomputes
+    (_, (out, upd)), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(v['params'])
     res[remat] = (v, out, upd, g)
   (v0, out0, upd0, g0), (v1, out1, upd1, g1) = res[False], res[True]
   assert jax.tree.structure(v0) == jax.tree.structure(v1)

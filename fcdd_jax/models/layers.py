@@ -3,8 +3,8 @@
 `Conv` (PyTorch padding and init; on XLA:CPU in bfloat16 the bf16 GEMM convolution `cpu_conv.gemm_conv`,
 elsewhere `conv_s1`'s GEMM weight gradient or XLA's conv), `Dense`, `BatchNorm` (PyTorch running statistics,
 masked batch statistics for padded batches), `masked_batch_norm` (its custom-VJP training kernel; the fused
-blocks of `feature_stack` mask their statistics themselves, `fused_block.conv_block`), `max_pool` (non-overlapping pools as reshape + max; bf16 with
-PyTorch's first-maximum gradient) and `upsample2`. The nets themselves are in `models` and `baselines`.
+blocks of `feature_stack` mask their statistics themselves, `fused_block.conv_block`), `max_pool` (non-overlapping
+pools with PyTorch's first-maximum gradient, `pool_first_max`) and `upsample2`. The nets themselves are in `models` and `baselines`.
 """
 import functools
 import math
@@ -183,7 +183,7 @@ class BatchNorm(nn.Module):
       if mask is not None:   # padded batch: statistics of the real rows (custom VJP, see masked_batch_norm)
         scale = self.param('scale', nn.initializers.ones, (c,)) if self.affine else jnp.zeros((0,), jnp.float32)
         bias = self.param('bias', nn.initializers.zeros, (c,)) if self.affine else jnp.zeros((0,), jnp.float32)
-        y, mean, var = masked_batch_norm(x, mask, scale, bias, self.eps, None, LEAKY, 0)
+        y, mean, var = masked_batch_norm(x, mask, scale, bias, self.eps)
         if not self.is_initializing():
           n = mask_count(x, mask)
           upd_var = var * (n / jnp.maximum(n - 1, 1)) if self.unbiased_var else var
@@ -210,49 +210,36 @@ def mask_count(x, mask):
   return jnp.sum(jnp.asarray(mask, jnp.float32)) * int(np.prod(x.shape[1:-1]))
 
 
-def _masked_bn_forward(z, mask, scale, bias, eps, act, slope, pool):
+def _masked_bn_forward(z, mask, scale, bias, eps):
   axes = tuple(range(z.ndim - 1))
   zf = z.astype(jnp.float32)
   m = jnp.asarray(mask, jnp.float32).reshape((-1,) + (1,) * (z.ndim - 1))
   n = mask_count(z, mask)
   mean = jnp.sum(zf * m, axes) / n
   var = jnp.sum(jnp.square(zf - mean) * m, axes) / n
-  inv = jax.lax.rsqrt(var + eps)
-  xhat = (zf - mean) * inv
-  a = (xhat * scale + bias if scale.shape[0] else xhat).astype(z.dtype)
-  if act == 'relu':
-    y = jnp.maximum(a, jnp.zeros((), a.dtype))
-  elif act == 'leaky':
-    y = jnp.where(a > 0, a, a * jnp.asarray(slope, a.dtype))
-  else:
-    y = a
-  if pool:
-    n_, h, w, c = y.shape
-    y = jnp.max(y.reshape(n_, h // pool, pool, w // pool, pool, c), axis=(2, 4))
+  xhat = (zf - mean) * jax.lax.rsqrt(var + eps)
+  y = (xhat * scale + bias if scale.shape[0] else xhat).astype(z.dtype)
   return y, mean, var
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7))
-def masked_batch_norm(z, mask, scale, bias, eps, act=None, slope=LEAKY, pool=0):
-  """Training BatchNorm (+ activation 'relu' | 'leaky' | None, + non-overlapping pool x pool max pool) whose
-  batch statistics count only the rows with mask 1 (the padding rows of a partial last batch are normalised
-  with them but do not shape them).
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
+def masked_batch_norm(z, mask, scale, bias, eps):
+  """Training BatchNorm whose batch statistics count only the rows with mask 1 (the padding rows of a partial
+  last batch are normalised with them but do not shape them).
 
-  z [N,...,C] (compute dtype; [N,H,W,C] with pool), mask [N], scale/bias [C] or shape (0,) for none. Returns
-  (y in z's dtype, batch mean, biased batch variance) (float32; the statistics are for the running averages,
-  their cotangents are ignored). The VJP keeps only z and the statistics and recomputes the rest, like the
-  fused blocks (`fused_block.conv_block`), with their conventions: an activation at exactly 0 takes the negative
-  side's slope, the pool's gradient goes to the first maximum of its window (row-major). Gradient:
+  z [N,...,C] (compute dtype), mask [N], scale/bias [C] or shape (0,) for none. Returns (y in z's dtype, batch
+  mean, biased batch variance) (float32; the statistics are for the running averages, their cotangents are
+  ignored). The VJP keeps only z and the statistics and recomputes the rest. Gradient:
   dz = gamma*inv*(g - m*sum(g)/n - m*xhat*sum(g*xhat)/n), sums over all rows."""
-  return _masked_bn_forward(z, mask, scale, bias, eps, act, slope, pool)
+  return _masked_bn_forward(z, mask, scale, bias, eps)
 
 
-def _masked_bn_fwd(z, mask, scale, bias, eps, act, slope, pool):
-  y, mean, var = _masked_bn_forward(z, mask, scale, bias, eps, act, slope, pool)
+def _masked_bn_fwd(z, mask, scale, bias, eps):
+  y, mean, var = _masked_bn_forward(z, mask, scale, bias, eps)
   return (y, mean, var), (z, mask, scale, bias, mean, var)
 
 
-def _masked_bn_bwd(eps, act, slope, pool, res, cts):
+def _masked_bn_bwd(eps, res, cts):
   z, mask, scale, bias, mean, var = res
   axes = tuple(range(z.ndim - 1))
   zf = z.astype(jnp.float32)
@@ -260,24 +247,7 @@ def _masked_bn_bwd(eps, act, slope, pool, res, cts):
   n = mask_count(z, mask)
   inv = jax.lax.rsqrt(var + eps)
   xhat = (zf - mean) * inv
-  a = (xhat * scale + bias if scale.shape[0] else xhat).astype(z.dtype)
   g = cts[0].astype(jnp.float32)
-  if pool:   # route each window's cotangent to its first maximum (row-major)
-    r = a
-    if act == 'relu':
-      r = jnp.maximum(a, jnp.zeros((), a.dtype))
-    elif act == 'leaky':
-      r = jnp.where(a > 0, a, a * jnp.asarray(slope, a.dtype))
-    n_, h, w, c = z.shape
-    rw = r.reshape(n_, h // pool, pool, w // pool, pool, c)
-    pmax = jnp.max(rw, axis=(2, 4), keepdims=True)
-    pos = (jnp.arange(pool)[:, None] * pool + jnp.arange(pool)[None, :]).reshape(1, 1, pool, 1, pool, 1)
-    first = jnp.min(jnp.where(rw == pmax, pos, pool * pool), axis=(2, 4), keepdims=True)
-    g = jnp.where(pos == first, g[:, :, None, :, None, :], 0.0).reshape(z.shape)
-  if act == 'relu':
-    g = jnp.where(a > 0, g, 0.0)
-  elif act == 'leaky':
-    g = jnp.where(a > 0, g, g * slope)
   dbeta = jnp.sum(g, axes)
   dgamma = jnp.sum(g * xhat, axes)
   gamma = scale if scale.shape[0] else jnp.ones_like(mean)
@@ -291,51 +261,55 @@ def _masked_bn_bwd(eps, act, slope, pool, res, cts):
 masked_batch_norm.defvjp(_masked_bn_fwd, _masked_bn_bwd)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _pool_first_max(x, k):
-  """Non-overlapping k x k max pool whose gradient goes to the first maximum of each window (row-major,
-  PyTorch's choice), written as one elementwise pass. jnp.max's own gradient splits it among tied maxima:
-  a count reduction and a division over the window (XLA:CPU: a separate `divide_convert_fusion`, 18 ms per
-  FCDD_CNN28_W bf16 step). Used for bfloat16 only (float32 keeps jnp.max's gradient and numerics); the bf16
-  train step gets ~5 % faster on FCDD_CNN28_W, ~3 % on FCDD_CNN32_LW3K (bench/README.md)."""
+def _window_max_and_index(x, k):
+  """Max of each non-overlapping k x k window of x [N,H,W,C] and the row-major position (0..k*k-1, int32) of its
+  first maximum (int8 for windows up to 127 values), from one variadic reduction: the index points at the maximum of the very values the max was
+  taken over, so it cannot miss even when XLA recomputes x's producer elsewhere with other rounding."""
   n, h, w, c = x.shape
-  return jnp.max(x.reshape(n, h // k, k, w // k, k, c), axis=(2, 4))
+  xw = x.reshape(n, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // k, w // k, k * k, c)
+  idx_dtype = jnp.int8 if k * k <= 127 else jnp.int32
+  pos = jax.lax.broadcasted_iota(idx_dtype, xw.shape, 3)
+
+  def pick(a, b):   # the larger value; on a tie (or both NaN) the lower position; NaN wins like jnp.max
+    (av, ai), (bv, bi) = a, b
+    a_nan, b_nan = jnp.isnan(av), jnp.isnan(bv)
+    take_a = (av > bv) | (a_nan & ~b_nan) | (((av == bv) | (a_nan & b_nan)) & (ai < bi))
+    return jnp.where(take_a, av, bv), jnp.where(take_a, ai, bi)
+
+  init = (jnp.array(-jnp.inf, x.dtype), jnp.array(jnp.iinfo(idx_dtype).max, idx_dtype))
+  return jax.lax.reduce((xw, pos), init, pick, (3,))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def pool_first_max(x, k):
+  """Non-overlapping k x k max pool of x [N,H,W,C] whose gradient goes to the first maximum of each window
+  (row-major, PyTorch's choice). The backward pass routes by the position the forward pass found
+  (`_window_max_and_index`), never by comparing values again: a mask `x == max` taken under jit missed the
+  maximum when XLA recomputed the BatchNorm/activation producing x in another fusion with other rounding,
+  which dropped or misrouted gradients (FCDD_CNN28_W's first block: bn0.bias gradient 0.059 against 0.080 by
+  finite differences). Keeps only the positions (int8, one per window) for the backward pass, not x."""
+  return _window_max_and_index(x, k)[0]
 
 
 def _pool_first_max_fwd(x, k):
-  y = _pool_first_max(x, k)
-  return y, (x, y)
+  y, idx = _window_max_and_index(x, k)
+  return y, idx
 
 
-def _pool_first_max_bwd(k, res, g):
-  x, y = res
-  n, h, w, c = x.shape
-  xr = x.reshape(n, h // k, k, w // k, k, c)
-  taken = None
-  rows = []
-  for i in range(k):
-    cols = []
-    for j in range(k):
-      eq = xr[:, :, i, :, j, :] == y
-      m = eq if taken is None else eq & ~taken
-      taken = eq if taken is None else taken | eq
-      cols.append(jnp.where(m, g, jnp.zeros_like(g)))
-    rows.append(jnp.stack(cols, axis=3))        # [n, h/k, w/k, k(j), c]
-  dx = jnp.stack(rows, axis=2)                  # [n, h/k, k(i), w/k, k(j), c]
-  return (dx.reshape(n, h, w, c),)
+def _pool_first_max_bwd(k, idx, g):
+  n, hk, wk, c = g.shape
+  pos = (jnp.arange(k, dtype=idx.dtype)[:, None] * k + jnp.arange(k, dtype=idx.dtype)[None, :]).reshape(
+      1, 1, k, 1, k, 1)
+  dx = jnp.where(pos == idx[:, :, None, :, None, :], g[:, :, None, :, None, :], jnp.zeros((), g.dtype))
+  return (dx.reshape(n, hk * k, wk * k, c),)
 
 
-_pool_first_max.defvjp(_pool_first_max_fwd, _pool_first_max_bwd)
+pool_first_max.defvjp(_pool_first_max_fwd, _pool_first_max_bwd)
 
 
 def max_pool(x, k, stride, pad):
   if k == stride and not pad and x.shape[1] % k == 0 and x.shape[2] % k == 0:
-    if x.dtype == jnp.bfloat16:
-      return _pool_first_max(x, k)
-    # Non-overlapping pooling as reshape + max: its gradient is an elementwise mask, much faster on CPU
-    # than XLA's select-and-scatter (bench/README.md).
-    n, h, w, c = x.shape
-    return jnp.max(x.reshape(n, h // k, k, w // k, k, c), axis=(2, 4))
+    return pool_first_max(x, k)
   if pad:
     x = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)), constant_values=-jnp.inf)
   return nn.max_pool(x, (k, k), (stride, stride), 'VALID')
