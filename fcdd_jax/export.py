@@ -15,7 +15,6 @@ import sys
 from absl import flags
 
 from fcdd_jax.app import cli
-from fcdd_jax.app import process
 from fcdd_jax.serving import exporter
 
 
@@ -36,7 +35,6 @@ def define_flags():
 
 
 def _run(fv):
-  process.quiet_tensorflow()   # before TensorFlow loads (the SavedModel writer): no C++ start-up lines
   return exporter.run(fv.workdir, fv.output, fmt=fv.format, input_channels=fv.input_channels,
                       input_size=fv.input_size, platforms=fv.platforms, version=fv.version, overwrite=fv.overwrite)
 

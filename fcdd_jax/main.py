@@ -21,8 +21,6 @@ from fcdd_jax.app import cli
 from fcdd_jax.app import process
 from fcdd_jax.utils import memory
 
-process.quiet_tensorflow()   # before anything imports TensorFlow
-
 FLAGS = flags.FLAGS
 
 config_flags.DEFINE_config_file(

@@ -34,7 +34,6 @@ def main(argv=None):
     return code
   if rest:
     return cli.tool_error('fcdd_jax.pretrain', f'unexpected arguments: {" ".join(rest)} (see --help)')
-  process.quiet_tensorflow()
   from fcdd_jax.pipeline import pretrain  # pylint: disable=g-import-not-at-top  (jax after the flags)
   from fcdd_jax.pipeline import run as run_lib  # pylint: disable=g-import-not-at-top
   from fcdd_jax.configs import default  # pylint: disable=g-import-not-at-top

@@ -74,15 +74,6 @@ def use_allocator(choice):
     error_exit(str(e))
 
 
-def quiet_tensorflow():
-  """Before TensorFlow is first imported (it reads these once, in C++): no start-up lines on stderr, i.e.
-  neither its INFO/WARNING log lines (TF_CPP_MIN_LOG_LEVEL=3) nor the oneDNN notice, which TF prints whenever
-  its own oneDNN kernels are on (TF_ENABLE_ONEDNN_OPTS=0: fcdd_jax computes with JAX; TensorFlow only loads
-  tfds data, writes summaries and SavedModels). A user's own values of the variables are kept."""
-  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
-
-
 class QuietLogFilter(logging_std.Filter):
   """Without --verbose: library log records become one line each, printed once; orbax's own error records
   (with tracebacks) are dropped because the failure reaches the user as one `fcdd_jax: error:` line."""

@@ -10,7 +10,12 @@ import sys
 
 @functools.cache
 def tensorflow():
-  """The `tensorflow` module, set up as above (call before importing tensorflow_datasets)."""
+  """The `tensorflow` module, set up as above (call before importing tensorflow_datasets). TensorFlow reads its
+  logging variables once, when it loads: no INFO/WARNING log lines later either (TF_CPP_MIN_LOG_LEVEL=3) and no
+  oneDNN notice (TF_ENABLE_ONEDNN_OPTS=0: fcdd_jax computes with JAX; TensorFlow only reads tfds data and writes
+  SavedModels). A user's own values of the variables are kept."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')
   with native_stderr_silenced(os.environ.get('FCDD_DEBUG', '') in ('', '0')):  # oneDNN, absl::InitializeLog x2
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
   try:
