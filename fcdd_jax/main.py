@@ -55,6 +55,9 @@ def main(argv):
     config, name = cli.load_config_file(cli.DEMO_CONFIG), 'demo'
     config.lock()
   workdir = FLAGS.workdir
+  if workdir and '://' in workdir:   # os.makedirs('gs://b/r') would make a local folder 'gs:' and lose the run
+    process.error_exit(f'--workdir={workdir} is a URL; the workdir is written with local file I/O: give a local '
+                       'directory or a mounted bucket (e.g. gcsfuse), shared by all hosts of a multi-host run')
   with process.run_guard(verbose, workdir):
     # (imported here: jax and TF start threads, which must not exist before the allocator re-exec)
     from fcdd_jax.pipeline import config_checks, multirun, refine_run, train  # pylint: disable=g-import-not-at-top

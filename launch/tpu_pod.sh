@@ -2,10 +2,14 @@
 # Train fcdd_jax on a Cloud TPU VM or pod slice: create (or queue) the TPU, copy the code, install, run the
 # same command on every worker with --distributed=auto, copy results back, delete the TPU.
 #
-#   PROJECT=my-proj ZONE=us-central2-b TPU_NAME=fcdd ACCELERATOR=v4-32 \
-#   RUN_ARGS="--config configs/mvtec.py --config.data.root=/data/mvtec --workdir gs://my-bucket/runs/mvtec" \
+#   PROJECT=my-proj ZONE=us-central2-b TPU_NAME=fcdd ACCELERATOR=v4-32 WORKDIR=/mnt/runs/mvtec \
+#   RUN_ARGS="--config configs/mvtec.py --config.data.root=/data/mvtec" \
 #   bash launch/tpu_pod.sh
 #
+# WORKDIR (default runs/demo, relative to ~/fcdd_jax on the workers) is a directory, not a URL: the workdir is
+# written with local file I/O. On a slice of several workers it must be one directory they all see (e.g. a
+# bucket mounted with gcsfuse, or Filestore, by DATA_CMD): every process reads the checkpoint to resume. At the
+# end worker 0's WORKDIR is copied back to ./runs/.
 # Optional: QUEUED=1 (queued resources, spot/preemptible capacity), SPOT=1, RUNTIME (TPU software version),
 # KEEP=1 (do not delete the TPU at the end), DATA_CMD (a command run on every worker before training,
 # e.g. to copy datasets from a bucket). Preemption: the job checkpoints on SIGTERM and the same command
@@ -17,7 +21,8 @@ set -euo pipefail
 : "${TPU_NAME:=fcdd-jax}"
 : "${ACCELERATOR:=v4-8}"
 : "${RUNTIME:=tpu-ubuntu2204-base}"
-: "${RUN_ARGS:=--config configs/demo.py --workdir runs/demo}"
+: "${RUN_ARGS:=--config configs/demo.py}"
+: "${WORKDIR:=runs/demo}"
 : "${QUEUED:=0}"
 : "${SPOT:=0}"
 : "${KEEP:=0}"
@@ -67,4 +72,9 @@ on_all "mkdir -p ~/fcdd_jax && tar -C ~/fcdd_jax -xzf ~/fcdd_jax.tar.gz && cd ~/
   python3 -m venv .venv && .venv/bin/pip install -q -e . 'jax[tpu]==0.10.2' && (${DATA_CMD})"
 
 # The same command on all workers; JAX detects the pod topology (--distributed=auto).
-on_all "cd ~/fcdd_jax && .venv/bin/python -m fcdd_jax.main --distributed=auto ${RUN_ARGS}"
+on_all "cd ~/fcdd_jax && .venv/bin/python -m fcdd_jax.main --distributed=auto --workdir=${WORKDIR} ${RUN_ARGS}"
+
+# Worker 0's workdir (results, figures, checkpoints) back to ./runs/.
+if [[ "${WORKDIR}" == /* ]]; then REMOTE="${WORKDIR}"; else REMOTE="fcdd_jax/${WORKDIR}"; fi   # relative: to the home directory
+mkdir -p runs
+gc compute tpus tpu-vm scp --recurse "${TPU_NAME}:${REMOTE}" runs/ --zone="${ZONE}" --worker=0

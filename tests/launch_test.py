@@ -126,6 +126,33 @@ def test_shell_scripts_parse():
       assert proc.returncode == 0, proc.stdout
 
 
+def test_tpu_pod_script_runs_on_all_workers_and_copies_the_workdir_back(tmp_path):
+  """launch/tpu_pod.sh against a stand-in `gcloud` that records its arguments: creates the TPU, installs, runs
+  the command with --workdir on all workers, copies worker 0's workdir back into ./runs/, deletes the TPU."""
+  bin_dir = tmp_path / 'bin'
+  bin_dir.mkdir()
+  log = tmp_path / 'gcloud.log'
+  fake = bin_dir / 'gcloud'
+  fake.write_text('#!/bin/bash\nprintf "%s\\n" "$*" >> "$GCLOUD_LOG"\n'
+                  '[[ "$*" == *"tpu-vm describe"* ]] && exit 1\nexit 0\n')   # no TPU yet: the script creates it
+  fake.chmod(0o755)
+  env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}', GCLOUD_LOG=str(log), PROJECT='p', ZONE='z',
+             WORKDIR='runs/mvtec', RUN_ARGS='--config configs/mvtec.py --config.data.root=/data/mvtec')
+  proc = subprocess.run(['bash', os.path.join(ROOT, 'launch', 'tpu_pod.sh')], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  calls = log.read_text().splitlines()
+  assert any('tpu-vm create fcdd-jax --zone=z --accelerator-type=v4-8' in c for c in calls), calls
+  run = [c for c in calls if 'fcdd_jax.main' in c]
+  assert len(run) == 1 and '--worker=all' in run[0], calls
+  assert '--distributed=auto --workdir=runs/mvtec --config configs/mvtec.py --config.data.root=/data/mvtec' in run[0]
+  fetch = [c for c in calls if 'scp --recurse' in c]
+  assert fetch == ['--project=p compute tpus tpu-vm scp --recurse fcdd-jax:fcdd_jax/runs/mvtec runs/ --zone=z '
+                   '--worker=0'], calls
+  assert calls.index(fetch[0]) > calls.index(run[0])
+  assert 'tpu-vm delete fcdd-jax' in calls[-1]
+
+
 def test_sweep_ranges_and_dry_run(tmp_path, capsys):
   assert sweep.parse_range('0-3') == [0, 1, 2, 3]
   assert sweep.parse_range('1,4,6-7') == [1, 4, 6, 7]

@@ -24,6 +24,12 @@ def test_unknown_config_field(tmp_path):
   _assert_one_line_error(proc, r"unknown config field 'config.data.nope'")
 
 
+def test_url_workdir_is_refused(tmp_path):
+  proc = support.run_cli(['--config', 'configs/test.py', '--workdir', 'gs://bucket/runs/x'], timeout=120)
+  _assert_one_line_error(proc, r'--workdir=gs://bucket/runs/x is a URL; .*local directory or a mounted bucket')
+  assert not os.path.exists(os.path.join(support.ROOT, 'gs:'))
+
+
 def test_bad_value_type(tmp_path):
   proc = support.run_cli(['--config', 'configs/test.py', '--config.batch_size=abc', '--workdir', str(tmp_path)])
   _assert_one_line_error(proc, r'config.batch_size=abc')
