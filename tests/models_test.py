@@ -123,8 +123,8 @@ def test_torch_default_init_bounds():
 def test_frozen_bn_option_uses_running_stats():
   net = models.create('FCDD_CNN224_VGG_F', frozen_bn='frozen')
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 224, 224, 3)), jnp.float32)
-  v = net.init(jax.random.PRNGKey(0), x)
-  _, upd = net.apply(v, x, train=True, mutable=['batch_stats'])
+  v = jax.jit(net.init)(jax.random.PRNGKey(0), x)
+  _, upd = jax.jit(lambda v, x: net.apply(v, x, train=True, mutable=['batch_stats']))(v, x)
   bs = upd['batch_stats']['features']
   np.testing.assert_array_equal(np.asarray(bs['features_1']['mean']), 0)     # frozen: not updated
   assert np.abs(np.asarray(bs['features_16']['mean'])).max() > 0            # trainable BN: updated
