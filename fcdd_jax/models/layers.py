@@ -4,7 +4,8 @@
 elsewhere `conv_s1`'s GEMM weight gradient or XLA's conv), `Dense`, `BatchNorm` (PyTorch running statistics,
 masked batch statistics for padded batches), `masked_batch_norm` (its custom-VJP training kernel; the fused
 blocks of `feature_stack` mask their statistics themselves, `fused_block.conv_block`), `max_pool` (non-overlapping
-pools with PyTorch's first-maximum gradient, `pool_first_max`) and `upsample2`. The nets themselves are in `models` and `baselines`.
+pools with PyTorch's first-maximum gradient, `pool_first_max`) and `upsample2`. The nets themselves are in
+`models` and `baselines`.
 """
 import functools
 import math
@@ -262,9 +263,10 @@ masked_batch_norm.defvjp(_masked_bn_fwd, _masked_bn_bwd)
 
 
 def _window_max_and_index(x, k):
-  """Max of each non-overlapping k x k window of x [N,H,W,C] and the row-major position (0..k*k-1, int32) of its
-  first maximum (int8 for windows up to 127 values), from one variadic reduction: the index points at the maximum of the very values the max was
-  taken over, so it cannot miss even when XLA recomputes x's producer elsewhere with other rounding."""
+  """Max of each non-overlapping k x k window of x [N,H,W,C] and the row-major position (0..k*k-1; int8 up to
+  127 positions) of its first maximum, from one variadic reduction: the position points at the maximum of the
+  very values the max was taken over, so it cannot miss even where XLA recomputes x's producer elsewhere with
+  other rounding."""
   n, h, w, c = x.shape
   xw = x.reshape(n, h // k, k, w // k, k, c).transpose(0, 1, 3, 2, 4, 5).reshape(n, h // k, w // k, k * k, c)
   idx_dtype = jnp.int8 if k * k <= 127 else jnp.int32
@@ -284,10 +286,11 @@ def _window_max_and_index(x, k):
 def pool_first_max(x, k):
   """Non-overlapping k x k max pool of x [N,H,W,C] whose gradient goes to the first maximum of each window
   (row-major, PyTorch's choice). The backward pass routes by the position the forward pass found
-  (`_window_max_and_index`), never by comparing values again: a mask `x == max` taken under jit missed the
-  maximum when XLA recomputed the BatchNorm/activation producing x in another fusion with other rounding,
-  which dropped or misrouted gradients (FCDD_CNN28_W's first block: bn0.bias gradient 0.059 against 0.080 by
-  finite differences). Keeps only the positions (int8, one per window) for the backward pass, not x. Not
+  (`_window_max_and_index`), never by comparing values again. The mask `x == max` of jnp.max's gradient missed
+  under jit: XLA:CPU took the max in a YNNPACK fusion of the stored activation, and recomputed conv bias ->
+  BatchNorm -> activation from the conv output for the mask in a loop fusion, with other rounding; the
+  float32 nets without fused blocks lost most first-block gradients (FCDD_CNN28_W bn0.bias: 0.059 against
+  0.080 by finite differences). Keeps only the positions (int8, one per window) for the backward pass, not x. Not
   differentiated (evaluation, serving), it is a plain max."""
   n, h, w, c = x.shape
   return jnp.max(x.reshape(n, h // k, k, w // k, k, c), axis=(2, 4))
