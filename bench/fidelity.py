@@ -160,12 +160,18 @@ def build_pasted(src, base, seed=0):
 # ----------------------------------------------------------------------------------------------------
 # Runs
 
-def _override(c, item):
+def apply_override(c, item):
+  """Applies one `--set FIELD=VALUE` to config c; a field the config does not have is an error (an unlocked
+  ConfigDict would add it silently and the run would ignore it)."""
   field, _, text = item.partition('=')
   node = c
   *path, leaf = field.split('.')
   for p in path:
+    if p not in node or not hasattr(node[p], 'keys'):
+      raise SystemExit(f'--set {item}: unknown config field {field!r} (no config.{p})')
     node = node[p]
+  if leaf not in node:
+    raise SystemExit(f'--set {item}: unknown config field {field!r}; see python -m fcdd_jax.main --help')
   try:
     value = ast.literal_eval(text)
   except (ValueError, SyntaxError):
@@ -177,7 +183,7 @@ def run_one(root, seed, a, workdir):
   from fcdd_jax.pipeline import train  # pylint: disable=g-import-not-at-top
   c = _config(root, seed, a, workdir)
   for item in a.set:
-    _override(c, item)
+    apply_override(c, item)
   return train.train_and_evaluate(c, os.path.join(workdir, f'run-{os.path.basename(root)}-seed{seed}'))
 
 
@@ -219,7 +225,7 @@ def panel_run(a, recipe_dir, overrides, set_name, seed, source_dir=None):
     c = _config(PANEL[set_name], seed, a, os.path.dirname(os.path.dirname(recipe_dir)))
     c.checkpoint_every_steps = 1 << 30    # the final checkpoint only (kept: eval-only variants need it)
     for item in overrides:
-      _override(c, item)
+      apply_override(c, item)
     if source_dir and c.model.precise_bn:
       _precise_bn_in_place(c, run_dir)
     train.train_and_evaluate(c, run_dir)

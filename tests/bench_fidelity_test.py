@@ -98,3 +98,15 @@ def test_panel_rescore_reuses_the_trained_runs(tmp_path, monkeypatch):
   assert calls[-1][1:] == ('max', True)       # evaluated on a copy of the trained run's checkpoints
   assert recipes['authors_max']['runs'][('s1', 0)]['image_auc'] == 0.9
   assert recipes['authors']['runs'][('s1', 0)]['image_auc'] == 0.5
+
+
+def test_set_of_an_unknown_field_is_an_error():
+  """`--set model.remat=False` was accepted silently (the unlocked config grew the field; nothing read it)."""
+  from fcdd_jax.configs import custom  # pylint: disable=g-import-not-at-top
+  c = custom.get_config()
+  fidelity.apply_override(c, 'optim.lr=0.5')
+  assert c.optim.lr == 0.5
+  for item in ('model.remat=False', 'nope.x=1', 'optim.lr.x=1'):
+    with pytest.raises(SystemExit, match='unknown config field'):
+      fidelity.apply_override(c, item)
+  assert 'remat' not in c.model
