@@ -313,8 +313,11 @@ def test_padded_rows_change_neither_loss_nor_batchnorm(remat, gtmaps, make_confi
   assert abs(float(m3['loss']) - float(m1['loss'])) > 1e-3
 
 
-def test_padded_step_is_the_same_on_1_and_8_devices(make_config):
-  state, scfg, shape = _step_setup(make_config)
+@pytest.mark.parametrize('remat', [None, False])
+def test_padded_step_is_the_same_on_1_and_8_devices(make_config, remat):
+  """None: the CPU default (fused blocks); False: the GPU/TPU default (plain Flax layers, pools by
+  `layers.pool_first_max`), here sharded over 8 devices as on a pod."""
+  state, scfg, shape = _step_setup(make_config, remat=remat)
   rng = np.random.default_rng(0)
   batch = {'image': rng.normal(size=(16,) + shape).astype(np.float32), 'label': np.arange(16, dtype=np.int32) % 2,
            'valid': (np.arange(16) < 11).astype(np.float32)}
