@@ -4,7 +4,7 @@ process with the implementations alternating step by step (a varying machine loa
 The net: torchvision vgg11_bn features 0..20 (the FCDD VGG nets' six convs with BatchNorm, three max-pools)
 + global average pooling + Linear(512, 10), cross-entropy, SGD-Nesterov with weight decay, 32x32 inputs.
 fcdd_jax: `pipeline.pretrain.make_steps` as the command runs it (uint8 in, normalised in the step), float32
-and the command's dtype (`run.compute_dtype`, bfloat16 on XLA:CPU). PyTorch: float32 NCHW, float32
+and the command's dtype (`run.compute_dtype`: bfloat16 on a CPU with bf16 arithmetic). PyTorch: float32 NCHW, float32
 channels_last, autocast-bf16 channels_last. One JSON line per implementation (median img/s), then a line
 `impl: ratio`: the command's default vs PyTorch's fastest (`default_vs_torch_fastest`). Results: bench/README.md.
 

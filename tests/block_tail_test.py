@@ -15,6 +15,7 @@ import pytest
 from fcdd_jax.models.cpu import fused_block
 from fcdd_jax.models.cpu import onednn
 from fcdd_jax.models.cpu.onednn import block_tail
+from tests import onednn_conv_test
 
 needs_onednn = pytest.mark.skipif(not onednn.load(),
                                   reason=f'oneDNN extension unavailable: {onednn.unavailable_reason()}')
@@ -158,6 +159,7 @@ def test_tail_equals_numpy_float64(bn, act, pool, masked, dtype):
 def test_block_with_native_tail_equals_block_with_jnp_tail(bn, act, pool, masked, dtype):
   """A whole fused block on oneDNN: outputs, statistics and all gradients with the custom-call tail equal those
   with the jnp tail (float32: to float32 rounding; bfloat16: to a bf16 rounding of a few elements)."""
+  onednn_conv_test.skip_unless_onednn_has(dtype)
   rng = np.random.default_rng(4)
   spec = fused_block.BlockSpec(pad=1, bn=bn, eps=1e-4, act=act, slope=SLOPE, pool=pool, dtype=dtype, conv='onednn')
   x = jnp.asarray(rng.normal(size=(6, 8, 8, 5)), jnp.float32)

@@ -22,6 +22,13 @@ from tests.paths import ROOT
 
 needs_onednn = pytest.mark.skipif(not onednn.load(), reason=f'oneDNN extension unavailable: {onednn.unavailable_reason()}')
 
+
+def skip_unless_onednn_has(dtype):
+  """Skips a oneDNN test of `dtype` convolutions where oneDNN has none on this CPU (bfloat16 without AVX-512;
+  `test_bfloat16_without_onednn_support_runs_on_xla` tests what runs there instead)."""
+  if not onednn.supports(jnp.dtype(dtype).name):
+    pytest.skip(f'oneDNN has no {jnp.dtype(dtype).name} convolutions on this CPU ({onednn.info()})')
+
 # (net, N, H=W, Cin, Cout, k, pad): every conv of FCDD_CNN28_W, FCDD_CNN32_LW3K, FCDD_CNN224_VGG_F/_NOPT (VGG_F's
 # are a subset of VGG_NOPT's), the final 1x1 convs included
 LAYERS = [
@@ -77,6 +84,7 @@ def test_conv_and_gradients_match_numpy_float64_and_xla(layer, dtype):
   """oneDNN's forward, input gradient and weight gradient equal the float64 reference (operands exactly
   representable in bf16: float32 accumulation is the only difference, plus the bf16 rounding of dx in bf16)
   and XLA's convolution in the same dtype. Shapes and dtypes: y float32, dx in x's dtype, dw float32."""
+  skip_unless_onednn_has(dtype)
   (x, w, dy), ref = _case(layer)
   pad = layer[-1]
   dt = jnp.dtype(dtype)
@@ -98,6 +106,7 @@ def test_conv_and_gradients_match_numpy_float64_and_xla(layer, dtype):
 @pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
 def test_forward_with_fused_bias_and_bf16_output(dtype):
   """conv_fwd's bias and output rounding (the fused block's z): float32 accumulation + bias, one rounding."""
+  skip_unless_onednn_has(dtype)
   (x, w, _), (y, _, _) = _case(LAYERS[4])
   b = np.linspace(-1, 1, w.shape[-1])
   got = onednn.conv_fwd(jnp.asarray(x, dtype), jnp.asarray(w, jnp.float32), jnp.asarray(b, jnp.float32), 1, dtype)
@@ -121,6 +130,7 @@ def test_masked_block_float32_equals_numpy_float64(pool):
 @needs_onednn
 def test_masked_block_bfloat16_close_to_numpy_float64():
   """Padded batch, bfloat16: the float64 reference with bf16 roundings modelled, and the unrounded one."""
+  skip_unless_onednn_has('bfloat16')
   fused_block_test.test_masked_block_bfloat16_close_to_numpy_float64(ONEDNN_PLAN)
 
 
@@ -161,6 +171,7 @@ def _net_grads(name, impl, dtype, n=2, mask=None):
 def test_whole_net_gradients_equal_xla_path(name, dtype, padded):
   """A whole net's output and parameter gradients (fused blocks, final 1x1 conv; a padded batch with a mask)
   are the same on both conv paths, within the dtype's rounding."""
+  skip_unless_onednn_has(dtype)
   mask = jnp.asarray([1.0, 1.0, 0.0]) if padded else None
   n = 3 if padded else 2
   out_x, g_x = _net_grads(name, 'xla', dtype, n, mask)
@@ -218,6 +229,52 @@ def test_auto_uses_onednn_and_says_so_once():
   lines = [l for l in r.stderr.splitlines() if 'fcdd_jax: convolutions:' in l]
   assert len(lines) == 1 and lines[0].startswith('fcdd_jax: convolutions: onednn (oneDNN 3.'), r.stderr[-2000:]
   assert r.stdout.strip().endswith('onednn')
+
+
+_NO_BF16 = '''
+import jax, jax.numpy as jnp, numpy as np
+from fcdd_jax.models.cpu import onednn
+from fcdd_jax.models import nets as models
+if {simulate}:
+  onednn.supports = lambda name: name == 'float32'   # as oneDNN on a CPU without AVX-512
+net = models.create('FCDD_CNN32_LW3K', dtype=jnp.bfloat16)
+x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 32, 32, 3)), jnp.float32)
+v = net.init(jax.random.PRNGKey(0), x, train=False)
+def loss(p):
+  out, _ = net.apply({{'params': p, 'batch_stats': v['batch_stats']}}, x, train=True, mutable=['batch_stats'])
+  return jnp.mean(jnp.square(out.astype(jnp.float32)))
+step = jax.jit(jax.value_and_grad(loss))
+hlo = step.lower(v['params']).as_text()
+val, g = step(v['params'])
+print('OK', bool(np.isfinite(float(val))), 'fcdd_onednn_conv' in hlo, 'fcdd_block_tail' in hlo)
+'''
+
+
+@needs_onednn
+def test_bfloat16_without_onednn_support_runs_on_xla():
+  """Where oneDNN has no bfloat16 convolutions (CPUs without AVX-512: creating one fails, and a bf16 net crashed
+  at its first step), a bfloat16 net's convolutions and block tails run on XLA under FCDD_CONV_IMPL=auto and
+  train; the process says why once. On such a CPU the real probe is what decides; elsewhere it is
+  simulated. FCDD_CONV_IMPL=onednn is then a one-line error naming the dtype and what to do."""
+  simulate = onednn.supports('bfloat16')
+  r = _run_python(_NO_BF16.format(simulate=simulate), 'auto')
+  assert r.returncode == 0, r.stderr[-2000:]
+  assert r.stdout.strip().endswith('OK True False False'), r.stdout[-500:]
+  lines = [l for l in r.stderr.splitlines() if 'fcdd_jax: convolutions:' in l]
+  assert len(lines) == 1 and 'bfloat16 convolutions on XLA' in lines[0], r.stderr[-2000:]
+  r = _run_python(_NO_BF16.format(simulate=simulate), 'onednn')
+  assert r.returncode != 0
+  assert 'FCDD_CONV_IMPL=onednn but oneDNN has no bfloat16 convolutions on this CPU' in r.stderr, r.stderr[-2000:]
+
+
+@needs_onednn
+def test_onednn_has_float32_everywhere_and_bfloat16_with_avx512():
+  """oneDNN's answer (the extension's probe) against the CPU's flags: float32 convolutions on every x86-64 CPU,
+  bfloat16 ones exactly where the CPU has AVX-512 (oneDNN 3.2 emulates bf16 products on AVX-512 without
+  AVX512-BF16 and has no bf16 convolutions on AVX2)."""
+  assert onednn.supports('float32')
+  assert onednn.supports('bfloat16') == ('avx512bw' in onednn.cpu_flags())
+  assert not onednn.supports('float16')
 
 
 def test_unknown_choice_is_an_error(monkeypatch):

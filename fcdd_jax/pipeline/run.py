@@ -60,24 +60,27 @@ class DataShape:
 def compute_dtype(config, backend=None):
   """config.model.dtype resolved to 'float32' or 'bfloat16' for `backend` (default: JAX's default backend).
 
-  'auto' on XLA:CPU: bfloat16 for the nets with 224² inputs, and for the small FCDD nets where the convolutions
-  run on oneDNN on a CPU with bf16 arithmetic (AVX512-BF16, AMX); float32 otherwise (the small baseline
-  classifiers and autoencoders too: no fidelity check in bfloat16) and on GPU/TPU. On the CPU the 224² nets
-  train 1.2-1.45x as fast as PyTorch float32 in bfloat16 but 0.8-1.05x in float32; the small FCDD nets in
-  bfloat16 on oneDNN are as fast as PyTorch's autocast-bf16, which is twice its float32 on such CPUs; and
-  bfloat16 detects as well (README, "Speed"; bench/README.md, "Fidelity": Fashion-MNIST, CIFAR-10, the bottle).
+  'auto' on XLA:CPU, where the CPU has bf16 arithmetic (AVX512-BF16, AMX): bfloat16 for the nets with 224²
+  inputs, and for the small FCDD nets where the convolutions run on oneDNN; float32 otherwise (the small
+  baseline classifiers and autoencoders too: no fidelity check in bfloat16), on CPUs without bf16 arithmetic
+  and on GPU/TPU. On such CPUs the 224² nets train 1.2-1.45x as fast as PyTorch float32 in bfloat16 but
+  0.8-1.05x in float32; the small FCDD nets in bfloat16 on oneDNN are as fast as PyTorch's autocast-bf16, which
+  is twice its float32 there; and bfloat16 detects as well (README, "Speed"; bench/README.md, "Fidelity":
+  Fashion-MNIST, CIFAR-10, the bottle). Without bf16 arithmetic bfloat16 is emulated and slower than float32
+  (AVX2-only AMD EPYC, FCDD_CNN224_VGG_NOPT batch 32: 1.92 vs 2.08 img/s; bench/README.md, "CPUs without
+  AVX-512"), and oneDNN has no bfloat16 convolutions there at all.
   It is the compute dtype only: params, optimiser state, weight gradients, BN statistics and scores are float32
   either way, so a run can resume, be evaluated or served in the other one."""
   dtype = config.model.get('dtype', 'float32')
   if dtype != 'auto':
     return dtype
   backend = backend or jax.default_backend()
-  if backend != 'cpu':
+  if backend != 'cpu' or not onednn.native_bf16():
     return 'float32'
   if models.input_shape(config.model.name)[0] >= 224:
     return 'bfloat16'
   fcdd = models.objective_of(config.model.name) == 'fcdd'
-  return 'bfloat16' if fcdd and onednn.conv_impl(backend) == 'onednn' and onednn.native_bf16() else 'float32'
+  return 'bfloat16' if fcdd and onednn.conv_impl(backend) == 'onednn' else 'float32'
 
 
 def model_options(config):

@@ -133,7 +133,8 @@ def conv_impl(backend=None):
     # their operands onto every device
     impl, why = 'xla', f'{jax.device_count()} devices: oneDNN runs unpartitioned programs only'
   elif load():
-    impl, why = 'onednn', info()
+    impl, why = 'onednn', info() + ('' if supports('bfloat16') else
+                                    '; bfloat16 convolutions on XLA: oneDNN has none for this CPU (no AVX-512)')
   else:
     if req == 'onednn':
       raise RuntimeError(f'{ENV}=onednn but the oneDNN extension is unavailable: {unavailable_reason()}')
@@ -167,9 +168,33 @@ def native_bf16(flags=None):
   return bool(set(BF16_CPU_FLAGS) & (cpu_flags() if flags is None else set(flags)))
 
 
+@functools.lru_cache(maxsize=None)
+def supports(dtype_name):
+  """Whether the loaded oneDNN has the convolutions of activations in `dtype_name` ('float32', 'bfloat16') on
+  this CPU: it has no bfloat16 ones without AVX-512 (AVX2-only CPUs such as AMD Zen 3 and most laptops'), where
+  creating one fails. Asked of oneDNN itself (`fcdd_onednn_supports`); an extension built before that probe
+  existed is asked by the CPU flags instead."""
+  if dtype_name not in _DTYPES or not load():
+    return False
+  probe = getattr(_state['lib'], 'fcdd_onednn_supports', None)
+  if probe is None:
+    return dtype_name == 'float32' or 'avx512bw' in cpu_flags()
+  return bool(probe(int(dtype_name == 'bfloat16')))
+
+
 def use_onednn(dtype, stride=1, backend=None):
-  """Whether a conv in compute dtype `dtype` with `stride` runs on oneDNN in this process."""
-  return stride == 1 and jnp.dtype(dtype).name in _DTYPES and conv_impl(backend) == 'onednn'
+  """Whether a conv in compute dtype `dtype` with `stride` runs on oneDNN in this process: where oneDNN has no
+  convolutions of that dtype on this CPU (`supports`), XLA's run it, or with FCDD_CONV_IMPL=onednn a
+  RuntimeError says so."""
+  name = jnp.dtype(dtype).name
+  if stride != 1 or name not in _DTYPES or conv_impl(backend) != 'onednn':
+    return False
+  if supports(name):
+    return True
+  if requested() == 'onednn':
+    raise RuntimeError(f'{ENV}=onednn but oneDNN has no {name} convolutions on this CPU ({info()}); '
+                       f'use float32 (--config.model.dtype=float32) or {ENV}=auto')
+  return False
 
 
 def _pad_attr(pad):

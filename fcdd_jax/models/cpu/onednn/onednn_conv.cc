@@ -318,6 +318,29 @@ extern "C" const char* fcdd_onednn_info() {
   return info.c_str();
 }
 
+// 1 when oneDNN has every convolution the custom calls create (forward with bias, output in the activations'
+// dtype and in float32; backward data; backward weights) for activations in bfloat16 (bf16 = 1) or float32
+// (bf16 = 0) on this CPU, else 0. oneDNN has no bfloat16 convolutions on CPUs without AVX-512 (e.g. AVX2-only
+// laptops and AMD Zen 3): the Python side then leaves bfloat16 convolutions to XLA instead of failing.
+extern "C" int fcdd_onednn_supports(int bf16) {
+  const memory::data_type dt = bf16 ? memory::data_type::bf16 : memory::data_type::f32;
+  Geometry g{4, 8, 8, 16, 16, 3, 1, 8, 8, dt, dt};
+  try {
+    auto& eng = Engine();
+    FwdPd(g, dt, true);
+    FwdPd(g, memory::data_type::f32, true);
+    memory::desc x(g.Src(), dt, tag::nhwc), wei(g.Wei(), dt, tag::any), y(g.Dst(), dt, tag::nhwc);
+    dnnl::convolution_backward_data::primitive_desc(eng, dnnl::algorithm::convolution_direct, x, wei, y,
+                                                     g.Strides(), g.Pads(), g.Pads(), FwdPd(g, dt, false));
+    memory::desc dw(g.Wei(), memory::data_type::f32, tag::any);
+    dnnl::convolution_backward_weights::primitive_desc(eng, dnnl::algorithm::convolution_direct, x, dw, y,
+                                                       g.Strides(), g.Pads(), g.Pads(), FwdPd(g, dt, false));
+  } catch (const dnnl::error&) {
+    return 0;
+  }
+  return 1;
+}
+
 // 1: the custom calls run on the extension's own thread (default); 0: on XLA's calling thread. For A/B benchmarks.
 extern "C" void fcdd_onednn_set_thread_mode(int mode) { fcdd_onednn::ThreadMode() = mode; }
 
