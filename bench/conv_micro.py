@@ -50,6 +50,8 @@ def main():
                                         preferred_element_type=jnp.float32)
 
   impls = a.impls.split(',')
+  if any(i.startswith('onednn') and not onednn.load() for i in impls):   # registers the FFI targets
+    raise SystemExit(f'--impls onednn_*: {onednn.unavailable_reason()}')
   for name, n, h, w, ci, co, k, pad in LAYERS:
     if a.layers and name not in a.layers.split(','):
       continue

@@ -82,15 +82,32 @@ namespace isa_avx512 {
 #pragma GCC pop_options
 }  // namespace isa_avx512
 
+namespace isa_avx2 {  // CPUs without AVX-512 (AVX2-only laptops, AMD Zen 3): the baseline ISA is SSE2
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+#include "block_tail_rows.inc"
+#pragma GCC pop_options
+}  // namespace isa_avx2
+
 namespace isa_base {
 #include "block_tail_rows.inc"
 }  // namespace isa_base
 
-bool HasAvx512() {
-  static const bool has = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
-  return has;
+// 2: AVX-512, 1: AVX2 + FMA, 0: the baseline.
+int Isa() {
+  static const int isa = (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq")) ? 2
+                         : (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) ? 1 : 0;
+  return isa;
 }
+
+// Calls the row function of the CPU's ISA (the same source compiled for each, block_tail_rows.inc).
+#define TAIL_ISA_CALL(isa, ...)                  \
+  do {                                           \
+    if ((isa) == 2) isa_avx512::__VA_ARGS__;     \
+    else if ((isa) == 1) isa_avx2::__VA_ARGS__;  \
+    else isa_base::__VA_ARGS__;                  \
+  } while (0)
 
 // f(bn, act) with both as compile-time constants (std::integral_constant).
 template <typename F>
@@ -160,12 +177,11 @@ void BatchStats(const Tail& t, const T* z, float* mean, float* var) {
     for (int64_t c = 0; c < t.c; ++c) k[c] += Load(z, (first * hw + p) * t.c + c);
   std::vector<float> shift(t.c);
   for (int64_t c = 0; c < t.c; ++c) shift[c] = float(k[c] / double(hw));
-  const bool avx = HasAvx512();
+  const int isa = Isa();
   std::vector<double> s1, s2;
   RowSums(t, [&](int64_t r, Scratch*, float* a1, float* a2) {
     if (t.mask && !(t.mask[r] > 0)) return false;
-    if (avx) isa_avx512::StatsRow(t, z, r, shift.data(), a1, a2);
-    else isa_base::StatsRow(t, z, r, shift.data(), a1, a2);
+    TAIL_ISA_CALL(isa, StatsRow(t, z, r, shift.data(), a1, a2));
     return true;
   }, &s1, &s2);
   for (int64_t c = 0; c < t.c; ++c) {
@@ -225,11 +241,10 @@ void RunForward(const Tail& t, Params* p, float eps, const ffi::AnyBuffer& mean,
     std::memcpy(var_out, var.untyped_data(), t.c * 4);
   }
   if (t.bn) Normaliser(mean_out, var_out, eps, t, p);
-  const bool avx = HasAvx512();
+  const int isa = Isa();
   WithModes(t.bn, t.act, [&](auto bn, auto act) {
     Rows(t, [&](int64_t r, Scratch* s) {
-      if (avx) isa_avx512::ForwardRow<T, bn.value, act.value>(t, z, y, r, s);
-      else isa_base::ForwardRow<T, bn.value, act.value>(t, z, y, r, s);
+      TAIL_ISA_CALL(isa, ForwardRow<T, bn.value, act.value>(t, z, y, r, s));
     });
   });
 }
@@ -260,13 +275,12 @@ void RunBackward(const Tail& t, Params* p, float eps, const ffi::AnyBuffer& mean
                  const T* z, const T* gy, T* dz, float* dscale, float* dbias, float* db) {
   if (t.bn) Normaliser(static_cast<const float*>(mean.untyped_data()), static_cast<const float*>(var.untyped_data()),
                        eps, t, p);
-  const bool avx = HasAvx512();
+  const int isa = Isa();
   std::vector<double> dbeta, dgamma;
   std::vector<float> gain(t.c), dbeta_n(t.c), dgamma_n(t.c);
   WithModes(t.bn, t.act, [&](auto bn, auto act) {
     RowSums(t, [&](int64_t r, Scratch* s, float* a1, float* a2) {
-      if (avx) isa_avx512::GradSumsRow<T, bn.value, act.value>(t, z, gy, r, s, a1, a2);
-      else isa_base::GradSumsRow<T, bn.value, act.value>(t, z, gy, r, s, a1, a2);
+      TAIL_ISA_CALL(isa, GradSumsRow<T, bn.value, act.value>(t, z, gy, r, s, a1, a2));
       return true;
     }, &dbeta, &dgamma);
     for (int64_t c = 0; c < t.c; ++c) {
@@ -278,10 +292,8 @@ void RunBackward(const Tail& t, Params* p, float eps, const ffi::AnyBuffer& mean
       db[c] = t.bn == 1 ? 0.0f : gain[c] * float(dbeta[c]);  // batch statistics cancel the conv bias
     }
     Rows(t, [&](int64_t r, Scratch* s) {
-      if (avx) isa_avx512::InputGradRow<T, bn.value, act.value>(t, z, gy, r, gain.data(), dbeta_n.data(),
-                                                                 dgamma_n.data(), dz, s);
-      else isa_base::InputGradRow<T, bn.value, act.value>(t, z, gy, r, gain.data(), dbeta_n.data(), dgamma_n.data(),
-                                                           dz, s);
+      TAIL_ISA_CALL(isa, InputGradRow<T, bn.value, act.value>(t, z, gy, r, gain.data(), dbeta_n.data(),
+                                                                 dgamma_n.data(), dz, s));
     });
   });
 }
