@@ -10,6 +10,19 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
+# XLA's backend optimisations off (LLVM at -O0, the expensive passes skipped), here and in the subprocesses the
+# tests start: the suite's programs are tiny, so compiling is most of its time; this cuts it by about a quarter.
+# Results are checked against NumPy references with tolerances, and agreement tests compare like with like.
+os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
+# One persistent XLA compilation cache for the whole run: the pytest-xdist workers inherit these variables from
+# the controller that set them first, and so do the CLI and multi-process runs the tests start. The suite compiles
+# the same tiny configs again and again (the multi-process launches alone start about twenty processes); every
+# program is stored, however quickly it compiled. Removed when the run ends (pytest_sessionfinish below).
+if 'FCDD_TEST_JAX_CACHE' not in os.environ:
+  os.environ['FCDD_TEST_JAX_CACHE'] = tempfile.mkdtemp(prefix='fcdd_test_jax_cache_')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.environ['FCDD_TEST_JAX_CACHE']
+  os.environ['JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS'] = '0'
+  os.environ['JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES'] = '0'
 os.environ.setdefault('FCDD_STRICT_FIGURES', '1')   # a figure that cannot be written fails the test
 os.environ['XDG_CACHE_HOME'] = tempfile.mkdtemp(prefix='fcdd_test_cache_')   # decoded-image caches: never the user's
 
@@ -39,38 +52,24 @@ def make_config():
   return config_for
 
 
-@pytest.fixture(scope='session', autouse=True)
-def session_compilation_cache(tmp_path_factory):
-  """A persistent XLA compilation cache for this test process (one per pytest-xdist worker): the many runs of
-  the same tiny configs compile the same programs again and again (a third of refine_run_test's CPU time).
-  Programs that compile in under a second (JAX's default threshold) are not stored. Subprocesses (the CLI,
-  the multi-process launches) do not inherit it: they compile as a user's run does."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
-  cc.reset_cache()   # collection may have compiled (and initialised the cache without a directory)
-  yield
-  jax.config.update('jax_compilation_cache_dir', None)
-  cc.reset_cache()
-
-
 @pytest.fixture(scope='session')
 def cifar_small(tmp_path_factory):
-  """A small CIFAR-10 folder tree (12 train / 5 test images per class) from the shared JPEG archive."""
-  import shutil  # pylint: disable=g-import-not-at-top
+  """A small CIFAR-10 folder tree (the first 12 train / 5 test images of each class, by name) from the shared
+  JPEG archive. Only those files are extracted: writing all 60,000 took 20-60 s of system time here."""
   import subprocess  # pylint: disable=g-import-not-at-top
   tar = os.path.join(SHARED, 'data', 'cifar10_jpg.tar.gz')
   if not os.path.exists(tar):
     pytest.skip(f'{tar} not available')
-  full = tmp_path_factory.mktemp('c10full')
-  subprocess.run(['tar', 'xzf', tar, '-C', str(full)], check=True)
+  quota = {'train': 12, 'test': 5}
+  by_class = {}
+  for name in subprocess.run(['tar', 'tzf', tar], check=True, capture_output=True, text=True).stdout.splitlines():
+    parts = name.split('/')
+    if len(parts) == 3 and parts[0] in quota and parts[2]:
+      by_class.setdefault((parts[0], parts[1]), []).append(name)
+  keep = [n for (split, _), names in by_class.items() for n in sorted(names)[:quota[split]]]
   small = tmp_path_factory.mktemp('c10small')
-  for split, n in (('train', 12), ('test', 5)):
-    for c in os.listdir(full / split):
-      os.makedirs(small / split / c)
-      for f in sorted(os.listdir(full / split / c))[:n]:
-        shutil.copy(full / split / c / f, small / split / c / f)
-  shutil.rmtree(full)
+  subprocess.run(['tar', 'xzf', tar, '-C', str(small), '--verbatim-files-from', '-T', '-'], input='\n'.join(keep),
+                 check=True, text=True)
   return str(small)
 
 
@@ -127,3 +126,10 @@ def pytest_collection_modifyitems(items):
   def rank(item):
     return next((i for i, p in enumerate(RUN_FIRST) if item.nodeid.startswith(p)), len(RUN_FIRST))
   items.sort(key=rank)   # stable: the file order within each rank
+
+
+def pytest_sessionfinish(session):
+  """The controller (or a run without workers) removes the run's compilation cache."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  if not hasattr(session.config, 'workerinput'):
+    shutil.rmtree(os.environ['FCDD_TEST_JAX_CACHE'], ignore_errors=True)

@@ -219,25 +219,7 @@ def _the_error(err, code, expected_code, pattern):
 
 
 @pytest.fixture(scope='module')
-def compilation_cache(tmp_path_factory):
-  """The in-process runs compile the same steps again and again: a persistent cache makes repeats ~10x faster.
-  Switched off again after this module."""
-  import jax  # pylint: disable=g-import-not-at-top
-  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-  old = {k: getattr(jax.config, k) for k in ('jax_compilation_cache_dir', 'jax_persistent_cache_min_compile_time_secs',
-                                             'jax_persistent_cache_min_entry_size_bytes')}
-  jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  cc.reset_cache()
-  yield
-  for k, v in old.items():
-    jax.config.update(k, v)
-  cc.reset_cache()
-
-
-@pytest.fixture(scope='module')
-def trained(tmp_path_factory, compilation_cache):  # pylint: disable=unused-argument,redefined-outer-name
+def trained(tmp_path_factory):
   wd = str(tmp_path_factory.mktemp('trained') / 'run')
   code, _, _ = run_main(['--config', 'configs/test.py', '--workdir', wd])
   assert code == 0
@@ -378,10 +360,8 @@ main.main(main.parse_flags(['fcdd_jax', '--allocator=glibc', '--config', 'config
 
 
 def test_kill_during_the_async_save_resumes_from_the_previous_checkpoint(trained, tmp_path, capfd):  # pylint: disable=unused-argument
-  import jax  # pylint: disable=g-import-not-at-top
   wd = str(tmp_path / 'run')
-  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0', JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+  env = dict(os.environ, JAX_PLATFORMS='cpu')   # and conftest's compilation cache
   proc = subprocess.run([sys.executable, '-c', _KILL_DURING_SAVE.format(root=ROOT, wd=wd)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=300)
   assert proc.returncode == -9, proc.stderr[-3000:]
