@@ -18,6 +18,7 @@ from fcdd_jax.serving import export_preprocess
 from fcdd_jax.serving import predictor as predict
 from fcdd_jax.pipeline import train
 from fcdd_jax.data import transforms
+from tests import paths
 
 # Runs in a fresh interpreter that must never import fcdd_jax: plain TensorFlow for the SavedModel,
 # plain jax.export for the StableHLO artefact.
@@ -49,7 +50,7 @@ def _load_and_run(out, tmp_path):
   """The export `out` loaded and run on tmp_path/in.npz in a fresh interpreter without fcdd_jax (_LOADER);
   its outputs (res.npz)."""
   env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '',
-         'TF_CPP_MIN_LOG_LEVEL': '3'}
+         'TF_CPP_MIN_LOG_LEVEL': '3', **paths.jax_test_env()}
   proc = subprocess.run([sys.executable, '-c', _LOADER, str(out), str(tmp_path / 'in.npz'), str(tmp_path / 'res.npz')],
                         cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
