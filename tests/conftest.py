@@ -10,13 +10,14 @@ os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=8')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('CUDA_VISIBLE_DEVICES', '')
-# XLA's backend optimisations off (LLVM at -O0, the expensive passes skipped), here and in the subprocesses the
-# tests start: the suite's programs are tiny, so compiling is most of its time; this cuts it by about a quarter.
-# Results are checked against NumPy references with tolerances, and agreement tests compare like with like.
+# XLA's backend optimisations off, here and in the subprocesses the tests start: LLVM generates code at -O0 and
+# skips its expensive passes, while XLA's HLO passes (fusion, layouts, buffer assignment, the custom calls) run as
+# for a user. The suite's programs are tiny, so compiling is most of its time: a seventh of it here. Results are
+# checked against NumPy references with tolerances, and agreement tests compare like with like.
 os.environ.setdefault('JAX_DISABLE_MOST_OPTIMIZATIONS', '1')
 # One persistent XLA compilation cache for the whole run: the pytest-xdist workers inherit these variables from
 # the controller that set them first, and so do the CLI and multi-process runs the tests start. The suite compiles
-# the same tiny configs again and again (the multi-process launches alone start about twenty processes); every
+# the same tiny configs again and again (launch_test alone starts sixteen processes); every
 # program is stored, however quickly it compiled. Removed when the run ends (pytest_sessionfinish below).
 if 'FCDD_TEST_JAX_CACHE' not in os.environ:
   os.environ['FCDD_TEST_JAX_CACHE'] = tempfile.mkdtemp(prefix='fcdd_test_jax_cache_')
