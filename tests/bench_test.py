@@ -6,12 +6,12 @@ import sys
 import pytest
 
 from tests.paths import ROOT
-from tests.paths import jax_test_env
+from tests.paths import user_env
 
 
 def _run(args, timeout=300, **env):
   out = subprocess.run([sys.executable, '-m', *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                       env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin', **jax_test_env(), **env})
+                       env=user_env(**env))
   assert out.returncode == 0, out.stderr[-3000:]
   lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith('{')]
   assert lines

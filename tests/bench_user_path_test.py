@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from tests.paths import ROOT
-from tests.paths import jax_test_env
+from tests.paths import user_env
 
 
 def test_user_path_workers_use_their_users_allocators_and_the_ratio_is_theirs():
@@ -14,7 +14,7 @@ def test_user_path_workers_use_their_users_allocators_and_the_ratio_is_theirs():
   out = subprocess.run([sys.executable, '-m', 'bench.user_path', '--net', 'FCDD_CNN28_W', '--batch', '4',
                         '--steps', '2', '--dtypes', 'float32', '--layouts', 'nchw,channels_last'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin', **jax_test_env()})
+                       env=user_env())
   assert out.returncode == 0, out.stderr[-3000:]
   rs = [json.loads(l) for l in out.stdout.splitlines() if l.startswith('{')]
   by = {(r['impl'], r.get('dtype') or r.get('layout')): r for r in rs}

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from tests.paths import ROOT
-from tests.paths import jax_test_env
+from tests.paths import user_env
 
 
 def test_export_latency_bench_on_a_generated_cnn28_w_run(tmp_path):
@@ -13,8 +13,7 @@ def test_export_latency_bench_on_a_generated_cnn28_w_run(tmp_path):
   out = subprocess.run([sys.executable, '-m', 'bench.export_latency', '--make_run', 'cnn28_w', '--make_run_steps', '2',
                         '--workdir', run, '--batches', '1,3', '--steps', '1'],
                        cwd=ROOT, capture_output=True, text=True, timeout=600,
-                       env={'JAX_PLATFORMS': 'cpu', 'PATH': os.environ.get('PATH', '/usr/bin:/bin'),
-                            'CUDA_VISIBLE_DEVICES': '', 'TF_CPP_MIN_LOG_LEVEL': '3', **jax_test_env()})
+                       env=user_env())
   assert out.returncode == 0, out.stderr[-3000:]
   lines = [json.loads(l) for l in out.stdout.splitlines() if l.startswith('{')]
   (exp,) = [l for l in lines if l['impl'] == 'export']

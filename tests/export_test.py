@@ -49,10 +49,8 @@ np.savez(result, **res)
 def _load_and_run(out, tmp_path):
   """The export `out` loaded and run on tmp_path/in.npz in a fresh interpreter without fcdd_jax (_LOADER);
   its outputs (res.npz)."""
-  env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin'), 'JAX_PLATFORMS': 'cpu', 'CUDA_VISIBLE_DEVICES': '',
-         'TF_CPP_MIN_LOG_LEVEL': '3', **paths.jax_test_env()}
   proc = subprocess.run([sys.executable, '-c', _LOADER, str(out), str(tmp_path / 'in.npz'), str(tmp_path / 'res.npz')],
-                        cwd=str(tmp_path), env=env, capture_output=True, text=True, timeout=300)
+                        cwd=str(tmp_path), env=paths.user_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return np.load(tmp_path / 'res.npz')
 
