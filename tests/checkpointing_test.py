@@ -23,6 +23,35 @@ def _save_steps(ckdir, steps, asynchronous=False):
   ck.close()
 
 
+def test_a_state_replicated_over_8_devices_saves_without_compiling_and_restores_replicated(tmp_path):
+  """On one process a replicated array is saved from its first device: nothing is lowered or compiled (orbax's
+  replica-parallel save would slice each array once per device, each slice a new program), and it restores
+  onto the target's 8-device replicated sharding with the same values."""
+  import jax  # pylint: disable=g-import-not-at-top
+  assert jax.device_count() == 8
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('data',))
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  tree = {'w': np.arange(8 * 5 * 7, dtype=np.float32).reshape(8, 5, 7), 'b': np.arange(16, dtype=np.float32)}
+  state = jax.device_put(tree, replicated)
+  compiles = []
+  listener = lambda event, _, **kw: compiles.append(event) if event.endswith('jaxpr_to_mlir_module_duration') else None
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    ck = checkpointing.Checkpointer(str(tmp_path / 'ck'), asynchronous=True)
+    assert ck.save(1, state, {'step': 1})
+    ck.close()
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  assert not compiles, compiles
+  ck = checkpointing.Checkpointer(str(tmp_path / 'ck'), asynchronous=False)
+  restored, _, step = ck.restore_latest(state)
+  ck.close()
+  assert step == 1
+  for k in tree:
+    assert restored[k].sharding.is_equivalent_to(replicated, tree[k].ndim)
+    np.testing.assert_array_equal(np.asarray(restored[k]), tree[k])
+
+
 def test_damaged_newest_is_quarantined_and_its_step_saved_afresh(tmp_path, capfd):
   ckdir = str(tmp_path / 'ck')
   _save_steps(ckdir, [3, 6])
