@@ -70,7 +70,7 @@ def np_conv(x, k, b, pad):
   out = np.zeros((n, oh, ow, k.shape[-1]))
   for i in range(kh):
     for j in range(kh):
-      out += np.einsum('nhwc,co->nhwo', xp[:, i:i + oh, j:j + ow], k[i, j])
+      out += xp[:, i:i + oh, j:j + ow] @ k[i, j]
   return out + b
 
 

@@ -48,7 +48,7 @@ def np_conv(x, w, pad):
   y = np.zeros(x.shape[:1] + (oh, ow, w.shape[3]))
   for i in range(k):
     for j in range(k):
-      y += np.einsum('nhwc,co->nhwo', xp[:, i:i + oh, j:j + ow], w[i, j])
+      y += xp[:, i:i + oh, j:j + ow] @ w[i, j]   # [n,oh,ow,c] @ [c,o] (BLAS; einsum is 4x slower here)
   return y
 
 
@@ -61,8 +61,8 @@ def np_conv_grads(x, w, pad, dy):
   dw = np.zeros_like(w)
   for i in range(k):
     for j in range(k):
-      dxp[:, i:i + oh, j:j + ow] += np.einsum('nhwo,co->nhwc', dy, w[i, j])
-      dw[i, j] = np.einsum('nhwc,nhwo->co', xp[:, i:i + oh, j:j + ow], dy)
+      dxp[:, i:i + oh, j:j + ow] += dy @ w[i, j].T
+      dw[i, j] = np.tensordot(xp[:, i:i + oh, j:j + ow], dy, axes=([0, 1, 2], [0, 1, 2]))   # sum_nhw x dy^T
   return dxp[:, pad:pad + x.shape[1], pad:pad + x.shape[2]], dw
 
 

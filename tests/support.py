@@ -44,7 +44,7 @@ def fake_vgg_weights(seed=0, classifier=False):
     if k.endswith('running_var'):
       w[k] = rng.uniform(0.5, 2.0, shape).astype(np.float32)
     else:
-      w[k] = (rng.normal(size=shape) * (0.05 if len(shape) > 1 else 0.5)).astype(np.float32)
+      w[k] = rng.standard_normal(shape, dtype=np.float32) * np.float32(0.05 if len(shape) > 1 else 0.5)
   return w
 
 
