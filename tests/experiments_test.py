@@ -114,8 +114,8 @@ def test_mvtec_semi_supervised_config(tmp_path, remove, evaluated):
   root = tmp_path / 'mvtec'
   testdata.write_mvtec_tree(str(root / 'bottle'), size=64, n_train=8)
   c = testdata.tiny(mvtec_semi.get_config(), tmp_path, batch_size=8, num_train_steps=1, checkpoint_every_steps=1,
-            **{'data.root': str(root), 'model.name': 'FCDD_CNN224_VGG_NOPT', 'eval.batch_size': 8,
-               'data.remove_oe_from_test': remove})
+            **{'data.root': str(root), 'model.name': 'FCDD_CNN224', 'eval.batch_size': 8,   # (a small 224 net: the
+               'data.remove_oe_from_test': remove})                                        # data path is tested)
   p = input_pipeline.create(c)
   assert p.oe_images.shape == (1, 240, 240, 3)                # one defect type ('crack'), oe_limit 1
   assert p.info.num_test == (5 if remove else 6)

@@ -533,7 +533,7 @@ def test_cutpaste_gt_end_to_end_trains_with_the_gt_map_loss_and_writes_the_previ
     root = str(tmp_path / 'parts')
     testdata.write_mvtec_tree(root, size=256, n_train=8)
     kw.update({'data.name': 'custom', 'data.root': root, 'data.preproc': 'aug1', 'batch_size': 8,
-               'model.name': 'FCDD_CNN224_VGG_NOPT', 'data.cache_dir': str(tmp_path / 'cache')})
+               'model.name': 'FCDD_CNN224', 'data.cache_dir': str(tmp_path / 'cache')})
   cfg = make_config(**kw)
   p = input_pipeline.create(cfg)
   assert run_lib.build_run(cfg, p.info, p.info.steps_per_epoch).step_config.gtmaps   # the GT-map loss (§3.2)
