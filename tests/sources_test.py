@@ -85,3 +85,20 @@ def test_skip_names_a_few_files_then_counts(tmp_path, capsys):
   assert len(arr) == 1 and kept == paths[8:]
   out = capsys.readouterr().out.splitlines()
   assert len(out) == image_io.SKIP_SHOWN + 1 and out[-1].startswith('warning: 8 unreadable images were skipped')
+
+
+def test_a_cache_hit_names_the_files_as_the_caller_did(tmp_path, monkeypatch):
+  """The cache is keyed by absolute paths: the same folder read through a relative path (another working
+  directory, another spelling) is a hit, and the kept paths are the caller's own (a skipped file stays out)."""
+  root = str(tmp_path / 'data')
+  paths = _tree(root, n=4, corrupt=[1])
+  cache = str(tmp_path / 'cache')
+  os.makedirs(cache)
+  arr, kept = image_io.read_images(paths, 3, (4, 4), on_bad='skip', cache=cache)
+  assert kept == [paths[0], paths[2], paths[3]]
+  monkeypatch.chdir(tmp_path)
+  rel = [os.path.relpath(p) for p in paths]
+  assert rel[0].startswith('data') and rel != paths
+  again, kept_rel = image_io.read_images(rel, 3, (4, 4), on_bad='skip', cache=cache)
+  assert kept_rel == [rel[0], rel[2], rel[3]] and len(os.listdir(cache)) == 1   # a hit, named as asked
+  np.testing.assert_array_equal(again, arr)

@@ -146,7 +146,8 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, sh
     key = os.path.join(cache, f'images_{h.hexdigest()[:20]}.npz')
     if os.path.exists(key):
       with np.load(key, allow_pickle=False) as z:
-        return z['images'], list(z['paths'])
+        if 'kept' in z.files:   # (indices into `paths`: the same files may be named by another relative path)
+          return z['images'], [paths[i] for i in z['kept']]
   def decode(p):
     try:
       img = load_image(p)
@@ -162,11 +163,11 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, sh
         img = transforms.resize_u8(img, size, nearest=nearest)
     return img
 
-  out, kept, skipped = [], [], []
+  out, kept, kept_index, skipped = [], [], [], []
   folder = os.path.dirname(os.path.commonprefix([os.path.abspath(p) for p in paths])) if paths else ''
   with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:  # PIL decodes without the GIL
-    for p, img in progress.track(zip(paths, pool.map(decode, paths)), f'decoding images in {folder}',
-                                 len(paths), 'images'):
+    for i, (p, img) in enumerate(progress.track(zip(paths, pool.map(decode, paths)), f'decoding images in {folder}',
+                                                len(paths), 'images')):
       if isinstance(img, ValueError):
         if on_bad == 'skip':
           skipped.append(str(img))
@@ -176,6 +177,7 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, sh
         raise ValueError(f'{img}; fix or remove it, or set --config.data.on_bad_image=skip') from None
       out.append(img)
       kept.append(p)
+      kept_index.append(i)
   if paths and not out:
     folder = os.path.commonpath([os.path.abspath(os.path.dirname(p)) for p in paths])
     raise ValueError(f'none of the {len(paths)} images in {folder} can be read (data.on_bad_image=skip left out '
@@ -188,7 +190,7 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, sh
   if key:
     tmp = f'{key}.{os.getpid()}.tmp.npz'   # per process: several processes of one host may fill the cache
     try:
-      np.savez(tmp, images=arr, paths=np.asarray(kept))
+      np.savez(tmp, images=arr, kept=np.asarray(kept_index, np.int64))
       os.replace(tmp, key)
     except OSError as e:   # a full or read-only cache costs speed, not the run
       print(f'warning: could not write the image cache {key}: {e.strerror or e}', flush=True)
