@@ -163,7 +163,7 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, sh
         img = transforms.resize_u8(img, size, nearest=nearest)
     return img
 
-  out, kept, kept_index, skipped = [], [], [], []
+  out, kept_index, skipped = [], [], []
   folder = os.path.dirname(os.path.commonprefix([os.path.abspath(p) for p in paths])) if paths else ''
   with concurrent.futures.ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:  # PIL decodes without the GIL
     for i, (p, img) in enumerate(progress.track(zip(paths, pool.map(decode, paths)), f'decoding images in {folder}',
@@ -176,7 +176,6 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, sh
           continue
         raise ValueError(f'{img}; fix or remove it, or set --config.data.on_bad_image=skip') from None
       out.append(img)
-      kept.append(p)
       kept_index.append(i)
   if paths and not out:
     folder = os.path.commonpath([os.path.abspath(os.path.dirname(p)) for p in paths])
@@ -196,7 +195,7 @@ def read_images(paths, channels, size, *, nearest=False, torch_nearest=False, sh
       print(f'warning: could not write the image cache {key}: {e.strerror or e}', flush=True)
       if os.path.exists(tmp):
         os.remove(tmp)
-  return arr, kept
+  return arr, [paths[i] for i in kept_index]
 
 
 def read_mask(path):
