@@ -137,7 +137,7 @@ def build_pasted(src, base, seed=0):
   def save(arr, *parts):
     path = os.path.join(tmp, *parts)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    Image.fromarray(arr).save(path, compress_level=1)   # fast; lossless all the same
+    image_io.write_png(arr, path)
   for i, p in enumerate(keep):
     save(load(p), 'train', 'good', f'{i:03d}.png')
   for i, p in enumerate(good + held[:30]):

@@ -260,3 +260,16 @@ def test_list_images_shortens_long_lists(tmp_path, caplog):
     assert image_io.list_images(str(tmp_path)) == []
   (msg,) = [r.getMessage() for r in caplog.records]
   assert 'skipped 8 files' in msg and 'f4.gif' in msg and 'f5.gif' not in msg and msg.endswith('...')
+
+
+@pytest.mark.parametrize('shape', [(5, 7), (6, 4, 3)])
+def test_write_png_is_lossless_and_uses_the_fastest_zlib_level(tmp_path, shape):
+  """Figures, previews and predict's overlays are written with zlib's fastest level (the stream header's FLEVEL
+  field, RFC 1950: 0 = fastest; Pillow's default level 6 writes 2), and read back to the same pixels."""
+  arr = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+  path = tmp_path / 'x.png'
+  image_io.write_png(arr, path)
+  data = path.read_bytes()
+  idat = data.index(b'IDAT') + 4
+  assert data[idat + 1] >> 6 == 0, data[idat:idat + 2]
+  np.testing.assert_array_equal(np.asarray(Image.open(path)), arr)

@@ -79,7 +79,9 @@ def test_imagenet_config_end_to_end_with_22k_oe(tmp_path, make_config):
                                                                                   dtype=np.uint8), '.JPEG')
   c = testdata.tiny(make_config('imagenet'), tmp_path, batch_size=8, num_train_steps=1,
                     checkpoint_every_steps=1, **{'data.root': str(tmp_path / 'in'),
-                                                 'data.oe_root': str(oe_root), 'eval.batch_size': 8})
+                                                 'data.oe_root': str(oe_root), 'eval.batch_size': 8,
+                                                 'model.name': 'FCDD_CNN224'})   # a small 224² net: the data path
+                                                                                 # is tested (VGG: models_test)
   r = train.train_and_evaluate(c, str(tmp_path / 'run'))
   assert r['image_auc'] == pytest.approx(testdata.roc_area(tmp_path / 'run'), abs=1e-9)
   assert r['pixel_auc'] is None

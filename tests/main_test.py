@@ -144,19 +144,20 @@ def test_vgg_f_without_weights_says_how_to_get_them(tmp_path):
   _assert_one_line_error(proc, r'pretrained_path is empty.*fcdd_jax.pretrain --out.*FCDD_CNN224_VGG_NOPT')
 
 
-def test_manual_download_sources_say_which_files_go_where(tmp_path):
+def test_manual_download_sources_say_which_files_go_where(tmp_path, capfd):
   # imagenet2012 is a manual-download dataset: tfds fails at once on the missing tars (no download is tried);
-  # an empty tfds data_dir in tmp keeps ~/tensorflow_datasets untouched
+  # an empty tfds data_dir in tmp keeps ~/tensorflow_datasets untouched. In this process (`run_main`): three
+  # command-line processes importing TensorFlow took ~25 s here.
   env_dir = str(tmp_path / 'tfds')
-  proc = support.run_cli(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path),
-                          '--config.data.tfds_data_dir=' + env_dir])
-  _assert_one_line_error(proc, r'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar')
-  proc = support.run_cli(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path),
-                          '--config.data.root=' + str(tmp_path), '--config.data.tfds_data_dir=' + env_dir])
-  _assert_one_line_error(proc, r'ILSVRC2012_img_train.tar')
-  proc = support.run_cli(['--config', 'configs/cifar10.py', '--config.data.root=' + str(tmp_path),
-                          '--workdir', str(tmp_path)])
-  assert proc.returncode == 2 and 'fcdd_jax: error:' in proc.stderr
+  code, _, err = run_main(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path / 'a'),
+                           '--config.data.tfds_data_dir=' + env_dir], capfd)
+  _the_error(err, code, 2, r'ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar')
+  code, _, err = run_main(['--config', 'configs/imagenet.py', '--workdir', str(tmp_path / 'b'),
+                           '--config.data.root=' + str(tmp_path), '--config.data.tfds_data_dir=' + env_dir], capfd)
+  _the_error(err, code, 2, r'ILSVRC2012_img_train.tar')
+  code, _, err = run_main(['--config', 'configs/cifar10.py', '--config.data.root=' + str(tmp_path),
+                           '--workdir', str(tmp_path / 'c')], capfd)
+  _the_error(err, code, 2, r'train/airplane is missing: CIFAR-10 folders need train/<class>/\* for the classes airplane, ')
 
 
 def test_accelerator_visibility_follows_jax_platforms(monkeypatch):

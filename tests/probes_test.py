@@ -240,20 +240,26 @@ def test_peak_of_a_command_is_its_own_not_its_parents():
   del ballast
 
 
-def test_thin_and_huge_images_stay_bounded_or_are_refused_before_work(run, tmp_path):
-  thin, tall = _png(tmp_path / 'thin.png', 1, 500), _png(tmp_path / 'tall.png', 500, 1)
+def test_thin_and_huge_images_stay_bounded_or_are_refused_before_work(run, tmp_path, capsys):
+  thin_tall = tmp_path / 'thin_tall'
+  thin_tall.mkdir()
+  thin, tall = _png(thin_tall / 'thin.png', 1, 500), _png(thin_tall / 'tall.png', 500, 1)
   big = _png(tmp_path / 'big.png', 3000, 4000)
   for path, hw, scaled in ((thin, (1, 500), (32, 16000)), (tall, (500, 1), (16000, 32))):
-    out = tmp_path / f'o{hw[0]}x{hw[1]}'   # (one output per image: an earlier output would be refused first, exit 4)
-    # default scaling: the shorter side 1 -> 32 would make the long side 16,000: refused, nothing written
-    code, stdout, err, peak = call('predict', '--workdir', run, '--input', path, '--output', out)
-    assert code == 2 and len(err.splitlines()) == 1, err
+    out = tmp_path / f'o{hw[0]}x{hw[1]}'
+    # default scaling: the shorter side 1 -> 32 would make the long side 16,000: refused before any work (in
+    # this process: the refusal's memory is not the point), nothing written
+    code = predict_cmd.main(['--workdir', run, '--input', path, '--output', str(out)])
+    stdout, err = capsys.readouterr()
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f'fcdd_jax.predict: error: {path}: {hw[0]}x{hw[1]} pixels, scored at '
                           f'{scaled[0]}x{scaled[1]} (full mode) has a longer side over 8192; use --scale ')
-    assert 'scored' not in stdout and not os.path.exists(out) and peak < 3 * GB
-    # at its own pixels it is scored
-    code, _, err, peak = call('predict', '--workdir', run, '--input', path, '--output', out, '--scale', 1)
-    assert code == 0 and peak < 3 * GB, err
+    assert 'scored' not in stdout and not os.path.exists(out)
+  # at their own pixels both are scored, in one process within the bound
+  code, _, err, peak = call('predict', '--workdir', run, '--input', thin_tall, '--output', tmp_path / 'o1', '--scale', 1)
+  assert code == 0 and peak < 3 * GB, err
+  assert sorted(n for n in os.listdir(tmp_path / 'o1') if n.endswith('_overlay.png')) == ['tall_overlay.png',
+                                                                                         'thin_overlay.png']
   # 4000x3000 at --scale 1: scored within the limit, or refused up front with the --scale that fits
   code, stdout, err, peak = call('predict', '--workdir', run, '--input', big, '--output', tmp_path / 'o4', '--scale', 1)
   assert peak < 3 * GB

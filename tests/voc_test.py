@@ -92,7 +92,9 @@ def test_pascal_voc_config_end_to_end_with_imagenet_oe(tmp_path, make_config):
     testdata.write_images(str(tmp_path / 'inval' / wnids[k]), rng.integers(0, 256, (3, 40, 40, 3), dtype=np.uint8))
   c = testdata.tiny(make_config('pascal_voc'), tmp_path, batch_size=8, num_train_steps=1,
                     checkpoint_every_steps=1, **{'data.root': root, 'data.oe_root': str(tmp_path / 'inval'),
-                                                 'eval.batch_size': 8})
+                                                 'eval.batch_size': 8,
+                                                 'model.name': 'FCDD_CNN224'})   # a small 224² net: the data path
+                                                                                 # is tested (VGG: models_test)
   p = input_pipeline.create(c)
   assert len(p.oe_images) == 3 and all(wnids[15] in f for f in p.oe_images.paths)
   r = train.train_and_evaluate(c, str(tmp_path / 'run'))

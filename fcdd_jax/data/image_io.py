@@ -74,6 +74,18 @@ def load_image(path):
   return arr[..., None] if arr.ndim == 2 else arr
 
 
+# zlib level 1 instead of Pillow's default 6: 3-4x faster to write (a 1030x2560 heatmap figure 0.25 s instead of
+# 0.81 s), 10-20 % larger files, the same pixels. Figures, previews and predict's overlays all write through this.
+PNG_COMPRESS_LEVEL = 1
+
+
+def write_png(arr, path):
+  """Writes a uint8 [H,W] or [H,W,3] array (or a PIL image) as a PNG file (lossless, fast compression)."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  img = arr if isinstance(arr, Image.Image) else Image.fromarray(arr)
+  img.save(path, format='PNG', compress_level=PNG_COMPRESS_LEVEL)
+
+
 def _pil_to_uint8(im):
   """The rules of `load_image` for one decoded Pillow image: uint8 [H,W] or [H,W,3]."""
   mode = im.mode

@@ -2,6 +2,8 @@
 (e.g. CutPaste's exact pasted region) outlined on the anomalous images."""
 import numpy as np
 
+from fcdd_jax.data import image_io
+
 OUTLINE_RGB = (255, 0, 0)
 
 
@@ -49,4 +51,4 @@ def write_preview(batch, path, per_label=20):
   rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0))) for r in rows]
   grid = np.concatenate(rows, 0)
   scale = max(1, 256 // grid.shape[0])
-  Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST).save(path)
+  image_io.write_png(Image.fromarray(grid).resize((grid.shape[1] * scale, grid.shape[0] * scale), Image.NEAREST), path)

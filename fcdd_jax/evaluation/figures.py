@@ -14,6 +14,8 @@ import os
 
 import numpy as np
 
+from fcdd_jax.data import image_io
+
 THUMBNAIL = 128   # panel height in the many-panel figures (heatmaps_global, train_heatmaps_global)
 REFERENCE_PIXELS = 1_000_000   # pixels of the balanced reference set used by the global normalisation
 
@@ -163,7 +165,7 @@ def _save(arr, path, min_height=128):
   scale = max(1, min_height // arr.shape[0] * 2) if arr.shape[0] < min_height else 1
   if scale > 1:
     img = img.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
-  img.save(path)
+  image_io.write_png(img, path)
 
 
 def _display(pipeline, split, indices, fallback):

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from fcdd_jax.data import image_io
 from fcdd_jax.evaluation import figures
 
 MAX_WIDTH = 2048
@@ -78,11 +79,6 @@ def figure_indices(labels, scores):
   return sorted(set(first_indices(labels)) | set(paper_rows(labels, scores, 0)) | set(paper_rows(labels, scores, 1)))
 
 
-def _save(arr, path):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  Image.fromarray(arr).save(path)
-
-
 def write_figures(workdir, config, images, outputs, masks=None):
   """The native-resolution figures of a run's test outputs (`native_eval.evaluate`: 'heatmap' holds the
   heatmaps of `figure_indices` by image index, 'reference_pixels' the global normalisation's pixels)."""
@@ -102,14 +98,14 @@ def write_figures(workdir, config, images, outputs, masks=None):
       continue
     g = None if gts is None else [gts[r] for r in rows]
     ims = [images[r] for r in rows]
-    _save(layout(ims, [figures.local_norm(heats[r], q) for r in rows], g),
+    image_io.write_png(layout(ims, [figures.local_norm(heats[r], q) for r in rows], g),
           os.path.join(workdir, f'heatmaps_paper_local_lbl{lab}.png'))
-    _save(layout(ims, [figures.global_norm(heats[r], ref) for r in rows], g),
+    image_io.write_png(layout(ims, [figures.global_norm(heats[r], ref) for r in rows], g),
           os.path.join(workdir, f'heatmaps_paper_global_lbl{lab}.png'))
   first = first_indices(labels)
-  _save(layout([images[r] for r in first], [figures.local_norm(heats[r], q) for r in first],
+  image_io.write_png(layout([images[r] for r in first], [figures.local_norm(heats[r], q) for r in first],
                None if gts is None else [gts[r] for r in first]), os.path.join(workdir, 'test_samples.png'))
   os.makedirs(os.path.join(workdir, 'overlays'), exist_ok=True)
   for r in first:
-    _save(figures.overlay(rgb(images[r]), figures.global_norm(heats[r], ref)),
+    image_io.write_png(figures.overlay(rgb(images[r]), figures.global_norm(heats[r], ref)),
           os.path.join(workdir, 'overlays', f'test_{r:05d}_label{labels[r]}.png'))

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 
+from fcdd_jax.data import image_io
 from fcdd_jax.serving import messages
 from fcdd_jax.serving import output_dir
 from fcdd_jax.serving import predictor
@@ -109,11 +110,9 @@ def overlay_image(display, heat, pix_t, band=1024):
 
 
 def write_outputs(pred, out_dir, stem, img, heat, pix_t):
-  from PIL import Image  # pylint: disable=g-import-not-at-top
-  Image.fromarray(overlay_image(pred.display(img), heat, pix_t)).save(os.path.join(out_dir, f'{stem}_overlay.png'))
+  image_io.write_png(overlay_image(pred.display(img), heat, pix_t), os.path.join(out_dir, f'{stem}_overlay.png'))
   if pix_t:
-    Image.fromarray((heat >= pix_t).astype(np.uint8) * np.uint8(255)).save(
-        os.path.join(out_dir, f'{stem}_mask.png'))
+    image_io.write_png((heat >= pix_t).astype(np.uint8) * np.uint8(255), os.path.join(out_dir, f'{stem}_mask.png'))
 
 
 def score_files(pred, groups, out_dir, stems, pix_t):
