@@ -89,15 +89,9 @@ def test_mvtec_config_with_pretrained_npz(tmp_path, evaluated):
 
 
 def test_custom_config_on_real_bottle_subset(tmp_path, evaluated):
-  src = os.path.join(testdata.SHARED, 'mvtec_bottle_256', 'bottle')
-  if not os.path.isdir(src):
+  if not os.path.isdir(testdata.BOTTLE):
     pytest.skip('shared MVTec bottle data not available')
-  import shutil  # pylint: disable=g-import-not-at-top
-  root = tmp_path / 'bottle'
-  for sub, n in (('train/good', 8), ('test/good', 2), ('test/broken_large', 2)):
-    os.makedirs(root / sub)
-    for f in sorted(os.listdir(os.path.join(src, sub)))[:n]:
-      shutil.copy(os.path.join(src, sub, f), root / sub / f)
+  root = testdata.bottle_subset(tmp_path / 'bottle', {'train/good': 8, 'test/good': 2, 'test/broken_large': 2})
   from fcdd_jax.configs import custom  # pylint: disable=g-import-not-at-top
   c = testdata.tiny(custom.get_config(), tmp_path, batch_size=8, num_train_steps=1, checkpoint_every_steps=1,
             **{'data.root': str(root), 'model.name': 'FCDD_CNN224_VGG_NOPT', 'eval.batch_size': 8})

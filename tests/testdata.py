@@ -98,6 +98,20 @@ def imagenet_folders(root, n_train=10, n_val=2, classes=range(30)):
     write_images(os.path.join(root, 'val', wnid), rng.integers(0, 256, (n_val, 60, 40, 3), dtype=np.uint8), '.JPEG')
 
 
+BOTTLE = os.path.join(SHARED, 'mvtec_bottle_256', 'bottle')
+
+
+def bottle_subset(root, counts):
+  """The first n real bottle images of each sub folder ({'train/good': n, ...}) copied into `root` (MVTec
+  layout): real images at a suite's budget. Returns root as str."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  for sub, n in counts.items():
+    os.makedirs(os.path.join(root, sub))
+    for f in sorted(os.listdir(os.path.join(BOTTLE, sub)))[:n]:
+      shutil.copy(os.path.join(BOTTLE, sub, f), os.path.join(root, sub, f))
+  return str(root)
+
+
 def tiny(c, tmp_path, **kv):
   """A paper config cut down to a 2-step run with a cache under tmp_path (dotted field overrides in kv)."""
   base = dict(num_train_steps=2, log_every_steps=1, checkpoint_every_steps=2, batch_size=8,
