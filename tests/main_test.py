@@ -197,7 +197,7 @@ def _absl_logging_like_the_cli():
 
 
 def run_main(args, capfd=None):
-  """`python -m fcdd_jax.main ARGS` in this process (8 simulated devices): (exit code, stdout, stderr)."""
+  """`python -m fcdd_jax.main ARGS` in this process (conftest's simulated devices): (exit code, stdout, stderr)."""
   from fcdd_jax import main  # pylint: disable=g-import-not-at-top
   code = 0
   with _absl_logging_like_the_cli():

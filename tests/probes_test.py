@@ -51,7 +51,7 @@ def run(tmp_path_factory):
 
 
 def _env():
-  # as a user runs it: one CPU device (the run was trained on conftest's 8 simulated devices; inference restores
+  # as a user runs it: one CPU device (the run was trained on conftest's 2 simulated devices; inference restores
   # onto whatever devices it has), no TF logging settings of the test process
   env = {k: v for k, v in os.environ.items() if not k.startswith('TF_CPP') and k != 'XLA_FLAGS'}
   env['PYTHONPATH'] = REPO + os.pathsep + env.get('PYTHONPATH', '')
