@@ -99,13 +99,14 @@ def write_figures(workdir, config, images, outputs, masks=None):
     g = None if gts is None else [gts[r] for r in rows]
     ims = [images[r] for r in rows]
     image_io.write_png(layout(ims, [figures.local_norm(heats[r], q) for r in rows], g),
-          os.path.join(workdir, f'heatmaps_paper_local_lbl{lab}.png'))
+                       os.path.join(workdir, f'heatmaps_paper_local_lbl{lab}.png'))
     image_io.write_png(layout(ims, [figures.global_norm(heats[r], ref) for r in rows], g),
-          os.path.join(workdir, f'heatmaps_paper_global_lbl{lab}.png'))
+                       os.path.join(workdir, f'heatmaps_paper_global_lbl{lab}.png'))
   first = first_indices(labels)
   image_io.write_png(layout([images[r] for r in first], [figures.local_norm(heats[r], q) for r in first],
-               None if gts is None else [gts[r] for r in first]), os.path.join(workdir, 'test_samples.png'))
+                            None if gts is None else [gts[r] for r in first]),
+                     os.path.join(workdir, 'test_samples.png'))
   os.makedirs(os.path.join(workdir, 'overlays'), exist_ok=True)
   for r in first:
     image_io.write_png(figures.overlay(rgb(images[r]), figures.global_norm(heats[r], ref)),
-          os.path.join(workdir, 'overlays', f'test_{r:05d}_label{labels[r]}.png'))
+                       os.path.join(workdir, 'overlays', f'test_{r:05d}_label{labels[r]}.png'))
