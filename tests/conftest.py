@@ -9,8 +9,9 @@ import tempfile
 # Two simulated CPU devices in the test processes: every in-process run is data-parallel (batches sharded, the
 # gradients and BatchNorm statistics reduced across devices, padded rows on a device of their own). Eight made the
 # in-process end-to-end runs ~35 % slower here (AE32/CNN32 baselines 37 s vs 23-24 s on 1 or 2 devices; whole
-# suite 1,854 vs 1,648 CPU-s, the latter with 7 tests stopped early by their 8-device asserts) for no other path; eight devices are still run where they are the point (train_test's
-# other-device-count run, launch_test's pods).
+# suite 1,854 vs 1,648 CPU-s, the latter with 7 tests stopped early by their 8-device asserts) for no other
+# path; eight devices are still run where they are the point (train_test's other-device-count run, launch_test's
+# pods).
 os.environ.setdefault('XLA_FLAGS', '--xla_force_host_platform_device_count=2')
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
