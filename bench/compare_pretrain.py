@@ -92,7 +92,7 @@ def main():
       times[k].append(time.perf_counter() - t)
   rates = {k: a.batch / statistics.median(v) for k, v in times.items()}
   for k, r in rates.items():
-    common.emit(impl=k, batch=a.batch, img_per_s=round(r, 1), device_kind=common.cpu_kind(), load=common.load_avg())
+    common.emit(impl=k, batch=a.batch, img_per_s=round(r, 3), device_kind=common.cpu_kind(), load=common.load_avg())
   torch_best = max((k for k in rates if k.startswith('torch')), key=rates.get)
   common.emit(impl='ratio', device_kind=common.cpu_kind(), default=f'jax_{own}', torch_fastest=torch_best,
               default_vs_torch_fastest=round(rates[f'jax_{own}'] / rates[torch_best], 3))

@@ -87,8 +87,9 @@ def test_compare_pretrain_bench_ratio_is_the_default_over_torch_fastest():
                         'torch_channels_last_autocast-bf16'}
   (ratio,) = [r for r in rs if r['impl'] == 'ratio']
   fastest = max((k for k in rates if k.startswith('torch')), key=rates.get)
-  assert ratio['torch_fastest'] == fastest and ratio['default'] in rates
-  assert ratio['default_vs_torch_fastest'] == pytest.approx(rates[ratio['default']] / rates[fastest], rel=0.02)
+  # two PyTorch layouts can run equally fast: the named one must have the top rate, not a given name
+  assert rates[ratio['torch_fastest']] == pytest.approx(rates[fastest], rel=1e-3) and ratio['default'] in rates
+  assert ratio['default_vs_torch_fastest'] == pytest.approx(rates[ratio['default']] / rates[fastest], rel=2e-3)
 
 
 def test_train_gflop_per_image_counts_conv_passes():
