@@ -155,6 +155,9 @@ def main():
                  help='auto|xla|onednn or a comma list (one jax step per value; default: FCDD_CONV_IMPL as set)')
   p.add_argument('--no_torch_bf16', action='store_true', help='leave out PyTorch autocast-bf16')
   p.add_argument('--torch_bf16_steps', type=int, default=0, help='no effect (autocast-bf16 is always alternated)')
+  p.add_argument('--warmup', type=int, default=2,
+                 help='untimed rounds before the timed steps (1 is enough where a step takes minutes, e.g. '
+                      'PyTorch autocast-bf16 on a CPU without bf16 arithmetic)')
   a = p.parse_args()
   from bench import train_step  # pylint: disable=g-import-not-at-top
   if a.keep_freed_memory:
@@ -163,7 +166,7 @@ def main():
   remats = tuple(train_step.remat_option(v) for v in a.remat.split(','))
   for n in [a.net] if a.net else list(common.NETS):
     compare(n, a.batch or common.NETS[n], a.steps or (5 if '224' in n else 10), a.dtypes.split(','),
-            a.layouts.split(','), a.threads, remats=remats, torch_bf16=not a.no_torch_bf16,
+            a.layouts.split(','), a.threads, warmup=a.warmup, remats=remats, torch_bf16=not a.no_torch_bf16,
             conv_impls=tuple(a.conv_impl.split(',')) if a.conv_impl else (None,))
 
 

@@ -49,7 +49,7 @@ def test_models_axis_bench():
 def test_compare_bench_same_process_ratio():
   pytest.importorskip('torch', reason='torch not installed')
   rs = _run(['bench.compare', '--net', 'FCDD_CNN28_W', '--batch', '8', '--steps', '2',
-             '--dtypes', 'float32,bfloat16', '--torch_bf16_steps', '1'])
+             '--dtypes', 'float32,bfloat16', '--torch_bf16_steps', '1', '--warmup', '1'])
   steps = {(r['impl'], r.get('dtype') or r.get('layout')) for r in rs if r['impl'] != 'ratio'}
   assert steps == {('jax', 'float32'), ('jax', 'bfloat16'), ('torch', 'nchw'), ('torch', 'channels_last'),
                    ('torch', 'channels_last-autocast-bf16')}
