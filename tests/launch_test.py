@@ -53,7 +53,7 @@ def test_killed_peer_makes_the_others_exit_in_bounded_time(tmp_path):
   wd = str(tmp_path / 'peer')
   t0 = time.time()
   code, codes, killed = local.launch(
-      [*ARGS, '--config.num_train_steps=100000', '--workdir', wd, '--heartbeat_timeout=20'],
+      [*ARGS, '--config.num_train_steps=100000', '--workdir', wd, '--heartbeat_timeout=10'],
       num_processes=2, devices_per_process=1, timeout=300, grace=180,
       extra_env={'FCDD_FAULT_INJECTION': 'kill@3:p1'}, return_all=True, module=fault_injection.MODULE)
   elapsed = time.time() - t0
